@@ -1,0 +1,83 @@
+//! The CPU backend: pure Rust, im2col + GEMM (the `gemm` crate) for convolutions and
+//! linear layers, multi-threaded natively and single-threaded in wasm.
+
+mod kernels;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Value};
+use crate::lower::{Program, StepParams, Weights};
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+
+/// A graph prepared for the CPU: lowered, with weights fetched, checked and folded.
+pub struct CpuModel {
+    program: Program,
+    params: Vec<StepParams>,
+    last_use: HashMap<Value, usize>,
+}
+
+impl CpuModel {
+    pub fn prepare(graph: &Graph, weights: &dyn Weights) -> Result<Self> {
+        Self::prepare_with(graph, weights, true)
+    }
+
+    /// `fuse: false` runs every node as its own step (to test the fusions).
+    pub fn prepare_with(graph: &Graph, weights: &dyn Weights, fuse: bool) -> Result<Self> {
+        let program = Program::new(graph, fuse);
+        let params = program
+            .steps
+            .iter()
+            .map(|s| s.params(weights, program.shape(s.inputs[0])))
+            .collect::<Result<Vec<_>>>()?;
+        let mut last_use = HashMap::new();
+        for (i, s) in program.steps.iter().enumerate() {
+            for v in s.inputs.iter().chain(s.residual.iter()) {
+                last_use.insert(*v, i);
+            }
+        }
+        Ok(CpuModel {
+            program,
+            params,
+            last_use,
+        })
+    }
+
+    pub fn input_shape(&self) -> &[usize] {
+        self.program.shape(self.program.input)
+    }
+
+    /// Run on `input`; returns the graph's outputs in order.
+    pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>> {
+        let p = &self.program;
+        if input.shape() != self.input_shape() {
+            return Err(Error::InputShape {
+                expected: self.input_shape().to_vec(),
+                got: input.shape().to_vec(),
+            });
+        }
+        let keep: Vec<Value> = p.outputs.iter().map(|(v, _)| *v).collect();
+        let mut values: HashMap<Value, Vec<f32>> = HashMap::new();
+        values.insert(p.input, input.data().to_vec());
+        for (i, (step, params)) in p.steps.iter().zip(&self.params).enumerate() {
+            let ins: Vec<(&[f32], &[usize])> = step
+                .inputs
+                .iter()
+                .map(|v| (values[v].as_slice(), p.shape(*v)))
+                .collect();
+            let residual = step.residual.map(|v| values[&v].as_slice());
+            let out = kernels::run_step(step, params, &ins, residual, p.shape(step.output));
+            for v in step.inputs.iter().chain(step.residual.iter()) {
+                if self.last_use.get(v) == Some(&i) && !keep.contains(v) {
+                    values.remove(v);
+                }
+            }
+            values.insert(step.output, out);
+        }
+        Ok(p.outputs
+            .iter()
+            .map(|(v, shape)| {
+                Tensor::new(shape.clone(), values[v].clone()).expect("planned shapes")
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,14 @@
+//! webcnn: classic CNN backbones on WebGPU (wgpu) and the CPU.
+
+pub mod backend;
+pub mod error;
+pub mod graph;
+pub mod lower;
+pub mod plan;
+pub mod prng;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use graph::{Graph, GraphBuilder, GraphError, Value};
+pub use lower::Weights;
+pub use tensor::Tensor;

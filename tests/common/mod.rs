@@ -1,0 +1,127 @@
+//! Shared test helpers: golden op cases as single-op graphs.
+#![allow(dead_code)]
+
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use webcnn::graph::{Conv2d, GraphBuilder, Lrn, Pool2d};
+use webcnn::prng::synth;
+use webcnn::{Graph, Tensor};
+
+pub const TOL: f64 = 1e-4;
+
+pub struct OpCase {
+    pub name: String,
+    pub graph: Graph,
+    pub weights: HashMap<String, Tensor>,
+    pub input: Tensor,
+    pub expected: Vec<f64>,
+    pub expected_shape: Vec<usize>,
+}
+
+fn nums(s: &str) -> Vec<usize> {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().unwrap())
+        .collect()
+}
+
+fn usizes(j: &Json) -> Vec<usize> {
+    j.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect()
+}
+
+pub fn golden_ops() -> Vec<OpCase> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/golden/ops.json"
+    ))
+    .unwrap();
+    let cases: Vec<Json> = serde_json::from_str(&text).unwrap();
+    cases.iter().map(op_case).collect()
+}
+
+fn op_case(c: &Json) -> OpCase {
+    let name = c["op"].as_str().unwrap().to_string();
+    let xs = usizes(&c["x_shape"]);
+    let seed = c["seed"].as_u64().unwrap();
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &xs).unwrap();
+    let mut scale = 1.0f32;
+    let y = if name.starts_with("conv2d") {
+        let [ci, co, k, s, p, d, g] = nums(&name[6..])[..] else {
+            panic!("{name}")
+        };
+        b.conv2d(
+            "conv",
+            x,
+            Conv2d::new(ci, co, k)
+                .stride(s)
+                .padding(p)
+                .dilation(d)
+                .groups(g),
+        )
+    } else if name.starts_with("maxpool") {
+        let [k, s, p, ceil, _] = nums(&name)[..] else {
+            panic!("{name}")
+        };
+        b.max_pool2d(
+            "pool",
+            x,
+            Pool2d::new(k).stride(s).padding(p).ceil_mode(ceil == 1),
+        )
+    } else if name.starts_with("adaptive_avgpool") {
+        let n = nums(&name);
+        b.adaptive_avg_pool2d("pool", x, [n[0], n[1]])
+    } else if name.starts_with("lrn") {
+        scale = 30.0;
+        b.local_response_norm(
+            "lrn",
+            x,
+            Lrn {
+                size: 5,
+                alpha: 1e-4,
+                beta: 0.75,
+                k: 2.0,
+            },
+        )
+    } else if name == "batchnorm_eval" {
+        b.batch_norm2d("bn", x, xs[1], 1e-5)
+    } else if name.starts_with("groupnorm") {
+        let n = nums(&name);
+        b.group_norm("gn", x, n[0], n[1], 1e-5, true)
+    } else if name.starts_with("linear") {
+        let n = nums(&name);
+        b.linear("fc", x, n[0], n[1], true)
+    } else if name == "softmax_dim1" {
+        scale = 3.0;
+        b.softmax("softmax", x, 1)
+    } else {
+        panic!("unknown golden op {name}")
+    }
+    .unwrap();
+    let graph = b.build(&[y]).unwrap();
+    let weights = c["params"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, s)| (k.clone(), synth(k, &usizes(s), seed).unwrap()))
+        .collect();
+    let mut input = synth("x", &xs, seed).unwrap();
+    input.data_mut().iter_mut().for_each(|v| *v *= scale);
+    OpCase {
+        name,
+        graph,
+        weights,
+        input,
+        expected: c["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect(),
+        expected_shape: usizes(&c["output_shape"]),
+    }
+}
