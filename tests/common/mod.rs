@@ -125,3 +125,18 @@ fn op_case(c: &Json) -> OpCase {
         expected_shape: usizes(&c["output_shape"]),
     }
 }
+
+/// The GPU context for tests: no adapter is a failure with a clear message, never a skip.
+pub fn gpu() -> webcnn::backend::gpu::GpuContext {
+    gpu_with(Default::default())
+}
+
+pub fn gpu_with(opts: webcnn::backend::gpu::GpuOptions) -> webcnn::backend::gpu::GpuContext {
+    match webcnn::backend::gpu::GpuContext::new_blocking(opts) {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "GPU tests need a GPU adapter and none was found: {e}\n\
+             Install a Vulkan driver (CI uses lavapipe: apt-get install mesa-vulkan-drivers)."
+        ),
+    }
+}

@@ -1,0 +1,110 @@
+// Convolution as an implicit GEMM: C[oc, p] = sum_k W[oc, k] * X_col[k, p] per image and
+// group, where k = (ci, ky, kx) and p = (oy, ox). The im2col matrix is never stored: each
+// 64x64 output tile gathers its 16-deep slices of X_col straight into workgroup memory.
+// Every 256-thread workgroup computes 64 output channels x 64 pixels, 4x4 per thread.
+// Epilogue: + bias (BatchNorm already folded in), + residual, ReLU.
+
+struct Params {
+    c: u32, h: u32, w: u32, oc: u32,
+    oh: u32, ow: u32, kh: u32, kw: u32,
+    sh: u32, sw: u32, ph: u32, pw: u32,
+    dh: u32, dw: u32, icg: u32, ocg: u32,
+    // groups handled by this dispatch (its weight chunk) and the first of them
+    g_count: u32, g_base: u32, k: u32, p: u32,
+    has_res: u32, relu: u32, _pad0: u32, _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> prm: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> res: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> a_tile: array<f32, 1024>; // [TK][TM]
+var<workgroup> b_tile: array<f32, 1024>; // [TK][TN]
+
+@compute @workgroup_size(16, 16, 1)
+fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tid = lid.y * 16u + lid.x;
+    let n0 = wid.x * TN;
+    let m0 = wid.y * TM;
+    let img = wid.z / prm.g_count;
+    let gl = wid.z % prm.g_count;
+    let g = prm.g_base + gl;
+    let khw = prm.kh * prm.kw;
+    let x_base = (img * prm.c + g * prm.icg) * prm.h * prm.w;
+    let w_base = gl * prm.ocg * prm.k;
+
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+
+    for (var k0 = 0u; k0 < prm.k; k0 += TK) {
+        // Weights: consecutive threads read consecutive k of one row.
+        for (var r = 0u; r < 4u; r++) {
+            let e = tid + r * 256u;
+            let mm = e / TK;
+            let kk = e % TK;
+            let m = m0 + mm;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (m < prm.ocg && k < prm.k) {
+                v = wt[w_base + m * prm.k + k];
+            }
+            a_tile[kk * TM + mm] = v;
+        }
+        // Input patches: consecutive threads read consecutive output pixels.
+        for (var r = 0u; r < 4u; r++) {
+            let e = tid + r * 256u;
+            let kk = e / TN;
+            let nn = e % TN;
+            let p = n0 + nn;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (p < prm.p && k < prm.k) {
+                let ci = k / khw;
+                let rk = k % khw;
+                let iy = i32((p / prm.ow) * prm.sh + (rk / prm.kw) * prm.dh) - i32(prm.ph);
+                let ix = i32((p % prm.ow) * prm.sw + (rk % prm.kw) * prm.dw) - i32(prm.pw);
+                if (iy >= 0 && ix >= 0 && u32(iy) < prm.h && u32(ix) < prm.w) {
+                    v = x[x_base + (ci * prm.h + u32(iy)) * prm.w + u32(ix)];
+                }
+            }
+            b_tile[kk * TN + nn] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = a_tile[kk * TM + lid.y + 16u * i];
+                b[i] = b_tile[kk * TN + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + lid.y + 16u * i;
+        if (m >= prm.ocg) { continue; }
+        let oc = g * prm.ocg + m;
+        let row = (img * prm.oc + oc) * prm.p;
+        for (var j = 0u; j < 4u; j++) {
+            let p = n0 + lid.x + 16u * j;
+            if (p >= prm.p) { continue; }
+            var v = acc[i * 4u + j] + bias[oc];
+            if (prm.has_res != 0u) { v += res[row + p]; }
+            if (prm.relu != 0u) { v = max(v, 0.0); }
+            y[row + p] = v;
+        }
+    }
+}

@@ -1,0 +1,53 @@
+// Linear layer y[b, n] = sum_k x[b, k] * W[n, k] + bias[n] (+ ReLU). One 256-thread
+// workgroup per output feature: the weight row is read once, coalesced, for four batch
+// rows at a time, then reduced in workgroup memory. These layers are bandwidth-bound
+// (AlexNet/VGG fc6 hold 38M-103M weights), so reading each weight once is what counts.
+
+struct Params {
+    batch: u32, k: u32, n_total: u32, rows: u32,
+    // first output feature of this dispatch's weight chunk
+    n_base: u32, relu: u32, _pad0: u32, _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> prm: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+var<workgroup> red: array<f32, 1024>; // [4][256]
+
+@compute @workgroup_size(256, 1, 1)
+fn linear(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= prm.rows) { return; }
+    let t = lid.x;
+    let w_row = row * prm.k;
+    let n = prm.n_base + row;
+    for (var b0 = 0u; b0 < prm.batch; b0 += 4u) {
+        var acc = vec4<f32>(0.0);
+        for (var k = t; k < prm.k; k += 256u) {
+            let wv = wt[w_row + k];
+            for (var j = 0u; j < 4u; j++) {
+                if (b0 + j < prm.batch) {
+                    acc[j] = fma(wv, x[(b0 + j) * prm.k + k], acc[j]);
+                }
+            }
+        }
+        for (var j = 0u; j < 4u; j++) { red[j * 256u + t] = acc[j]; }
+        workgroupBarrier();
+        for (var s = 128u; s > 0u; s >>= 1u) {
+            if (t < s) {
+                for (var j = 0u; j < 4u; j++) { red[j * 256u + t] += red[j * 256u + t + s]; }
+            }
+            workgroupBarrier();
+        }
+        if (t < 4u && b0 + t < prm.batch) {
+            var v = red[t * 256u] + bias[n];
+            if (prm.relu != 0u) { v = max(v, 0.0); }
+            y[(b0 + t) * prm.n_total + n] = v;
+        }
+        workgroupBarrier();
+    }
+}

@@ -1,0 +1,89 @@
+// Normalisations: LocalResponseNorm (PyTorch: alpha / size, zero-padded across
+// channels), inference BatchNorm as a per-channel scale and shift, and GroupNorm with a
+// two-pass mean / variance per (image, group). BatchNorm and GroupNorm take the
+// residual-add + ReLU epilogue.
+
+struct Params {
+    total: u32, c: u32, hw: u32, size: u32,
+    alpha: f32, beta: f32, k: f32, eps: f32,
+    groups: u32, has_res: u32, relu: u32, _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> prm: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> scale: array<f32>;
+@group(0) @binding(3) var<storage, read> shift: array<f32>;
+@group(0) @binding(4) var<storage, read> res: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+fn out_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y * nwg.x * 64u + gid.x;
+}
+
+fn finish(i: u32, v: f32) -> f32 {
+    var o = v;
+    if (prm.has_res != 0u) { o += res[i]; }
+    if (prm.relu != 0u) { o = max(o, 0.0); }
+    return o;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn lrn(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg);
+    if (i >= prm.total) { return; }
+    let ch = (i / prm.hw) % prm.c;
+    let first = i - ch * prm.hw; // channel 0 at this pixel
+    let lo = i32(ch) - i32(prm.size / 2u);
+    let hi = min(i32(ch) + i32((prm.size - 1u) / 2u), i32(prm.c) - 1);
+    var s = 0.0;
+    for (var k = max(lo, 0); k <= hi; k++) {
+        let v = x[first + u32(k) * prm.hw];
+        s = fma(v, v, s);
+    }
+    y[i] = x[i] / pow(prm.k + prm.alpha / f32(prm.size) * s, prm.beta);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn batch_norm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg);
+    if (i >= prm.total) { return; }
+    let ch = (i / prm.hw) % prm.c;
+    y[i] = finish(i, fma(x[i], scale[ch], shift[ch]));
+}
+
+var<workgroup> part: array<f32, 256>;
+
+fn reduce_sum(t: u32, v: f32) -> f32 {
+    part[t] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (t < s) { part[t] += part[t + s]; }
+        workgroupBarrier();
+    }
+    let r = part[0];
+    workgroupBarrier();
+    return r;
+}
+
+// One workgroup per (image, group): the group's channels are contiguous in NCHW.
+@compute @workgroup_size(256, 1, 1)
+fn group_norm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = lid.x;
+    let cg = prm.c / prm.groups;
+    let len = cg * prm.hw;
+    let base = wid.x * len;
+    let g = wid.x % prm.groups;
+    var s = 0.0;
+    for (var i = t; i < len; i += 256u) { s += x[base + i]; }
+    let mean = reduce_sum(t, s) / f32(len);
+    var q = 0.0;
+    for (var i = t; i < len; i += 256u) {
+        let d = x[base + i] - mean;
+        q = fma(d, d, q);
+    }
+    let rstd = inverseSqrt(reduce_sum(t, q) / f32(len) + prm.eps);
+    for (var i = t; i < len; i += 256u) {
+        let ch = g * cg + i / prm.hw;
+        y[base + i] = finish(base + i, fma((x[base + i] - mean) * rstd, scale[ch], shift[ch]));
+    }
+}

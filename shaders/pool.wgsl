@@ -1,0 +1,91 @@
+// Pooling, one thread per output element: max and average windows with PyTorch's
+// padding / ceil_mode rules, and adaptive average pooling (floor/ceil window bounds).
+
+struct Params {
+    total: u32, h: u32, w: u32, oh: u32,
+    ow: u32, kh: u32, kw: u32, sh: u32,
+    sw: u32, ph: u32, pw: u32, count_include_pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> prm: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+// Output index of this thread; 2D dispatches cover more than 65535 workgroups.
+fn out_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y * nwg.x * 64u + gid.x;
+}
+
+struct Window { h0: i32, h1: i32, w0: i32, w1: i32, size: f32 }
+
+// The window in padded coordinates (size as PyTorch's divisor with padding) and clamped.
+fn window(oy: u32, ox: u32) -> Window {
+    let hs = i32(oy * prm.sh) - i32(prm.ph);
+    let ws = i32(ox * prm.sw) - i32(prm.pw);
+    let he = min(hs + i32(prm.kh), i32(prm.h + prm.ph));
+    let we = min(ws + i32(prm.kw), i32(prm.w + prm.pw));
+    let size = f32((he - hs) * (we - ws));
+    return Window(max(hs, 0), min(he, i32(prm.h)), max(ws, 0), min(we, i32(prm.w)), size);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg);
+    if (i >= prm.total) { return; }
+    let plane = i / (prm.oh * prm.ow);
+    let r = i % (prm.oh * prm.ow);
+    let win = window(r / prm.ow, r % prm.ow);
+    let base = plane * prm.h * prm.w;
+    var m = -3.4028235e38;
+    var nan = false;
+    for (var yy = win.h0; yy < win.h1; yy++) {
+        for (var xx = win.w0; xx < win.w1; xx++) {
+            let v = x[base + u32(yy) * prm.w + u32(xx)];
+            nan = nan || (v != v);
+            m = max(m, v);
+        }
+    }
+    if (nan) { m = bitcast<f32>(0x7fc00000u); }
+    y[i] = m;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg);
+    if (i >= prm.total) { return; }
+    let plane = i / (prm.oh * prm.ow);
+    let r = i % (prm.oh * prm.ow);
+    let win = window(r / prm.ow, r % prm.ow);
+    let base = plane * prm.h * prm.w;
+    var s = 0.0;
+    for (var yy = win.h0; yy < win.h1; yy++) {
+        for (var xx = win.w0; xx < win.w1; xx++) {
+            s += x[base + u32(yy) * prm.w + u32(xx)];
+        }
+    }
+    var div = win.size;
+    if (prm.count_include_pad == 0u) { div = f32((win.h1 - win.h0) * (win.w1 - win.w0)); }
+    y[i] = s / div;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn adaptive_avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg);
+    if (i >= prm.total) { return; }
+    let plane = i / (prm.oh * prm.ow);
+    let r = i % (prm.oh * prm.ow);
+    let oy = r / prm.ow;
+    let ox = r % prm.ow;
+    let h0 = (oy * prm.h) / prm.oh;
+    let h1 = ((oy + 1u) * prm.h + prm.oh - 1u) / prm.oh;
+    let w0 = (ox * prm.w) / prm.ow;
+    let w1 = ((ox + 1u) * prm.w + prm.ow - 1u) / prm.ow;
+    let base = plane * prm.h * prm.w;
+    var s = 0.0;
+    for (var yy = h0; yy < h1; yy++) {
+        for (var xx = w0; xx < w1; xx++) {
+            s += x[base + yy * prm.w + xx];
+        }
+    }
+    y[i] = s / f32((h1 - h0) * (w1 - w0));
+}

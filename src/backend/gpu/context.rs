@@ -1,0 +1,174 @@
+//! Adapter, device and the pipeline cache.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Use at most this many bytes per storage binding (below the adapter's limit):
+    /// exercises the splitting of oversize tensors on any machine.
+    pub max_binding_bytes: Option<u64>,
+    /// Prefer the low-power adapter instead of the high-performance one.
+    pub low_power: bool,
+}
+
+/// The WGSL families in `shaders/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Shader {
+    Conv,
+    Linear,
+    Pool,
+    Norm,
+    Elementwise,
+}
+
+impl Shader {
+    fn source(self) -> &'static str {
+        match self {
+            Shader::Conv => include_str!("../../../shaders/conv.wgsl"),
+            Shader::Linear => include_str!("../../../shaders/linear.wgsl"),
+            Shader::Pool => include_str!("../../../shaders/pool.wgsl"),
+            Shader::Norm => include_str!("../../../shaders/norm.wgsl"),
+            Shader::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub binding_limit: u64,
+    pub lost: Arc<Mutex<Option<String>>>,
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<(Shader, &'static str), wgpu::ComputePipeline>>,
+}
+
+/// An open GPU device with its compiled pipelines; cheap to clone.
+#[derive(Clone)]
+pub struct GpuContext {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl GpuContext {
+    /// Open the preferred adapter with its full limits (not WebGPU's defaults).
+    pub async fn new(opts: GpuOptions) -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let instance = wgpu::Instance::new(desc);
+        let power_preference = if opts.low_power {
+            wgpu::PowerPreference::LowPower
+        } else {
+            wgpu::PowerPreference::HighPerformance
+        };
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::NoAdapter(format!(
+                    "{e} (natively wgpu needs a Vulkan, Metal or DX12 driver; on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` gives a software one; in a browser WebGPU must be enabled)"
+                ))
+            })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("webcnn"),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("requesting a device on '{}': {e}", info.name)))?;
+        // Errors outside our error scopes are logged, not panics.
+        device.on_uncaptured_error(Arc::new(|e| log::error!("wgpu: {e}")));
+        let lost = Arc::new(Mutex::new(None));
+        let l = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *l.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
+        });
+        let mut binding_limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if let Some(m) = opts.max_binding_bytes {
+            binding_limit = binding_limit.min(m.max(4));
+        }
+        Ok(GpuContext {
+            shared: Arc::new(Shared {
+                device,
+                queue,
+                info,
+                limits,
+                binding_limit,
+                lost,
+                modules: Mutex::new(HashMap::new()),
+                pipelines: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Blocking [`GpuContext::new`] for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(opts: GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new(opts))
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.shared.info
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.shared.limits
+    }
+
+    /// The largest storage binding this context uses, in bytes.
+    pub fn binding_limit(&self) -> u64 {
+        self.shared.binding_limit
+    }
+
+    /// A one-line description: adapter name, backend and device type.
+    pub fn describe(&self) -> String {
+        let i = &self.shared.info;
+        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+    }
+
+    /// The compute pipeline for `entry` of `shader`, compiled once per context.
+    pub(crate) fn pipeline(&self, shader: Shader, entry: &'static str) -> wgpu::ComputePipeline {
+        let s = &self.shared;
+        if let Some(p) = s.pipelines.lock().unwrap().get(&(shader, entry)) {
+            return p.clone();
+        }
+        let module = {
+            let mut m = s.modules.lock().unwrap();
+            m.entry(shader)
+                .or_insert_with(|| {
+                    s.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(entry),
+                        source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                    })
+                })
+                .clone()
+        };
+        let p = s
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        s.pipelines
+            .lock()
+            .unwrap()
+            .insert((shader, entry), p.clone());
+        p
+    }
+}

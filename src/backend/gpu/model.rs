@@ -1,0 +1,871 @@
+//! A graph prepared for one input shape: every buffer, uniform and bind group made once,
+//! so a run is one upload, one command encoder, one submit and one read-back.
+
+use super::context::{GpuContext, Shader};
+use super::OneShot;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::lower::{Kernel, Program, Step, StepParams, Weights};
+use crate::plan::MemoryPlan;
+use crate::tensor::{numel, Tensor};
+use wgpu::util::DeviceExt;
+
+/// Device memory of a prepared model, in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Activation slots shared by liveness (the plan's peak), input and outputs included.
+    pub activations: u64,
+    /// Scratch beyond the activations: staging for batch chunks and the read-back buffer.
+    pub workspace: u64,
+    /// Weights, biases and folded norm parameters.
+    pub weights: u64,
+    /// Images per batch chunk (every activation of a chunk fits one storage binding).
+    pub batch_chunk: usize,
+    /// Dispatches launched per run.
+    pub dispatches: usize,
+    /// Layers whose weights were split across several bindings.
+    pub split_layers: usize,
+}
+
+impl MemoryReport {
+    /// Peak activation + workspace bytes.
+    pub fn peak(&self) -> u64 {
+        self.activations + self.workspace
+    }
+}
+
+struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+enum Cmd {
+    Copy {
+        src: wgpu::Buffer,
+        src_off: u64,
+        dst: wgpu::Buffer,
+        dst_off: u64,
+        size: u64,
+    },
+    Pass(Vec<Dispatch>),
+}
+
+pub struct GpuModel {
+    ctx: GpuContext,
+    input_shape: Vec<usize>,
+    output_shapes: Vec<Vec<usize>>,
+    upload: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    cmds: Vec<Cmd>,
+    report: MemoryReport,
+}
+
+/// A range of a buffer bound to one binding.
+#[derive(Clone)]
+struct Bind {
+    buf: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl Bind {
+    fn whole(buf: &wgpu::Buffer) -> Bind {
+        Bind {
+            buf: buf.clone(),
+            offset: 0,
+            size: buf.size(),
+        }
+    }
+    fn floats(buf: &wgpu::Buffer, len: usize) -> Bind {
+        Bind {
+            buf: buf.clone(),
+            offset: 0,
+            size: (len.max(1) * 4) as u64,
+        }
+    }
+}
+
+/// A dispatch before the uniform buffer exists: bindings 1.. plus its uniform words.
+struct Pending {
+    shader: Shader,
+    entry: &'static str,
+    params: Vec<u32>,
+    binds: Vec<(u32, Bind)>,
+    groups: [u32; 3],
+}
+
+enum PendingCmd {
+    Copy {
+        src: wgpu::Buffer,
+        src_off: u64,
+        dst: wgpu::Buffer,
+        dst_off: u64,
+        size: u64,
+    },
+    Dispatch(Pending),
+}
+
+/// A weight tensor as uploaded: one or more chunks of whole rows (or whole conv groups).
+struct Uploaded {
+    chunks: Vec<(wgpu::Buffer, usize, usize)>, // (buffer, first unit, unit count)
+    bias: Option<wgpu::Buffer>,
+    scale: Option<wgpu::Buffer>,
+}
+
+/// Uniform words bound per dispatch (the largest Params struct is conv's 24).
+const UNIFORM_WORDS: usize = 32;
+
+fn f(v: f32) -> u32 {
+    v.to_bits()
+}
+
+impl GpuModel {
+    /// Prepare `graph` with `weights` on `ctx`.
+    pub async fn prepare(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
+        Self::prepare_with(ctx, graph, weights, true).await
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn prepare_blocking(
+        ctx: &GpuContext,
+        graph: &Graph,
+        weights: &dyn Weights,
+    ) -> Result<Self> {
+        pollster::block_on(Self::prepare(ctx, graph, weights))
+    }
+
+    /// `fuse: false` runs every node as its own step (to test the fusions).
+    pub async fn prepare_with(
+        ctx: &GpuContext,
+        graph: &Graph,
+        weights: &dyn Weights,
+        fuse: bool,
+    ) -> Result<Self> {
+        let program = Program::new(graph, fuse);
+        let params = program
+            .steps
+            .iter()
+            .map(|s| s.params(weights, program.shape(s.inputs[0])))
+            .collect::<Result<Vec<_>>>()?;
+        let dev = &ctx.shared.device;
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let built = Builder::new(ctx, &program).build(&program, &params);
+        let oom_err = oom.pop().await;
+        let val_err = scope.pop().await;
+        let model = built?;
+        if let Some(e) = oom_err.or(val_err) {
+            return Err(Error::Gpu(format!("preparing the graph: {e}")));
+        }
+        Ok(model)
+    }
+
+    pub fn memory(&self) -> &MemoryReport {
+        &self.report
+    }
+
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+        for c in &self.cmds {
+            match c {
+                Cmd::Copy {
+                    src,
+                    src_off,
+                    dst,
+                    dst_off,
+                    size,
+                } => enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size),
+                Cmd::Pass(ds) => {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    for d in ds {
+                        pass.set_pipeline(&d.pipeline);
+                        pass.set_bind_group(0, &d.bind_group, &[]);
+                        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        match &*self.ctx.shared.lost.lock().unwrap() {
+            Some(why) => Err(Error::Gpu(format!(
+                "device lost ({why}); create a new context"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Run on `input`; returns the graph's outputs in order.
+    pub async fn run(&mut self, input: &Tensor) -> Result<Vec<Tensor>> {
+        if input.shape() != self.input_shape.as_slice() {
+            return Err(Error::InputShape {
+                expected: self.input_shape.clone(),
+                got: input.shape().to_vec(),
+            });
+        }
+        self.check_alive()?;
+        let s = &self.ctx.shared;
+        let scope = s.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        s.queue
+            .write_buffer(&self.upload, 0, bytemuck::cast_slice(input.data()));
+        let mut enc = s
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("forward"),
+            });
+        self.encode(&mut enc);
+        s.queue.submit([enc.finish()]);
+        let done = OneShot::new();
+        let send = done.sender();
+        self.readback
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        s.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        let mapped = done.await;
+        if let Some(e) = scope.pop().await {
+            if mapped.is_ok() {
+                self.readback.unmap();
+            }
+            return Err(Error::Gpu(format!("running the graph: {e}")));
+        }
+        mapped.map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
+        let data: Vec<f32> = {
+            let view = self
+                .readback
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        self.readback.unmap();
+        self.check_alive()?;
+        let mut off = 0;
+        Ok(self
+            .output_shapes
+            .iter()
+            .map(|shape| {
+                let n = numel(shape);
+                off += n;
+                Tensor::new(shape.clone(), data[off - n..off].to_vec()).expect("planned shapes")
+            })
+            .collect())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_blocking(&mut self, input: &Tensor) -> Result<Vec<Tensor>> {
+        pollster::block_on(self.run(input))
+    }
+
+    /// Seconds per forward pass on the device alone: `iters` passes encoded in one
+    /// submit, no upload or read-back (for benchmarks).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn time_device(&self, iters: usize) -> Result<f64> {
+        self.check_alive()?;
+        let s = &self.ctx.shared;
+        let mut enc = s.device.create_command_encoder(&Default::default());
+        for _ in 0..iters {
+            self.encode(&mut enc);
+        }
+        let t = std::time::Instant::now();
+        s.queue.submit([enc.finish()]);
+        s.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        Ok(t.elapsed().as_secs_f64() / iters.max(1) as f64)
+    }
+}
+
+struct Builder<'a> {
+    ctx: &'a GpuContext,
+    limit: u64,
+    max_groups: u32,
+    pending: Vec<PendingCmd>,
+    dummy: wgpu::Buffer,
+    report: MemoryReport,
+}
+
+impl<'a> Builder<'a> {
+    fn new(ctx: &'a GpuContext, _p: &Program) -> Self {
+        let dummy = ctx.shared.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Builder {
+            ctx,
+            limit: ctx.binding_limit(),
+            max_groups: ctx.shared.limits.max_compute_workgroups_per_dimension,
+            pending: vec![],
+            dummy,
+            report: MemoryReport::default(),
+        }
+    }
+
+    fn device(&self) -> &wgpu::Device {
+        &self.ctx.shared.device
+    }
+
+    fn storage(&self, label: &str, len: usize, extra: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (len.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | extra,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn upload(&mut self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        self.report.weights += (data.len() * 4) as u64;
+        let zero = [0f32];
+        let data = if data.is_empty() { &zero[..] } else { data };
+        self.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(data),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// Workgroup grid for `count` workgroups, folded into 2D past the per-dimension limit.
+    fn grid(&self, count: usize, what: &str) -> Result<[u32; 3]> {
+        let m = self.max_groups as usize;
+        let x = count.clamp(1, m);
+        let y = count.div_ceil(x);
+        if y > m {
+            return Err(Error::DeviceLimit(format!(
+                "{what}: {count} workgroups exceed {m}x{m}"
+            )));
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    /// Split `units` rows of `unit_len` floats into chunks that each fit one binding.
+    fn upload_chunked(
+        &mut self,
+        name: &str,
+        w: &[f32],
+        units: usize,
+    ) -> Result<Vec<(wgpu::Buffer, usize, usize)>> {
+        let unit_len = w.len() / units;
+        let per = (self.limit / (unit_len as u64 * 4)) as usize;
+        if per == 0 {
+            return Err(Error::DeviceLimit(format!(
+                "'{name}': one row of {} bytes exceeds the {}-byte storage binding limit",
+                unit_len * 4,
+                self.limit
+            )));
+        }
+        if per < units {
+            self.report.split_layers += 1;
+        }
+        let mut chunks = vec![];
+        for first in (0..units).step_by(per) {
+            let count = per.min(units - first);
+            let buf = self.upload(name, &w[first * unit_len..(first + count) * unit_len]);
+            chunks.push((buf, first, count));
+        }
+        Ok(chunks)
+    }
+
+    fn build(mut self, program: &Program, params: &[StepParams]) -> Result<GpuModel> {
+        let input_shape = program.shape(program.input).to_vec();
+        let n = input_shape[0];
+        let per_image = |v| numel(&program.shape(v)[1..]) as u64 * 4;
+        // Largest batch chunk whose every activation fits one binding.
+        let (biggest, big_v) = program
+            .steps
+            .iter()
+            .map(|s| (per_image(s.output), s.nodes.join("+")))
+            .chain([(per_image(program.input), "input".to_string())])
+            .max_by_key(|(b, _)| *b)
+            .expect("an input");
+        if biggest > self.limit {
+            return Err(Error::DeviceLimit(format!(
+                "activation of '{big_v}' needs {biggest} bytes per image, more than the {}-byte storage binding limit",
+                self.limit
+            )));
+        }
+        let chunk = ((self.limit / biggest) as usize).clamp(1, n);
+        let plan = MemoryPlan::new(program, chunk);
+        let slots: Vec<wgpu::Buffer> = plan
+            .slot_len
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                self.storage(
+                    &format!("slot {i}"),
+                    len,
+                    wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                )
+            })
+            .collect();
+        self.report.activations = plan.bytes();
+        self.report.batch_chunk = chunk;
+
+        let uploaded = program
+            .steps
+            .iter()
+            .zip(params)
+            .map(|(s, p)| self.upload_step(s, p))
+            .collect::<Result<Vec<_>>>()?;
+
+        let in_slot = &slots[plan.slot_of[&program.input]];
+        let chunks = n.div_ceil(chunk);
+        let max_buf = self.ctx.shared.limits.max_buffer_size;
+        let upload = if chunks == 1 {
+            in_slot.clone()
+        } else {
+            let bytes = per_image(program.input) * n as u64;
+            if bytes > max_buf {
+                return Err(Error::DeviceLimit(format!(
+                    "input of {bytes} bytes exceeds the {max_buf}-byte buffer limit"
+                )));
+            }
+            self.report.workspace += bytes;
+            self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("input"),
+                size: bytes,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let out_bytes: Vec<u64> = program
+            .outputs
+            .iter()
+            .map(|(_, s)| numel(s) as u64 * 4)
+            .collect();
+        let total_out: u64 = out_bytes.iter().sum();
+        if total_out > max_buf {
+            return Err(Error::DeviceLimit(format!(
+                "outputs of {total_out} bytes exceed the {max_buf}-byte buffer limit"
+            )));
+        }
+        self.report.workspace += total_out;
+        let readback = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: total_out.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        for c in 0..chunks {
+            let b0 = c * chunk;
+            let nb = chunk.min(n - b0);
+            if chunks > 1 {
+                let pi = per_image(program.input);
+                self.pending.push(PendingCmd::Copy {
+                    src: upload.clone(),
+                    src_off: b0 as u64 * pi,
+                    dst: in_slot.clone(),
+                    dst_off: 0,
+                    size: nb as u64 * pi,
+                });
+            }
+            for (step, up) in program.steps.iter().zip(&uploaded) {
+                let bind = |v| {
+                    let len = numel(&program.shape(v)[1..]) * nb;
+                    Bind::floats(&slots[plan.slot_of[&v]], len)
+                };
+                let ins: Vec<Bind> = step.inputs.iter().map(|&v| bind(v)).collect();
+                let res = step.residual.map(bind);
+                let out = bind(step.output);
+                self.dispatch_step(program, step, up, nb, &ins, res, out)?;
+            }
+            let mut off = 0;
+            for ((v, shape), bytes) in program.outputs.iter().zip(&out_bytes) {
+                let pi = numel(&shape[1..]) as u64 * 4;
+                self.pending.push(PendingCmd::Copy {
+                    src: slots[plan.slot_of[v]].clone(),
+                    src_off: 0,
+                    dst: readback.clone(),
+                    dst_off: off + b0 as u64 * pi,
+                    size: nb as u64 * pi,
+                });
+                off += bytes;
+            }
+        }
+        let cmds = self.finish_pending();
+        Ok(GpuModel {
+            ctx: self.ctx.clone(),
+            input_shape,
+            output_shapes: program.outputs.iter().map(|(_, s)| s.clone()).collect(),
+            upload,
+            readback,
+            cmds,
+            report: self.report,
+        })
+    }
+
+    fn upload_step(&mut self, step: &Step, p: &StepParams) -> Result<Uploaded> {
+        let name = &step.nodes[0];
+        let mut up = Uploaded {
+            chunks: vec![],
+            bias: None,
+            scale: None,
+        };
+        match &step.kernel {
+            Kernel::Conv { cfg, .. } => {
+                up.chunks = self.upload_chunked(name, &p.weight, cfg.groups)?;
+                up.bias = Some(self.upload(name, &p.bias));
+            }
+            Kernel::Linear { cfg, .. } => {
+                up.chunks = self.upload_chunked(name, &p.weight, cfg.out_features)?;
+                up.bias = Some(self.upload(name, &p.bias));
+            }
+            Kernel::BatchNorm { .. } | Kernel::GroupNorm { .. } => {
+                up.scale = Some(self.upload(name, &p.scale));
+                up.bias = Some(self.upload(name, &p.bias));
+            }
+            _ => {}
+        }
+        Ok(up)
+    }
+
+    fn push(
+        &mut self,
+        shader: Shader,
+        entry: &'static str,
+        mut params: Vec<u32>,
+        binds: Vec<(u32, Bind)>,
+        groups: [u32; 3],
+    ) {
+        // Every binding covers UNIFORM_WORDS, at least any kernel's Params struct.
+        assert!(
+            params.len() <= UNIFORM_WORDS,
+            "{entry}: too many uniform words"
+        );
+        params.resize(UNIFORM_WORDS, 0);
+        self.report.dispatches += 1;
+        self.pending.push(PendingCmd::Dispatch(Pending {
+            shader,
+            entry,
+            params,
+            binds,
+            groups,
+        }));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_step(
+        &mut self,
+        program: &Program,
+        step: &Step,
+        up: &Uploaded,
+        nb: usize,
+        ins: &[Bind],
+        res: Option<Bind>,
+        out: Bind,
+    ) -> Result<()> {
+        let xs = program.shape(step.inputs[0]);
+        let os = program.shape(step.output);
+        let what = step.nodes.join("+");
+        let relu = step.relu as u32;
+        let has_res = res.is_some() as u32;
+        let res = res.unwrap_or_else(|| Bind::whole(&self.dummy));
+        let total = numel(&os[1..]) * nb;
+        let x = ins[0].clone();
+        match &step.kernel {
+            Kernel::Conv { cfg, .. } => {
+                let (c, h, w) = (xs[1], xs[2], xs[3]);
+                let (oc, oh, ow) = (os[1], os[2], os[3]);
+                let g = cfg.groups;
+                let (icg, ocg) = (c / g, oc / g);
+                let k = icg * cfg.kernel[0] * cfg.kernel[1];
+                let p = oh * ow;
+                let bias = up.bias.clone().expect("conv bias");
+                for (wbuf, g_base, g_count) in &up.chunks {
+                    let gx = p.div_ceil(64);
+                    let gy = ocg.div_ceil(64);
+                    let gz = nb * g_count;
+                    let m = self.max_groups as usize;
+                    if gx > m || gy > m || gz > m {
+                        return Err(Error::DeviceLimit(format!(
+                            "'{what}': conv grid {gx}x{gy}x{gz} exceeds {m} per dimension"
+                        )));
+                    }
+                    let prm = [
+                        c,
+                        h,
+                        w,
+                        oc,
+                        oh,
+                        ow,
+                        cfg.kernel[0],
+                        cfg.kernel[1],
+                        cfg.stride[0],
+                        cfg.stride[1],
+                        cfg.padding[0],
+                        cfg.padding[1],
+                        cfg.dilation[0],
+                        cfg.dilation[1],
+                        icg,
+                        ocg,
+                        *g_count,
+                        *g_base,
+                        k,
+                        p,
+                    ]
+                    .iter()
+                    .map(|&v| v as u32)
+                    .chain([has_res, relu])
+                    .collect();
+                    let binds = vec![
+                        (1, x.clone()),
+                        (2, Bind::whole(wbuf)),
+                        (3, Bind::whole(&bias)),
+                        (4, res.clone()),
+                        (5, out.clone()),
+                    ];
+                    self.push(
+                        Shader::Conv,
+                        "conv2d",
+                        prm,
+                        binds,
+                        [gx as u32, gy as u32, gz as u32],
+                    );
+                }
+            }
+            Kernel::Linear { cfg, .. } => {
+                let bias = up.bias.clone().expect("linear bias");
+                for (wbuf, first, rows) in &up.chunks {
+                    let prm = vec![
+                        nb as u32,
+                        cfg.in_features as u32,
+                        cfg.out_features as u32,
+                        *rows as u32,
+                        *first as u32,
+                        relu,
+                    ];
+                    let binds = vec![
+                        (1, x.clone()),
+                        (2, Bind::whole(wbuf)),
+                        (3, Bind::whole(&bias)),
+                        (4, out.clone()),
+                    ];
+                    let groups = self.grid(*rows, &what)?;
+                    self.push(Shader::Linear, "linear", prm, binds, groups);
+                }
+            }
+            Kernel::MaxPool(pl) | Kernel::AvgPool(pl) => {
+                let entry = if matches!(step.kernel, Kernel::MaxPool(_)) {
+                    "max_pool"
+                } else {
+                    "avg_pool"
+                };
+                let prm = [
+                    total,
+                    xs[2],
+                    xs[3],
+                    os[2],
+                    os[3],
+                    pl.kernel[0],
+                    pl.kernel[1],
+                    pl.stride[0],
+                    pl.stride[1],
+                    pl.padding[0],
+                    pl.padding[1],
+                    pl.count_include_pad as usize,
+                ]
+                .iter()
+                .map(|&v| v as u32)
+                .collect();
+                let groups = self.grid(total.div_ceil(64), &what)?;
+                self.push(Shader::Pool, entry, prm, vec![(1, x), (2, out)], groups);
+            }
+            Kernel::AdaptiveAvgPool { output } => {
+                let prm = [total, xs[2], xs[3], output[0], output[1]]
+                    .iter()
+                    .map(|&v| v as u32)
+                    .collect();
+                let groups = self.grid(total.div_ceil(64), &what)?;
+                self.push(
+                    Shader::Pool,
+                    "adaptive_avg_pool",
+                    prm,
+                    vec![(1, x), (2, out)],
+                    groups,
+                );
+            }
+            Kernel::Lrn(l) => {
+                let prm = vec![
+                    total as u32,
+                    xs[1] as u32,
+                    (xs[2] * xs[3]) as u32,
+                    l.size as u32,
+                    f(l.alpha),
+                    f(l.beta),
+                    f(l.k),
+                ];
+                let groups = self.grid(total.div_ceil(64), &what)?;
+                self.push(Shader::Norm, "lrn", prm, vec![(1, x), (5, out)], groups);
+            }
+            Kernel::BatchNorm { .. } | Kernel::GroupNorm { .. } => {
+                let (entry, groups_n, eps, groups) = match &step.kernel {
+                    Kernel::GroupNorm { cfg, .. } => (
+                        "group_norm",
+                        cfg.groups,
+                        cfg.eps,
+                        self.grid(nb * cfg.groups, &what)?,
+                    ),
+                    _ => ("batch_norm", 1, 0.0, self.grid(total.div_ceil(64), &what)?),
+                };
+                let prm = vec![
+                    total as u32,
+                    xs[1] as u32,
+                    (xs[2] * xs[3]) as u32,
+                    0,
+                    0,
+                    0,
+                    0,
+                    f(eps),
+                    groups_n as u32,
+                    has_res,
+                    relu,
+                ];
+                let binds = vec![
+                    (1, x),
+                    (2, Bind::whole(up.scale.as_ref().expect("norm scale"))),
+                    (3, Bind::whole(up.bias.as_ref().expect("norm shift"))),
+                    (4, res),
+                    (5, out),
+                ];
+                self.push(Shader::Norm, entry, prm, binds, groups);
+            }
+            Kernel::Add => {
+                let groups = self.grid(total.div_ceil(64), &what)?;
+                let prm = vec![total as u32, relu];
+                self.push(
+                    Shader::Elementwise,
+                    "add",
+                    prm,
+                    vec![(1, x), (2, ins[1].clone()), (3, out)],
+                    groups,
+                );
+            }
+            Kernel::Relu => {
+                let groups = self.grid(total.div_ceil(64), &what)?;
+                self.push(
+                    Shader::Elementwise,
+                    "relu",
+                    vec![total as u32],
+                    vec![(1, x), (3, out)],
+                    groups,
+                );
+            }
+            Kernel::Softmax { dim } => {
+                let dim_len = xs[*dim];
+                let inner: usize = xs[dim + 1..].iter().product();
+                let rows = total / dim_len;
+                let groups = self.grid(rows.div_ceil(64), &what)?;
+                let prm = vec![rows as u32, 0, dim_len as u32, inner as u32];
+                self.push(
+                    Shader::Elementwise,
+                    "softmax",
+                    prm,
+                    vec![(1, x), (3, out)],
+                    groups,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Write every dispatch's uniforms into one buffer and make the bind groups.
+    fn finish_pending(&mut self) -> Vec<Cmd> {
+        let align = self
+            .ctx
+            .shared
+            .limits
+            .min_uniform_buffer_offset_alignment
+            .max(16) as usize
+            / 4;
+        let mut words: Vec<u32> = vec![];
+        let mut offsets = vec![];
+        for p in &self.pending {
+            if let PendingCmd::Dispatch(d) = p {
+                offsets.push(words.len() * 4);
+                words.extend(&d.params);
+                words.resize(words.len().div_ceil(align) * align, 0);
+            }
+        }
+        if words.is_empty() {
+            words.push(0);
+        }
+        let uniforms = self
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("uniforms"),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut cmds: Vec<Cmd> = vec![];
+        let mut offsets = offsets.into_iter();
+        for p in std::mem::take(&mut self.pending) {
+            match p {
+                PendingCmd::Copy {
+                    src,
+                    src_off,
+                    dst,
+                    dst_off,
+                    size,
+                } => cmds.push(Cmd::Copy {
+                    src,
+                    src_off,
+                    dst,
+                    dst_off,
+                    size,
+                }),
+                PendingCmd::Dispatch(d) => {
+                    let pipeline = self.ctx.pipeline(d.shader, d.entry);
+                    let off = offsets.next().expect("one offset per dispatch") as u64;
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &uniforms,
+                            offset: off,
+                            size: wgpu::BufferSize::new(d.params.len() as u64 * 4),
+                        }),
+                    }];
+                    for (i, b) in &d.binds {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: *i,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &b.buf,
+                                offset: b.offset,
+                                size: wgpu::BufferSize::new(b.size),
+                            }),
+                        });
+                    }
+                    let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(d.entry),
+                        layout: &pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    });
+                    let dispatch = Dispatch {
+                        pipeline,
+                        bind_group,
+                        groups: d.groups,
+                    };
+                    match cmds.last_mut() {
+                        Some(Cmd::Pass(v)) => v.push(dispatch),
+                        _ => cmds.push(Cmd::Pass(vec![dispatch])),
+                    }
+                }
+            }
+        }
+        cmds
+    }
+}
