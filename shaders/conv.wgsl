@@ -9,9 +9,10 @@ struct Params {
     oh: u32, ow: u32, kh: u32, kw: u32,
     sh: u32, sw: u32, ph: u32, pw: u32,
     dh: u32, dw: u32, icg: u32, ocg: u32,
-    // groups handled by this dispatch (its weight chunk) and the first of them
+    // This dispatch's weight chunk: groups g_base.. (g_count of them), and within each
+    // group the output channels m_base.. (m_count of them).
     g_count: u32, g_base: u32, k: u32, p: u32,
-    has_res: u32, relu: u32, _pad0: u32, _pad1: u32,
+    has_res: u32, relu: u32, m_base: u32, m_count: u32,
 }
 
 @group(0) @binding(0) var<uniform> prm: Params;
@@ -38,7 +39,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     let g = prm.g_base + gl;
     let khw = prm.kh * prm.kw;
     let x_base = (img * prm.c + g * prm.icg) * prm.h * prm.w;
-    let w_base = gl * prm.ocg * prm.k;
+    let w_base = gl * prm.m_count * prm.k;
 
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
@@ -52,7 +53,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             let m = m0 + mm;
             let k = k0 + kk;
             var v = 0.0;
-            if (m < prm.ocg && k < prm.k) {
+            if (m < prm.m_count && k < prm.k) {
                 v = wt[w_base + m * prm.k + k];
             }
             a_tile[kk * TM + mm] = v;
@@ -95,8 +96,8 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
 
     for (var i = 0u; i < 4u; i++) {
         let m = m0 + lid.y + 16u * i;
-        if (m >= prm.ocg) { continue; }
-        let oc = g * prm.ocg + m;
+        if (m >= prm.m_count) { continue; }
+        let oc = g * prm.ocg + prm.m_base + m;
         let row = (img * prm.oc + oc) * prm.p;
         for (var j = 0u; j < 4u; j++) {
             let p = n0 + lid.x + 16u * j;

@@ -117,7 +117,7 @@ impl Program {
             let kernel = match &n.op {
                 Op::Conv2d(cfg) => {
                     let mut bn = None;
-                    if let Some(j) = sole(i) {
+                    if let Some(j) = sole(i).filter(|&j| !fused[j]) {
                         if let Op::BatchNorm2d(b) = &nodes[j].op {
                             bn = Some((nodes[j].name.clone(), b.eps));
                             names.push(nodes[j].name.clone());
@@ -159,7 +159,7 @@ impl Program {
                 Kernel::Conv { .. } | Kernel::BatchNorm { .. } | Kernel::GroupNorm { .. }
             );
             if takes_residual {
-                if let Some(j) = sole(last) {
+                if let Some(j) = sole(last).filter(|&j| !fused[j]) {
                     if nodes[j].op == Op::Add {
                         let other = nodes[j].inputs.iter().copied().find(|v| v.0 != last);
                         if let Some(other) = other {
@@ -173,7 +173,7 @@ impl Program {
             }
             let mut relu = false;
             if !matches!(kernel, Kernel::Relu | Kernel::Softmax { .. }) {
-                if let Some(j) = sole(last) {
+                if let Some(j) = sole(last).filter(|&j| !fused[j]) {
                     if nodes[j].op == Op::Relu {
                         relu = true;
                         names.push(nodes[j].name.clone());

@@ -2,6 +2,7 @@
 //! Python generator (FNV-1a of the key, XOR seed, then SplitMix64).
 
 use crate::tensor::{numel, Tensor};
+use std::collections::HashMap;
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -60,6 +61,15 @@ pub fn synth(key: &str, shape: &[usize], seed: u64) -> Result<Tensor, NoRule> {
     Ok(Tensor::new(shape.to_vec(), data).expect("numel matches"))
 }
 
+/// Every parameter of `graph` synthesised under `seed` (the golden cases' weights).
+pub fn synth_params(graph: &crate::Graph, seed: u64) -> Result<HashMap<String, Tensor>, NoRule> {
+    graph
+        .params()
+        .into_iter()
+        .map(|p| Ok((p.name.clone(), synth(&p.name, &p.shape, seed)?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +121,7 @@ mod tests {
         let g = synth("layer1.0.bn1.weight", &[64], 7).unwrap();
         for (a, b) in g.data()[..3]
             .iter()
-            .zip([0.59087865f32, 0.40275372, 0.47262864])
+            .zip([0.590_878_65_f32, 0.402_753_7, 0.472_628_64])
         {
             assert!((a - b).abs() < 1e-7, "{a} vs {b}");
         }

@@ -108,7 +108,7 @@ impl GraphBuilder {
                 ),
             ));
         }
-        if c_.in_channels % c_.groups != 0 || c_.out_channels % c_.groups != 0 {
+        if !c_.in_channels.is_multiple_of(c_.groups) || !c_.out_channels.is_multiple_of(c_.groups) {
             return Err(err(
                 name,
                 &op,
@@ -241,7 +241,7 @@ impl GraphBuilder {
                 format!("expects {channels} channels, got {}", s[1]),
             ));
         }
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(err(
                 name,
                 &op,

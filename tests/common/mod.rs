@@ -50,8 +50,8 @@ fn op_case(c: &Json) -> OpCase {
     let mut b = GraphBuilder::new();
     let x = b.input("x", &xs).unwrap();
     let mut scale = 1.0f32;
-    let y = if name.starts_with("conv2d") {
-        let [ci, co, k, s, p, d, g] = nums(&name[6..])[..] else {
+    let y = if let Some(spec) = name.strip_prefix("conv2d") {
+        let [ci, co, k, s, p, d, g] = nums(spec)[..] else {
             panic!("{name}")
         };
         b.conv2d(

@@ -106,9 +106,19 @@ enum PendingCmd {
     Dispatch(Pending),
 }
 
+/// Part of a weight tensor in one buffer: `groups` conv groups from `group`, and in each
+/// of them `rows` output rows from `row` (Linear: one group).
+struct Chunk {
+    buf: wgpu::Buffer,
+    group: usize,
+    groups: usize,
+    row: usize,
+    rows: usize,
+}
+
 /// A weight tensor as uploaded: one or more chunks of whole rows (or whole conv groups).
 struct Uploaded {
-    chunks: Vec<(wgpu::Buffer, usize, usize)>, // (buffer, first unit, unit count)
+    chunks: Vec<Chunk>,
     bias: Option<wgpu::Buffer>,
     scale: Option<wgpu::Buffer>,
 }
@@ -226,9 +236,7 @@ impl GpuModel {
         s.queue.submit([enc.finish()]);
         let done = OneShot::new();
         let send = done.sender();
-        self.readback
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| send(r));
+        self.readback.slice(..).map_async(wgpu::MapMode::Read, send);
         #[cfg(not(target_arch = "wasm32"))]
         s.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -352,30 +360,59 @@ impl<'a> Builder<'a> {
         Ok([x as u32, y as u32, 1])
     }
 
-    /// Split `units` rows of `unit_len` floats into chunks that each fit one binding.
+    /// Upload `w` (`groups` x `rows` x `row_len`) in chunks that each fit one binding:
+    /// whole groups where a group fits, else runs of rows within a group.
     fn upload_chunked(
         &mut self,
         name: &str,
         w: &[f32],
-        units: usize,
-    ) -> Result<Vec<(wgpu::Buffer, usize, usize)>> {
-        let unit_len = w.len() / units;
-        let per = (self.limit / (unit_len as u64 * 4)) as usize;
-        if per == 0 {
-            return Err(Error::DeviceLimit(format!(
-                "'{name}': one row of {} bytes exceeds the {}-byte storage binding limit",
-                unit_len * 4,
-                self.limit
-            )));
-        }
-        if per < units {
-            self.report.split_layers += 1;
-        }
+        groups: usize,
+        rows: usize,
+    ) -> Result<Vec<Chunk>> {
+        let row_bytes = (w.len() / (groups * rows)) as u64 * 4;
+        let group_bytes = row_bytes * rows as u64;
         let mut chunks = vec![];
-        for first in (0..units).step_by(per) {
-            let count = per.min(units - first);
-            let buf = self.upload(name, &w[first * unit_len..(first + count) * unit_len]);
-            chunks.push((buf, first, count));
+        let slice = |g: usize, r: usize, n: usize| {
+            let row_len = row_bytes as usize / 4;
+            (g * rows + r) * row_len..(g * rows + r + n) * row_len
+        };
+        if group_bytes <= self.limit {
+            let per = ((self.limit / group_bytes) as usize).min(groups);
+            for g in (0..groups).step_by(per) {
+                let n = per.min(groups - g);
+                let buf = self.upload(name, &w[slice(g, 0, n * rows)]);
+                chunks.push(Chunk {
+                    buf,
+                    group: g,
+                    groups: n,
+                    row: 0,
+                    rows,
+                });
+            }
+        } else {
+            let per = (self.limit / row_bytes) as usize;
+            if per == 0 {
+                return Err(Error::DeviceLimit(format!(
+                    "'{name}': one weight row of {row_bytes} bytes exceeds the {}-byte storage binding limit",
+                    self.limit
+                )));
+            }
+            for g in 0..groups {
+                for r in (0..rows).step_by(per) {
+                    let n = per.min(rows - r);
+                    let buf = self.upload(name, &w[slice(g, r, n)]);
+                    chunks.push(Chunk {
+                        buf,
+                        group: g,
+                        groups: 1,
+                        row: r,
+                        rows: n,
+                    });
+                }
+            }
+        }
+        if chunks.len() > 1 {
+            self.report.split_layers += 1;
         }
         Ok(chunks)
     }
@@ -518,11 +555,16 @@ impl<'a> Builder<'a> {
         };
         match &step.kernel {
             Kernel::Conv { cfg, .. } => {
-                up.chunks = self.upload_chunked(name, &p.weight, cfg.groups)?;
+                up.chunks = self.upload_chunked(
+                    name,
+                    &p.weight,
+                    cfg.groups,
+                    cfg.out_channels / cfg.groups,
+                )?;
                 up.bias = Some(self.upload(name, &p.bias));
             }
             Kernel::Linear { cfg, .. } => {
-                up.chunks = self.upload_chunked(name, &p.weight, cfg.out_features)?;
+                up.chunks = self.upload_chunked(name, &p.weight, 1, cfg.out_features)?;
                 up.bias = Some(self.upload(name, &p.bias));
             }
             Kernel::BatchNorm { .. } | Kernel::GroupNorm { .. } => {
@@ -586,10 +628,10 @@ impl<'a> Builder<'a> {
                 let k = icg * cfg.kernel[0] * cfg.kernel[1];
                 let p = oh * ow;
                 let bias = up.bias.clone().expect("conv bias");
-                for (wbuf, g_base, g_count) in &up.chunks {
+                for ch in &up.chunks {
                     let gx = p.div_ceil(64);
-                    let gy = ocg.div_ceil(64);
-                    let gz = nb * g_count;
+                    let gy = ch.rows.div_ceil(64);
+                    let gz = nb * ch.groups;
                     let m = self.max_groups as usize;
                     if gx > m || gy > m || gz > m {
                         return Err(Error::DeviceLimit(format!(
@@ -613,18 +655,18 @@ impl<'a> Builder<'a> {
                         cfg.dilation[1],
                         icg,
                         ocg,
-                        *g_count,
-                        *g_base,
+                        ch.groups,
+                        ch.group,
                         k,
                         p,
                     ]
                     .iter()
                     .map(|&v| v as u32)
-                    .chain([has_res, relu])
+                    .chain([has_res, relu, ch.row as u32, ch.rows as u32])
                     .collect();
                     let binds = vec![
                         (1, x.clone()),
-                        (2, Bind::whole(wbuf)),
+                        (2, Bind::whole(&ch.buf)),
                         (3, Bind::whole(&bias)),
                         (4, res.clone()),
                         (5, out.clone()),
@@ -640,22 +682,22 @@ impl<'a> Builder<'a> {
             }
             Kernel::Linear { cfg, .. } => {
                 let bias = up.bias.clone().expect("linear bias");
-                for (wbuf, first, rows) in &up.chunks {
+                for ch in &up.chunks {
                     let prm = vec![
                         nb as u32,
                         cfg.in_features as u32,
                         cfg.out_features as u32,
-                        *rows as u32,
-                        *first as u32,
+                        ch.rows as u32,
+                        ch.row as u32,
                         relu,
                     ];
                     let binds = vec![
                         (1, x.clone()),
-                        (2, Bind::whole(wbuf)),
+                        (2, Bind::whole(&ch.buf)),
                         (3, Bind::whole(&bias)),
                         (4, out.clone()),
                     ];
-                    let groups = self.grid(*rows, &what)?;
+                    let groups = self.grid(ch.rows, &what)?;
                     self.push(Shader::Linear, "linear", prm, binds, groups);
                 }
             }

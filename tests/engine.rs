@@ -1,0 +1,331 @@
+//! Engine behaviour beyond single ops, on both backends: fusion, pooling rules the golden
+//! cases leave untested, splitting of tensors beyond a binding, batch chunking, errors.
+mod common;
+
+use std::collections::HashMap;
+use webcnn::backend::cpu::CpuModel;
+use webcnn::backend::gpu::{GpuModel, GpuOptions};
+use webcnn::graph::{Conv2d, GraphBuilder, Pool2d};
+use webcnn::lower::Program;
+use webcnn::prng::{synth, synth_params};
+use webcnn::tensor::rel_l2;
+use webcnn::{Error, Graph, Tensor};
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.data().iter().map(|&v| v as f64).collect()
+}
+
+fn run_cpu(g: &Graph, w: &HashMap<String, Tensor>, x: &Tensor, fuse: bool) -> Vec<Tensor> {
+    CpuModel::prepare_with(g, w, fuse).unwrap().run(x).unwrap()
+}
+
+fn run_gpu(
+    ctx: &webcnn::backend::gpu::GpuContext,
+    g: &Graph,
+    w: &HashMap<String, Tensor>,
+    x: &Tensor,
+    fuse: bool,
+) -> Vec<Tensor> {
+    let mut m = pollster::block_on(GpuModel::prepare_with(ctx, g, w, fuse)).unwrap();
+    m.run_blocking(x).unwrap()
+}
+
+/// A ResNet-style stage: basic block, then a strided bottleneck-ish block with a
+/// downsample branch, GroupNorm block, and a classifier head.
+fn residual_graph(batch: usize) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[batch, 8, 9, 9]).unwrap();
+    let c1 = b
+        .conv2d("l.0.conv1", x, Conv2d::new(8, 8, 3).padding(1).bias(false))
+        .unwrap();
+    let n1 = b.batch_norm2d("l.0.bn1", c1, 8, 1e-5).unwrap();
+    let r1 = b.relu("l.0.relu1", n1).unwrap();
+    let c2 = b
+        .conv2d("l.0.conv2", r1, Conv2d::new(8, 8, 3).padding(1).bias(false))
+        .unwrap();
+    let n2 = b.batch_norm2d("l.0.bn2", c2, 8, 1e-5).unwrap();
+    let a = b.add("l.0.add", n2, x).unwrap();
+    let y0 = b.relu("l.0.relu2", a).unwrap();
+    // Main branch first, downsample second: the fused add must wait for the branch.
+    let c3 = b
+        .conv2d(
+            "l.1.conv1",
+            y0,
+            Conv2d::new(8, 16, 3).stride(2).padding(1).bias(false),
+        )
+        .unwrap();
+    let n3 = b.batch_norm2d("l.1.bn1", c3, 16, 1e-5).unwrap();
+    let d = b
+        .conv2d(
+            "l.1.downsample.0",
+            y0,
+            Conv2d::new(8, 16, 1).stride(2).bias(false),
+        )
+        .unwrap();
+    let dn = b.batch_norm2d("l.1.downsample.1", d, 16, 1e-5).unwrap();
+    let a2 = b.add("l.1.add", n3, dn).unwrap();
+    let y1 = b.relu("l.1.relu", a2).unwrap();
+    let c4 = b
+        .conv2d("l.2.conv", y1, Conv2d::new(16, 16, 3).padding(1))
+        .unwrap();
+    let g4 = b.group_norm("l.2.gn", c4, 4, 16, 1e-5, true).unwrap();
+    let a3 = b.add("l.2.add", g4, y1).unwrap();
+    let y2 = b.relu("l.2.relu", a3).unwrap();
+    let s = b.batch_norm2d("l.3.bn", y2, 16, 1e-5).unwrap();
+    let sr = b.relu("l.3.relu", s).unwrap();
+    let p = b
+        .avg_pool2d(
+            "avgpool",
+            sr,
+            Pool2d::new(3).stride(2).padding(1).ceil_mode(true),
+        )
+        .unwrap();
+    let f = b.flatten("flatten", p, 1).unwrap();
+    let d = b.dropout("drop", f).unwrap();
+    let fc = b.linear("fc", d, 16 * 3 * 3, 10, true).unwrap();
+    let fr = b.relu("fc.relu", fc).unwrap();
+    let sm = b.softmax("softmax", fr, 1).unwrap();
+    b.build(&[sm, y1]).unwrap()
+}
+
+#[test]
+fn fusion_folds_bn_and_fuses_residual_and_relu() {
+    let g = residual_graph(1);
+    let p = Program::new(&g, true);
+    let nodes: Vec<String> = p.steps.iter().map(|s| s.nodes.join("+")).collect();
+    assert!(
+        nodes.contains(&"l.0.conv2+l.0.bn2+l.0.add+l.0.relu2".to_string()),
+        "{nodes:#?}"
+    );
+    assert!(
+        nodes.contains(&"l.1.conv1+l.1.bn1+l.1.add+l.1.relu".to_string()),
+        "{nodes:#?}"
+    );
+    assert!(
+        nodes.contains(&"l.2.gn+l.2.add+l.2.relu".to_string()),
+        "{nodes:#?}"
+    );
+    assert!(nodes.contains(&"fc+fc.relu".to_string()), "{nodes:#?}");
+    // The fused add runs after the downsample branch it reads.
+    let pos = |n: &str| nodes.iter().position(|s| s.starts_with(n)).unwrap();
+    assert!(pos("l.1.downsample.0") < pos("l.1.conv1"), "{nodes:#?}");
+    assert_eq!(p.steps.len(), 10, "{nodes:#?}");
+    assert!(Program::new(&g, false).steps.len() > 20);
+}
+
+#[test]
+fn fused_and_unfused_agree_on_cpu_and_gpu() {
+    let ctx = common::gpu();
+    let g = residual_graph(2);
+    let w = synth_params(&g, 3).unwrap();
+    let x = synth("input", &[2, 8, 9, 9], 5).unwrap();
+    let reference = run_cpu(&g, &w, &x, false);
+    for (name, outs) in [
+        ("cpu fused", run_cpu(&g, &w, &x, true)),
+        ("gpu fused", run_gpu(&ctx, &g, &w, &x, true)),
+        ("gpu unfused", run_gpu(&ctx, &g, &w, &x, false)),
+    ] {
+        assert_eq!(outs.len(), 2);
+        for (o, r) in outs.iter().zip(&reference) {
+            assert_eq!(o.shape(), r.shape());
+            let e = rel_l2(o.data(), &f64s(r));
+            assert!(e <= 1e-5, "{name}: rel L2 {e:e}");
+        }
+    }
+}
+
+/// PyTorch's avg_pool2d written out plainly, in f64.
+fn avg_pool_ref(x: &Tensor, p: &Pool2d, oh: usize, ow: usize) -> Vec<f64> {
+    let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+    let mut out = vec![];
+    for plane in 0..n * c {
+        for i in 0..oh {
+            for j in 0..ow {
+                let hs = (i * p.stride[0]) as i64 - p.padding[0] as i64;
+                let ws = (j * p.stride[1]) as i64 - p.padding[1] as i64;
+                let he = (hs + p.kernel[0] as i64).min((h + p.padding[0]) as i64);
+                let we = (ws + p.kernel[1] as i64).min((w + p.padding[1]) as i64);
+                let size = (he - hs) * (we - ws);
+                let (h0, w0, h1, w1) = (hs.max(0), ws.max(0), he.min(h as i64), we.min(w as i64));
+                let mut s = 0.0;
+                for y in h0..h1 {
+                    for xx in w0..w1 {
+                        s += x.data()[plane * h * w + y as usize * w + xx as usize] as f64;
+                    }
+                }
+                let div = if p.count_include_pad {
+                    size
+                } else {
+                    (h1 - h0) * (w1 - w0)
+                };
+                out.push(s / div as f64);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn avg_pool_padding_and_ceil_mode_rules() {
+    let ctx = common::gpu();
+    // By hand: 3x3 of 1..9, k2 s2 p1: the corner window holds only x[0,0] over 4 slots.
+    let x = Tensor::new([1, 1, 3, 3], (1..=9).map(|v| v as f32).collect()).unwrap();
+    let mut b = GraphBuilder::new();
+    let i = b.input("x", &[1, 1, 3, 3]).unwrap();
+    let o = b.avg_pool2d("p", i, Pool2d::new(2).padding(1)).unwrap();
+    let g = b.build(&[o]).unwrap();
+    let want = [
+        0.25,
+        (2.0 + 3.0) / 4.0,
+        (4.0 + 7.0) / 4.0,
+        (5.0 + 6.0 + 8.0 + 9.0) / 4.0,
+    ];
+    for out in [
+        run_cpu(&g, &HashMap::new(), &x, true),
+        run_gpu(&ctx, &g, &HashMap::new(), &x, true),
+    ] {
+        assert_eq!(out[0].data(), want.map(|v| v as f32));
+    }
+    for (k, s, pad, ceil, incl, hw) in [
+        (3, 2, 1, true, true, 10),
+        (3, 2, 1, true, false, 10),
+        (2, 3, 1, true, false, 7),
+        (3, 3, 0, true, true, 8),
+        (4, 2, 2, false, false, 9),
+    ] {
+        let pool = Pool2d::new(k)
+            .stride(s)
+            .padding(pad)
+            .ceil_mode(ceil)
+            .count_include_pad(incl);
+        let mut b = GraphBuilder::new();
+        let i = b.input("x", &[2, 3, hw, hw + 1]).unwrap();
+        let o = b.avg_pool2d("p", i, pool.clone()).unwrap();
+        let g = b.build(&[o]).unwrap();
+        let x = synth("x", &[2, 3, hw, hw + 1], 9).unwrap();
+        let os = g.shape(g.outputs()[0]).to_vec();
+        let want = avg_pool_ref(&x, &pool, os[2], os[3]);
+        for (name, out) in [
+            ("cpu", run_cpu(&g, &HashMap::new(), &x, true)),
+            ("gpu", run_gpu(&ctx, &g, &HashMap::new(), &x, true)),
+        ] {
+            let e = rel_l2(out[0].data(), &want);
+            assert!(e <= 1e-6, "{name} {pool:?}: rel L2 {e:e}");
+        }
+    }
+}
+
+fn split_graph(batch: usize) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[batch, 16, 4, 4]).unwrap();
+    let c = b
+        .conv2d("conv", x, Conv2d::new(16, 32, 3).padding(1))
+        .unwrap();
+    let r = b.relu("relu", c).unwrap();
+    let gc = b
+        .conv2d("gconv", r, Conv2d::new(32, 32, 3).padding(1).groups(4))
+        .unwrap();
+    let f = b.flatten("flatten", gc, 1).unwrap();
+    let fc = b.linear("fc", f, 512, 300, true).unwrap();
+    let fr = b.relu("fc.relu", fc).unwrap();
+    let fc2 = b.linear("fc2", fr, 300, 7, true).unwrap();
+    b.build(&[fc2]).unwrap()
+}
+
+#[test]
+fn tensors_beyond_the_binding_limit_are_split_and_batches_chunked() {
+    // 2 KiB per binding: every weight here is larger, and one image's activations fit
+    // only one at a time (conv output is 2 KiB per image).
+    let small = common::gpu_with(GpuOptions {
+        max_binding_bytes: Some(2048),
+        ..Default::default()
+    });
+    let g = split_graph(3);
+    let w = synth_params(&g, 1).unwrap();
+    let x = synth("input", &[3, 16, 4, 4], 2).unwrap();
+    let want = run_cpu(&g, &w, &x, true);
+    let mut m = GpuModel::prepare_blocking(&small, &g, &w).unwrap();
+    let r = m.memory().clone();
+    assert_eq!(r.split_layers, 4, "{r:?}");
+    assert_eq!(r.batch_chunk, 1, "{r:?}");
+    let out = m.run_blocking(&x).unwrap();
+    let e = rel_l2(out[0].data(), &f64s(&want[0]));
+    assert!(e <= 1e-5, "split run: rel L2 {e:e}");
+    // Same model unsplit on the default limits.
+    let mut full = GpuModel::prepare_blocking(&common::gpu(), &g, &w).unwrap();
+    assert_eq!(full.memory().split_layers, 0);
+    assert_eq!(full.memory().batch_chunk, 3);
+    let e = rel_l2(full.run_blocking(&x).unwrap()[0].data(), &f64s(&want[0]));
+    assert!(e <= 1e-5, "unsplit run: rel L2 {e:e}");
+
+    // One image's activation beyond the limit is a clear error, not a wrong answer.
+    let tiny = common::gpu_with(GpuOptions {
+        max_binding_bytes: Some(1024),
+        ..Default::default()
+    });
+    let e = GpuModel::prepare_blocking(&tiny, &g, &w)
+        .err()
+        .expect("must not prepare");
+    assert!(
+        matches!(e, Error::DeviceLimit(_)) && e.to_string().contains("conv"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_weights_and_inputs_are_errors_on_both_backends() {
+    let ctx = common::gpu();
+    let g = split_graph(1);
+    let w = synth_params(&g, 1).unwrap();
+    let mut missing = w.clone();
+    missing.remove("fc.bias");
+    let mut wrong = w.clone();
+    wrong.insert("conv.weight".into(), Tensor::zeros([32, 16, 1, 1]));
+    for (weights, want) in [
+        (&missing, "missing weight 'fc.bias'"),
+        (
+            &wrong,
+            "weight 'conv.weight' has shape [32, 16, 1, 1], expected [32, 16, 3, 3]",
+        ),
+    ] {
+        let e = CpuModel::prepare(&g, weights).err().unwrap();
+        assert_eq!(e.to_string(), want);
+        let e = GpuModel::prepare_blocking(&ctx, &g, weights).err().unwrap();
+        assert_eq!(e.to_string(), want);
+    }
+    let bad = Tensor::zeros([1, 16, 5, 4]);
+    assert!(matches!(
+        CpuModel::prepare(&g, &w).unwrap().run(&bad),
+        Err(Error::InputShape { .. })
+    ));
+    let mut m = GpuModel::prepare_blocking(&ctx, &g, &w).unwrap();
+    assert!(matches!(
+        m.run_blocking(&bad),
+        Err(Error::InputShape { .. })
+    ));
+    // The model still runs after a refused input.
+    assert_eq!(
+        m.run_blocking(&Tensor::zeros([1, 16, 4, 4])).unwrap()[0].shape(),
+        [1, 7]
+    );
+}
+
+#[test]
+fn liveness_plan_shares_activation_buffers() {
+    let ctx = common::gpu();
+    let mut b = GraphBuilder::new();
+    let mut x = b.input("x", &[1, 16, 32, 32]).unwrap();
+    for i in 0..8 {
+        x = b
+            .conv2d(&format!("c{i}"), x, Conv2d::new(16, 16, 3).padding(1))
+            .unwrap();
+        x = b.relu(&format!("r{i}"), x).unwrap();
+    }
+    let g = b.build(&[x]).unwrap();
+    let w = synth_params(&g, 1).unwrap();
+    let m = GpuModel::prepare_blocking(&ctx, &g, &w).unwrap();
+    let per_tensor = 16 * 32 * 32 * 4;
+    // Input, output and one ping-pong buffer instead of nine tensors.
+    assert_eq!(m.memory().activations, 3 * per_tensor, "{:?}", m.memory());
+    assert_eq!(m.memory().dispatches, 8);
+}
