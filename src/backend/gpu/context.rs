@@ -55,9 +55,7 @@ pub struct GpuContext {
 impl GpuContext {
     /// Open the preferred adapter with its full limits (not WebGPU's defaults).
     pub async fn new(opts: GpuOptions) -> Result<Self> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-        let instance = wgpu::Instance::new(desc);
+        let instance = instance();
         let power_preference = if opts.low_power {
             wgpu::PowerPreference::LowPower
         } else {
@@ -171,4 +169,27 @@ impl GpuContext {
             .insert((shader, entry), p.clone());
         p
     }
+}
+
+/// The backends to try: `WGPU_BACKEND` (e.g. `vulkan`) if set, else all.
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends();
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see natively, one line each.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn list_adapters() -> Vec<String> {
+    pollster::block_on(instance().enumerate_adapters(backends()))
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+        })
+        .collect()
 }

@@ -7,6 +7,8 @@ mod context;
 mod model;
 
 pub use context::{GpuContext, GpuOptions};
+#[cfg(not(target_arch = "wasm32"))]
+pub use context::list_adapters;
 pub use model::{GpuModel, MemoryReport};
 
 use std::future::Future;
