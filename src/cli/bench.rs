@@ -110,16 +110,35 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         shapes.retain(|s| s.0.contains(f.as_str()));
     }
     let iters = a.iters.max(1);
-    let ctx = if a.no_gpu { None } else { Some(GpuContext::new_blocking(GpuOptions::default())?) };
+    let ctx = if a.no_gpu {
+        None
+    } else {
+        Some(GpuContext::new_blocking(GpuOptions::default())?)
+    };
     if let Some(c) = &ctx {
         println!("GPU: {}", c.describe());
     }
-    println!("CPU: {} threads; batch {}; {} timed passes per cell (after a warm-up)\n", rayon::current_num_threads(), a.batch, iters);
+    println!(
+        "CPU: {} threads; batch {}; {} timed passes per cell (after a warm-up)\n",
+        rayon::current_num_threads(),
+        a.batch,
+        iters
+    );
     println!(
         "| {:<30} | {:>22} | {:>8} | {:>10} | {:>9} | {:>10} | {:>9} | {:>9} |",
-        "layer", "conv (cin>cout k s @hw)", "GMAC", "GPU ms", "GPU GF/s", "CPU ms", "CPU GF/s", "CPU/GPU"
+        "layer",
+        "conv (cin>cout k s @hw)",
+        "GMAC",
+        "GPU ms",
+        "GPU GF/s",
+        "CPU ms",
+        "CPU GF/s",
+        "CPU/GPU"
     );
-    println!("|{:-<32}|{:-<24}|{:-<10}|{:-<12}|{:-<11}|{:-<12}|{:-<11}|{:-<11}|", "", "", "", "", "", "", "", "");
+    println!(
+        "|{:-<32}|{:-<24}|{:-<10}|{:-<12}|{:-<11}|{:-<12}|{:-<11}|{:-<11}|",
+        "", "", "", "", "", "", "", ""
+    );
     let (mut gpu_total, mut cpu_total) = (0.0, 0.0);
     for s in shapes {
         let (g, macs) = layer(s, a.batch)?;
@@ -157,9 +176,15 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             gpu.map(|t| gflops(macs, t)).unwrap_or_else(dash),
             cpu.map(ms).unwrap_or_else(dash),
             cpu.map(|t| gflops(macs, t)).unwrap_or_else(dash),
-            gpu.zip(cpu).map(|(g, c)| format!("{:.2}", c / g)).unwrap_or_else(dash),
+            gpu.zip(cpu)
+                .map(|(g, c)| format!("{:.2}", c / g))
+                .unwrap_or_else(dash),
         );
     }
-    println!("\ntotal: GPU {} ms, CPU {} ms", ms(gpu_total), ms(cpu_total));
+    println!(
+        "\ntotal: GPU {} ms, CPU {} ms",
+        ms(gpu_total),
+        ms(cpu_total)
+    );
     Ok(())
 }

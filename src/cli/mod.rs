@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use webcnn::backend::gpu::{GpuContext, GpuOptions};
 
 #[derive(Parser)]
-#[command(name = "webcnn", version, about = "Classic CNN backbones on WebGPU (wgpu) and the CPU")]
+#[command(
+    name = "webcnn",
+    version,
+    about = "Classic CNN backbones on WebGPU (wgpu) and the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -50,11 +54,26 @@ fn info() -> Result<(), Box<dyn std::error::Error>> {
         Ok(ctx) => {
             let l = ctx.limits();
             println!("chosen: {}", ctx.describe());
-            println!("  max_storage_buffer_binding_size: {} MiB", l.max_storage_buffer_binding_size >> 20);
-            println!("  max_buffer_size:                 {} MiB", l.max_buffer_size >> 20);
-            println!("  max_compute_workgroups_per_dimension: {}", l.max_compute_workgroups_per_dimension);
-            println!("  max_compute_invocations_per_workgroup: {}", l.max_compute_invocations_per_workgroup);
-            println!("  max_compute_workgroup_storage_size: {} KiB", l.max_compute_workgroup_storage_size >> 10);
+            println!(
+                "  max_storage_buffer_binding_size: {} MiB",
+                l.max_storage_buffer_binding_size >> 20
+            );
+            println!(
+                "  max_buffer_size:                 {} MiB",
+                l.max_buffer_size >> 20
+            );
+            println!(
+                "  max_compute_workgroups_per_dimension: {}",
+                l.max_compute_workgroups_per_dimension
+            );
+            println!(
+                "  max_compute_invocations_per_workgroup: {}",
+                l.max_compute_invocations_per_workgroup
+            );
+            println!(
+                "  max_compute_workgroup_storage_size: {} KiB",
+                l.max_compute_workgroup_storage_size >> 10
+            );
         }
         Err(e) => println!("chosen: CPU backend ({e})"),
     }

@@ -189,7 +189,10 @@ pub fn list_adapters() -> Vec<String> {
         .iter()
         .map(|a| {
             let i = a.get_info();
-            format!("{} ({:?}, {:?}, driver {} {})", i.name, i.backend, i.device_type, i.driver, i.driver_info)
+            format!(
+                "{} ({:?}, {:?}, driver {} {})",
+                i.name, i.backend, i.device_type, i.driver, i.driver_info
+            )
         })
         .collect()
 }

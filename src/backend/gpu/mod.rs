@@ -6,9 +6,9 @@
 mod context;
 mod model;
 
-pub use context::{GpuContext, GpuOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::list_adapters;
+pub use context::{GpuContext, GpuOptions};
 pub use model::{GpuModel, MemoryReport};
 
 use std::future::Future;
