@@ -4,9 +4,11 @@ pub mod backend;
 pub mod error;
 pub mod graph;
 pub mod lower;
+pub mod models;
 pub mod plan;
 pub mod prng;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use graph::{Graph, GraphBuilder, GraphError, Value};

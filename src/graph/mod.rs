@@ -274,8 +274,31 @@ impl Graph {
         &self.nodes[v.0].shape
     }
 
+    /// The node named `name`, or else the output of the module `name` (the last node
+    /// whose name starts with `name.`), as torchvision's feature extractor resolves it.
     pub fn find(&self, name: &str) -> Option<Value> {
-        self.nodes.iter().position(|n| n.name == name).map(Value)
+        let prefix = format!("{name}.");
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .or_else(|| self.nodes.iter().rposition(|n| n.name.starts_with(&prefix)))
+            .map(Value)
+    }
+
+    /// Multiply-accumulates of the convolutions and linear layers.
+    pub fn macs(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| match &n.op {
+                Op::Conv2d(c) => {
+                    (n.shape.iter().product::<usize>() * c.in_channels / c.groups
+                        * c.kernel[0]
+                        * c.kernel[1]) as u64
+                }
+                Op::Linear(l) => (n.shape[0] * l.in_features * l.out_features) as u64,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Every parameter the graph reads, in node order.

@@ -1,0 +1,248 @@
+//! Weights: `.safetensors` files (f32 / f16 / bf16, converted on load) keyed by PyTorch
+//! state-dict names, timm's published checkpoints (key mapping), synthetic weights from
+//! the golden PRNG, and checks against a graph that name the first problem.
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hub;
+
+use crate::graph::Graph;
+use crate::tensor::Tensor;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+
+pub type TensorMap = HashMap<String, Tensor>;
+
+/// Everything that can be wrong with a weights file, one line each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeightsError {
+    #[error("not a safetensors file: {0}")]
+    NotSafetensors(String),
+    #[error("truncated safetensors file: {0}")]
+    Truncated(String),
+    #[error("tensor '{key}' has dtype {dtype}, supported are F32, F16, BF16 and F64")]
+    UnsupportedDtype { key: String, dtype: String },
+    #[error("missing weight '{key}' (expected shape {shape:?}){hint}")]
+    Missing {
+        key: String,
+        shape: Vec<usize>,
+        hint: String,
+    },
+    #[error(
+        "unexpected weight '{0}': the model has no such parameter (weights for another model?)"
+    )]
+    Unexpected(String),
+    #[error("weight '{key}' has shape {got:?}, expected {expected:?}")]
+    Shape {
+        key: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("bad weights source '{0}': use a .safetensors path, synthetic:SEED or hf:REPO")]
+    BadSource(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("download failed: {0}")]
+    Download(String),
+}
+
+/// Parse a `.safetensors` file into f32 tensors.
+pub fn load_safetensors(bytes: &[u8]) -> Result<TensorMap, WeightsError> {
+    if bytes.len() < 8 {
+        return Err(WeightsError::NotSafetensors(format!(
+            "{} bytes is too short for a header",
+            bytes.len()
+        )));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if n.saturating_add(8) > bytes.len() as u64 {
+        return Err(WeightsError::NotSafetensors(format!(
+            "header length {n} is beyond the file's {} bytes (truncated, or not a safetensors file)",
+            bytes.len()
+        )));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        use safetensors::SafeTensorError as E;
+        match e {
+            E::MetadataIncompleteBuffer => WeightsError::Truncated(format!(
+                "tensor data ends past the file's {} bytes",
+                bytes.len()
+            )),
+            E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) | E::JsonError(_) => {
+                WeightsError::NotSafetensors("the header is not safetensors JSON".into())
+            }
+            other => WeightsError::NotSafetensors(format!("{other:?}")),
+        }
+    })?;
+    let mut out = HashMap::new();
+    for (key, view) in st.iter() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                .collect(),
+            d => {
+                if key.ends_with("num_batches_tracked") {
+                    continue;
+                }
+                return Err(WeightsError::UnsupportedDtype {
+                    key: key.to_string(),
+                    dtype: format!("{d:?}"),
+                });
+            }
+        };
+        let t = Tensor::new(view.shape().to_vec(), values)
+            .map_err(|e| WeightsError::Truncated(format!("tensor '{key}': {e}")))?;
+        out.insert(key.to_string(), t);
+    }
+    Ok(out)
+}
+
+/// Serialise f32 tensors as `.safetensors` (sorted keys).
+pub fn save_safetensors(tensors: &TensorMap) -> Vec<u8> {
+    let sorted: BTreeMap<&String, Vec<u8>> = tensors
+        .iter()
+        .map(|(k, t)| (k, t.data().iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views = sorted.iter().map(|(k, bytes)| {
+        let view =
+            safetensors::tensor::TensorView::new(Dtype::F32, tensors[*k].shape().to_vec(), bytes)
+                .expect("shape matches data");
+        (k.as_str(), view)
+    });
+    safetensors::serialize(views, None).expect("f32 tensors serialise")
+}
+
+/// Rename timm's checkpoint keys to torchvision's where they differ: timm's VGG keeps
+/// the classifier as 7x7 and 1x1 convolutions (`pre_logits.fc1`, `pre_logits.fc2`) and
+/// `head.fc`. ResNet keys already match.
+pub fn map_timm_keys(mut w: TensorMap) -> TensorMap {
+    let renames = [
+        ("pre_logits.fc1", "classifier.0"),
+        ("pre_logits.fc2", "classifier.3"),
+        ("head.fc", "classifier.6"),
+    ];
+    if !w.contains_key("pre_logits.fc1.weight") {
+        return w;
+    }
+    for (from, to) in renames {
+        for leaf in ["weight", "bias"] {
+            if let Some(t) = w.remove(&format!("{from}.{leaf}")) {
+                // A conv weight [out, in, kh, kw] is the linear weight [out, in*kh*kw].
+                let rows = t.shape()[0];
+                let t = if leaf == "weight" && t.shape().len() == 4 {
+                    let n = t.len() / rows;
+                    t.reshape([rows, n]).expect("same count")
+                } else {
+                    t
+                };
+                w.insert(format!("{to}.{leaf}"), t);
+            }
+        }
+    }
+    w
+}
+
+/// Check `w` against every parameter of `graph`: the first missing, unexpected or
+/// mis-shaped key is the error. `num_batches_tracked` is ignored. NaN / Inf values are
+/// returned as warnings (the keys holding them).
+pub fn check(graph: &Graph, w: &TensorMap) -> Result<Vec<String>, WeightsError> {
+    let params = graph.params();
+    for p in &params {
+        match w.get(&p.name) {
+            None => {
+                let hint = match w.keys().find(|k| k.ends_with(&p.name) && *k != &p.name) {
+                    Some(k) => format!("; the file has '{k}' (strip a prefix?)"),
+                    None => String::new(),
+                };
+                return Err(WeightsError::Missing {
+                    key: p.name.clone(),
+                    shape: p.shape.clone(),
+                    hint,
+                });
+            }
+            Some(t) if t.shape() != p.shape.as_slice() => {
+                return Err(WeightsError::Shape {
+                    key: p.name.clone(),
+                    expected: p.shape.clone(),
+                    got: t.shape().to_vec(),
+                })
+            }
+            _ => {}
+        }
+    }
+    let mut extra: Vec<&String> = w
+        .keys()
+        .filter(|k| !k.ends_with("num_batches_tracked") && !params.iter().any(|p| &&p.name == k))
+        .collect();
+    extra.sort();
+    if let Some(k) = extra.first() {
+        return Err(WeightsError::Unexpected(k.to_string()));
+    }
+    let mut bad: Vec<String> = w
+        .iter()
+        .filter(|(_, t)| t.data().iter().any(|v| !v.is_finite()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    bad.sort();
+    Ok(bad)
+}
+
+/// Where weights come from, as written on a command line or in a URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The golden PRNG's weights (untrained).
+    Synthetic(u64),
+    /// A Hugging Face Hub repository's `model.safetensors`.
+    Hub(String),
+    File(String),
+}
+
+impl std::str::FromStr for Source {
+    type Err = WeightsError;
+    fn from_str(s: &str) -> Result<Self, WeightsError> {
+        if let Some(seed) = s.strip_prefix("synthetic:") {
+            return seed
+                .parse()
+                .map(Source::Synthetic)
+                .map_err(|_| WeightsError::BadSource(s.into()));
+        }
+        if s == "synthetic" {
+            return Ok(Source::Synthetic(1));
+        }
+        if let Some(repo) = s.strip_prefix("hf:") {
+            if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty()) {
+                return Err(WeightsError::BadSource(s.into()));
+            }
+            return Ok(Source::Hub(repo.to_string()));
+        }
+        if s.is_empty() {
+            return Err(WeightsError::BadSource(s.into()));
+        }
+        Ok(Source::File(s.to_string()))
+    }
+}
+
+/// Weights for `graph` from raw safetensors bytes: parsed, timm keys mapped, checked.
+pub fn from_bytes(graph: &Graph, bytes: &[u8]) -> Result<(TensorMap, Vec<String>), WeightsError> {
+    let w = map_timm_keys(load_safetensors(bytes)?);
+    let warnings = check(graph, &w)?;
+    Ok((w, warnings))
+}
+
+/// Synthetic weights for `graph` (every key has a PRNG rule).
+pub fn synthetic(graph: &Graph, seed: u64) -> TensorMap {
+    crate::prng::synth_params(graph, seed).expect("every model parameter has a synthesis rule")
+}

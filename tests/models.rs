@@ -1,0 +1,171 @@
+//! Every golden model case (all 30 ids, plus batch-2 non-square inputs) on both backends,
+//! with weights and inputs from the golden PRNG.
+mod common;
+
+use serde_json::Value as Json;
+use std::path::PathBuf;
+use webcnn::backend::cpu::CpuModel;
+use webcnn::backend::gpu::GpuModel;
+use webcnn::models::{ids, Model};
+use webcnn::prng::{synth, synth_params};
+use webcnn::tensor::rel_l2;
+
+struct Case {
+    file: String,
+    model: String,
+    seed: u64,
+    input_seed: u64,
+    input_shape: Vec<usize>,
+    output_shape: Vec<usize>,
+    keys: usize,
+    params: usize,
+    output: Vec<f64>,
+}
+
+fn usizes(j: &Json) -> Vec<usize> {
+    j.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect()
+}
+
+fn cases(filter: impl Fn(&str) -> bool) -> Vec<Case> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/models");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let j: Json = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            let model = j["model"].as_str().unwrap().to_string();
+            filter(&model).then(|| Case {
+                file: p.file_name().unwrap().to_string_lossy().into_owned(),
+                model,
+                seed: j["weights_seed"].as_u64().unwrap(),
+                input_seed: j["input_seed"].as_u64().unwrap(),
+                input_shape: usizes(&j["input_shape"]),
+                output_shape: usizes(&j["output_shape"]),
+                keys: j["state_dict_keys"].as_u64().unwrap() as usize,
+                params: j["params"].as_u64().unwrap() as usize,
+                output: j["output"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_model_id_has_a_golden_case_and_matching_metadata() {
+    let all = cases(|_| true);
+    for id in ids() {
+        assert!(all.iter().any(|c| c.model == id), "no golden case for {id}");
+    }
+    assert_eq!(ids().len(), 30);
+    for c in &all {
+        let m = Model::get(&c.model).unwrap();
+        let g = m.graph(&c.input_shape).unwrap();
+        assert_eq!(g.params().len(), c.keys, "{}: state-dict keys", c.file);
+        assert_eq!(m.param_count(), c.params, "{}: parameter count", c.file);
+        assert_eq!(
+            g.shape(g.outputs()[0]),
+            c.output_shape.as_slice(),
+            "{}",
+            c.file
+        );
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Cpu,
+    Gpu,
+}
+
+fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
+    let ctx = matches!(backend, Backend::Gpu).then(common::gpu);
+    let mut failures = vec![];
+    let selected = cases(filter);
+    assert!(!selected.is_empty());
+    for c in selected {
+        let m = Model::get(&c.model).unwrap();
+        let g = m.graph(&c.input_shape).unwrap();
+        let w = synth_params(&g, c.seed).unwrap();
+        let x = synth("input", &c.input_shape, c.input_seed).unwrap();
+        let out = match (backend, &ctx) {
+            (Backend::Gpu, Some(ctx)) => {
+                let mut gm = GpuModel::prepare_blocking(ctx, &g, &w).unwrap();
+                gm.run_blocking(&x).unwrap().remove(0)
+            }
+            _ => CpuModel::prepare(&g, &w)
+                .unwrap()
+                .run(&x)
+                .unwrap()
+                .remove(0),
+        };
+        assert_eq!(out.shape(), c.output_shape.as_slice(), "{}", c.file);
+        let e = rel_l2(out.data(), &c.output);
+        eprintln!("{}: rel L2 {e:.2e}", c.file);
+        if e.is_nan() || e > common::TOL {
+            failures.push(format!("{}: rel L2 {e:e}", c.file));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "over tolerance:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn alexnets(m: &str) -> bool {
+    m.starts_with("alexnet")
+}
+fn vggs(m: &str) -> bool {
+    m.starts_with("vgg") && !m.ends_with("_cifar")
+}
+fn vgg_cifars(m: &str) -> bool {
+    m.ends_with("_cifar")
+}
+fn resnets(m: &str) -> bool {
+    m.starts_with("resnet")
+}
+
+#[test]
+fn cpu_alexnet() {
+    check(Backend::Cpu, alexnets)
+}
+#[test]
+fn cpu_vgg() {
+    check(Backend::Cpu, vggs)
+}
+#[test]
+fn cpu_vgg_cifar() {
+    check(Backend::Cpu, vgg_cifars)
+}
+#[test]
+fn cpu_resnet() {
+    check(Backend::Cpu, resnets)
+}
+#[test]
+fn gpu_alexnet() {
+    check(Backend::Gpu, alexnets)
+}
+#[test]
+fn gpu_vgg() {
+    check(Backend::Gpu, vggs)
+}
+#[test]
+fn gpu_vgg_cifar() {
+    check(Backend::Gpu, vgg_cifars)
+}
+#[test]
+fn gpu_resnet() {
+    check(Backend::Gpu, resnets)
+}
