@@ -25,6 +25,18 @@ pub enum Error {
     Gpu(String),
     #[error("beyond device limits: {0}")]
     DeviceLimit(String),
+    #[error(transparent)]
+    Weights(crate::weights::WeightsError),
+    #[error(transparent)]
+    Model(#[from] crate::models::UnknownModel),
+    #[error(transparent)]
+    Image(#[from] crate::preprocess::DecodeError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::weights::WeightsError> for Error {
+    fn from(e: crate::weights::WeightsError) -> Self {
+        Error::Weights(e)
+    }
+}

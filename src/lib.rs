@@ -1,11 +1,13 @@
 //! webcnn: classic CNN backbones on WebGPU (wgpu) and the CPU.
 
 pub mod backend;
+pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod lower;
 pub mod models;
 pub mod plan;
+pub mod preprocess;
 pub mod prng;
 pub mod tensor;
 pub mod weights;

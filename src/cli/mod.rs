@@ -1,6 +1,7 @@
 //! Subcommands of the `webcnn` binary.
 
 mod bench;
+mod infer;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,21 @@ enum Cmd {
     Info,
     /// Per-layer GPU and CPU timings for the convolution shapes of ResNet-50 and VGG-16.
     Bench(bench::Args),
+    /// Run a model on a float32 NCHW .npy tensor; write its output as .npy.
+    Run(infer::RunArgs),
+    /// Classify images: top-K labels with probabilities.
+    Classify(infer::ClassifyArgs),
+    /// The model zoo: ids, parameters, MACs, input sizes, labels.
+    Models,
+    /// Write a model's synthetic (golden PRNG, untrained) weights as .safetensors.
+    ExportSynthetic {
+        /// Model id.
+        model: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -30,6 +46,14 @@ pub fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Info => info(),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Run(a) => infer::run(a),
+        Cmd::Classify(a) => infer::classify(a),
+        Cmd::Models => models(),
+        Cmd::ExportSynthetic {
+            model,
+            seed,
+            output,
+        } => export_synthetic(&model, seed, &output),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,5 +101,58 @@ fn info() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => println!("chosen: CPU backend ({e})"),
     }
+    Ok(())
+}
+
+fn models() -> Result<(), Box<dyn std::error::Error>> {
+    use std::fmt::Write;
+    let mut t = String::new();
+    writeln!(
+        t,
+        "| {:<18} | {:>12} | {:>8} | {:>11} | {:<11} |",
+        "id", "params", "GMACs", "input", "labels"
+    )?;
+    writeln!(
+        t,
+        "|{:-<20}|{:-<14}|{:-<10}|{:-<13}|{:-<13}|",
+        "", "", "", "", ""
+    )?;
+    for id in webcnn::models::ids() {
+        let m = webcnn::models::Model::get(&id)?;
+        let [c, h, w] = m.input;
+        writeln!(
+            t,
+            "| {:<18} | {:>12} | {:>8.2} | {:>11} | {:<11} |",
+            id,
+            m.param_count(),
+            m.macs() as f64 / 1e9,
+            format!("{c}x{h}x{w}"),
+            format!("{:?}", m.labels)
+        )?;
+    }
+    print_quietly(&t);
+    Ok(())
+}
+
+/// Print without panicking when stdout is a closed pipe (`webcnn models | head`).
+fn print_quietly(s: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(s.as_bytes());
+}
+
+fn export_synthetic(
+    id: &str,
+    seed: u64,
+    out: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let m = webcnn::models::Model::get(id)?;
+    let w = webcnn::weights::synthetic(&m.default_graph(1), seed);
+    std::fs::write(out, webcnn::weights::save_safetensors(&w))
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!(
+        "wrote {} ({} tensors, synthetic:{seed}, untrained)",
+        out.display(),
+        w.len()
+    );
     Ok(())
 }

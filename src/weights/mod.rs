@@ -9,6 +9,8 @@ use crate::graph::Graph;
 use crate::tensor::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::PathBuf;
 
 pub type TensorMap = HashMap<String, Tensor>;
 
@@ -245,4 +247,22 @@ pub fn from_bytes(graph: &Graph, bytes: &[u8]) -> Result<(TensorMap, Vec<String>
 /// Synthetic weights for `graph` (every key has a PRNG rule).
 pub fn synthetic(graph: &Graph, seed: u64) -> TensorMap {
     crate::prng::synth_params(graph, seed).expect("every model parameter has a synthesis rule")
+}
+
+/// Weights for `graph` from `source` (native: reads files, downloads `hf:` repos).
+/// Returns the tensors and the keys holding NaN / Inf.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load(
+    source: &Source,
+    graph: &Graph,
+    progress: bool,
+) -> Result<(TensorMap, Vec<String>), WeightsError> {
+    let path = match source {
+        Source::Synthetic(seed) => return Ok((synthetic(graph, *seed), vec![])),
+        Source::Hub(repo) => hub::fetch(repo, progress)?,
+        Source::File(p) => PathBuf::from(p),
+    };
+    let bytes = std::fs::read(&path)
+        .map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))?;
+    from_bytes(graph, &bytes)
 }

@@ -1,0 +1,201 @@
+//! `webcnn run` (tensor in, tensor out) and `webcnn classify` (images in, labels out).
+
+use std::path::PathBuf;
+use std::time::Instant;
+use webcnn::engine::{top_k, Device, Session};
+use webcnn::models::Model;
+use webcnn::weights::{self, Source};
+use webcnn::{Graph, Tensor};
+
+type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Model id (see `webcnn models`).
+    #[arg(long)]
+    model: String,
+    /// Weights: a .safetensors path, synthetic:SEED or hf:REPO.
+    #[arg(long)]
+    weights: String,
+    /// Input: a float32 NCHW .npy file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output: the model's output as a float32 .npy file.
+    #[arg(long)]
+    output: PathBuf,
+    /// auto (GPU, else CPU), gpu or cpu.
+    #[arg(long, default_value = "auto")]
+    device: Device,
+    /// Print the backend, timings and GPU memory.
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ClassifyArgs {
+    /// Image files (JPEG, PNG, WebP, GIF, BMP).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long)]
+    model: String,
+    /// Weights: a .safetensors path, synthetic:SEED or hf:REPO (default: untrained synthetic:1).
+    #[arg(long)]
+    weights: Option<String>,
+    /// How many labels per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: Device,
+}
+
+fn load_weights(src: &str, graph: &Graph) -> R<weights::TensorMap> {
+    let source: Source = src.parse()?;
+    let (w, bad) = weights::load(&source, graph, true)?;
+    if !bad.is_empty() {
+        eprintln!(
+            "warning: NaN or Inf in {} weight(s), first '{}'",
+            bad.len(),
+            bad[0]
+        );
+    }
+    Ok(w)
+}
+
+fn read_npy(path: &PathBuf) -> R<Tensor> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: not a .npy file: {e}", path.display()))?;
+    if npy.order() != npyz::Order::C {
+        return Err(format!("{}: Fortran-order arrays are not supported", path.display()).into());
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let data: Vec<f32> = match npy.dtype() {
+        npyz::DType::Plain(t) if t.to_string().ends_with("f4") => npy.into_vec::<f32>()?,
+        npyz::DType::Plain(t) if t.to_string().ends_with("f8") => npy
+            .into_vec::<f64>()?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        d => {
+            return Err(format!("{}: dtype {d:?} is not float32 or float64", path.display()).into())
+        }
+    };
+    Ok(Tensor::new(shape, data).map_err(|e| format!("{}: {e}", path.display()))?)
+}
+
+fn write_npy(path: &PathBuf, t: &Tensor) -> R<()> {
+    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    use npyz::WriterBuilder;
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()?;
+    w.extend(t.data().iter().copied())?;
+    w.finish()?;
+    Ok(())
+}
+
+fn session(graph: &Graph, w: &weights::TensorMap, device: Device) -> R<Session> {
+    let s = Session::new_blocking(graph, w, device)?;
+    if let Some(n) = &s.notice {
+        eprintln!("notice: {n}");
+    }
+    Ok(s)
+}
+
+pub fn run(a: RunArgs) -> R<()> {
+    let model = Model::get(&a.model)?;
+    let x = read_npy(&a.input)?;
+    let graph = model.graph(x.shape())?;
+    let w = load_weights(&a.weights, &graph)?;
+    let t0 = Instant::now();
+    let mut s = session(&graph, &w, a.device)?;
+    let prepare = t0.elapsed();
+    let t1 = Instant::now();
+    let y = s.run_blocking(&x)?.remove(0);
+    let first = t1.elapsed();
+    write_npy(&a.output, &y)?;
+    if a.stats {
+        let t2 = Instant::now();
+        let runs = 3;
+        for _ in 0..runs {
+            s.run_blocking(&x)?;
+        }
+        let steady = t2.elapsed() / runs;
+        eprintln!("backend: {}", s.backend_name());
+        eprintln!("input {:?} -> output {:?}", x.shape(), y.shape());
+        eprintln!("prepare: {:.1} ms", prepare.as_secs_f64() * 1e3);
+        eprintln!("first run: {:.1} ms", first.as_secs_f64() * 1e3);
+        eprintln!(
+            "steady run: {:.1} ms (mean of {runs})",
+            steady.as_secs_f64() * 1e3
+        );
+        if let Some(m) = s.memory() {
+            eprintln!(
+                "peak GPU memory: {:.1} MiB activations + workspace ({:.1} + {:.1}), {:.1} MiB weights, batch chunk {}, {} dispatches",
+                m.peak() as f64 / 1048576.0,
+                m.activations as f64 / 1048576.0,
+                m.workspace as f64 / 1048576.0,
+                m.weights as f64 / 1048576.0,
+                m.batch_chunk,
+                m.dispatches
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn classify(a: ClassifyArgs) -> R<()> {
+    let model = Model::get(&a.model)?;
+    let images = a
+        .images
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            webcnn::preprocess::decode(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let x = webcnn::preprocess::batch(&images, &model.preprocess);
+    let graph = model.graph(x.shape())?;
+    let src = a.weights.clone().unwrap_or_else(|| {
+        eprintln!("warning: no --weights given: using untrained synthetic:1 weights, the labels are meaningless");
+        "synthetic:1".to_string()
+    });
+    let w = load_weights(&src, &graph)?;
+    let mut s = session(&graph, &w, a.device)?;
+    let logits = s.run_blocking(&x)?.remove(0);
+    let labels = model.labels.names();
+    let k = model.num_classes();
+    let mut results = vec![];
+    for (i, path) in a.images.iter().enumerate() {
+        let top = top_k(&logits.data()[i * k..(i + 1) * k], a.top);
+        if a.json {
+            let preds: Vec<_> = top
+                .iter()
+                .map(
+                    |&(c, p)| serde_json::json!({"class": c, "label": labels[c], "probability": p}),
+                )
+                .collect();
+            results.push(
+                serde_json::json!({"image": path.display().to_string(), "predictions": preds}),
+            );
+        } else {
+            println!("{}", path.display());
+            for (c, p) in top {
+                println!("  {:>6.2}%  {} ({c})", p * 100.0, labels[c]);
+            }
+        }
+    }
+    if a.json {
+        let out = serde_json::json!({
+            "model": model.id, "weights": src, "backend": s.backend_name(), "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
