@@ -107,4 +107,41 @@ mod tests {
         assert!(decode(&png[..png.len() / 2]).is_err());
         assert_eq!(decode(&png).unwrap().width(), 4);
     }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        use image::ImageEncoder;
+        // TIFF (big-endian) with one IFD entry: Orientation (0x0112) = 6, rotate 90 CW.
+        let exif = [
+            b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0,
+            0,
+        ];
+        let img = image::RgbImage::from_pixel(40, 20, image::Rgb([200, 10, 10]));
+        let mut jpg = vec![];
+        let mut enc = image::codecs::jpeg::JpegEncoder::new(&mut jpg);
+        enc.set_exif_metadata(exif.to_vec()).unwrap();
+        enc.write_image(img.as_raw(), 40, 20, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let d = decode(&jpg).unwrap();
+        assert_eq!((d.width(), d.height()), (20, 40));
+    }
+
+    #[test]
+    fn resize_and_crop_follow_torchvision() {
+        let p = Preprocess {
+            resize: 8,
+            crop: 6,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        // A 16x32 image becomes 8x16, then the central 6x6: all white maps to 1.0.
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            32,
+            16,
+            image::Rgb([255, 255, 255]),
+        ));
+        let t = batch(&[img.clone(), img], &p);
+        assert_eq!(t.shape(), [2, 3, 6, 6]);
+        assert!(t.data().iter().all(|&v| (v - 1.0).abs() < 1e-6));
+    }
 }

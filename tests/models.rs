@@ -169,3 +169,21 @@ fn gpu_vgg_cifar() {
 fn gpu_resnet() {
     check(Backend::Gpu, resnets)
 }
+
+#[test]
+fn gpu_peak_memory_at_batch_1_stays_within_bounds() {
+    let ctx = common::gpu();
+    for (id, bound_mib) in [("resnet50", 64u64), ("vgg16", 160)] {
+        let g = Model::get(id).unwrap().default_graph(1);
+        let w = webcnn::weights::synthetic(&g, 1);
+        let m = GpuModel::prepare_blocking(&ctx, &g, &w).unwrap();
+        let r = m.memory();
+        eprintln!("{id}: {r:?}");
+        assert!(
+            r.peak() <= bound_mib << 20,
+            "{id}: peak {} bytes over {bound_mib} MiB: {r:?}",
+            r.peak()
+        );
+        assert_eq!(r.batch_chunk, 1);
+    }
+}

@@ -9,6 +9,9 @@ use webcnn::{Graph, Tensor};
 
 type R<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// A photo of a cat (public domain; scikit-image's `chelsea`), the default input.
+const DEMO_IMAGE: &[u8] = include_bytes!("../../www/demo.png");
+
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Model id (see `webcnn models`).
@@ -33,8 +36,7 @@ pub struct RunArgs {
 
 #[derive(clap::Args)]
 pub struct ClassifyArgs {
-    /// Image files (JPEG, PNG, WebP, GIF, BMP).
-    #[arg(required = true)]
+    /// Image files (JPEG, PNG, WebP, GIF, BMP); none: the built-in demo photo (a cat).
     images: Vec<PathBuf>,
     #[arg(long)]
     model: String,
@@ -152,14 +154,20 @@ pub fn run(a: RunArgs) -> R<()> {
 
 pub fn classify(a: ClassifyArgs) -> R<()> {
     let model = Model::get(&a.model)?;
-    let images = a
-        .images
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            webcnn::preprocess::decode(&bytes).map_err(|e| format!("{}: {e}", p.display()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut a = a;
+    let images = if a.images.is_empty() {
+        eprintln!("notice: no image given, classifying the built-in demo photo (www/demo.png)");
+        a.images.push(PathBuf::from("demo.png"));
+        vec![webcnn::preprocess::decode(DEMO_IMAGE)?]
+    } else {
+        a.images
+            .iter()
+            .map(|p| {
+                let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                webcnn::preprocess::decode(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let x = webcnn::preprocess::batch(&images, &model.preprocess);
     let graph = model.graph(x.shape())?;
     let src = a.weights.clone().unwrap_or_else(|| {

@@ -1,0 +1,282 @@
+//! The `webcnn` binary as other tools use it: `run` on .npy tensors, `classify` on
+//! images, `export-synthetic`, `models`, and errors that are one line, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use webcnn::prng::synth;
+use webcnn::tensor::rel_l2;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_webcnn"));
+    c.env_remove("HF_ENDPOINT");
+    c
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("webcnn-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn ok(o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "failed: {err}");
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A failing command prints one `error:` line naming the problem, and no panic.
+fn fails(o: Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(line.contains(needle), "'{line}' lacks '{needle}'");
+}
+
+fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    use npyz::WriterBuilder;
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(f)
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let npy = npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec().unwrap())
+}
+
+fn golden_output(file: &str) -> Vec<f64> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/golden/models")
+        .join(file);
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    j["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn run_on_safetensors_matches_golden_on_gpu_and_cpu() {
+    let weights = tmp("r18.safetensors");
+    ok(bin()
+        .args(["export-synthetic", "resnet18", "--seed", "1", "-o"])
+        .arg(&weights)
+        .output()
+        .unwrap());
+    let shape = [2, 3, 96, 128];
+    let x = synth("input", &shape, 101).unwrap();
+    let input = tmp("x.npy");
+    write_npy(&input, &shape, x.data());
+    let want = golden_output("resnet18-s1-2x3x96x128.json");
+    for device in ["gpu", "cpu"] {
+        let out = tmp(&format!("y-{device}.npy"));
+        let o = bin()
+            .args([
+                "run",
+                "--model",
+                "resnet18",
+                "--device",
+                device,
+                "--stats",
+                "--weights",
+            ])
+            .arg(&weights)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        ok(o);
+        let (s, y) = read_npy(&out);
+        assert_eq!(s, [2, 1000]);
+        let e = rel_l2(&y, &want);
+        assert!(e <= 1e-4, "{device}: rel L2 {e:e}");
+        assert!(stderr.contains("steady run"), "{stderr}");
+        if device == "gpu" {
+            assert!(
+                stderr.contains("backend: GPU") && stderr.contains("peak GPU memory"),
+                "{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn classify_prints_top_k_the_same_on_both_backends() {
+    let img = tmp("cat.png");
+    let mut pic = image::RgbImage::new(300, 200);
+    for (x, y, p) in pic.enumerate_pixels_mut() {
+        *p = image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8]);
+    }
+    pic.save(&img).unwrap();
+    let gray = tmp("gray.png");
+    image::DynamicImage::ImageRgb8(pic)
+        .to_luma16()
+        .save(&gray)
+        .unwrap();
+    let mut results = vec![];
+    for device in ["gpu", "cpu"] {
+        let out = ok(bin()
+            .args([
+                "classify",
+                "--model",
+                "resnet18",
+                "--weights",
+                "synthetic:2",
+                "--top",
+                "3",
+                "--json",
+                "--device",
+                device,
+            ])
+            .arg(&img)
+            .arg(&gray)
+            .output()
+            .unwrap());
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let res = j["results"].as_array().unwrap().clone();
+        assert_eq!(res.len(), 2);
+        for r in &res {
+            let p = r["predictions"].as_array().unwrap();
+            assert_eq!(p.len(), 3);
+            let probs: Vec<f64> = p
+                .iter()
+                .map(|v| v["probability"].as_f64().unwrap())
+                .collect();
+            assert!(
+                probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().sum::<f64>() <= 1.0 + 1e-6,
+                "{probs:?}"
+            );
+            assert!(p[0]["label"].as_str().is_some());
+        }
+        results.push(res);
+    }
+    for (g, c) in results[0].iter().zip(&results[1]) {
+        for (a, b) in g["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(c["predictions"].as_array().unwrap())
+        {
+            assert_eq!(a["class"], b["class"]);
+            assert!(
+                (a["probability"].as_f64().unwrap() - b["probability"].as_f64().unwrap()).abs()
+                    < 1e-3
+            );
+        }
+    }
+    let text = ok(bin()
+        .args(["classify", "--model", "vgg11_cifar", "--device", "cpu"])
+        .arg(&img)
+        .output()
+        .unwrap());
+    assert!(text.lines().count() == 6 && text.contains('%'), "{text}");
+}
+
+#[test]
+fn bad_inputs_and_files_are_one_line_errors() {
+    let junk = tmp("junk.safetensors");
+    std::fs::write(&junk, b"this is not a weights file").unwrap();
+    let notimg = tmp("notes.png");
+    std::fs::write(&notimg, b"hello").unwrap();
+    let x = tmp("in.npy");
+    write_npy(&x, &[1, 3, 32, 32], &vec![0.0; 3 * 32 * 32]);
+    let y = tmp("out.npy");
+    let run = |model: &str, weights: &Path, input: &Path| {
+        bin()
+            .args(["run", "--device", "cpu", "--model", model, "--weights"])
+            .arg(weights)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(&y)
+            .output()
+            .unwrap()
+    };
+    fails(run("vgg11_cifar", &junk, &x), "not a safetensors file");
+    fails(run("vgg99", &junk, &x), "unknown model 'vgg99'");
+    fails(
+        run("vgg11_cifar", Path::new("/nonexistent.safetensors"), &x),
+        "/nonexistent.safetensors",
+    );
+    fails(
+        run("vgg11_cifar", Path::new("synthetic:1"), &notimg),
+        "not a .npy file",
+    );
+    // The seed's AlexNet cannot take 32x32: the layer that refuses is named.
+    fails(run("alexnet_lrn", Path::new("synthetic:1"), &x), "net.");
+    let other = tmp("other.safetensors");
+    ok(bin()
+        .args(["export-synthetic", "vgg11_cifar", "-o"])
+        .arg(&other)
+        .output()
+        .unwrap());
+    fails(run("resnet18", &other, &x), "missing weight 'conv1.weight'");
+    fails(
+        bin()
+            .args(["classify", "--model", "resnet18", "--device", "cpu"])
+            .arg(&notimg)
+            .output()
+            .unwrap(),
+        "cannot decode image",
+    );
+}
+
+#[test]
+fn models_lists_all_thirty() {
+    let out = ok(bin().arg("models").output().unwrap());
+    for id in webcnn::models::ids() {
+        assert!(out.contains(&format!("| {id} ")), "{id} missing");
+    }
+    assert!(out.contains("25557032"), "resnet50's parameter count");
+}
+
+#[test]
+fn auto_device_falls_back_to_the_cpu_with_a_notice() {
+    let img = tmp("fallback.png");
+    image::RgbImage::from_pixel(40, 40, image::Rgb([9, 99, 199]))
+        .save(&img)
+        .unwrap();
+    // A backend this build does not include: no adapter can be found.
+    let o = bin()
+        .env("WGPU_BACKEND", "gl")
+        .args([
+            "classify",
+            "--model",
+            "vgg11_cifar",
+            "--json",
+            "--weights",
+            "synthetic:1",
+        ])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let out = ok(o);
+    assert!(err.contains("notice:") && err.contains("CPU"), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["backend"], "CPU");
+    let o = bin()
+        .env("WGPU_BACKEND", "gl")
+        .args(["classify", "--model", "vgg11_cifar", "--device", "gpu"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    fails(o, "no GPU adapter found");
+}
