@@ -1,7 +1,8 @@
 // Convolution as an implicit GEMM: C[oc, p] = sum_k W[oc, k] * X_col[k, p] per image and
 // group, where k = (ci, ky, kx) and p = (oy, ox). The im2col matrix is never stored: each
 // 64x64 output tile gathers its 16-deep slices of X_col straight into workgroup memory.
-// Every 256-thread workgroup computes 64 output channels x 64 pixels, 4x4 per thread.
+// Every 256-thread workgroup computes 64 output channels x 64 pixels; each thread a 4x4
+// block, read from workgroup memory as two vec4 per k step (vector loads, 16 FMAs).
 // Epilogue: + bias (BatchNorm already folded in), + residual, ReLU.
 
 struct Params {
@@ -26,8 +27,8 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
 
-var<workgroup> a_tile: array<f32, 1024>; // [TK][TM]
-var<workgroup> b_tile: array<f32, 1024>; // [TK][TN]
+var<workgroup> a_tile: array<vec4<f32>, 256>; // [TK][TM / 4]
+var<workgroup> b_tile: array<vec4<f32>, 256>; // [TK][TN / 4]
 
 @compute @workgroup_size(16, 16, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -41,8 +42,8 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     let x_base = (img * prm.c + g * prm.icg) * prm.h * prm.w;
     let w_base = gl * prm.m_count * prm.k;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+    var acc: array<vec4<f32>, 4>; // rows m0 + 4 * lid.y + i, columns n0 + 4 * lid.x ..
+    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
 
     for (var k0 = 0u; k0 < prm.k; k0 += TK) {
         // Weights: consecutive threads read consecutive k of one row.
@@ -56,7 +57,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             if (m < prm.m_count && k < prm.k) {
                 v = wt[w_base + m * prm.k + k];
             }
-            a_tile[kk * TM + mm] = v;
+            a_tile[kk * 16u + mm / 4u][mm % 4u] = v;
         }
         // Input patches: consecutive threads read consecutive output pixels.
         for (var r = 0u; r < 4u; r++) {
@@ -75,34 +76,29 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                     v = x[x_base + (ci * prm.h + u32(iy)) * prm.w + u32(ix)];
                 }
             }
-            b_tile[kk * TN + nn] = v;
+            b_tile[kk * 16u + nn / 4u][nn % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = a_tile[kk * TM + lid.y + 16u * i];
-                b[i] = b_tile[kk * TN + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
-                }
-            }
+            let a = a_tile[kk * 16u + lid.y];
+            let b = b_tile[kk * 16u + lid.x];
+            acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
+            acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
+            acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
+            acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
         }
         workgroupBarrier();
     }
 
     for (var i = 0u; i < 4u; i++) {
-        let m = m0 + lid.y + 16u * i;
+        let m = m0 + 4u * lid.y + i;
         if (m >= prm.m_count) { continue; }
         let oc = g * prm.ocg + prm.m_base + m;
         let row = (img * prm.oc + oc) * prm.p;
         for (var j = 0u; j < 4u; j++) {
-            let p = n0 + lid.x + 16u * j;
+            let p = n0 + 4u * lid.x + j;
             if (p >= prm.p) { continue; }
-            var v = acc[i * 4u + j] + bias[oc];
+            var v = acc[i][j] + bias[oc];
             if (prm.has_res != 0u) { v += res[row + p]; }
             if (prm.relu != 0u) { v = max(v, 0.0); }
             y[row + p] = v;

@@ -36,7 +36,7 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let r = out_index(gid, nwg);
     if (r >= prm.total) { return; }
     let base = (r / prm.inner) * prm.dim_len * prm.inner + r % prm.inner;
-    var m = -3.4028235e38;
+    var m = bitcast<f32>(0xff7fffffu); // -FLT_MAX
     for (var k = 0u; k < prm.dim_len; k++) { m = max(m, a[base + k * prm.inner]); }
     var s = 0.0;
     for (var k = 0u; k < prm.dim_len; k++) { s += exp(a[base + k * prm.inner] - m); }

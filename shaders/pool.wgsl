@@ -36,16 +36,21 @@ fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let r = i % (prm.oh * prm.ow);
     let win = window(r / prm.ow, r % prm.ow);
     let base = plane * prm.h * prm.w;
-    var m = -3.4028235e38;
+    var m = bitcast<f32>(0xff7fffffu); // -FLT_MAX
+    // max() may drop NaN; PyTorch propagates it, so keep the first NaN read.
     var nan = false;
+    var nan_value = 0.0;
     for (var yy = win.h0; yy < win.h1; yy++) {
         for (var xx = win.w0; xx < win.w1; xx++) {
             let v = x[base + u32(yy) * prm.w + u32(xx)];
-            nan = nan || (v != v);
+            if (v != v && !nan) {
+                nan = true;
+                nan_value = v;
+            }
             m = max(m, v);
         }
     }
-    if (nan) { m = bitcast<f32>(0x7fc00000u); }
+    if (nan) { m = nan_value; }
     y[i] = m;
 }
 

@@ -10,6 +10,8 @@ pub mod plan;
 pub mod preprocess;
 pub mod prng;
 pub mod tensor;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -54,6 +54,8 @@ pub struct GpuContext {
 
 impl GpuContext {
     /// Open the preferred adapter with its full limits (not WebGPU's defaults).
+    // In wasm wgpu's handles are single-threaded; the Arc is shared with callbacks only.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn new(opts: GpuOptions) -> Result<Self> {
         let instance = instance();
         let power_preference = if opts.low_power {
@@ -69,11 +71,7 @@ impl GpuContext {
                 ..Default::default()
             })
             .await
-            .map_err(|e| {
-                Error::NoAdapter(format!(
-                    "{e} (natively wgpu needs a Vulkan, Metal or DX12 driver; on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` gives a software one; in a browser WebGPU must be enabled)"
-                ))
-            })?;
+            .map_err(no_adapter)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -169,6 +167,19 @@ impl GpuContext {
             .insert((shader, entry), p.clone());
         p
     }
+}
+
+/// Why no adapter was found, with what to do about it.
+#[cfg(not(target_arch = "wasm32"))]
+fn no_adapter(e: wgpu::RequestAdapterError) -> Error {
+    Error::NoAdapter(format!(
+        "{e} (wgpu needs a Vulkan, Metal or DX12 driver; on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` gives a software one)"
+    ))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn no_adapter(_: wgpu::RequestAdapterError) -> Error {
+    Error::NoAdapter("this browser has no WebGPU, or granted no adapter".into())
 }
 
 /// The backends to try: `WGPU_BACKEND` (e.g. `vulkan`) if set, else all.
