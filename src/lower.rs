@@ -255,6 +255,16 @@ fn bn_affine(w: &dyn Weights, node: &str, c: usize, eps: f32) -> Result<(Vec<f64
     Ok((scale, shift))
 }
 
+impl Program {
+    /// Every step's parameters, fetched, checked and folded.
+    pub fn params(&self, w: &dyn Weights) -> Result<Vec<StepParams>> {
+        self.steps
+            .iter()
+            .map(|s| s.params(w, self.shape(s.inputs[0])))
+            .collect()
+    }
+}
+
 impl Step {
     /// Fetch, check and fold this step's parameters.
     pub fn params(&self, w: &dyn Weights, input_shape: &[usize]) -> Result<StepParams> {

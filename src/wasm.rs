@@ -89,6 +89,25 @@ impl Inner {
     }
 }
 
+/// Run `f` on the classifier's state as a Promise. The state is moved into the future and
+/// back, so overlapping calls get a clear "busy" error instead of a RefCell panic.
+fn with_inner<F, Fut>(cell: &Rc<RefCell<Option<Inner>>>, f: F) -> js_sys::Promise
+where
+    F: FnOnce(Inner) -> Fut + 'static,
+    Fut: std::future::Future<Output = (Inner, Result<JsValue, JsValue>)> + 'static,
+{
+    let cell = cell.clone();
+    wasm_bindgen_futures::future_to_promise(async move {
+        let inner = cell
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| js("the classifier is busy or was freed"))?;
+        let (inner, r) = f(inner).await;
+        *cell.borrow_mut() = Some(inner);
+        r
+    })
+}
+
 /// A model prepared on WebGPU (or the CPU backend when WebGPU is missing).
 #[wasm_bindgen]
 pub struct Classifier {
@@ -176,12 +195,7 @@ impl Classifier {
     /// Top-`top` predictions for encoded image bytes, as JSON
     /// `[{"class": i, "label": "...", "probability": p}, ...]`.
     pub fn classify(&self, image: Vec<u8>, top: usize) -> js_sys::Promise {
-        let cell = self.inner.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let mut inner = cell
-                .borrow_mut()
-                .take()
-                .ok_or_else(|| js("the classifier is busy or was freed"))?;
+        with_inner(&self.inner, move |mut inner| async move {
             let r = async {
                 let x = inner.tensor(&image)?;
                 let logits = inner.main.run(&x).await.map_err(js)?.remove(0);
@@ -190,22 +204,16 @@ impl Classifier {
                     .into_iter()
                     .map(|(c, p)| serde_json::json!({"class": c, "label": labels[c], "probability": p}))
                     .collect();
-                Ok::<_, JsValue>(JsValue::from_str(&serde_json::Value::from(preds).to_string()))
+                Ok(JsValue::from_str(&serde_json::Value::from(preds).to_string()))
             }
             .await;
-            *cell.borrow_mut() = Some(inner);
-            r
+            (inner, r)
         })
     }
 
     /// The output of graph node `node` (e.g. `layer2`, `features.22`) for an image.
     pub fn features(&self, image: Vec<u8>, node: String) -> js_sys::Promise {
-        let cell = self.inner.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let mut inner = cell
-                .borrow_mut()
-                .take()
-                .ok_or_else(|| js("the classifier is busy or was freed"))?;
+        with_inner(&self.inner, move |mut inner| async move {
             let r = inner.outputs(&image, &[&node]).await.map(|mut v| {
                 let t = v.remove(0);
                 let s = t.shape().to_vec();
@@ -220,20 +228,14 @@ impl Classifier {
                     data: t.into_data(),
                 })
             });
-            *cell.borrow_mut() = Some(inner);
-            r
+            (inner, r)
         })
     }
 
     /// Class activation map of a ResNet (GAP + fc): the fc row of `class` (the top class
     /// when negative) weighting `layer4`, scaled to [0, 1]. Resolves to a FeatureMap.
     pub fn cam(&self, image: Vec<u8>, class: i32) -> js_sys::Promise {
-        let cell = self.inner.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            let mut inner = cell
-                .borrow_mut()
-                .take()
-                .ok_or_else(|| js("the classifier is busy or was freed"))?;
+        with_inner(&self.inner, move |mut inner| async move {
             let r = async {
                 if !inner.model.id.starts_with("resnet") {
                     return Err(js(format!(
@@ -270,8 +272,7 @@ impl Classifier {
                 }))
             }
             .await;
-            *cell.borrow_mut() = Some(inner);
-            r
+            (inner, r)
         })
     }
 }

@@ -2,6 +2,7 @@
 //! with weights and inputs from the golden PRNG.
 mod common;
 
+use common::usizes;
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use webcnn::backend::cpu::CpuModel;
@@ -20,14 +21,6 @@ struct Case {
     keys: usize,
     params: usize,
     output: Vec<f64>,
-}
-
-fn usizes(j: &Json) -> Vec<usize> {
-    j.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect()
 }
 
 fn cases(filter: impl Fn(&str) -> bool) -> Vec<Case> {

@@ -206,7 +206,17 @@ function wire() {
     e.preventDefault();
     drop.classList.remove('over');
     const f = e.dataTransfer.files[0];
-    if (f) setImage(f);
+    if (!f) return;
+    if (f.name.endsWith('.safetensors')) {
+      // A dropped weights file becomes the weights source.
+      const dt = new DataTransfer();
+      dt.items.add(f);
+      $('weights-file').files = dt.files;
+      document.querySelector('input[value=file]').checked = true;
+      loadModel();
+    } else {
+      setImage(f);
+    }
   };
   document.onpaste = (e) => {
     const item = [...e.clipboardData.items].find((i) => i.type.startsWith('image/'));

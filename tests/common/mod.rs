@@ -25,7 +25,7 @@ fn nums(s: &str) -> Vec<usize> {
         .collect()
 }
 
-fn usizes(j: &Json) -> Vec<usize> {
+pub fn usizes(j: &Json) -> Vec<usize> {
     j.as_array()
         .unwrap()
         .iter()

@@ -24,11 +24,7 @@ impl CpuModel {
     /// `fuse: false` runs every node as its own step (to test the fusions).
     pub fn prepare_with(graph: &Graph, weights: &dyn Weights, fuse: bool) -> Result<Self> {
         let program = Program::new(graph, fuse);
-        let params = program
-            .steps
-            .iter()
-            .map(|s| s.params(weights, program.shape(s.inputs[0])))
-            .collect::<Result<Vec<_>>>()?;
+        let params = program.params(weights)?;
         let mut last_use = HashMap::new();
         for (i, s) in program.steps.iter().enumerate() {
             for v in s.inputs.iter().chain(s.residual.iter()) {

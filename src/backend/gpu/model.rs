@@ -153,11 +153,7 @@ impl GpuModel {
         fuse: bool,
     ) -> Result<Self> {
         let program = Program::new(graph, fuse);
-        let params = program
-            .steps
-            .iter()
-            .map(|s| s.params(weights, program.shape(s.inputs[0])))
-            .collect::<Result<Vec<_>>>()?;
+        let params = program.params(weights)?;
         let dev = &ctx.shared.device;
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);

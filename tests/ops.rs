@@ -1,0 +1,47 @@
+//! Every golden single-op case on both backends (the GPU on lavapipe in CI).
+mod common;
+
+use webcnn::backend::cpu::CpuModel;
+use webcnn::backend::gpu::GpuModel;
+use webcnn::tensor::rel_l2;
+use webcnn::Tensor;
+
+fn check(backend: &str, mut run: impl FnMut(&common::OpCase) -> Tensor) {
+    let cases = common::golden_ops();
+    assert_eq!(cases.len(), 32);
+    let mut failures = vec![];
+    for c in cases {
+        let out = run(&c);
+        assert_eq!(out.shape(), c.expected_shape.as_slice(), "{}", c.name);
+        let e = rel_l2(out.data(), &c.expected);
+        if e.is_nan() || e > common::TOL {
+            failures.push(format!("{}: rel L2 {e:e}", c.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{backend} op cases over tolerance:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn cpu_backend_matches_every_golden_op() {
+    check("CPU", |c| {
+        CpuModel::prepare(&c.graph, &c.weights)
+            .unwrap()
+            .run(&c.input)
+            .unwrap()
+            .remove(0)
+    });
+}
+
+#[test]
+fn gpu_backend_matches_every_golden_op() {
+    let ctx = common::gpu();
+    eprintln!("adapter: {}", ctx.describe());
+    check("GPU", |c| {
+        let mut m = GpuModel::prepare_blocking(&ctx, &c.graph, &c.weights).unwrap();
+        m.run_blocking(&c.input).unwrap().remove(0)
+    });
+}
