@@ -1,0 +1,67 @@
+//! Feature extraction: intermediate outputs by torchvision's node names (`layer2`,
+//! `features.22`, `flatten`, ...) against the golden feature maps, on both backends.
+mod common;
+
+use serde_json::Value as Json;
+use std::path::Path;
+use webcnn::backend::cpu::CpuModel;
+use webcnn::backend::gpu::GpuModel;
+use webcnn::models::Model;
+use webcnn::prng::synth;
+use webcnn::tensor::rel_l2;
+use webcnn::weights::synthetic;
+
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
+    let npy = npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    let data: Vec<f32> = npy.into_vec().unwrap();
+    (shape, data.into_iter().map(|v| v as f64).collect())
+}
+
+#[test]
+fn golden_feature_maps_match_on_cpu_and_gpu() {
+    let ctx = common::gpu();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/features");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 7);
+    let mut failures = vec![];
+    for dir in dirs {
+        let meta: Json =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+        let model = Model::get(meta["model"].as_str().unwrap()).unwrap();
+        let shape = common::usizes(&meta["input_shape"]);
+        let nodes: Vec<&str> = meta["nodes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let g = model.graph(&shape).unwrap().with_outputs(&nodes).unwrap();
+        let w = synthetic(&g, meta["weights_seed"].as_u64().unwrap());
+        let x = synth("input", &shape, meta["input_seed"].as_u64().unwrap()).unwrap();
+        let cpu = CpuModel::prepare(&g, &w).unwrap().run(&x).unwrap();
+        let gpu = GpuModel::prepare_blocking(&ctx, &g, &w)
+            .unwrap()
+            .run_blocking(&x)
+            .unwrap();
+        for (i, node) in nodes.iter().enumerate() {
+            let (want_shape, want) = read_npy(&dir.join(format!("{node}.npy")));
+            for (backend, out) in [("cpu", &cpu[i]), ("gpu", &gpu[i])] {
+                assert_eq!(out.shape(), want_shape.as_slice(), "{} {node}", model.id);
+                let e = rel_l2(out.data(), &want);
+                if e.is_nan() || e > common::TOL {
+                    failures.push(format!("{} {node} ({backend}): rel L2 {e:e}", model.id));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "feature maps over tolerance:\n{}",
+        failures.join("\n")
+    );
+}
