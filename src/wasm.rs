@@ -112,6 +112,8 @@ where
 #[wasm_bindgen]
 pub struct Classifier {
     inner: Rc<RefCell<Option<Inner>>>,
+    /// The device, also reachable while a run holds `inner`.
+    ctx: Option<GpuContext>,
     backend: String,
     notice: Option<String>,
 }
@@ -164,6 +166,7 @@ impl Classifier {
             let main = Session::prepare(&graph, &weights, ctx.as_ref())
                 .await
                 .map_err(js)?;
+            let gpu = ctx.clone();
             let inner = Inner {
                 model,
                 weights,
@@ -173,6 +176,7 @@ impl Classifier {
             };
             Ok(Classifier {
                 inner: Rc::new(RefCell::new(Some(inner))),
+                ctx: gpu,
                 backend,
                 notice,
             }
@@ -184,6 +188,18 @@ impl Classifier {
     #[wasm_bindgen(getter)]
     pub fn backend(&self) -> String {
         self.backend.clone()
+    }
+
+    /// Destroy the GPU device, as a driver reset or a lost GPU would: for testing recovery.
+    #[wasm_bindgen(js_name = debugLoseDevice)]
+    pub fn debug_lose_device(&self) -> bool {
+        match &self.ctx {
+            Some(ctx) => {
+                ctx.shared.device.destroy();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Why the CPU runs instead of WebGPU, if it does.

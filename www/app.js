@@ -247,4 +247,7 @@ async function main() {
   }
 }
 
+// For tests and curious users: simulate a lost GPU device (the next run recovers).
+window.webcnnDebug = { loseDevice: () => call('loseDevice') };
+
 main();

@@ -71,22 +71,28 @@ async function describe(backend) {
   }
 }
 
-// A lost GPU device (or a failed run) drops the model; the next request prepares it again.
+async function recreate() {
+  if (!lastLoad) throw new Error('no model loaded');
+  clf = await Classifier.create(lastLoad.model, lastLoad.bytes, lastLoad.seed ?? 1, lastLoad.device ?? 'auto');
+}
+
+// A lost GPU device fails the run: drop the model, prepare it on a new device and run again.
 async function withModel(f) {
-  if (!clf) {
-    if (!lastLoad) throw new Error('no model loaded');
-    clf = await Classifier.create(lastLoad.model, lastLoad.bytes, lastLoad.seed ?? 1, lastLoad.device ?? 'auto');
-  }
+  if (!clf) await recreate();
   try {
     return await f(clf);
   } catch (e) {
-    if (/device lost|GPU error/i.test(String(e && e.message || e))) { try { clf.free(); } catch {} clf = null; }
-    throw e;
+    if (!/device lost|GPU error/i.test(String((e && e.message) || e))) throw e;
+    try { clf.free(); } catch {}
+    clf = null;
+    await recreate();
+    return await f(clf);
   }
 }
 
 const handlers = {
   models: async () => modelIds().map((id) => JSON.parse(modelInfo(id))),
+  loseDevice: async () => clf?.debugLoseDevice() ?? false,
   load,
   classify: ({ image, top }) => withModel(async (c) => {
     const t0 = performance.now();
@@ -107,8 +113,7 @@ const handlers = {
   }),
 };
 
-self.onmessage = async (ev) => {
-  const { id, cmd, args } = ev.data;
+async function handle({ id, cmd, args }) {
   try {
     await ready;
     const result = await handlers[cmd](args ?? {}, id);
@@ -116,4 +121,8 @@ self.onmessage = async (ev) => {
   } catch (e) {
     postMessage({ id, ok: false, error: String((e && e.message) || e) });
   }
-};
+}
+
+// One request at a time, in order: a run never overlaps another on the same model.
+let queue = Promise.resolve();
+self.onmessage = (ev) => { queue = queue.then(() => handle(ev.data)); };

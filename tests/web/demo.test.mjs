@@ -110,6 +110,13 @@ test('WebGPU on SwiftShader: the top-5 equal the CLI, then weights come from the
     assert.match(await page.textContent('[data-testid=timing]'), /weights load: \d+ ms.*first run: \d+ ms/);
     assert.equal(hits.get('/w/r18.safetensors'), 1);
 
+    // The GPU device is lost: the next run prepares the model again and gives the same answer.
+    assert.equal(await page.evaluate(() => window.webcnnDebug.loseDevice()), true);
+    await act(page, () => page.click('#again'));
+    assert.equal(await status(page, ['done', 'error']), 'done', await page.textContent('[data-testid=error]'));
+    assertSameAsCli(await predictions(page));
+    assert.match(await page.textContent('[data-testid=backend]'), /^WebGPU: /);
+
     // A second visit loads the same weights URL from the Cache API: no new request.
     const again = await ctx.newPage();
     await again.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1`);
