@@ -40,14 +40,17 @@ struct Dispatch {
     groups: [u32; 3],
 }
 
+/// A buffer-to-buffer copy: batch chunks in and out of the activation slots.
+struct Copy {
+    src: wgpu::Buffer,
+    src_off: u64,
+    dst: wgpu::Buffer,
+    dst_off: u64,
+    size: u64,
+}
+
 enum Cmd {
-    Copy {
-        src: wgpu::Buffer,
-        src_off: u64,
-        dst: wgpu::Buffer,
-        dst_off: u64,
-        size: u64,
-    },
+    Copy(Copy),
     Pass(Vec<Dispatch>),
 }
 
@@ -96,13 +99,7 @@ struct Pending {
 }
 
 enum PendingCmd {
-    Copy {
-        src: wgpu::Buffer,
-        src_off: u64,
-        dst: wgpu::Buffer,
-        dst_off: u64,
-        size: u64,
-    },
+    Copy(Copy),
     Dispatch(Pending),
 }
 
@@ -182,13 +179,9 @@ impl GpuModel {
     fn encode(&self, enc: &mut wgpu::CommandEncoder) {
         for c in &self.cmds {
             match c {
-                Cmd::Copy {
-                    src,
-                    src_off,
-                    dst,
-                    dst_off,
-                    size,
-                } => enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size),
+                Cmd::Copy(c) => {
+                    enc.copy_buffer_to_buffer(&c.src, c.src_off, &c.dst, c.dst_off, c.size)
+                }
                 Cmd::Pass(ds) => {
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
                     for d in ds {
@@ -499,13 +492,13 @@ impl<'a> Builder<'a> {
             let nb = chunk.min(n - b0);
             if chunks > 1 {
                 let pi = per_image(program.input);
-                self.pending.push(PendingCmd::Copy {
+                self.pending.push(PendingCmd::Copy(Copy {
                     src: upload.clone(),
                     src_off: b0 as u64 * pi,
                     dst: in_slot.clone(),
                     dst_off: 0,
                     size: nb as u64 * pi,
-                });
+                }));
             }
             for (step, up) in program.steps.iter().zip(&uploaded) {
                 let bind = |v| {
@@ -520,13 +513,13 @@ impl<'a> Builder<'a> {
             let mut off = 0;
             for ((v, shape), bytes) in program.outputs.iter().zip(&out_bytes) {
                 let pi = numel(&shape[1..]) as u64 * 4;
-                self.pending.push(PendingCmd::Copy {
+                self.pending.push(PendingCmd::Copy(Copy {
                     src: slots[plan.slot_of[v]].clone(),
                     src_off: 0,
                     dst: readback.clone(),
                     dst_off: off + b0 as u64 * pi,
                     size: nb as u64 * pi,
-                });
+                }));
                 off += bytes;
             }
         }
@@ -853,19 +846,7 @@ impl<'a> Builder<'a> {
         let mut offsets = offsets.into_iter();
         for p in std::mem::take(&mut self.pending) {
             match p {
-                PendingCmd::Copy {
-                    src,
-                    src_off,
-                    dst,
-                    dst_off,
-                    size,
-                } => cmds.push(Cmd::Copy {
-                    src,
-                    src_off,
-                    dst,
-                    dst_off,
-                    size,
-                }),
+                PendingCmd::Copy(c) => cmds.push(Cmd::Copy(c)),
                 PendingCmd::Dispatch(d) => {
                     let pipeline = self.ctx.pipeline(d.shader, d.entry);
                     let off = offsets.next().expect("one offset per dispatch") as u64;
