@@ -20,6 +20,11 @@ pub fn alexnet(b: &mut GraphBuilder, x: Value, num_classes: usize) -> Result<Val
     let x = b.max_pool2d("features.12", x, Pool2d::new(3).stride(2))?;
     let x = b.adaptive_avg_pool2d("avgpool", x, [6, 6])?;
     let x = b.flatten("flatten", x, 1)?;
+    classifier(b, x, num_classes)
+}
+
+/// The head both variants share: (dropout, linear, ReLU) x 2, linear on 256x6x6 features.
+fn classifier(b: &mut GraphBuilder, x: Value, num_classes: usize) -> Result<Value, GraphError> {
     let x = b.dropout("classifier.0", x)?;
     let x = b.linear("classifier.1", x, 256 * 6 * 6, 4096, true)?;
     let x = b.relu("classifier.2", x)?;
@@ -58,11 +63,5 @@ pub fn alexnet_lrn(
     let x = b.relu("net.13", x)?;
     let x = b.max_pool2d("net.14", x, Pool2d::new(3).stride(2))?;
     let x = b.flatten("view", x, 1)?;
-    let x = b.dropout("classifier.0", x)?;
-    let x = b.linear("classifier.1", x, 256 * 6 * 6, 4096, true)?;
-    let x = b.relu("classifier.2", x)?;
-    let x = b.dropout("classifier.3", x)?;
-    let x = b.linear("classifier.4", x, 4096, 4096, true)?;
-    let x = b.relu("classifier.5", x)?;
-    b.linear("classifier.6", x, 4096, num_classes, true)
+    classifier(b, x, num_classes)
 }
