@@ -16,26 +16,27 @@ fn out_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.y * nwg.x * 64u + gid.x;
 }
 
-struct Window { h0: i32, h1: i32, w0: i32, w1: i32, size: f32 }
+struct Window { base: u32, h0: i32, h1: i32, w0: i32, w1: i32, size: f32 }
 
-// The window in padded coordinates (size as PyTorch's divisor with padding) and clamped.
-fn window(oy: u32, ox: u32) -> Window {
-    let hs = i32(oy * prm.sh) - i32(prm.ph);
-    let ws = i32(ox * prm.sw) - i32(prm.pw);
+// The window of output element `i`: its input plane's offset, the bounds clamped to the
+// input, and the size in padded coordinates (PyTorch's divisor with padding).
+fn window(i: u32) -> Window {
+    let plane = i / (prm.oh * prm.ow);
+    let r = i % (prm.oh * prm.ow);
+    let hs = i32((r / prm.ow) * prm.sh) - i32(prm.ph);
+    let ws = i32((r % prm.ow) * prm.sw) - i32(prm.pw);
     let he = min(hs + i32(prm.kh), i32(prm.h + prm.ph));
     let we = min(ws + i32(prm.kw), i32(prm.w + prm.pw));
     let size = f32((he - hs) * (we - ws));
-    return Window(max(hs, 0), min(he, i32(prm.h)), max(ws, 0), min(we, i32(prm.w)), size);
+    return Window(plane * prm.h * prm.w, max(hs, 0), min(he, i32(prm.h)), max(ws, 0), min(we, i32(prm.w)), size);
 }
 
 @compute @workgroup_size(64, 1, 1)
 fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
-    let plane = i / (prm.oh * prm.ow);
-    let r = i % (prm.oh * prm.ow);
-    let win = window(r / prm.ow, r % prm.ow);
-    let base = plane * prm.h * prm.w;
+    let win = window(i);
+    let base = win.base;
     var m = bitcast<f32>(0xff7fffffu); // -FLT_MAX
     // max() may drop NaN; PyTorch propagates it, so keep the first NaN read.
     var nan = false;
@@ -58,10 +59,8 @@ fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
-    let plane = i / (prm.oh * prm.ow);
-    let r = i % (prm.oh * prm.ow);
-    let win = window(r / prm.ow, r % prm.ow);
-    let base = plane * prm.h * prm.w;
+    let win = window(i);
+    let base = win.base;
     var s = 0.0;
     for (var yy = win.h0; yy < win.h1; yy++) {
         for (var xx = win.w0; xx < win.w1; xx++) {

@@ -154,7 +154,7 @@ impl GpuModel {
         let dev = &ctx.shared.device;
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Builder::new(ctx, &program).build(&program, &params);
+        let built = Builder::new(ctx).build(&program, &params);
         let oom_err = oom.pop().await;
         let val_err = scope.pop().await;
         let model = built?;
@@ -294,7 +294,7 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(ctx: &'a GpuContext, _p: &Program) -> Self {
+    fn new(ctx: &'a GpuContext) -> Self {
         let dummy = ctx.shared.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused binding"),
             size: 16,
