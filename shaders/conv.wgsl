@@ -3,7 +3,7 @@
 // 64x64 output tile gathers its 16-deep slices of X_col straight into workgroup memory.
 // Every 256-thread workgroup computes 64 output channels x 64 pixels; each thread a 4x4
 // block, read from workgroup memory as two vec4 per k step (vector loads, 16 FMAs).
-// Epilogue: + bias (BatchNorm already folded in), + residual, ReLU.
+// Epilogue: * scale + shift per output channel (bias and a folded BatchNorm), + residual, ReLU.
 
 struct Params {
     c: u32, h: u32, w: u32, oc: u32,
@@ -19,7 +19,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> prm: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> wt: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
+// `affine[oc]` is the scale, `affine[oc_total + oc]` the shift.
+@group(0) @binding(3) var<storage, read> affine: array<f32>;
 @group(0) @binding(4) var<storage, read> res: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
@@ -98,7 +99,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         for (var j = 0u; j < 4u; j++) {
             let p = n0 + 4u * lid.x + j;
             if (p >= prm.p) { continue; }
-            var v = acc[i][j] + bias[oc];
+            var v = acc[i][j] * affine[oc] + affine[prm.oc + oc];
             if (prm.has_res != 0u) { v += res[row + p]; }
             if (prm.relu != 0u) { v = max(v, 0.0); }
             y[row + p] = v;

@@ -1,12 +1,14 @@
 //! The one API the front ends (CLI, wasm, demo) share: a graph with weights prepared on
 //! the GPU or the CPU, run on tensors; and classification helpers.
 
-use crate::backend::cpu::CpuModel;
-use crate::backend::gpu::{GpuContext, GpuModel, GpuOptions, MemoryReport};
-use crate::error::{Error, Result};
+use crate::backend::cpu::{CpuModel, CpuWeights};
+use crate::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights, MemoryReport};
+use crate::error::Result;
 use crate::graph::Graph;
-use crate::lower::Weights;
+use crate::lower::param;
 use crate::tensor::Tensor;
+use crate::weights::TensorMap;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
@@ -29,74 +31,171 @@ impl std::str::FromStr for Device {
     }
 }
 
-enum Backend {
+/// Where models run: an open GPU device, or the CPU. The one place that turns a
+/// [`Device`] request into a backend (the CLI and the JS API both use it).
+#[derive(Clone)]
+pub struct Target {
+    gpu: Option<GpuContext>,
+    /// Set when `Device::Auto` fell back to the CPU: why.
+    pub notice: Option<String>,
+}
+
+impl Target {
+    /// Open `device`: `Gpu` fails without an adapter; `Auto` falls back to the CPU with a
+    /// notice saying why.
+    pub async fn open(device: Device) -> Result<Target> {
+        match device {
+            Device::Cpu => Ok(Target::cpu()),
+            Device::Gpu => Ok(Target::gpu(GpuContext::new(GpuOptions::default()).await?)),
+            Device::Auto => match GpuContext::new(GpuOptions::default()).await {
+                Ok(c) => Ok(Target::gpu(c)),
+                Err(e) => Ok(Target {
+                    gpu: None,
+                    notice: Some(format!("{e}; running on the CPU backend instead")),
+                }),
+            },
+        }
+    }
+
+    pub fn cpu() -> Target {
+        Target {
+            gpu: None,
+            notice: None,
+        }
+    }
+
+    pub fn gpu(ctx: GpuContext) -> Target {
+        Target {
+            gpu: Some(ctx),
+            notice: None,
+        }
+    }
+
+    pub fn gpu_context(&self) -> Option<&GpuContext> {
+        self.gpu.as_ref()
+    }
+}
+
+/// A model's weights prepared on one device, loaded once.
+enum Store {
+    Gpu(Arc<GpuWeights>),
+    Cpu(CpuWeights),
+}
+
+/// A graph (requested outputs, input shape) prepared over the shared weights: it owns
+/// only its activations and dispatches.
+enum Plan {
     Gpu(GpuModel),
     Cpu(CpuModel),
 }
 
-/// A prepared model on one backend.
+/// A plan's identity: input shape and requested output nodes.
+type PlanKey = (Vec<usize>, Vec<String>);
+
+/// Plans kept per session; the least recently used one is dropped beyond this.
+const MAX_PLANS: usize = 6;
+
+/// Weight bytes of a session: on the device (GPU buffers; the CPU's arrays count as its
+/// device) and the host copies kept beside them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightBytes {
+    pub device: u64,
+    pub host: u64,
+}
+
+/// A model loaded on one backend: its weights once, and plans for the graphs run on it
+/// (the model's own, other outputs, other input sizes), made on first use and reused.
 pub struct Session {
-    backend: Backend,
+    graph: Graph,
+    store: Store,
+    /// Most recently used last.
+    plans: Vec<(PlanKey, Plan)>,
     /// Set when `Device::Auto` fell back to the CPU: why.
     pub notice: Option<String>,
 }
 
 impl Session {
-    /// Open a GPU context for `device` (None for the CPU); `Auto` falls back with a notice.
-    pub async fn context(device: Device) -> (Option<GpuContext>, Option<String>, Option<Error>) {
-        match device {
-            Device::Cpu => (None, None, None),
-            Device::Gpu => match GpuContext::new(GpuOptions::default()).await {
-                Ok(c) => (Some(c), None, None),
-                Err(e) => (None, None, Some(e)),
-            },
-            Device::Auto => match GpuContext::new(GpuOptions::default()).await {
-                Ok(c) => (Some(c), None, None),
-                Err(e) => (
-                    None,
-                    Some(format!("{e}; running on the CPU backend instead")),
-                    None,
-                ),
-            },
-        }
-    }
-
-    /// Prepare `graph` on `ctx` (the GPU) or on the CPU when `ctx` is None.
-    pub async fn prepare(
-        graph: &Graph,
-        weights: &dyn Weights,
-        ctx: Option<&GpuContext>,
-    ) -> Result<Session> {
-        let backend = match ctx {
-            Some(c) => Backend::Gpu(GpuModel::prepare(c, graph, weights).await?),
-            None => Backend::Cpu(CpuModel::prepare(graph, weights)?),
+    /// Load `weights` for `graph` on `target`. On the GPU the host tensors are dropped
+    /// once uploaded (only per-channel vectors stay); on the CPU they are the one copy.
+    // wgpu handles are single-threaded in wasm; natively GpuWeights is Send + Sync.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    pub async fn load(graph: &Graph, weights: TensorMap, target: &Target) -> Result<Session> {
+        let store = match &target.gpu {
+            Some(ctx) => Store::Gpu(Arc::new(GpuWeights::upload(ctx, graph, &weights).await?)),
+            None => {
+                for p in graph.params() {
+                    param(&weights, &p)?;
+                }
+                Store::Cpu(Arc::new(weights))
+            }
         };
         Ok(Session {
-            backend,
-            notice: None,
+            graph: graph.clone(),
+            store,
+            plans: vec![],
+            notice: target.notice.clone(),
         })
     }
 
-    /// Open the device and prepare in one step.
-    pub async fn new(graph: &Graph, weights: &dyn Weights, device: Device) -> Result<Session> {
-        let (ctx, notice, err) = Self::context(device).await;
-        if let Some(e) = err {
-            return Err(e);
-        }
-        let mut s = Self::prepare(graph, weights, ctx.as_ref()).await?;
-        s.notice = notice;
+    /// Open `device` and load in one step.
+    pub async fn new(graph: &Graph, weights: TensorMap, device: Device) -> Result<Session> {
+        let target = Target::open(device).await?;
+        let mut s = Self::load(graph, weights, &target).await?;
+        s.prepare(graph).await?;
         Ok(s)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn new_blocking(graph: &Graph, weights: &dyn Weights, device: Device) -> Result<Session> {
+    pub fn new_blocking(graph: &Graph, weights: TensorMap, device: Device) -> Result<Session> {
         pollster::block_on(Self::new(graph, weights, device))
     }
 
+    /// The graph the weights were loaded for.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The plan for `graph` (same parameters as the loaded graph; any outputs and input
+    /// shape), made now if there is none.
+    async fn prepare(&mut self, graph: &Graph) -> Result<&mut Plan> {
+        let key = (
+            graph.input_shape().to_vec(),
+            graph
+                .outputs()
+                .iter()
+                .map(|&v| graph.node(v).name.clone())
+                .collect::<Vec<_>>(),
+        );
+        let i = match self.plans.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let plan = match &self.store {
+                    Store::Gpu(w) => Plan::Gpu(GpuModel::prepare_shared(graph, w, true).await?),
+                    Store::Cpu(w) => Plan::Cpu(CpuModel::prepare_shared(graph, w, true)?),
+                };
+                if self.plans.len() >= MAX_PLANS {
+                    self.plans.remove(0);
+                }
+                self.plans.push((key, plan));
+                self.plans.len() - 1
+            }
+        };
+        let entry = self.plans.remove(i);
+        self.plans.push(entry);
+        Ok(&mut self.plans.last_mut().expect("just pushed").1)
+    }
+
+    /// Run the loaded graph on `x`.
     pub async fn run(&mut self, x: &Tensor) -> Result<Vec<Tensor>> {
-        match &mut self.backend {
-            Backend::Gpu(m) => m.run(x).await,
-            Backend::Cpu(m) => m.run(x),
+        let g = self.graph.clone();
+        self.run_graph(&g, x).await
+    }
+
+    /// Run `graph` (the loaded model with other outputs or another input shape) on `x`.
+    pub async fn run_graph(&mut self, graph: &Graph, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self.prepare(graph).await? {
+            Plan::Gpu(m) => m.run(x).await,
+            Plan::Cpu(m) => m.run(x),
         }
     }
 
@@ -105,24 +204,79 @@ impl Session {
         pollster::block_on(self.run(x))
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_graph_blocking(&mut self, graph: &Graph, x: &Tensor) -> Result<Vec<Tensor>> {
+        pollster::block_on(self.run_graph(graph, x))
+    }
+
     /// "GPU: <adapter>" or "CPU".
     pub fn backend_name(&self) -> String {
-        match &self.backend {
-            Backend::Gpu(m) => format!("GPU: {}", m.context().describe()),
-            Backend::Cpu(_) => "CPU".to_string(),
+        match &self.store {
+            Store::Gpu(w) => format!("GPU: {}", w.context().describe()),
+            Store::Cpu(_) => "CPU".to_string(),
         }
     }
 
     pub fn is_gpu(&self) -> bool {
-        matches!(self.backend, Backend::Gpu(_))
+        matches!(self.store, Store::Gpu(_))
     }
 
-    /// GPU memory of the prepared model (None on the CPU).
-    pub fn memory(&self) -> Option<&MemoryReport> {
-        match &self.backend {
-            Backend::Gpu(m) => Some(m.memory()),
-            Backend::Cpu(_) => None,
+    /// The GPU device the weights live on.
+    pub fn gpu_context(&self) -> Option<&GpuContext> {
+        match &self.store {
+            Store::Gpu(w) => Some(w.context()),
+            Store::Cpu(_) => None,
         }
+    }
+
+    /// GPU memory of the most recently used plan (None on the CPU).
+    pub fn memory(&self) -> Option<&MemoryReport> {
+        match self.plans.last() {
+            Some((_, Plan::Gpu(m))) => Some(m.memory()),
+            _ => None,
+        }
+    }
+
+    /// Weight bytes: the shared weights plus what every plan uploaded itself.
+    pub fn weight_bytes(&self) -> WeightBytes {
+        match &self.store {
+            Store::Gpu(w) => WeightBytes {
+                device: w.device_bytes()
+                    + self
+                        .plans
+                        .iter()
+                        .map(|(_, p)| match p {
+                            Plan::Gpu(m) => m.memory().params,
+                            Plan::Cpu(_) => 0,
+                        })
+                        .sum::<u64>(),
+                host: w.host_bytes(),
+            },
+            Store::Cpu(w) => WeightBytes {
+                device: 0,
+                host: w.values().map(|t| t.len() as u64 * 4).sum(),
+            },
+        }
+    }
+
+    /// Row `row` of the weight matrix `key` (a linear layer's weights for one class).
+    pub async fn weight_row(&self, key: &str, row: usize) -> Result<Vec<f32>> {
+        match &self.store {
+            Store::Gpu(w) => w.read_row(key, row).await,
+            Store::Cpu(w) => {
+                let t = w
+                    .get(key)
+                    .filter(|t| t.shape().len() >= 2 && row < t.shape()[0])
+                    .ok_or_else(|| crate::Error::MissingWeight(format!("{key} row {row}")))?;
+                let n = t.len() / t.shape()[0];
+                Ok(t.data()[row * n..(row + 1) * n].to_vec())
+            }
+        }
+    }
+
+    /// Plans currently prepared.
+    pub fn plan_count(&self) -> usize {
+        self.plans.len()
     }
 }
 

@@ -23,6 +23,8 @@ pub enum Error {
     NoAdapter(String),
     #[error("GPU error: {0}")]
     Gpu(String),
+    #[error("the GPU device was lost ({0})")]
+    DeviceLost(String),
     #[error("beyond device limits: {0}")]
     DeviceLimit(String),
     #[error(transparent)]
@@ -31,6 +33,39 @@ pub enum Error {
     Model(#[from] crate::models::UnknownModel),
     #[error(transparent)]
     Image(#[from] crate::preprocess::DecodeError),
+    #[error("{0}")]
+    BadArgument(String),
+}
+
+impl Error {
+    /// A stable code for programs (the JS API's `WebcnnError.code`).
+    pub fn code(&self) -> &'static str {
+        use crate::graph::GraphError as G;
+        use crate::weights::WeightsError as W;
+        match self {
+            Error::Graph(G::Shape { .. }) | Error::InputShape { .. } => "BAD_INPUT_SHAPE",
+            Error::Graph(_) | Error::BadArgument(_) => "BAD_ARGUMENT",
+            Error::MissingWeight(_) => "WEIGHTS_MISSING_KEY",
+            Error::WeightShape { .. } => "WEIGHTS_SHAPE",
+            Error::NoAdapter(_) => "NO_WEBGPU",
+            Error::Gpu(_) => "GPU",
+            Error::DeviceLost(_) => "DEVICE_LOST",
+            Error::DeviceLimit(_) => "DEVICE_LIMIT",
+            Error::Model(_) => "UNKNOWN_MODEL",
+            Error::Image(_) => "BAD_IMAGE",
+            Error::Weights(w) => match w {
+                W::NotSafetensors(_) | W::Truncated(_) | W::UnsupportedDtype { .. } => {
+                    "WEIGHTS_FORMAT"
+                }
+                W::Missing { .. } => "WEIGHTS_MISSING_KEY",
+                W::Unexpected(_) => "WEIGHTS_UNEXPECTED_KEY",
+                W::Shape { .. } => "WEIGHTS_SHAPE",
+                W::BadSource(_) => "BAD_ARGUMENT",
+                W::Io(_) => "IO",
+                W::Download(_) => "DOWNLOAD",
+            },
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,19 +4,47 @@
 //! fusion is tested once for both.
 
 use crate::error::{Error, Result};
-use crate::graph::{Conv2d, Graph, GroupNorm, Linear, Lrn, Op, Pool2d, Value};
-use crate::tensor::{numel, Tensor};
+use crate::graph::{Conv2d, Graph, GroupNorm, Linear, Lrn, Op, ParamSpec, Pool2d, Value};
+use crate::tensor::Tensor;
 use std::collections::HashMap;
 
 /// Named host tensors, keyed by PyTorch state-dict names.
 pub trait Weights {
     fn get(&self, key: &str) -> Option<&Tensor>;
+    /// The shape of `key`, also for a tensor that lives only on a device (GPU weights
+    /// keep conv and linear weights off the host).
+    fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.get(key).map(|t| t.shape())
+    }
 }
 
 impl Weights for HashMap<String, Tensor> {
     fn get(&self, key: &str) -> Option<&Tensor> {
         HashMap::get(self, key)
     }
+}
+
+/// The tensor of parameter `p`, checked against the shape the graph expects.
+pub fn param<'a>(w: &'a dyn Weights, p: &ParamSpec) -> Result<&'a Tensor> {
+    let t = w
+        .get(&p.name)
+        .ok_or_else(|| Error::MissingWeight(p.name.clone()))?;
+    if t.shape() != p.shape.as_slice() {
+        return Err(Error::WeightShape {
+            key: p.name.clone(),
+            expected: p.shape.clone(),
+            got: t.shape().to_vec(),
+        });
+    }
+    Ok(t)
+}
+
+/// Whether `key` is a conv or linear weight: the large tensors a backend keeps where it
+/// computes (device buffers), shared by every plan of a model.
+pub fn is_matrix(graph: &Graph, key: &str) -> bool {
+    key.strip_suffix(".weight")
+        .and_then(|n| graph.find(n))
+        .is_some_and(|v| matches!(graph.node(v).op, Op::Conv2d(_) | Op::Linear(_)))
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -215,29 +243,41 @@ impl Program {
     }
 }
 
-/// Host parameters of one step, in the layout the kernels read.
+/// Host parameters of one step, in the layout the kernels read. The large conv / linear
+/// weight is named, not copied: it stays where the model's weights live (shared by every
+/// plan), and a folded BatchNorm becomes a per-channel scale in the epilogue, so the
+/// same weight tensor serves plans that fold it and plans that do not.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepParams {
-    /// Conv: `[OC, IC/g, KH, KW]` (BN folded); Linear: `[OUT, IN]`.
-    pub weight: Vec<f32>,
-    /// Conv / Linear bias (zeros when absent); BatchNorm shift; GroupNorm beta.
+    /// Conv `[OC, IC/g, KH, KW]` / Linear `[OUT, IN]`: the state-dict key, shape checked.
+    pub weight: Option<String>,
+    /// Conv / Linear bias (zeros when absent; BN shift folded in); BatchNorm shift;
+    /// GroupNorm beta.
     pub bias: Vec<f32>,
-    /// BatchNorm scale; GroupNorm gamma.
+    /// Conv: per-output-channel scale (folded BatchNorm, else ones); BatchNorm scale;
+    /// GroupNorm gamma.
     pub scale: Vec<f32>,
 }
 
-fn fetch<'a>(w: &'a dyn Weights, key: String, shape: &[usize]) -> Result<&'a [f32]> {
-    let t = w
-        .get(&key)
-        .ok_or_else(|| Error::MissingWeight(key.clone()))?;
-    if t.shape() != shape {
+fn check_shape(w: &dyn Weights, key: &str, shape: &[usize]) -> Result<()> {
+    let got = w
+        .shape(key)
+        .ok_or_else(|| Error::MissingWeight(key.to_string()))?;
+    if got != shape {
         return Err(Error::WeightShape {
-            key,
+            key: key.to_string(),
             expected: shape.to_vec(),
-            got: t.shape().to_vec(),
+            got: got.to_vec(),
         });
     }
-    Ok(t.data())
+    Ok(())
+}
+
+fn fetch<'a>(w: &'a dyn Weights, key: String, shape: &[usize]) -> Result<&'a [f32]> {
+    check_shape(w, &key, shape)?;
+    w.get(&key)
+        .map(|t| t.data())
+        .ok_or(Error::MissingWeight(key))
 }
 
 /// BatchNorm as `y = x * scale + shift`, computed in f64.
@@ -271,37 +311,30 @@ impl Step {
         let mut p = StepParams::default();
         match &self.kernel {
             Kernel::Conv { cfg, node, bn } => {
-                let wshape = cfg.weight_shape();
-                let weight = fetch(w, format!("{node}.weight"), &wshape)?;
+                let key = format!("{node}.weight");
+                check_shape(w, &key, &cfg.weight_shape())?;
+                p.weight = Some(key);
                 let oc = cfg.out_channels;
                 let mut bias = vec![0f64; oc];
                 if cfg.bias {
                     let b = fetch(w, format!("{node}.bias"), &[oc])?;
                     bias.iter_mut().zip(b).for_each(|(d, &s)| *d = s as f64);
                 }
-                let per_oc = numel(&wshape) / oc;
                 if let Some((bn_node, eps)) = bn {
                     let (scale, shift) = bn_affine(w, bn_node, oc, *eps)?;
-                    p.weight = weight
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &v)| (v as f64 * scale[i / per_oc]) as f32)
-                        .collect();
+                    p.scale = scale.iter().map(|&s| s as f32).collect();
                     p.bias = (0..oc)
                         .map(|o| (bias[o] * scale[o] + shift[o]) as f32)
                         .collect();
                 } else {
-                    p.weight = weight.to_vec();
+                    p.scale = vec![1.0; oc];
                     p.bias = bias.iter().map(|&b| b as f32).collect();
                 }
             }
             Kernel::Linear { cfg, node } => {
-                p.weight = fetch(
-                    w,
-                    format!("{node}.weight"),
-                    &[cfg.out_features, cfg.in_features],
-                )?
-                .to_vec();
+                let key = format!("{node}.weight");
+                check_shape(w, &key, &[cfg.out_features, cfg.in_features])?;
+                p.weight = Some(key);
                 p.bias = if cfg.bias {
                     fetch(w, format!("{node}.bias"), &[cfg.out_features])?.to_vec()
                 } else {

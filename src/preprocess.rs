@@ -32,6 +32,33 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage, DecodeError> {
     Ok(img)
 }
 
+/// Raw 8-bit pixels (`channels` 3 = RGB, 4 = RGBA, row-major) as an image; alpha is
+/// dropped later, as for decoded images.
+pub fn from_pixels(
+    data: Vec<u8>,
+    width: u32,
+    height: u32,
+    channels: u32,
+) -> Result<DynamicImage, DecodeError> {
+    let want = width as u64 * height as u64 * channels as u64;
+    if width == 0 || height == 0 || data.len() as u64 != want {
+        return Err(DecodeError(format!(
+            "{width}x{height}x{channels} pixels need {want} bytes, got {}",
+            data.len()
+        )));
+    }
+    let img = match channels {
+        3 => image::RgbImage::from_raw(width, height, data).map(DynamicImage::ImageRgb8),
+        4 => image::RgbaImage::from_raw(width, height, data).map(DynamicImage::ImageRgba8),
+        _ => {
+            return Err(DecodeError(format!(
+                "pixels must have 3 or 4 channels, not {channels}"
+            )))
+        }
+    };
+    img.ok_or_else(|| DecodeError("pixel buffer does not match its size".into()))
+}
+
 /// Python's `round` (half to even), as torchvision's center crop uses it.
 fn round_half_even(v: f64) -> i64 {
     let r = v.round();

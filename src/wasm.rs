@@ -1,13 +1,14 @@
-//! The JavaScript API (wasm-bindgen), used by the demo's Web Worker and the npm package:
-//! a classifier over the same `Session` as the CLI, on WebGPU or the CPU backend.
+//! The wasm binding under the npm package `webcnn` (`www/npm/index.js` wraps it; the
+//! demo's worker uses that package). Inputs arrive already normalised by the wrapper;
+//! every failure is a JS `Error` carrying a stable `code` (see `Error::code`).
 
-use crate::backend::gpu::{GpuContext, GpuOptions};
-use crate::engine::{top_k, Session};
+use crate::engine::{top_k, Device, Session, Target};
+use crate::error::Error;
 use crate::models::{ids, Model};
-use crate::weights::{self, TensorMap};
+use crate::preprocess;
 use crate::{Graph, Tensor};
+use js_sys::{Array, Float32Array, Object, Reflect, Uint8Array};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
@@ -16,81 +17,275 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
-fn js(e: impl std::fmt::Display) -> JsValue {
-    JsError::new(&e.to_string()).into()
+/// A JS `Error` with `code` set.
+fn js_err(e: Error) -> JsValue {
+    let o = js_sys::Error::new(&e.to_string());
+    let _ = Reflect::set(&o, &"code".into(), &e.code().into());
+    o.into()
 }
 
-/// Every model id.
-#[wasm_bindgen(js_name = modelIds)]
-pub fn model_ids() -> Vec<String> {
+fn bad(msg: impl Into<String>) -> JsValue {
+    js_err(Error::BadArgument(msg.into()))
+}
+
+fn obj(pairs: &[(&str, JsValue)]) -> JsValue {
+    let o = Object::new();
+    for (k, v) in pairs {
+        let _ = Reflect::set(&o, &(*k).into(), v);
+    }
+    o.into()
+}
+
+fn get(o: &JsValue, key: &str) -> JsValue {
+    Reflect::get(o, &key.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn num(o: &JsValue, key: &str) -> Result<u32, JsValue> {
+    get(o, key)
+        .as_f64()
+        .filter(|v| *v >= 0.0 && v.fract() == 0.0 && *v <= u32::MAX as f64)
+        .map(|v| v as u32)
+        .ok_or_else(|| bad(format!("'{key}' must be a non-negative integer")))
+}
+
+fn usizes(v: &[usize]) -> JsValue {
+    v.iter()
+        .map(|&d| JsValue::from(d as u32))
+        .collect::<Array>()
+        .into()
+}
+
+fn tensor_js(t: Tensor) -> JsValue {
+    obj(&[
+        ("data", Float32Array::from(t.data()).into()),
+        ("shape", usizes(t.shape())),
+    ])
+}
+
+fn model_js(m: &Model) -> JsValue {
+    let p = &m.preprocess;
+    obj(&[
+        ("id", m.id.as_str().into()),
+        ("params", (m.param_count() as f64).into()),
+        ("macs", (m.macs() as f64).into()),
+        ("input", usizes(&m.input)),
+        ("labels", m.labels.id().into()),
+        ("numClasses", (m.num_classes() as u32).into()),
+        (
+            "featureNodes",
+            m.feature_nodes()
+                .iter()
+                .map(|s| JsValue::from(s.as_str()))
+                .collect::<Array>()
+                .into(),
+        ),
+        ("cam", m.id.starts_with("resnet").into()),
+        (
+            "preprocess",
+            obj(&[
+                ("resize", (p.resize as u32).into()),
+                ("crop", (p.crop as u32).into()),
+                (
+                    "mean",
+                    p.mean
+                        .iter()
+                        .map(|&v| JsValue::from(v))
+                        .collect::<Array>()
+                        .into(),
+                ),
+                (
+                    "std",
+                    p.std
+                        .iter()
+                        .map(|&v| JsValue::from(v))
+                        .collect::<Array>()
+                        .into(),
+                ),
+            ]),
+        ),
+    ])
+}
+
+/// Every model of the zoo with its facts.
+#[wasm_bindgen(js_name = modelList)]
+pub fn model_list() -> Array {
     ids()
-}
-
-/// A model's facts as JSON: params, MACs, input, labels, feature nodes.
-#[wasm_bindgen(js_name = modelInfo)]
-pub fn model_info(id: &str) -> Result<String, JsValue> {
-    let m = Model::get(id).map_err(js)?;
-    Ok(serde_json::json!({
-        "id": m.id,
-        "params": m.param_count(),
-        "macs": m.macs(),
-        "input": m.input,
-        "labels": format!("{:?}", m.labels),
-        "featureNodes": m.feature_nodes(),
-        "cam": m.id.starts_with("resnet"),
-    })
-    .to_string())
-}
-
-/// One feature map (or class activation map): `channels` planes of `height` x `width`.
-#[wasm_bindgen(getter_with_clone)]
-pub struct FeatureMap {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-    pub data: Vec<f32>,
+        .iter()
+        .filter_map(|id| Model::get(id).ok())
+        .map(|m| model_js(&m))
+        .collect()
 }
 
 struct Inner {
     model: Model,
-    weights: TensorMap,
-    ctx: Option<GpuContext>,
-    main: Session,
-    /// Sessions returning intermediate outputs, by requested nodes.
-    extra: HashMap<String, Session>,
+    session: Session,
 }
 
 impl Inner {
-    fn input_graph(&self, outputs: &[&str]) -> Result<Graph, JsValue> {
-        let g = self.model.default_graph(1);
+    /// An input as the wrapper hands it over: `{kind: 'encoded', bytes}`, `{kind:
+    /// 'pixels', data, width, height, channels}` or `{kind: 'tensor', data, shape}`.
+    fn input(&self, input: &JsValue) -> Result<Tensor, JsValue> {
+        let kind = get(input, "kind").as_string().unwrap_or_default();
+        let image = match kind.as_str() {
+            "encoded" => {
+                let bytes = get(input, "bytes")
+                    .dyn_into::<Uint8Array>()
+                    .map_err(|_| bad("encoded image bytes must be a Uint8Array"))?;
+                preprocess::decode(&bytes.to_vec()).map_err(|e| js_err(e.into()))?
+            }
+            "pixels" => {
+                let data = get(input, "data");
+                let data = Uint8Array::new(&data).to_vec();
+                preprocess::from_pixels(
+                    data,
+                    num(input, "width")?,
+                    num(input, "height")?,
+                    num(input, "channels")?,
+                )
+                .map_err(|e| js_err(e.into()))?
+            }
+            "tensor" => {
+                let data = get(input, "data")
+                    .dyn_into::<Float32Array>()
+                    .map_err(|_| bad("tensor data must be a Float32Array"))?
+                    .to_vec();
+                let shape: Vec<usize> = Array::from(&get(input, "shape"))
+                    .iter()
+                    .map(|v| v.as_f64().filter(|d| *d >= 0.0 && d.fract() == 0.0))
+                    .collect::<Option<Vec<f64>>>()
+                    .ok_or_else(|| bad("tensor shape must be non-negative integers"))?
+                    .into_iter()
+                    .map(|d| d as usize)
+                    .collect();
+                if shape.len() != 4 || shape[1] != 3 {
+                    return Err(js_err(Error::InputShape {
+                        expected: vec![1, 3, self.model.input[1], self.model.input[2]],
+                        got: shape,
+                    }));
+                }
+                let n: usize = shape.iter().product();
+                return Tensor::new(shape, data).map_err(|e| {
+                    js_err(Error::BadArgument(format!(
+                        "tensor data: {e} (expected {n} values)"
+                    )))
+                });
+            }
+            _ => return Err(bad(format!("unknown input kind '{kind}'"))),
+        };
+        Ok(preprocess::batch(&[image], &self.model.preprocess))
+    }
+
+    /// The model's graph for `x`'s shape, with `outputs` (none: the classifier).
+    fn graph(&self, x: &Tensor, outputs: &[&str]) -> Result<Graph, JsValue> {
+        let g = self.model.graph(x.shape()).map_err(|e| js_err(e.into()))?;
         if outputs.is_empty() {
             return Ok(g);
         }
-        g.with_outputs(outputs).map_err(js)
+        g.with_outputs(outputs).map_err(|e| {
+            bad(format!(
+                "{e}; feature nodes of {} include {}",
+                self.model.id,
+                self.model.feature_nodes().join(", ")
+            ))
+        })
     }
 
-    fn tensor(&self, image: &[u8]) -> Result<Tensor, JsValue> {
-        let img = crate::preprocess::decode(image).map_err(js)?;
-        Ok(crate::preprocess::batch(&[img], &self.model.preprocess))
+    async fn run(&mut self, x: &Tensor, outputs: &[&str]) -> Result<Vec<Tensor>, JsValue> {
+        let g = self.graph(x, outputs)?;
+        self.session.run_graph(&g, x).await.map_err(js_err)
     }
 
-    async fn outputs(&mut self, image: &[u8], nodes: &[&str]) -> Result<Vec<Tensor>, JsValue> {
-        let x = self.tensor(image)?;
-        let key = nodes.join(",");
-        if !self.extra.contains_key(&key) {
-            let g = self.input_graph(nodes)?;
-            let s = Session::prepare(&g, &self.weights, self.ctx.as_ref())
-                .await
-                .map_err(js)?;
-            self.extra.insert(key.clone(), s);
+    async fn classify(&mut self, input: JsValue, k: u32) -> Result<JsValue, JsValue> {
+        if k == 0 {
+            return Err(bad("topK must be a positive integer"));
         }
-        let s = self.extra.get_mut(&key).expect("inserted");
-        s.run(&x).await.map_err(js)
+        let x = self.input(&input)?;
+        let logits = self.run(&x, &[]).await?.remove(0);
+        let labels = self.model.labels.names();
+        let classes = self.model.num_classes();
+        let rows: Array = logits
+            .data()
+            .chunks(classes)
+            .map(|row| -> JsValue {
+                top_k(row, k as usize)
+                    .into_iter()
+                    .map(|(c, p)| {
+                        obj(&[
+                            ("index", (c as u32).into()),
+                            ("label", labels[c].into()),
+                            ("probability", p.into()),
+                        ])
+                    })
+                    .collect::<Array>()
+                    .into()
+            })
+            .collect();
+        Ok(rows.into())
+    }
+
+    async fn features(&mut self, input: JsValue, nodes: Vec<String>) -> Result<JsValue, JsValue> {
+        if nodes.is_empty() {
+            return Err(bad("name at least one node"));
+        }
+        let x = self.input(&input)?;
+        let names: Vec<&str> = nodes.iter().map(|s| s.as_str()).collect();
+        let outs = self.run(&x, &names).await?;
+        let o = Object::new();
+        for (name, t) in nodes.iter().zip(outs) {
+            let _ = Reflect::set(&o, &name.into(), &tensor_js(t));
+        }
+        Ok(o.into())
+    }
+
+    /// Class activation map of a ResNet (global average pool + fc): the fc row of the class
+    /// weighting `layer4`, scaled to [0, 1].
+    async fn cam(&mut self, input: JsValue, class: Option<u32>) -> Result<JsValue, JsValue> {
+        if !self.model.id.starts_with("resnet") {
+            return Err(bad(format!(
+                "class activation maps need a ResNet, not {}",
+                self.model.id
+            )));
+        }
+        let classes = self.model.num_classes();
+        if let Some(c) = class.filter(|&c| c as usize >= classes) {
+            return Err(bad(format!(
+                "class {c} is out of range: {} has {classes} classes",
+                self.model.id
+            )));
+        }
+        let x = self.input(&input)?;
+        if x.shape()[0] != 1 {
+            return Err(bad("a class activation map takes one image"));
+        }
+        let mut outs = self.run(&x, &["layer4", "fc"]).await?;
+        let logits = outs.remove(1);
+        let feat = outs.remove(0);
+        let cls = class.map_or_else(|| top_k(logits.data(), 1)[0].0, |c| c as usize);
+        let row = self
+            .session
+            .weight_row("fc.weight", cls)
+            .await
+            .map_err(js_err)?;
+        let (h, w) = (feat.shape()[2], feat.shape()[3]);
+        let mut map = vec![0f32; h * w];
+        for (plane, &wt) in feat.data().chunks(h * w).zip(&row) {
+            map.iter_mut().zip(plane).for_each(|(m, &v)| *m += wt * v);
+        }
+        let (lo, hi) = map
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        map.iter_mut().for_each(|v| *v = (*v - lo) / span);
+        Ok(obj(&[
+            ("data", Float32Array::from(&map[..]).into()),
+            ("shape", usizes(&[h, w])),
+            ("class", (cls as u32).into()),
+        ]))
     }
 }
 
-/// Run `f` on the classifier's state as a Promise. The state is moved into the future and
-/// back, so overlapping calls get a clear "busy" error instead of a RefCell panic.
+/// Run `f` on the model's state as a Promise. The state is moved into the future and
+/// back; the wrapper queues calls, so an overlap here is a bug, reported, not a panic.
 fn with_inner<F, Fut>(cell: &Rc<RefCell<Option<Inner>>>, f: F) -> js_sys::Promise
 where
     F: FnOnce(Inner) -> Fut + 'static,
@@ -101,194 +296,141 @@ where
         let inner = cell
             .borrow_mut()
             .take()
-            .ok_or_else(|| js("the classifier is busy or was freed"))?;
+            .ok_or_else(|| bad("the model is busy with another call or was disposed"))?;
         let (inner, r) = f(inner).await;
         *cell.borrow_mut() = Some(inner);
         r
     })
 }
 
-/// A model prepared on WebGPU (or the CPU backend when WebGPU is missing).
+/// One model with its weights loaded once on WebGPU or the CPU backend.
 #[wasm_bindgen]
-pub struct Classifier {
+pub struct Engine {
     inner: Rc<RefCell<Option<Inner>>>,
-    /// The device, also reachable while a run holds `inner`.
-    ctx: Option<GpuContext>,
-    backend: String,
-    notice: Option<String>,
+    info: JsValue,
+    gpu: Option<crate::backend::gpu::GpuContext>,
 }
 
 #[wasm_bindgen]
-impl Classifier {
-    /// Prepare `model_id` with safetensors `weights` (or synthetic weights of `seed` when
-    /// absent). `device`: "auto" (WebGPU, else CPU), "gpu" or "cpu". Resolves to a Classifier.
-    pub fn create(
+impl Engine {
+    /// Load `model_id` with safetensors `weights` (synthetic weights of `seed` when
+    /// absent) on `device`: "auto" (WebGPU, else the CPU with a notice), "webgpu" or "cpu".
+    pub fn load(
         model_id: String,
         weights: Option<Vec<u8>>,
         seed: u32,
         device: String,
     ) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
-            let model = Model::get(&model_id).map_err(js)?;
-            let graph = model.default_graph(1);
-            let weights = match weights {
-                Some(bytes) => weights::from_bytes(&graph, &bytes).map_err(js)?.0,
-                None => weights::synthetic(&graph, seed as u64),
-            };
-            let (ctx, notice) = match device.as_str() {
-                "cpu" => (None, Some("CPU backend requested".to_string())),
-                "gpu" => (
-                    Some(GpuContext::new(GpuOptions::default()).await.map_err(js)?),
-                    None,
-                ),
-                _ => match GpuContext::new(GpuOptions::default()).await {
-                    Ok(c) => (Some(c), None),
-                    Err(e) => (
-                        None,
-                        Some(format!(
-                            "WebGPU unavailable ({e}); running on the CPU (wasm)"
-                        )),
-                    ),
-                },
-            };
-            let backend = match &ctx {
-                Some(c) => {
-                    let i = c.adapter_info();
-                    let name = [&i.name, &i.driver, &i.driver_info]
-                        .into_iter()
-                        .find(|s| !s.is_empty())
-                        .cloned()
-                        .unwrap_or_else(|| format!("{:?}", i.device_type));
-                    format!("WebGPU: {name}")
+            let model = Model::get(&model_id).map_err(|e| js_err(e.into()))?;
+            let device = match device.as_str() {
+                "auto" => Device::Auto,
+                "webgpu" | "gpu" => Device::Gpu,
+                "cpu" => Device::Cpu,
+                d => {
+                    return Err(bad(format!(
+                        "unknown device '{d}': use auto, webgpu or cpu"
+                    )))
                 }
-                None => "CPU (wasm)".to_string(),
             };
-            let main = Session::prepare(&graph, &weights, ctx.as_ref())
+            let graph = model.default_graph(1);
+            let (tensors, warnings) = match weights {
+                Some(bytes) => {
+                    crate::weights::from_bytes(&graph, &bytes).map_err(|e| js_err(e.into()))?
+                }
+                None => (crate::weights::synthetic(&graph, seed as u64), vec![]),
+            };
+            let target = Target::open(device).await.map_err(js_err)?;
+            // The tensors move in: on WebGPU they are dropped once uploaded.
+            let session = Session::load(&graph, tensors, &target)
                 .await
-                .map_err(js)?;
-            let gpu = ctx.clone();
-            let inner = Inner {
-                model,
-                weights,
-                ctx,
-                main,
-                extra: HashMap::new(),
-            };
-            Ok(Classifier {
-                inner: Rc::new(RefCell::new(Some(inner))),
-                ctx: gpu,
-                backend,
-                notice,
+                .map_err(js_err)?;
+            let gpu = session.gpu_context().cloned();
+            let adapter = gpu.as_ref().map(|c| c.adapter_info().name.clone());
+            let info = obj(&[
+                ("id", model.id.as_str().into()),
+                (
+                    "backend",
+                    if gpu.is_some() { "webgpu" } else { "cpu" }.into(),
+                ),
+                ("adapter", adapter.map_or(JsValue::NULL, |a| a.into())),
+                (
+                    "notice",
+                    target.notice.as_deref().map_or(JsValue::NULL, |n| n.into()),
+                ),
+                ("inputSize", usizes(&model.input)),
+                ("labels", model.labels.id().into()),
+                ("numClasses", (model.num_classes() as u32).into()),
+                (
+                    "warnings",
+                    warnings
+                        .iter()
+                        .map(|k| JsValue::from(format!("weight '{k}' holds NaN or Inf")))
+                        .collect::<Array>()
+                        .into(),
+                ),
+            ]);
+            Ok(Engine {
+                inner: Rc::new(RefCell::new(Some(Inner { model, session }))),
+                info,
+                gpu,
             }
             .into())
         })
     }
 
-    /// "WebGPU: <adapter>" or "CPU (wasm)".
+    /// `{id, backend, adapter, notice, inputSize, labels, numClasses, warnings}`.
     #[wasm_bindgen(getter)]
-    pub fn backend(&self) -> String {
-        self.backend.clone()
+    pub fn info(&self) -> JsValue {
+        self.info.clone()
     }
 
-    /// Destroy the GPU device, as a driver reset or a lost GPU would: for testing recovery.
-    #[wasm_bindgen(js_name = debugLoseDevice)]
-    pub fn debug_lose_device(&self) -> bool {
-        match &self.ctx {
+    /// The model on a `[n, 3, h, w]` tensor: `{data, shape}` of the logits.
+    pub fn forward(&self, input: JsValue) -> js_sys::Promise {
+        with_inner(&self.inner, move |mut inner| async move {
+            let r = async {
+                let x = inner.input(&input)?;
+                Ok(tensor_js(inner.run(&x, &[]).await?.remove(0)))
+            }
+            .await;
+            (inner, r)
+        })
+    }
+
+    /// Top-`k` `[{index, label, probability}]` for each image of the input.
+    pub fn classify(&self, input: JsValue, k: u32) -> js_sys::Promise {
+        with_inner(&self.inner, move |mut inner| async move {
+            let r = inner.classify(input, k).await;
+            (inner, r)
+        })
+    }
+
+    /// `{node: {data, shape}}` for each requested torchvision node name.
+    pub fn features(&self, input: JsValue, nodes: Vec<String>) -> js_sys::Promise {
+        with_inner(&self.inner, move |mut inner| async move {
+            let r = inner.features(input, nodes).await;
+            (inner, r)
+        })
+    }
+
+    /// `{data, shape: [h, w], class}`: the class activation map (ResNets).
+    pub fn cam(&self, input: JsValue, class: Option<u32>) -> js_sys::Promise {
+        with_inner(&self.inner, move |mut inner| async move {
+            let r = inner.cam(input, class).await;
+            (inner, r)
+        })
+    }
+
+    /// Destroys the GPU device, as a driver reset would: the package's tests use it to
+    /// check recovery. Not part of the public API.
+    #[wasm_bindgen(js_name = _loseDevice)]
+    pub fn lose_device(&self) -> bool {
+        match &self.gpu {
             Some(ctx) => {
-                ctx.shared.device.destroy();
+                ctx.destroy();
                 true
             }
             None => false,
         }
-    }
-
-    /// Why the CPU runs instead of WebGPU, if it does.
-    #[wasm_bindgen(getter)]
-    pub fn notice(&self) -> Option<String> {
-        self.notice.clone()
-    }
-
-    /// Top-`top` predictions for encoded image bytes, as JSON
-    /// `[{"class": i, "label": "...", "probability": p}, ...]`.
-    pub fn classify(&self, image: Vec<u8>, top: usize) -> js_sys::Promise {
-        with_inner(&self.inner, move |mut inner| async move {
-            let r = async {
-                let x = inner.tensor(&image)?;
-                let logits = inner.main.run(&x).await.map_err(js)?.remove(0);
-                let labels = inner.model.labels.names();
-                let preds: Vec<_> = top_k(logits.data(), top)
-                    .into_iter()
-                    .map(|(c, p)| serde_json::json!({"class": c, "label": labels[c], "probability": p}))
-                    .collect();
-                Ok(JsValue::from_str(&serde_json::Value::from(preds).to_string()))
-            }
-            .await;
-            (inner, r)
-        })
-    }
-
-    /// The output of graph node `node` (e.g. `layer2`, `features.22`) for an image.
-    pub fn features(&self, image: Vec<u8>, node: String) -> js_sys::Promise {
-        with_inner(&self.inner, move |mut inner| async move {
-            let r = inner.outputs(&image, &[&node]).await.map(|mut v| {
-                let t = v.remove(0);
-                let s = t.shape().to_vec();
-                let (c, h, w) = match s.len() {
-                    4 => (s[1], s[2], s[3]),
-                    _ => (1, 1, s[1]),
-                };
-                JsValue::from(FeatureMap {
-                    channels: c,
-                    height: h,
-                    width: w,
-                    data: t.into_data(),
-                })
-            });
-            (inner, r)
-        })
-    }
-
-    /// Class activation map of a ResNet (GAP + fc): the fc row of `class` (the top class
-    /// when negative) weighting `layer4`, scaled to [0, 1]. Resolves to a FeatureMap.
-    pub fn cam(&self, image: Vec<u8>, class: i32) -> js_sys::Promise {
-        with_inner(&self.inner, move |mut inner| async move {
-            let r = async {
-                if !inner.model.id.starts_with("resnet") {
-                    return Err(js(format!(
-                        "class activation maps need a ResNet, not {}",
-                        inner.model.id
-                    )));
-                }
-                let mut outs = inner.outputs(&image, &["layer4", "fc"]).await?;
-                let logits = outs.remove(1);
-                let feat = outs.remove(0);
-                let cls = if class >= 0 {
-                    class as usize
-                } else {
-                    top_k(logits.data(), 1)[0].0
-                };
-                let (c, h, w) = (feat.shape()[1], feat.shape()[2], feat.shape()[3]);
-                let fc = &inner.weights["fc.weight"];
-                let row = &fc.data()[cls * c..(cls + 1) * c];
-                let mut map = vec![0f32; h * w];
-                for (ch, &wt) in row.iter().enumerate() {
-                    let plane = &feat.data()[ch * h * w..(ch + 1) * h * w];
-                    map.iter_mut().zip(plane).for_each(|(m, &v)| *m += wt * v);
-                }
-                let (lo, hi) = map
-                    .iter()
-                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-                let span = if hi > lo { hi - lo } else { 1.0 };
-                map.iter_mut().for_each(|v| *v = (*v - lo) / span);
-                Ok(JsValue::from(FeatureMap {
-                    channels: 1,
-                    height: h,
-                    width: w,
-                    data: map,
-                }))
-            }
-            .await;
-            (inner, r)
-        })
     }
 }

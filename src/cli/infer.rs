@@ -102,7 +102,7 @@ fn write_npy(path: &PathBuf, t: &Tensor) -> R<()> {
     Ok(())
 }
 
-fn session(graph: &Graph, w: &weights::TensorMap, device: Device) -> R<Session> {
+fn session(graph: &Graph, w: weights::TensorMap, device: Device) -> R<Session> {
     let s = Session::new_blocking(graph, w, device)?;
     if let Some(n) = &s.notice {
         eprintln!("notice: {n}");
@@ -116,7 +116,7 @@ pub fn run(a: RunArgs) -> R<()> {
     let graph = model.graph(x.shape())?;
     let w = load_weights(&a.weights, &graph)?;
     let t0 = Instant::now();
-    let mut s = session(&graph, &w, a.device)?;
+    let mut s = session(&graph, w, a.device)?;
     let prepare = t0.elapsed();
     let t1 = Instant::now();
     let y = s.run_blocking(&x)?.remove(0);
@@ -143,7 +143,7 @@ pub fn run(a: RunArgs) -> R<()> {
                 m.peak() as f64 / 1048576.0,
                 m.activations as f64 / 1048576.0,
                 m.workspace as f64 / 1048576.0,
-                m.weights as f64 / 1048576.0,
+                s.weight_bytes().device as f64 / 1048576.0,
                 m.batch_chunk,
                 m.dispatches
             );
@@ -175,7 +175,7 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
         "synthetic:1".to_string()
     });
     let w = load_weights(&src, &graph)?;
-    let mut s = session(&graph, &w, a.device)?;
+    let mut s = session(&graph, w, a.device)?;
     let logits = s.run_blocking(&x)?.remove(0);
     let labels = model.labels.names();
     let k = model.num_classes();

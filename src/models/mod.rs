@@ -40,6 +40,13 @@ impl Labels {
             Labels::Cifar10 => include_str!("cifar10_classes.txt").lines().collect(),
         }
     }
+    /// The label set's name: `imagenet1k` or `cifar10`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Labels::ImageNet1k => "imagenet1k",
+            Labels::Cifar10 => "cifar10",
+        }
+    }
     pub fn len(self) -> usize {
         match self {
             Labels::ImageNet1k => 1000,

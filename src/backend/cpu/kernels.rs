@@ -83,6 +83,7 @@ fn dims4(s: &[usize]) -> [usize; 4] {
 pub fn run_step(
     step: &Step,
     p: &StepParams,
+    weight: &[f32],
     ins: &[(&[f32], &[usize])],
     residual: Option<&[f32]>,
     out_shape: &[usize],
@@ -90,7 +91,9 @@ pub fn run_step(
     let (x, xs) = ins[0];
     let mut out = vec![0f32; numel(out_shape)];
     match &step.kernel {
-        Kernel::Conv { cfg, .. } => conv2d(x, dims4(xs), cfg, p, dims4(out_shape), &mut out),
+        Kernel::Conv { cfg, .. } => {
+            conv2d(x, dims4(xs), cfg, p, weight, dims4(out_shape), &mut out)
+        }
         Kernel::Linear { cfg, .. } => {
             let (b, k, n) = (xs[0], cfg.in_features, cfg.out_features);
             // out[b, n] = x[b, k] * W^T: W^T is W read with swapped strides.
@@ -106,7 +109,7 @@ pub fn run_step(
                     x.as_ptr(),
                     1,
                     k as isize,
-                    p.weight.as_ptr(),
+                    weight.as_ptr(),
                     k as isize,
                     1,
                     0.0f32,
@@ -217,6 +220,7 @@ fn conv2d(
     [n, c, h, w]: [usize; 4],
     cfg: &Conv2d,
     p: &StepParams,
+    weight: &[f32],
     [_, oc, oh, ow]: [usize; 4],
     out: &mut [f32],
 ) {
@@ -235,7 +239,7 @@ fn conv2d(
     for b in 0..n {
         for gi in 0..g {
             let xg = &x[(b * c + gi * icg) * h * w..(b * c + (gi + 1) * icg) * h * w];
-            let wg = &p.weight[gi * ocg * kdim..(gi + 1) * ocg * kdim];
+            let wg = &weight[gi * ocg * kdim..(gi + 1) * ocg * kdim];
             let og = &mut out[(b * oc + gi * ocg) * pix..(b * oc + (gi + 1) * ocg) * pix];
             if direct {
                 sgemm(ocg, pix, kdim, wg, kdim, xg, pix, og, pix);
@@ -249,8 +253,8 @@ fn conv2d(
         }
     }
     par_chunks(out, pix, |i, o| {
-        let bias = p.bias[i % oc];
-        o.iter_mut().for_each(|v| *v += bias);
+        let (scale, bias) = (p.scale[i % oc], p.bias[i % oc]);
+        o.iter_mut().for_each(|v| *v = *v * scale + bias);
     });
 }
 

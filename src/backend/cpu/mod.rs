@@ -5,26 +5,48 @@ mod kernels;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Value};
-use crate::lower::{Program, StepParams, Weights};
+use crate::lower::{param, Program, StepParams, Weights};
 use crate::tensor::Tensor;
+use crate::weights::TensorMap;
 use std::collections::HashMap;
+use std::sync::Arc;
 
-/// A graph prepared for the CPU: lowered, with weights fetched, checked and folded.
+/// A model's weights on the CPU: the one host copy every plan of the model reads.
+pub type CpuWeights = Arc<TensorMap>;
+
+/// A graph prepared for the CPU: lowered, with its small parameters checked and folded;
+/// conv and linear weights are read from the shared [`CpuWeights`].
 pub struct CpuModel {
     program: Program,
     params: Vec<StepParams>,
+    weights: CpuWeights,
     last_use: HashMap<Value, usize>,
 }
 
+/// The parameters `graph` names, copied out of `weights` (for one-off models and tests).
+pub fn own_copy(graph: &Graph, weights: &dyn Weights) -> Result<TensorMap> {
+    graph
+        .params()
+        .into_iter()
+        .map(|p| Ok((p.name.clone(), param(weights, &p)?.clone())))
+        .collect()
+}
+
 impl CpuModel {
+    /// Prepare with a private copy of the weights `graph` needs.
     pub fn prepare(graph: &Graph, weights: &dyn Weights) -> Result<Self> {
         Self::prepare_with(graph, weights, true)
     }
 
     /// `fuse: false` runs every node as its own step (to test the fusions).
     pub fn prepare_with(graph: &Graph, weights: &dyn Weights, fuse: bool) -> Result<Self> {
+        Self::prepare_shared(graph, &Arc::new(own_copy(graph, weights)?), fuse)
+    }
+
+    /// Prepare a plan that reads the model's shared weights (no copy).
+    pub fn prepare_shared(graph: &Graph, weights: &CpuWeights, fuse: bool) -> Result<Self> {
         let program = Program::new(graph, fuse);
-        let params = program.params(weights)?;
+        let params = program.params(weights.as_ref())?;
         let mut last_use = HashMap::new();
         for (i, s) in program.steps.iter().enumerate() {
             for v in s.inputs.iter().chain(s.residual.iter()) {
@@ -34,6 +56,7 @@ impl CpuModel {
         Ok(CpuModel {
             program,
             params,
+            weights: weights.clone(),
             last_use,
         })
     }
@@ -61,7 +84,12 @@ impl CpuModel {
                 .map(|v| (values[v].as_slice(), p.shape(*v)))
                 .collect();
             let residual = step.residual.map(|v| values[&v].as_slice());
-            let out = kernels::run_step(step, params, &ins, residual, p.shape(step.output));
+            let weight = params
+                .weight
+                .as_ref()
+                .and_then(|k| self.weights.get(k))
+                .map_or(&[][..], |t| t.data());
+            let out = kernels::run_step(step, params, weight, &ins, residual, p.shape(step.output));
             for v in step.inputs.iter().chain(step.residual.iter()) {
                 if self.last_use.get(v) == Some(&i) && !keep.contains(v) {
                     values.remove(v);

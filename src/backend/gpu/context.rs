@@ -115,6 +115,11 @@ impl GpuContext {
         pollster::block_on(Self::new(opts))
     }
 
+    /// Destroy the device, as a driver reset or a lost GPU would (for testing recovery).
+    pub fn destroy(&self) {
+        self.shared.device.destroy();
+    }
+
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.shared.info
     }

@@ -5,11 +5,13 @@
 
 mod context;
 mod model;
+mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::list_adapters;
 pub use context::{GpuContext, GpuOptions};
 pub use model::{GpuModel, MemoryReport};
+pub use weights::GpuWeights;
 
 use std::future::Future;
 use std::pin::Pin;

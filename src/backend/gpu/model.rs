@@ -2,12 +2,14 @@
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
 use super::context::{GpuContext, Shader};
+use super::weights::{upload, Chunk, GpuWeights};
 use super::OneShot;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::lower::{Kernel, Program, Step, StepParams, Weights};
 use crate::plan::MemoryPlan;
 use crate::tensor::{numel, Tensor};
+use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 /// Device memory of a prepared model, in bytes.
@@ -17,8 +19,9 @@ pub struct MemoryReport {
     pub activations: u64,
     /// Scratch beyond the activations: staging for batch chunks and the read-back buffer.
     pub workspace: u64,
-    /// Weights, biases and folded norm parameters.
-    pub weights: u64,
+    /// Per-channel parameters this plan uploaded itself (biases, folded norm scales);
+    /// conv and linear weights are the model's shared [`GpuWeights`].
+    pub params: u64,
     /// Images per batch chunk (every activation of a chunk fits one storage binding).
     pub batch_chunk: usize,
     /// Dispatches launched per run.
@@ -56,6 +59,7 @@ enum Cmd {
 
 pub struct GpuModel {
     ctx: GpuContext,
+    weights: Arc<GpuWeights>,
     input_shape: Vec<usize>,
     output_shapes: Vec<Vec<usize>>,
     upload: wgpu::Buffer,
@@ -103,17 +107,8 @@ enum PendingCmd {
     Dispatch(Pending),
 }
 
-/// Part of a weight tensor in one buffer: `groups` conv groups from `group`, and in each
-/// of them `rows` output rows from `row` (Linear: one group).
-struct Chunk {
-    buf: wgpu::Buffer,
-    group: usize,
-    groups: usize,
-    row: usize,
-    rows: usize,
-}
-
-/// A weight tensor as uploaded: one or more chunks of whole rows (or whole conv groups).
+/// A step's parameters on the device: the shared weight chunks (whole rows or whole conv
+/// groups), and the plan's own per-channel vectors.
 struct Uploaded {
     chunks: Vec<Chunk>,
     bias: Option<wgpu::Buffer>,
@@ -128,7 +123,7 @@ fn f(v: f32) -> u32 {
 }
 
 impl GpuModel {
-    /// Prepare `graph` with `weights` on `ctx`.
+    /// Prepare `graph` on `ctx` with a private upload of the weights it needs.
     pub async fn prepare(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
         Self::prepare_with(ctx, graph, weights, true).await
     }
@@ -143,18 +138,34 @@ impl GpuModel {
     }
 
     /// `fuse: false` runs every node as its own step (to test the fusions).
+    // wgpu handles are single-threaded in wasm; natively GpuWeights is Send + Sync.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn prepare_with(
         ctx: &GpuContext,
         graph: &Graph,
         weights: &dyn Weights,
         fuse: bool,
     ) -> Result<Self> {
+        // A plan that cannot fit fails before any weight is uploaded.
+        batch_chunk(&Program::new(graph, fuse), ctx.binding_limit())?;
+        let shared = Arc::new(GpuWeights::upload(ctx, graph, weights).await?);
+        Self::prepare_shared(graph, &shared, fuse).await
+    }
+
+    /// Prepare a plan for `graph` that binds the model's shared weights: it owns only its
+    /// activations, per-channel parameters and dispatches.
+    pub async fn prepare_shared(
+        graph: &Graph,
+        weights: &Arc<GpuWeights>,
+        fuse: bool,
+    ) -> Result<Self> {
+        let ctx = weights.context();
         let program = Program::new(graph, fuse);
-        let params = program.params(weights)?;
+        let params = program.params(weights.as_ref())?;
         let dev = &ctx.shared.device;
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Builder::new(ctx).build(&program, &params);
+        let built = Builder::new(ctx, weights).build(&program, &params);
         let oom_err = oom.pop().await;
         let val_err = scope.pop().await;
         let model = built?;
@@ -174,6 +185,11 @@ impl GpuModel {
 
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// The model weights this plan binds.
+    pub fn weights(&self) -> &Arc<GpuWeights> {
+        &self.weights
     }
 
     fn encode(&self, enc: &mut wgpu::CommandEncoder) {
@@ -196,9 +212,7 @@ impl GpuModel {
 
     fn check_alive(&self) -> Result<()> {
         match &*self.ctx.shared.lost.lock().unwrap() {
-            Some(why) => Err(Error::Gpu(format!(
-                "device lost ({why}); create a new context"
-            ))),
+            Some(why) => Err(Error::DeviceLost(why.clone())),
             None => Ok(()),
         }
     }
@@ -284,8 +298,30 @@ impl GpuModel {
     }
 }
 
+/// The largest batch chunk whose every activation fits one binding of `limit` bytes.
+fn batch_chunk(program: &Program, limit: u64) -> Result<usize> {
+    let n = program.shape(program.input)[0];
+    let per_image = |v| numel(&program.shape(v)[1..]) as u64 * 4;
+    // Largest batch chunk whose every activation fits one binding.
+    let (biggest, big_v) = program
+        .steps
+        .iter()
+        .map(|s| (per_image(s.output), s.nodes.join("+")))
+        .chain([(per_image(program.input), "input".to_string())])
+        .max_by_key(|(b, _)| *b)
+        .expect("an input");
+    if biggest > limit {
+        return Err(Error::DeviceLimit(format!(
+                "activation of '{big_v}' needs {biggest} bytes per image, more than the {}-byte storage binding limit",
+                limit
+            )));
+    }
+    Ok(((limit / biggest) as usize).clamp(1, n))
+}
+
 struct Builder<'a> {
     ctx: &'a GpuContext,
+    weights: &'a Arc<GpuWeights>,
     limit: u64,
     max_groups: u32,
     pending: Vec<PendingCmd>,
@@ -294,7 +330,7 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(ctx: &'a GpuContext) -> Self {
+    fn new(ctx: &'a GpuContext, weights: &'a Arc<GpuWeights>) -> Self {
         let dummy = ctx.shared.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused binding"),
             size: 16,
@@ -303,6 +339,7 @@ impl<'a> Builder<'a> {
         });
         Builder {
             ctx,
+            weights,
             limit: ctx.binding_limit(),
             max_groups: ctx.shared.limits.max_compute_workgroups_per_dimension,
             pending: vec![],
@@ -325,15 +362,8 @@ impl<'a> Builder<'a> {
     }
 
     fn upload(&mut self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        self.report.weights += (data.len() * 4) as u64;
-        let zero = [0f32];
-        let data = if data.is_empty() { &zero[..] } else { data };
-        self.device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
+        self.report.params += (data.len() * 4) as u64;
+        upload(self.ctx, label, data)
     }
 
     /// Workgroup grid for `count` workgroups, folded into 2D past the per-dimension limit.
@@ -349,82 +379,11 @@ impl<'a> Builder<'a> {
         Ok([x as u32, y as u32, 1])
     }
 
-    /// Upload `w` (`groups` x `rows` x `row_len`) in chunks that each fit one binding:
-    /// whole groups where a group fits, else runs of rows within a group.
-    fn upload_chunked(
-        &mut self,
-        name: &str,
-        w: &[f32],
-        groups: usize,
-        rows: usize,
-    ) -> Result<Vec<Chunk>> {
-        let row_bytes = (w.len() / (groups * rows)) as u64 * 4;
-        let group_bytes = row_bytes * rows as u64;
-        let mut chunks = vec![];
-        let slice = |g: usize, r: usize, n: usize| {
-            let row_len = row_bytes as usize / 4;
-            (g * rows + r) * row_len..(g * rows + r + n) * row_len
-        };
-        if group_bytes <= self.limit {
-            let per = ((self.limit / group_bytes) as usize).min(groups);
-            for g in (0..groups).step_by(per) {
-                let n = per.min(groups - g);
-                let buf = self.upload(name, &w[slice(g, 0, n * rows)]);
-                chunks.push(Chunk {
-                    buf,
-                    group: g,
-                    groups: n,
-                    row: 0,
-                    rows,
-                });
-            }
-        } else {
-            let per = (self.limit / row_bytes) as usize;
-            if per == 0 {
-                return Err(Error::DeviceLimit(format!(
-                    "'{name}': one weight row of {row_bytes} bytes exceeds the {}-byte storage binding limit",
-                    self.limit
-                )));
-            }
-            for g in 0..groups {
-                for r in (0..rows).step_by(per) {
-                    let n = per.min(rows - r);
-                    let buf = self.upload(name, &w[slice(g, r, n)]);
-                    chunks.push(Chunk {
-                        buf,
-                        group: g,
-                        groups: 1,
-                        row: r,
-                        rows: n,
-                    });
-                }
-            }
-        }
-        if chunks.len() > 1 {
-            self.report.split_layers += 1;
-        }
-        Ok(chunks)
-    }
-
     fn build(mut self, program: &Program, params: &[StepParams]) -> Result<GpuModel> {
         let input_shape = program.shape(program.input).to_vec();
         let n = input_shape[0];
         let per_image = |v| numel(&program.shape(v)[1..]) as u64 * 4;
-        // Largest batch chunk whose every activation fits one binding.
-        let (biggest, big_v) = program
-            .steps
-            .iter()
-            .map(|s| (per_image(s.output), s.nodes.join("+")))
-            .chain([(per_image(program.input), "input".to_string())])
-            .max_by_key(|(b, _)| *b)
-            .expect("an input");
-        if biggest > self.limit {
-            return Err(Error::DeviceLimit(format!(
-                "activation of '{big_v}' needs {biggest} bytes per image, more than the {}-byte storage binding limit",
-                self.limit
-            )));
-        }
-        let chunk = ((self.limit / biggest) as usize).clamp(1, n);
+        let chunk = batch_chunk(program, self.limit)?;
         let plan = MemoryPlan::new(program, chunk);
         let slots: Vec<wgpu::Buffer> = plan
             .slot_len
@@ -526,6 +485,7 @@ impl<'a> Builder<'a> {
         let cmds = self.finish_pending();
         Ok(GpuModel {
             ctx: self.ctx.clone(),
+            weights: self.weights.clone(),
             input_shape,
             output_shapes: program.outputs.iter().map(|(_, s)| s.clone()).collect(),
             upload,
@@ -542,18 +502,19 @@ impl<'a> Builder<'a> {
             bias: None,
             scale: None,
         };
-        match &step.kernel {
-            Kernel::Conv { cfg, .. } => {
-                up.chunks = self.upload_chunked(
-                    name,
-                    &p.weight,
-                    cfg.groups,
-                    cfg.out_channels / cfg.groups,
-                )?;
-                up.bias = Some(self.upload(name, &p.bias));
+        if let Some(key) = &p.weight {
+            up.chunks = self.weights.chunks(key)?.to_vec();
+            if up.chunks.len() > 1 {
+                self.report.split_layers += 1;
             }
-            Kernel::Linear { cfg, .. } => {
-                up.chunks = self.upload_chunked(name, &p.weight, 1, cfg.out_features)?;
+        }
+        match &step.kernel {
+            Kernel::Conv { .. } => {
+                // The conv epilogue reads `scale[oc]` then `bias[oc]` from one binding.
+                let affine: Vec<f32> = p.scale.iter().chain(&p.bias).copied().collect();
+                up.bias = Some(self.upload(name, &affine));
+            }
+            Kernel::Linear { .. } => {
                 up.bias = Some(self.upload(name, &p.bias));
             }
             Kernel::BatchNorm { .. } | Kernel::GroupNorm { .. } => {

@@ -1,0 +1,223 @@
+//! A model's weights on one GPU device, uploaded once and shared by every plan of the
+//! model (other outputs, input sizes, batch sizes): conv and linear weights live only in
+//! device buffers; the small per-channel tensors (biases, norm parameters) stay on the
+//! host, where each plan folds them into the few floats it uploads itself.
+
+use super::context::GpuContext;
+use super::OneShot;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Op};
+use crate::lower::{is_matrix, param, Weights};
+use crate::tensor::Tensor;
+use crate::weights::TensorMap;
+use std::collections::HashMap;
+use wgpu::util::DeviceExt;
+
+/// Part of a weight tensor in one buffer: `groups` conv groups from `group`, and in each
+/// of them `rows` output rows from `row` (Linear: one group).
+#[derive(Clone)]
+pub(crate) struct Chunk {
+    pub buf: wgpu::Buffer,
+    pub group: usize,
+    pub groups: usize,
+    pub row: usize,
+    pub rows: usize,
+}
+
+pub struct GpuWeights {
+    ctx: GpuContext,
+    /// Conv and linear weights in chunks that each fit one storage binding.
+    matrices: HashMap<String, Vec<Chunk>>,
+    /// The other (rank-1) tensors, on the host.
+    small: TensorMap,
+    shapes: HashMap<String, Vec<usize>>,
+    device_bytes: u64,
+}
+
+impl Weights for GpuWeights {
+    fn get(&self, key: &str) -> Option<&Tensor> {
+        self.small.get(key)
+    }
+    fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.shapes.get(key).map(|s| s.as_slice())
+    }
+}
+
+impl GpuWeights {
+    /// Upload every parameter of `graph` from `weights` (checked against the graph's
+    /// shapes). The caller may drop its host tensors afterwards.
+    pub async fn upload(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
+        let dev = &ctx.shared.device;
+        let val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let built = Self::upload_all(ctx, graph, weights);
+        let oom_err = oom.pop().await;
+        let val_err = val.pop().await;
+        let w = built?;
+        if let Some(e) = oom_err.or(val_err) {
+            return Err(Error::Gpu(format!("uploading the weights: {e}")));
+        }
+        Ok(w)
+    }
+
+    fn upload_all(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
+        let mut w = GpuWeights {
+            ctx: ctx.clone(),
+            matrices: HashMap::new(),
+            small: TensorMap::new(),
+            shapes: HashMap::new(),
+            device_bytes: 0,
+        };
+        for p in graph.params() {
+            let t = param(weights, &p)?;
+            w.shapes.insert(p.name.clone(), p.shape.clone());
+            if !is_matrix(graph, &p.name) {
+                w.small.insert(p.name, t.clone());
+                continue;
+            }
+            let node = graph.node(graph.find(&p.name[..p.name.len() - 7]).expect("a matrix"));
+            let (groups, rows) = match &node.op {
+                Op::Conv2d(c) => (c.groups, c.out_channels / c.groups),
+                Op::Linear(l) => (1, l.out_features),
+                _ => unreachable!("is_matrix"),
+            };
+            let chunks = w.upload_chunked(&p.name, t.data(), groups, rows)?;
+            w.matrices.insert(p.name, chunks);
+        }
+        Ok(w)
+    }
+
+    fn buffer(&mut self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        self.device_bytes += (data.len() * 4) as u64;
+        upload(&self.ctx, label, data)
+    }
+
+    /// Upload `w` (`groups` x `rows` x `row_len`) in chunks that each fit one binding:
+    /// whole groups where a group fits, else runs of rows within a group.
+    fn upload_chunked(
+        &mut self,
+        name: &str,
+        w: &[f32],
+        groups: usize,
+        rows: usize,
+    ) -> Result<Vec<Chunk>> {
+        let limit = self.ctx.binding_limit();
+        let row_bytes = (w.len() / (groups * rows).max(1)) as u64 * 4;
+        let group_bytes = row_bytes * rows as u64;
+        let row_len = row_bytes as usize / 4;
+        let slice =
+            |g: usize, r: usize, n: usize| (g * rows + r) * row_len..(g * rows + r + n) * row_len;
+        let mut chunks = vec![];
+        if group_bytes <= limit {
+            let per = ((limit / group_bytes.max(1)) as usize).clamp(1, groups.max(1));
+            for g in (0..groups).step_by(per) {
+                let n = per.min(groups - g);
+                let buf = self.buffer(name, &w[slice(g, 0, n * rows)]);
+                chunks.push(Chunk {
+                    buf,
+                    group: g,
+                    groups: n,
+                    row: 0,
+                    rows,
+                });
+            }
+        } else {
+            let per = (limit / row_bytes) as usize;
+            if per == 0 {
+                return Err(Error::DeviceLimit(format!(
+                    "'{name}': one weight row of {row_bytes} bytes exceeds the {limit}-byte storage binding limit"
+                )));
+            }
+            for g in 0..groups {
+                for r in (0..rows).step_by(per) {
+                    let n = per.min(rows - r);
+                    let buf = self.buffer(name, &w[slice(g, r, n)]);
+                    chunks.push(Chunk {
+                        buf,
+                        group: g,
+                        groups: 1,
+                        row: r,
+                        rows: n,
+                    });
+                }
+            }
+        }
+        Ok(chunks)
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// The device buffers of a conv or linear weight.
+    pub(crate) fn chunks(&self, key: &str) -> Result<&[Chunk]> {
+        self.matrices
+            .get(key)
+            .map(|c| c.as_slice())
+            .ok_or_else(|| Error::MissingWeight(key.to_string()))
+    }
+
+    /// Row `row` of a linear weight (or output channel of an ungrouped conv), read back
+    /// from the device.
+    pub async fn read_row(&self, key: &str, row: usize) -> Result<Vec<f32>> {
+        let chunk = self
+            .chunks(key)?
+            .iter()
+            .find(|c| c.group == 0 && c.groups == 1 && (c.row..c.row + c.rows).contains(&row))
+            .ok_or_else(|| Error::MissingWeight(format!("{key} row {row}")))?;
+        let row_len = self.shapes[key][1..].iter().product::<usize>();
+        let bytes = (row_len * 4) as u64;
+        let s = &self.ctx.shared;
+        let staging = s.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("weight row"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = s.device.create_command_encoder(&Default::default());
+        let off = (row - chunk.row) as u64 * bytes;
+        enc.copy_buffer_to_buffer(&chunk.buf, off, &staging, 0, bytes);
+        s.queue.submit([enc.finish()]);
+        let done = OneShot::new();
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, done.sender());
+        #[cfg(not(target_arch = "wasm32"))]
+        s.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        done.await
+            .map_err(|e| Error::Gpu(format!("reading a weight row: {e}")))?;
+        let v = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("reading a weight row: {e}")))
+            .map(|view| bytemuck::cast_slice::<u8, f32>(&view).to_vec())?;
+        staging.unmap();
+        Ok(v)
+    }
+
+    /// Bytes of weights in device buffers.
+    pub fn device_bytes(&self) -> u64 {
+        self.device_bytes
+    }
+
+    /// Bytes of weights kept on the host (the rank-1 tensors).
+    pub fn host_bytes(&self) -> u64 {
+        self.small.values().map(|t| t.len() as u64 * 4).sum()
+    }
+}
+
+/// A storage buffer holding `data` (one float when empty: bindings cannot be empty).
+pub(crate) fn upload(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
+    let zero = [0f32];
+    let data = if data.is_empty() { &zero[..] } else { data };
+    ctx.shared
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(data),
+            // COPY_SRC: a weight row can be read back (class activation maps).
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+}

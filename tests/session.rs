@@ -1,0 +1,94 @@
+//! One model, weights loaded once per device, many plans: the classifier, feature
+//! outputs and other input sizes all bind the same weights.
+mod common;
+
+use webcnn::engine::{Session, Target};
+use webcnn::models::Model;
+use webcnn::prng::{synth, synth_params};
+use webcnn::tensor::rel_l2;
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Classify, then `classifier.4`, then `features.29` on VGG-16: the weights stay one copy.
+fn vgg16_three_plans(target: &Target) -> (Session, u64) {
+    let model = Model::get("vgg16").unwrap();
+    // A 64x64 input keeps the software adapter quick; the weights are the full 138M.
+    let graph = model.graph(&[1, 3, 64, 64]).unwrap();
+    let one_copy = model.param_count() as u64 * 4;
+    let w = synth_params(&graph, 1).unwrap();
+    let mut s = pollster::block_on(Session::load(&graph, w, target)).unwrap();
+    let x = synth("input", &[1, 3, 64, 64], 101).unwrap();
+    let logits = s.run_blocking(&x).unwrap().remove(0);
+    assert_eq!(logits.shape(), [1, 1000]);
+    for node in ["classifier.4", "features.29"] {
+        let g = graph.with_outputs(&[node]).unwrap();
+        let y = s.run_graph_blocking(&g, &x).unwrap().remove(0);
+        assert_eq!(y.shape(), g.shape(g.outputs()[0]), "{node}");
+    }
+    assert_eq!(s.plan_count(), 3);
+    // Running the classifier again reuses its plan and gives the same answer.
+    let again = s.run_blocking(&x).unwrap().remove(0);
+    assert_eq!(again.data(), logits.data());
+    assert_eq!(s.plan_count(), 3);
+    (s, one_copy)
+}
+
+#[test]
+fn gpu_weights_are_uploaded_once_for_every_plan() {
+    let target = Target::gpu(common::gpu());
+    let (s, one_copy) = vgg16_three_plans(&target);
+    let b = s.weight_bytes();
+    let ratio = b.device as f64 / one_copy as f64;
+    assert!(
+        (0.95..=1.05).contains(&ratio),
+        "GPU weight bytes {} vs one copy {one_copy}: {ratio:.3}x",
+        b.device
+    );
+    // The host keeps only per-channel vectors (biases), no second copy of the weights.
+    assert!(
+        b.host * 100 < one_copy,
+        "host keeps {} bytes of {one_copy}",
+        b.host
+    );
+}
+
+#[test]
+fn cpu_weights_are_one_host_copy_for_every_plan() {
+    let (s, one_copy) = vgg16_three_plans(&Target::cpu());
+    let b = s.weight_bytes();
+    assert_eq!(b.device, 0);
+    assert_eq!(b.host, one_copy);
+}
+
+#[test]
+fn plans_for_other_sizes_and_outputs_match_one_off_models() {
+    // resnet18 at two input sizes and with feature outputs, on both backends, against
+    // sessions made for exactly that graph.
+    let model = Model::get("resnet18").unwrap();
+    let g64 = model.graph(&[1, 3, 64, 64]).unwrap();
+    let g48 = model.graph(&[2, 3, 48, 40]).unwrap();
+    let feats = g48.with_outputs(&["layer2", "fc"]).unwrap();
+    let w = synth_params(&g64, 3).unwrap();
+    let x64 = synth("input", &[1, 3, 64, 64], 5).unwrap();
+    let x48 = synth("input", &[2, 3, 48, 40], 6).unwrap();
+    for target in [Target::cpu(), Target::gpu(common::gpu())] {
+        let mut s = pollster::block_on(Session::load(&g64, w.clone(), &target)).unwrap();
+        let a = s.run_blocking(&x64).unwrap();
+        let b = s.run_graph_blocking(&g48, &x48).unwrap();
+        let c = s.run_graph_blocking(&feats, &x48).unwrap();
+        for (g, x, got) in [(&g64, &x64, a), (&g48, &x48, b), (&feats, &x48, c)] {
+            let mut alone = pollster::block_on(Session::load(g, w.clone(), &target)).unwrap();
+            let want = alone.run_blocking(x).unwrap();
+            for (o, e) in got.iter().zip(&want) {
+                assert_eq!(o.shape(), e.shape());
+                let err = rel_l2(o.data(), &f64s(e.data()));
+                assert!(err <= 1e-6, "{}: {err:e}", s.backend_name());
+            }
+        }
+        // A wrong input shape is an error, and the session keeps working.
+        assert!(s.run_blocking(&x48).is_err());
+        assert!(s.run_blocking(&x64).is_ok());
+    }
+}
