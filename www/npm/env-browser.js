@@ -1,0 +1,34 @@
+// Browsers and bundlers: the wasm is a URL next to this module; downloaded weights are
+// kept in the Cache API (where the page has it).
+const CACHE = 'webcnn-weights-v1';
+
+export const name = 'browser';
+
+export async function wasmSource() {
+  return new URL('./wasm/webcnn_bg.wasm', import.meta.url);
+}
+
+export function hfEndpoint() {
+  return undefined;
+}
+
+async function open() {
+  try {
+    return typeof caches !== 'undefined' ? await caches.open(CACHE) : null;
+  } catch {
+    return null; // e.g. an opaque origin
+  }
+}
+
+export async function cacheGet(key) {
+  const hit = await (await open())?.match(key);
+  return hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+}
+
+export async function cachePut(key, bytes) {
+  try {
+    await (await open())?.put(key, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
+  } catch (e) {
+    console.warn(`webcnn: could not cache ${key}: ${(e && e.message) || e}`);
+  }
+}

@@ -1,0 +1,48 @@
+// Node: the wasm is read from the file next to this module; downloads are cached in
+// $WEBCNN_CACHE or ~/.cache/webcnn, in the CLI's layout (`hub/OWNER--NAME/model.safetensors`).
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { homedir, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const name = 'node';
+
+export async function wasmSource() {
+  return readFile(fileURLToPath(new URL('./wasm/webcnn_bg.wasm', import.meta.url)));
+}
+
+export function hfEndpoint() {
+  return process.env.HF_ENDPOINT || undefined;
+}
+
+function cacheDir() {
+  if (process.env.WEBCNN_CACHE) return process.env.WEBCNN_CACHE;
+  const base = process.env.XDG_CACHE_HOME || (homedir() ? join(homedir(), '.cache') : tmpdir());
+  return join(base, 'webcnn');
+}
+
+function cachePath(key) {
+  if (key.startsWith('hf:')) return join(cacheDir(), 'hub', key.slice(3).replace('/', '--'), 'model.safetensors');
+  return join(cacheDir(), 'urls', `${createHash('sha256').update(key).digest('hex')}.safetensors`);
+}
+
+export async function cacheGet(key) {
+  try {
+    return new Uint8Array(await readFile(cachePath(key)));
+  } catch {
+    return null;
+  }
+}
+
+export async function cachePut(key, bytes) {
+  const path = cachePath(key);
+  const tmp = `${path}.${process.pid}.part`;
+  try {
+    await mkdir(dirname(path), { recursive: true });
+    await writeFile(tmp, bytes);
+    await rename(tmp, path);
+  } catch (e) {
+    process.emitWarning(`webcnn: could not cache ${key} in ${path}: ${e.message}`);
+  }
+}

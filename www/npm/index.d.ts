@@ -1,0 +1,159 @@
+// Types of the `webcnn` package (hand-written; the binding underneath is internal).
+
+/** Stable error codes: match on `err.code`, never on the message. */
+export type ErrorCode =
+  | 'UNKNOWN_MODEL'
+  | 'WEIGHTS_MISSING_KEY'
+  | 'WEIGHTS_UNEXPECTED_KEY'
+  | 'WEIGHTS_SHAPE'
+  | 'WEIGHTS_FORMAT'
+  | 'DOWNLOAD'
+  | 'BAD_IMAGE'
+  | 'BAD_INPUT_SHAPE'
+  | 'NO_WEBGPU'
+  | 'DEVICE_LOST'
+  | 'DEVICE_LIMIT'
+  | 'GPU'
+  | 'DISPOSED'
+  | 'BAD_ARGUMENT'
+  | 'IO'
+  | 'INTERNAL';
+
+export class WebcnnError extends Error {
+  readonly name: 'WebcnnError';
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown });
+}
+
+export type ModelId =
+  | 'alexnet' | 'alexnet_lrn'
+  | 'vgg11' | 'vgg11_bn' | 'vgg13' | 'vgg13_bn' | 'vgg16' | 'vgg16_bn' | 'vgg19' | 'vgg19_bn'
+  | 'vgg11_cifar' | 'vgg11_bn_cifar' | 'vgg13_cifar' | 'vgg13_bn_cifar'
+  | 'vgg16_cifar' | 'vgg16_bn_cifar' | 'vgg19_cifar' | 'vgg19_bn_cifar'
+  | 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152'
+  | 'resnet18_caffe' | 'resnet34_caffe' | 'resnet50_caffe' | 'resnet101_caffe' | 'resnet152_caffe'
+  | 'resnet50_gn' | 'resnet101_gn';
+
+export interface ModelSpec {
+  id: ModelId;
+  /** Parameter count. */
+  params: number;
+  /** Multiply-accumulates of one image at the default input size. */
+  macs: number;
+  /** Default input: [channels, height, width]. */
+  input: [number, number, number];
+  labels: 'imagenet1k' | 'cifar10';
+  numClasses: number;
+  /** Stage outputs for `features()` (any torchvision node name works). */
+  featureNodes: string[];
+  /** Whether `cam()` works (ResNets). */
+  cam: boolean;
+  /** torchvision's eval transform the package applies to images. */
+  preprocess: { resize: number; crop: number; mean: [number, number, number]; std: [number, number, number] };
+}
+
+/** The 30 models of the zoo. */
+export function models(): ModelSpec[];
+
+export type Device = 'auto' | 'webgpu' | 'cpu';
+
+/**
+ * A URL, `'hf:OWNER/NAME'` (that Hub repository's model.safetensors), `'synthetic:SEED'`
+ * (untrained weights from the golden PRNG), or the bytes of a .safetensors file.
+ */
+export type WeightsSource = string | ArrayBuffer | Uint8Array | Blob;
+
+export interface Progress {
+  phase: 'download' | 'prepare';
+  loaded: number;
+  /** 0 when the server sends no length. */
+  total: number;
+  /** The weights came from the cache. */
+  cached?: boolean;
+}
+
+export interface LoadOptions {
+  model: ModelId;
+  weights: WeightsSource;
+  /** 'auto' (default): WebGPU where there is an adapter, else the CPU (wasm). */
+  device?: Device;
+  onProgress?: (p: Progress) => void;
+  /** Keep downloads in the Cache API (browsers) or $WEBCNN_CACHE / ~/.cache/webcnn (Node). Default true. */
+  cache?: boolean;
+  /** The Hub's address for `hf:` (default: $HF_ENDPOINT in Node, else https://huggingface.co). */
+  hfEndpoint?: string;
+  /** The wasm module, if not the file next to the package's module. */
+  wasm?: WasmSource;
+}
+
+export type WasmSource = string | URL | Response | BufferSource | WebAssembly.Module;
+
+export interface ModelInfo {
+  id: ModelId;
+  backend: 'webgpu' | 'cpu';
+  /** The WebGPU adapter's name, or null on the CPU. */
+  adapter: string | null;
+  /** Why the CPU runs although 'auto' was asked for, else null. */
+  notice: string | null;
+  inputSize: [number, number, number];
+  labels: 'imagenet1k' | 'cifar10';
+  numClasses: number;
+  /** Weights holding NaN or Inf. */
+  warnings: string[];
+}
+
+export interface Prediction {
+  index: number;
+  label: string;
+  probability: number;
+}
+
+export interface Tensor {
+  data: Float32Array;
+  shape: number[];
+}
+
+/** Raw 8-bit pixels, row-major, RGB or RGBA. */
+export interface RawImage {
+  data: Uint8Array | Uint8ClampedArray;
+  width: number;
+  height: number;
+  channels: 3 | 4;
+}
+
+/** Encoded bytes (JPEG, PNG, WebP, GIF, BMP), a Blob or File, browser image sources, or raw pixels. */
+export type ImageInput =
+  | Blob
+  | Uint8Array
+  | ArrayBuffer
+  | RawImage
+  | ImageData
+  | ImageBitmap
+  | HTMLImageElement
+  | HTMLCanvasElement
+  | OffscreenCanvas;
+
+export interface CamMap {
+  /** h * w values in [0, 1], row-major. */
+  data: Float32Array;
+  shape: [number, number];
+  /** The class mapped (the top class unless one was asked for). */
+  class: number;
+}
+
+export class Model {
+  private constructor();
+  readonly info: ModelInfo;
+  classify(image: ImageInput, options?: { topK?: number }): Promise<Prediction[]>;
+  /** The logits of a `[n, 3, h, w]` tensor (already normalised). */
+  forward(data: Float32Array, shape: number[]): Promise<Tensor>;
+  features<K extends string>(input: ImageInput | Tensor, nodes: K[]): Promise<Record<K, Tensor>>;
+  cam(image: ImageInput, options?: { class?: number }): Promise<CamMap>;
+  /** Frees the weights and GPU buffers; later calls reject with code 'DISPOSED'. */
+  dispose(): void;
+}
+
+export function load(options: LoadOptions): Promise<Model>;
+
+/** Load the wasm module ahead of time (load() does it on first use). */
+export function init(options?: { wasm?: WasmSource }): Promise<void>;

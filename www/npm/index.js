@@ -1,0 +1,339 @@
+// webcnn: AlexNet, VGG and ResNet on WebGPU or the CPU (wasm), in browsers and Node.
+// This module is the public API; the wasm binding (`./wasm/webcnn.js`, made from the
+// crate's src/wasm.rs) does the work. Environment specifics (finding the wasm, the weights
+// cache) live in env-browser.js / env-node.js; `node.js` selects the latter.
+import initWasm, { Engine } from './wasm/webcnn.js';
+import MODELS from './models.js';
+import * as browserEnv from './env-browser.js';
+
+let env = browserEnv;
+/** @internal Node's entry point installs its environment here. */
+export function _setEnv(e) {
+  env = e;
+}
+
+const CODES = new Set([
+  'UNKNOWN_MODEL', 'WEIGHTS_MISSING_KEY', 'WEIGHTS_UNEXPECTED_KEY', 'WEIGHTS_SHAPE',
+  'WEIGHTS_FORMAT', 'DOWNLOAD', 'BAD_IMAGE', 'BAD_INPUT_SHAPE', 'NO_WEBGPU', 'DEVICE_LOST',
+  'DEVICE_LIMIT', 'GPU', 'DISPOSED', 'BAD_ARGUMENT', 'IO', 'INTERNAL',
+]);
+
+/** Every error this package throws or rejects with. */
+export class WebcnnError extends Error {
+  constructor(code, message, options) {
+    super(message, options);
+    this.name = 'WebcnnError';
+    this.code = code;
+  }
+}
+
+function wrap(e) {
+  if (e instanceof WebcnnError) return e;
+  if (e && CODES.has(e.code)) return new WebcnnError(e.code, e.message);
+  // A wasm trap or another unexpected failure.
+  return new WebcnnError('INTERNAL', `internal error: ${(e && e.message) || e}`, { cause: e });
+}
+
+const fail = (code, message) => { throw new WebcnnError(code, message); };
+
+let ready = null;
+/**
+ * Load the wasm module (done by `load` on first use). `wasm`: a URL, Response, bytes or
+ * compiled module to use instead of the file next to this module.
+ */
+export function init({ wasm } = {}) {
+  if (!ready) {
+    ready = (async () => {
+      await initWasm({ module_or_path: wasm ?? await env.wasmSource() });
+    })();
+    ready.catch(() => { ready = null; });
+  }
+  return ready;
+}
+
+/** The model zoo: id, parameter count, MACs, input size, label set, feature nodes. */
+export function models() {
+  return MODELS.map((m) => structuredClone(m));
+}
+
+const DEVICES = new Set(['auto', 'webgpu', 'cpu']);
+
+function hasWebGPU() {
+  return typeof navigator !== 'undefined' && !!navigator.gpu;
+}
+
+/** Where the weights come from; `read` gives the bytes (again, after a device loss). */
+function weightsSource(weights, opts) {
+  if (typeof weights === 'string') {
+    const syn = /^synthetic(?::(\d+))?$/.exec(weights);
+    if (syn) {
+      const seed = Number(syn[1] ?? 1);
+      if (!Number.isSafeInteger(seed) || seed > 0xffffffff) fail('BAD_ARGUMENT', `bad synthetic seed in '${weights}'`);
+      return { seed, read: async () => undefined };
+    }
+    let url = weights, key = weights;
+    if (weights.startsWith('hf:')) {
+      const repo = weights.slice(3);
+      if (!/^[\w.-]+\/[\w.-]+$/.test(repo)) fail('BAD_ARGUMENT', `bad Hub repository '${repo}': use hf:OWNER/NAME`);
+      const endpoint = (opts.hfEndpoint ?? env.hfEndpoint() ?? 'https://huggingface.co').replace(/\/+$/, '');
+      url = `${endpoint}/${repo}/resolve/main/model.safetensors`;
+      key = weights;
+    } else if (typeof location !== 'undefined' && location.href) {
+      url = new URL(weights, location.href).href;
+      key = url;
+    }
+    return { read: (onProgress) => download(url, key, onProgress, opts.cache !== false) };
+  }
+  if (weights instanceof ArrayBuffer) return { read: async () => new Uint8Array(weights) };
+  if (ArrayBuffer.isView(weights)) {
+    return { read: async () => new Uint8Array(weights.buffer, weights.byteOffset, weights.byteLength) };
+  }
+  if (typeof Blob !== 'undefined' && weights instanceof Blob) {
+    return { read: async () => new Uint8Array(await weights.arrayBuffer()) };
+  }
+  return fail('BAD_ARGUMENT', "weights must be a URL, 'hf:OWNER/NAME', 'synthetic:SEED', an ArrayBuffer, a Uint8Array or a Blob");
+}
+
+async function download(url, key, onProgress, useCache) {
+  const cached = useCache ? await env.cacheGet(key) : null;
+  if (cached) {
+    onProgress({ phase: 'download', loaded: cached.length, total: cached.length, cached: true });
+    return cached;
+  }
+  let resp;
+  try {
+    resp = await fetch(url);
+  } catch (e) {
+    fail('DOWNLOAD', `network error downloading ${url}: ${(e && e.message) || e}`);
+  }
+  if (!resp.ok) fail('DOWNLOAD', `downloading ${url} failed: HTTP ${resp.status}`);
+  const total = Number(resp.headers.get('content-length')) || 0;
+  const chunks = [];
+  let loaded = 0;
+  try {
+    const reader = resp.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      loaded += value.length;
+      onProgress({ phase: 'download', loaded, total });
+    }
+  } catch (e) {
+    fail('DOWNLOAD', `downloading ${url} broke off after ${loaded} bytes: ${(e && e.message) || e}`);
+  }
+  if (total && loaded !== total) fail('DOWNLOAD', `downloading ${url}: got ${loaded} of ${total} bytes`);
+  const bytes = new Uint8Array(loaded);
+  let off = 0;
+  for (const c of chunks) { bytes.set(c, off); off += c.length; }
+  if (useCache) await env.cachePut(key, bytes);
+  return bytes;
+}
+
+/** The adapter's name: wgpu leaves it empty in browsers, GPUAdapterInfo has it. */
+async function adapterName(fallback) {
+  try {
+    const info = (await navigator.gpu.requestAdapter())?.info;
+    const name = info && (info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(' '));
+    return name || fallback || 'WebGPU adapter';
+  } catch {
+    return fallback || 'WebGPU adapter';
+  }
+}
+
+/**
+ * Load a model: weights fetched (and cached), checked against the model, and prepared
+ * once on the device. Resolves to a Model.
+ */
+export async function load(options) {
+  if (!options || typeof options !== 'object') fail('BAD_ARGUMENT', 'load() takes an options object: { model, weights, device }');
+  const { model, weights, device = 'auto', onProgress } = options;
+  if (typeof model !== 'string' || !MODELS.some((m) => m.id === model)) {
+    fail('UNKNOWN_MODEL', `unknown model '${model}'; known: ${MODELS.map((m) => m.id).join(', ')}`);
+  }
+  if (weights === undefined || weights === null) {
+    fail('BAD_ARGUMENT', "weights are required: a URL, 'hf:OWNER/NAME', bytes, a Blob, or 'synthetic:SEED' for untrained weights");
+  }
+  if (!DEVICES.has(device)) fail('BAD_ARGUMENT', `unknown device '${device}': use auto, webgpu or cpu`);
+  if (onProgress !== undefined && typeof onProgress !== 'function') fail('BAD_ARGUMENT', 'onProgress must be a function');
+  const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
+  const source = weightsSource(weights, options);
+  await init({ wasm: options.wasm });
+  let notice = null;
+  let dev = device;
+  if (!hasWebGPU()) {
+    if (device === 'webgpu') fail('NO_WEBGPU', 'WebGPU is not available here (navigator.gpu is missing)');
+    if (device === 'auto') {
+      dev = 'cpu';
+      notice = 'WebGPU is not available here; running on the CPU (wasm)';
+    }
+  }
+  const create = async () => {
+    const bytes = await source.read(progress);
+    progress({ phase: 'prepare', loaded: 0, total: 1 });
+    try {
+      const engine = await Engine.load(model, bytes, source.seed ?? 1, dev);
+      progress({ phase: 'prepare', loaded: 1, total: 1 });
+      return engine;
+    } catch (e) {
+      throw wrap(e);
+    }
+  };
+  const engine = await create();
+  const raw = engine.info;
+  const info = {
+    id: raw.id,
+    backend: raw.backend,
+    adapter: raw.backend === 'webgpu' ? await adapterName(raw.adapter) : null,
+    notice: raw.notice ?? notice,
+    inputSize: raw.inputSize,
+    labels: raw.labels,
+    numClasses: raw.numClasses,
+    warnings: raw.warnings,
+  };
+  return new Model(engine, info, create);
+}
+
+const IMAGE_HELP = 'an image is a Blob/File, encoded bytes (Uint8Array/ArrayBuffer), ImageData, ImageBitmap, an <img> or <canvas>, or { data, width, height, channels: 3 | 4 }';
+
+/** Pixels of a browser image source (ImageBitmap, <img>, <canvas>, OffscreenCanvas, VideoFrame). */
+async function drawnPixels(src) {
+  if (typeof HTMLImageElement !== 'undefined' && src instanceof HTMLImageElement) {
+    try { await src.decode(); } catch { fail('BAD_IMAGE', 'the <img> could not be decoded'); }
+  }
+  const width = src.naturalWidth || src.displayWidth || src.videoWidth || src.width;
+  const height = src.naturalHeight || src.displayHeight || src.videoHeight || src.height;
+  if (!width || !height) fail('BAD_IMAGE', 'the image has no size (not loaded yet?)');
+  const canvas = typeof OffscreenCanvas !== 'undefined'
+    ? new OffscreenCanvas(width, height)
+    : Object.assign(document.createElement('canvas'), { width, height });
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(src, 0, 0, width, height);
+  const d = ctx.getImageData(0, 0, width, height);
+  return { kind: 'pixels', data: new Uint8Array(d.data.buffer), width, height, channels: 4 };
+}
+
+const isDrawable = (x) => ['ImageBitmap', 'HTMLImageElement', 'HTMLCanvasElement', 'OffscreenCanvas', 'VideoFrame']
+  .some((t) => typeof globalThis[t] !== 'undefined' && x instanceof globalThis[t]);
+
+/** An image (or, with `tensors`, a `{ data: Float32Array, shape }`) as the binding takes it. */
+async function toInput(x, { tensors = false } = {}) {
+  if (x instanceof Uint8Array) return { kind: 'encoded', bytes: x };
+  if (x instanceof ArrayBuffer) return { kind: 'encoded', bytes: new Uint8Array(x) };
+  if (typeof Blob !== 'undefined' && x instanceof Blob) {
+    return { kind: 'encoded', bytes: new Uint8Array(await x.arrayBuffer()) };
+  }
+  if (isDrawable(x)) return drawnPixels(x);
+  if (x && typeof x === 'object') {
+    if (tensors && x.data instanceof Float32Array) {
+      checkShape(x.data, x.shape);
+      return { kind: 'tensor', data: x.data, shape: x.shape };
+    }
+    if ((x.data instanceof Uint8Array || x.data instanceof Uint8ClampedArray) && x.width && x.height) {
+      const channels = x.channels ?? (typeof ImageData !== 'undefined' && x instanceof ImageData ? 4 : x.data.length / (x.width * x.height));
+      if (channels !== 3 && channels !== 4) fail('BAD_IMAGE', `pixels must have 3 or 4 channels, not ${channels}`);
+      return {
+        kind: 'pixels',
+        data: new Uint8Array(x.data.buffer, x.data.byteOffset, x.data.byteLength),
+        width: x.width, height: x.height, channels,
+      };
+    }
+  }
+  return fail('BAD_ARGUMENT', tensors ? `${IMAGE_HELP}, or a tensor { data: Float32Array, shape }` : IMAGE_HELP);
+}
+
+function checkShape(data, shape) {
+  if (!(data instanceof Float32Array)) fail('BAD_ARGUMENT', 'tensor data must be a Float32Array');
+  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((d) => Number.isInteger(d) && d > 0)) {
+    fail('BAD_INPUT_SHAPE', `a tensor shape is [n, 3, h, w] with positive integers, not ${JSON.stringify(shape)}`);
+  }
+  if (shape[1] !== 3) fail('BAD_INPUT_SHAPE', `the models take 3 channels, not ${shape[1]} (shape ${JSON.stringify(shape)})`);
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (n !== data.length) fail('BAD_INPUT_SHAPE', `shape ${JSON.stringify(shape)} needs ${n} values, data has ${data.length}`);
+}
+
+/** A model loaded on one device. Calls may overlap: they run one after another. */
+export class Model {
+  #engine;
+  #info;
+  #create;
+  #queue = Promise.resolve();
+  #disposed = false;
+
+  constructor(engine, info, create) {
+    this.#engine = engine;
+    this.#info = Object.freeze(info);
+    this.#create = create;
+  }
+
+  /** `{ id, backend, adapter, notice, inputSize, labels, numClasses, warnings }`. */
+  get info() {
+    return this.#info;
+  }
+
+  #run(f) {
+    const p = this.#queue.then(() => this.#call(f));
+    this.#queue = p.catch(() => {});
+    return p;
+  }
+
+  async #call(f) {
+    if (this.#disposed) fail('DISPOSED', 'this model was disposed');
+    try {
+      return await f(this.#engine);
+    } catch (e) {
+      const err = wrap(e);
+      // A lost GPU device: prepare the model on a new device once, then run again.
+      if (this.#info.backend !== 'webgpu' || !['DEVICE_LOST', 'GPU'].includes(err.code)) throw err;
+      try { this.#engine.free(); } catch { /* already gone with the device */ }
+      this.#engine = await this.#create();
+      if (this.#disposed) { this.#engine.free(); fail('DISPOSED', 'this model was disposed'); }
+      try {
+        return await f(this.#engine);
+      } catch (e2) {
+        throw wrap(e2);
+      }
+    }
+  }
+
+  /** Top-`topK` classes of one image: `[{ index, label, probability }]`, best first. */
+  classify(image, { topK = 5 } = {}) {
+    if (!Number.isInteger(topK) || topK <= 0) return Promise.reject(new WebcnnError('BAD_ARGUMENT', `topK must be a positive integer, not ${topK}`));
+    return this.#run(async (e) => (await e.classify(await toInput(image), topK))[0]);
+  }
+
+  /** The model on a `[n, 3, h, w]` float32 tensor (already normalised): the logits. */
+  forward(data, shape) {
+    try { checkShape(data, shape); } catch (e) { return Promise.reject(e); }
+    return this.#run((e) => e.forward({ kind: 'tensor', data, shape }));
+  }
+
+  /** Outputs of torchvision nodes (`layer2`, `features.29`, ...) for an image or tensor. */
+  features(input, nodes) {
+    if (!Array.isArray(nodes) || nodes.length === 0 || !nodes.every((n) => typeof n === 'string')) {
+      return Promise.reject(new WebcnnError('BAD_ARGUMENT', 'features() takes a non-empty array of node names'));
+    }
+    return this.#run(async (e) => e.features(await toInput(input, { tensors: true }), nodes));
+  }
+
+  /** Class activation map of a ResNet: `{ data, shape: [h, w], class }`, values in [0, 1]. */
+  cam(image, options = {}) {
+    const cls = options.class;
+    if (cls !== undefined && (!Number.isInteger(cls) || cls < 0)) {
+      return Promise.reject(new WebcnnError('BAD_ARGUMENT', `class must be a non-negative integer, not ${cls}`));
+    }
+    return this.#run(async (e) => e.cam(await toInput(image), cls));
+  }
+
+  /** Free the weights and buffers; later calls reject with code 'DISPOSED'. */
+  dispose() {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    try { this.#engine.free(); } catch { /* already freed */ }
+  }
+
+  /** @internal Destroy the GPU device, as a driver reset would (tests of recovery). */
+  [Symbol.for('webcnn.loseDevice')]() {
+    return this.#engine._loseDevice();
+  }
+}
