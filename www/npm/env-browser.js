@@ -8,6 +8,15 @@ export async function wasmSource() {
   return new URL('./wasm/webcnn_bg.wasm', import.meta.url);
 }
 
+/** Browsers read no local files: every other string is a URL. */
+export function localFile() {
+  return null;
+}
+
+export async function readFile() {
+  throw new Error('no local files in browsers');
+}
+
 export function hfEndpoint() {
   return undefined;
 }

@@ -1,6 +1,6 @@
 // Node: the wasm is read from the file next to this module; downloads are cached in
 // $WEBCNN_CACHE or ~/.cache/webcnn, in the CLI's layout (`hub/OWNER--NAME/model.safetensors`).
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile as fsReadFile, rename, writeFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -9,7 +9,23 @@ import { fileURLToPath } from 'node:url';
 export const name = 'node';
 
 export async function wasmSource() {
-  return readFile(fileURLToPath(new URL('./wasm/webcnn_bg.wasm', import.meta.url)));
+  return fsReadFile(fileURLToPath(new URL('./wasm/webcnn_bg.wasm', import.meta.url)));
+}
+
+/** A weights string that names a local file (a path or a file: URL), else null. */
+export function localFile(spec) {
+  if (spec.startsWith('file:')) return fileURLToPath(spec);
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(spec) ? null : spec;
+}
+
+export async function readFile(path) {
+  try {
+    return new Uint8Array(await fsReadFile(path));
+  } catch (e) {
+    const err = new Error(`reading weights ${path}: ${e.message}`);
+    err.code = 'IO';
+    throw err;
+  }
 }
 
 export function hfEndpoint() {
@@ -29,7 +45,7 @@ function cachePath(key) {
 
 export async function cacheGet(key) {
   try {
-    return new Uint8Array(await readFile(cachePath(key)));
+    return new Uint8Array(await fsReadFile(cachePath(key)));
   } catch {
     return null;
   }

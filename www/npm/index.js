@@ -72,7 +72,10 @@ function weightsSource(weights, opts) {
       return { seed, read: async () => undefined };
     }
     let url = weights, key = weights;
-    if (weights.startsWith('hf:')) {
+    const file = weights.startsWith('hf:') ? null : env.localFile(weights);
+    if (file) {
+      return { read: async () => env.readFile(file) };
+    } else if (weights.startsWith('hf:')) {
       const repo = weights.slice(3);
       if (!/^[\w.-]+\/[\w.-]+$/.test(repo)) fail('BAD_ARGUMENT', `bad Hub repository '${repo}': use hf:OWNER/NAME`);
       const endpoint = (opts.hfEndpoint ?? env.hfEndpoint() ?? 'https://huggingface.co').replace(/\/+$/, '');
@@ -158,7 +161,11 @@ export async function load(options) {
   if (onProgress !== undefined && typeof onProgress !== 'function') fail('BAD_ARGUMENT', 'onProgress must be a function');
   const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
   const source = weightsSource(weights, options);
-  await init({ wasm: options.wasm });
+  try {
+    await init({ wasm: options.wasm });
+  } catch (e) {
+    throw new WebcnnError('INTERNAL', `loading the wasm module failed: ${(e && e.message) || e}`, { cause: e });
+  }
   let notice = null;
   let dev = device;
   if (!hasWebGPU()) {
@@ -169,9 +176,9 @@ export async function load(options) {
     }
   }
   const create = async () => {
-    const bytes = await source.read(progress);
-    progress({ phase: 'prepare', loaded: 0, total: 1 });
     try {
+      const bytes = await source.read(progress);
+      progress({ phase: 'prepare', loaded: 0, total: 1 });
       const engine = await Engine.load(model, bytes, source.seed ?? 1, dev);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
       return engine;

@@ -1,0 +1,141 @@
+// Shared by the package tests: installing the packed tarball as a user would, the golden
+// PRNG, .npy and PNG files, a local HTTP server.
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { execFileSync } from 'node:child_process';
+
+export const root = path.resolve(import.meta.dirname, '../..');
+export const cli = process.env.WEBCNN_BIN || path.join(root, 'target/debug/webcnn');
+export const golden = path.join(root, 'tests/fixtures/golden');
+
+/** A fresh folder with the packed package installed from its tarball (scripts/build-npm). */
+export function installPackage(prefix) {
+  const dir = path.join(root, 'target/npm');
+  const tgz = fs.existsSync(dir) && fs.readdirSync(dir).find((f) => /^webcnn-.*\.tgz$/.test(f));
+  if (!tgz) throw new Error('target/npm/webcnn-*.tgz is missing: run scripts/build-npm first');
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  fs.writeFileSync(path.join(tmp, 'package.json'), JSON.stringify({ name: 'user-app', private: true, type: 'module' }));
+  execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', path.join(dir, tgz)], { cwd: tmp, stdio: 'pipe' });
+  return tmp;
+}
+
+/** Run the CLI; returns stdout as text. */
+export function webcnn(...args) {
+  return execFileSync(cli, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+const M = (1n << 64n) - 1n;
+
+function fnv1a64(s) {
+  let h = 0xcbf29ce484222325n;
+  for (const b of new TextEncoder().encode(s)) h = ((h ^ BigInt(b)) * 0x100000001b3n) & M;
+  return h;
+}
+
+/** The golden PRNG's `input` tensor (see the golden README): `(2u - 1) * sqrt(3)`. */
+export function synthInput(shape, seed) {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const s0 = fnv1a64('input') ^ BigInt(seed);
+  const out = new Float32Array(n);
+  for (let i = 1; i <= n; i++) {
+    let z = (s0 + BigInt(i) * 0x9e3779b97f4a7c15n) & M;
+    z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M;
+    z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M;
+    z ^= z >> 31n;
+    out[i - 1] = (2 * (Number(z >> 40n) / 16777216) - 1) * Math.sqrt(3);
+  }
+  return out;
+}
+
+/** A little-endian float32 .npy file: `{ shape, data }`. */
+export function readNpy(file) {
+  const b = fs.readFileSync(file);
+  const hlen = b.readUInt16LE(8);
+  const header = b.subarray(10, 10 + hlen).toString('latin1');
+  if (!header.includes("'<f4'")) throw new Error(`${file}: not float32`);
+  const shape = header.match(/\(([^)]*)\)/)[1].split(',').filter((s) => s.trim()).map(Number);
+  const body = b.subarray(10 + hlen);
+  const data = new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength));
+  return { shape, data };
+}
+
+/** ||a - b|| / ||b||. */
+export function relL2(a, b) {
+  if (a.length !== b.length) return Infinity;
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) { num += (a[i] - b[i]) ** 2; den += b[i] ** 2; }
+  return Math.sqrt(num / den);
+}
+
+/** A PNG file of 8-bit RGB pixels. */
+export function encodePng(width, height, rgb) {
+  const crcTable = new Int32Array(256).map((_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c;
+  });
+  const crc = (buf) => {
+    let c = -1;
+    for (const byte of buf) c = crcTable[(c ^ byte) & 0xff] ^ (c >>> 8);
+    return (c ^ -1) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const td = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+    const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
+    const c = Buffer.alloc(4); c.writeUInt32BE(crc(td));
+    return Buffer.concat([len, td, c]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0); ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8; ihdr[9] = 2; // 8-bit RGB
+  const raw = Buffer.alloc((width * 3 + 1) * height);
+  for (let y = 0; y < height; y++) {
+    Buffer.from(rgb.buffer, rgb.byteOffset + y * width * 3, width * 3).copy(raw, y * (width * 3 + 1) + 1);
+  }
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+
+/** Deterministic test pixels: smooth gradients plus texture, `width` x `height` RGB. */
+export function testPixels(width, height) {
+  const px = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 3;
+      px[i] = (x * 255) / width;
+      px[i + 1] = (y * 255) / height;
+      px[i + 2] = ((x * 7 + y * 13) % 64) * 4;
+    }
+  }
+  return px;
+}
+
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript',
+  '.wasm': 'application/wasm', '.png': 'image/png', '.json': 'application/json' };
+
+/**
+ * Serve `dir` on 127.0.0.1; `hits` counts requests per path; `routes` maps a path to a
+ * handler `(req, res) => void` that takes precedence.
+ */
+export function serve(dir, routes = {}) {
+  const hits = new Map();
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    hits.set(url.pathname, (hits.get(url.pathname) || 0) + 1);
+    if (routes[url.pathname]) { routes[url.pathname](req, res); return; }
+    const file = path.join(dir, path.normalize(decodeURIComponent(url.pathname)));
+    if (!file.startsWith(dir)) { res.writeHead(403).end(); return; }
+    fs.readFile(file, (err, body) => {
+      if (err) { res.writeHead(404).end(); return; }
+      res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream',
+        'content-length': body.length });
+      res.end(body);
+    });
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => {
+    resolve({ server, hits, base: `http://127.0.0.1:${server.address().port}` });
+  }));
+}

@@ -1,0 +1,299 @@
+// The npm package in Node, installed from its packed tarball into an empty folder as a
+// user would: golden parity through forward/features, classify equal to the CLI,
+// overlapping calls, dispose, every error code, the README's Node and TypeScript examples.
+// Needs scripts/build-npm (the tarball) and the CLI (target/debug/webcnn).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import {
+  root, golden, installPackage, webcnn, synthInput, readNpy, relL2, encodePng, testPixels, serve,
+} from './helpers.mjs';
+
+const TOL = 1e-4;
+let app, pkg, srv;
+const files = {};
+
+function exportWeights(model, seed) {
+  const f = path.join(app, `${model}-s${seed}.safetensors`);
+  if (!fs.existsSync(f)) webcnn('export-synthetic', model, '--seed', String(seed), '-o', f);
+  return f;
+}
+
+/** A safetensors file of f32 tensors `{ key: [shape, Float32Array] }`. */
+function safetensors(tensors) {
+  const header = {};
+  let off = 0;
+  for (const [k, [shape, data]] of Object.entries(tensors)) {
+    header[k] = { dtype: 'F32', shape, data_offsets: [off, off + data.length * 4] };
+    off += data.length * 4;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  return new Uint8Array(Buffer.concat([len, Buffer.from(json),
+    ...Object.values(tensors).map(([, d]) => Buffer.from(d.buffer))]));
+}
+
+async function rejects(promise, code, pattern) {
+  await assert.rejects(promise, (e) => {
+    assert.equal(e.name, 'WebcnnError', `${e}`);
+    assert.ok(e instanceof pkg.WebcnnError);
+    assert.equal(e.code, code, e.message);
+    if (pattern) assert.match(e.message, pattern);
+    return true;
+  });
+}
+
+before(async () => {
+  app = installPackage('webcnn-npm-node-');
+  // Resolve 'webcnn' the way the user's code does (package exports, node condition).
+  fs.writeFileSync(path.join(app, 'entry.mjs'), "export * from 'webcnn';\n");
+  pkg = await import(pathToFileURL(path.join(app, 'entry.mjs')));
+  files.r18 = exportWeights('resnet18', 3);
+  files.pixels = testPixels(320, 240);
+  files.png = path.join(app, 'test.png');
+  fs.writeFileSync(files.png, encodePng(320, 240, files.pixels));
+  fs.copyFileSync(path.join(root, 'www/demo.png'), path.join(app, 'demo.png'));
+  process.env.WEBCNN_CACHE = path.join(app, 'cache');
+  srv = await serve(app, {
+    '/missing.safetensors': (req, res) => res.writeHead(404).end(),
+    '/timm/resnet18.tv_in1k/resolve/main/model.safetensors': (req, res) => {
+      const body = fs.readFileSync(files.r18);
+      res.writeHead(200, { 'content-length': body.length }).end(body);
+    },
+  });
+  process.env.HF_ENDPOINT = srv.base;
+});
+
+after(() => {
+  srv?.server.close();
+  if (app) fs.rmSync(app, { recursive: true, force: true });
+});
+
+test('the installed package exposes the API and the model zoo', () => {
+  const meta = JSON.parse(fs.readFileSync(path.join(app, 'node_modules/webcnn/package.json'), 'utf8'));
+  assert.equal(meta.name, 'webcnn');
+  assert.equal(meta.type, 'module');
+  for (const f of ['index.js', 'node.js', 'index.d.ts', 'wasm/webcnn_bg.wasm', 'README.md', 'LICENSE-MIT', 'LICENSE-APACHE']) {
+    assert.ok(fs.existsSync(path.join(app, 'node_modules/webcnn', f)), f);
+  }
+  for (const f of ['load', 'models', 'init', 'WebcnnError', 'Model']) assert.ok(pkg[f], f);
+  const zoo = pkg.models();
+  assert.equal(zoo.length, 30);
+  const r50 = zoo.find((m) => m.id === 'resnet50');
+  assert.equal(r50.params, 25557032);
+  assert.deepEqual(r50.input, [3, 224, 224]);
+  assert.equal(r50.labels, 'imagenet1k');
+  assert.ok(r50.cam);
+  assert.ok(r50.featureNodes.includes('layer4'));
+  assert.equal(zoo.find((m) => m.id === 'vgg16_cifar').labels, 'cifar10');
+  // Callers get copies: changing one does not change the package's table.
+  r50.params = 0;
+  assert.equal(pkg.models().find((m) => m.id === 'resnet50').params, 25557032);
+});
+
+for (const name of ['resnet18-s1', 'resnet18-s1-2x3x96x128', 'resnet50_gn-s1', 'resnet50_caffe-s1-2x3x96x128',
+  'alexnet_lrn-s1', 'vgg11_bn_cifar-s1']) {
+  test(`golden ${name} through forward, weights as bytes`, async () => {
+    const c = JSON.parse(fs.readFileSync(path.join(golden, 'models', `${name}.json`), 'utf8'));
+    const weights = new Uint8Array(fs.readFileSync(exportWeights(c.model, c.weights_seed)));
+    const m = await pkg.load({ model: c.model, weights, device: 'cpu' });
+    assert.equal(m.info.backend, 'cpu');
+    const y = await m.forward(synthInput(c.input_shape, c.input_seed), c.input_shape);
+    assert.deepEqual(y.shape, c.output_shape);
+    assert.ok(y.data instanceof Float32Array);
+    const e = relL2(y.data, c.output);
+    assert.ok(e <= TOL, `${name}: relative L2 ${e}`);
+    m.dispose();
+  });
+}
+
+test('classify on raw pixels, RGBA pixels, PNG bytes and a Blob equals `webcnn classify --json`', async () => {
+  const cliOut = JSON.parse(webcnn('classify', files.png, '--model', 'resnet18', '--weights', files.r18,
+    '--json', '--top', '5', '--device', 'cpu'));
+  const want = cliOut.results[0].predictions;
+  const m = await pkg.load({ model: 'resnet18', weights: files.r18, device: 'cpu' });
+  const png = new Uint8Array(fs.readFileSync(files.png));
+  const rgba = new Uint8ClampedArray(320 * 240 * 4).map((_, i) => (i % 4 === 3 ? 255 : files.pixels[(i >> 2) * 3 + (i % 4)]));
+  const inputs = {
+    pixels: { data: files.pixels, width: 320, height: 240, channels: 3 },
+    rgba: { data: rgba, width: 320, height: 240, channels: 4 },
+    png,
+    arrayBuffer: png.buffer.slice(png.byteOffset, png.byteOffset + png.byteLength),
+    blob: new Blob([png], { type: 'image/png' }),
+  };
+  for (const [kind, image] of Object.entries(inputs)) {
+    const got = await m.classify(image, { topK: 5 });
+    assert.equal(got.length, 5);
+    got.forEach((p, i) => {
+      assert.equal(p.index, want[i].class, `${kind} #${i}`);
+      assert.equal(p.label, want[i].label);
+      assert.ok(Math.abs(p.probability - want[i].probability) < 1e-5, `${kind}: ${p.probability} vs ${want[i].probability}`);
+    });
+  }
+  m.dispose();
+});
+
+for (const dir of ['resnet18-s1-1x3x64x64', 'vgg16_cifar-s1-2x3x32x32', 'alexnet_lrn-s1-1x3x227x227']) {
+  test(`features by node name equal the golden maps: ${dir}`, async () => {
+    const meta = JSON.parse(fs.readFileSync(path.join(golden, 'features', dir, 'meta.json'), 'utf8'));
+    const m = await pkg.load({ model: meta.model, weights: `synthetic:${meta.weights_seed}`, device: 'cpu' });
+    const nodes = Object.keys(meta.nodes);
+    const x = { data: synthInput(meta.input_shape, meta.input_seed), shape: meta.input_shape };
+    const got = await m.features(x, nodes);
+    assert.deepEqual(Object.keys(got), nodes);
+    for (const node of nodes) {
+      const want = readNpy(path.join(golden, 'features', dir, `${node}.npy`));
+      assert.deepEqual(got[node].shape, want.shape, node);
+      const e = relL2(got[node].data, want.data);
+      assert.ok(e <= TOL, `${dir} ${node}: relative L2 ${e}`);
+    }
+    m.dispose();
+  });
+}
+
+test('overlapping calls are queued and each gets its own answer', async () => {
+  const m = await pkg.load({ model: 'resnet18', weights: 'synthetic:2', device: 'cpu' });
+  const a = { data: files.pixels, width: 320, height: 240, channels: 3 };
+  const b = { data: testPixels(200, 300), width: 200, height: 300, channels: 3 };
+  const x = synthInput([1, 3, 64, 64], 7);
+  const calls = () => [
+    m.classify(a, { topK: 3 }),
+    m.features(b, ['layer3']),
+    m.forward(x, [1, 3, 64, 64]),
+    m.classify(b, { topK: 3 }),
+    m.cam(a),
+    m.classify(a, { topK: 0 }),
+    m.features(a, ['no_such_node']),
+    m.classify(b, { topK: 2 }),
+  ];
+  const together = await Promise.allSettled(calls());
+  const oneByOne = [];
+  for (const c of calls().map((p) => p.then((v) => ({ status: 'fulfilled', value: v }), (e) => ({ status: 'rejected', reason: e })))) {
+    oneByOne.push(await c);
+  }
+  assert.deepEqual(together.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'rejected', 'fulfilled']);
+  assert.deepEqual(together, oneByOne);
+  assert.notDeepEqual(together[0].value, together[3].value);
+  m.dispose();
+});
+
+test('dispose frees the model; every later call rejects with DISPOSED', async () => {
+  const m = await pkg.load({ model: 'resnet18', weights: 'synthetic:1', device: 'cpu' });
+  const pending = m.classify(files.pixels.length ? { data: files.pixels, width: 320, height: 240, channels: 3 } : null);
+  m.dispose();
+  m.dispose(); // twice is harmless
+  // A call queued before dispose either finished or is told the model is gone.
+  await pending.then(() => {}, (e) => assert.equal(e.code, 'DISPOSED'));
+  await rejects(m.classify(new Uint8Array(fs.readFileSync(files.png))), 'DISPOSED');
+  await rejects(m.forward(new Float32Array(3 * 64 * 64), [1, 3, 64, 64]), 'DISPOSED');
+  await rejects(m.features(new Uint8Array(fs.readFileSync(files.png)), ['layer1']), 'DISPOSED');
+  await rejects(m.cam(new Uint8Array(fs.readFileSync(files.png))), 'DISPOSED');
+});
+
+test('every error code, with the model usable afterwards', async () => {
+  const png = new Uint8Array(fs.readFileSync(files.png));
+  await rejects(pkg.load({ model: 'resnet19', weights: 'synthetic:1' }), 'UNKNOWN_MODEL', /resnet18/);
+  await rejects(pkg.load({ model: 'resnet34', weights: files.r18, device: 'cpu' }), 'WEIGHTS_MISSING_KEY', /layer1\.2/);
+  await rejects(pkg.load({ model: 'resnet18', weights: exportWeights('resnet34', 1), device: 'cpu' }), 'WEIGHTS_UNEXPECTED_KEY', /layer1\.2/);
+  await rejects(pkg.load({ model: 'resnet18', weights: safetensors({ 'conv1.weight': [[1, 1, 1, 1], new Float32Array(1)] }), device: 'cpu' }),
+    'WEIGHTS_SHAPE', /conv1\.weight/);
+  await rejects(pkg.load({ model: 'resnet18', weights: new Uint8Array(1000).fill(7), device: 'cpu' }), 'WEIGHTS_FORMAT');
+  const r18 = fs.readFileSync(files.r18);
+  await rejects(pkg.load({ model: 'resnet18', weights: new Uint8Array(r18.subarray(0, r18.length / 2)), device: 'cpu' }), 'WEIGHTS_FORMAT');
+  await rejects(pkg.load({ model: 'resnet18', weights: `${srv.base}/missing.safetensors`, device: 'cpu' }), 'DOWNLOAD', /404/);
+  await rejects(pkg.load({ model: 'resnet18', weights: 'http://127.0.0.1:1/w.safetensors', device: 'cpu' }), 'DOWNLOAD');
+  await rejects(pkg.load({ model: 'resnet18', weights: path.join(app, 'nope.safetensors'), device: 'cpu' }), 'IO');
+  await rejects(pkg.load({ model: 'resnet18', weights: 'synthetic:1', device: 'webgpu' }), 'NO_WEBGPU');
+  await rejects(pkg.load({ model: 'resnet18', weights: 'synthetic:1', device: 'tpu' }), 'BAD_ARGUMENT');
+  await rejects(pkg.load({ model: 'resnet18' }), 'BAD_ARGUMENT', /weights/);
+  await rejects(pkg.load({ model: 'resnet18', weights: 42 }), 'BAD_ARGUMENT');
+  await rejects(pkg.load({ model: 'resnet18', weights: 'hf:not-a-repo' }), 'BAD_ARGUMENT');
+  await rejects(pkg.load(), 'BAD_ARGUMENT');
+
+  const m = await pkg.load({ model: 'resnet18', weights: files.r18, device: 'cpu' });
+  const want = await m.classify(png);
+  await rejects(m.classify(new Uint8Array([1, 2, 3, 4])), 'BAD_IMAGE');
+  await rejects(m.classify(png.subarray(0, png.length / 2)), 'BAD_IMAGE');
+  await rejects(m.classify({ data: new Uint8Array(10), width: 5, height: 5, channels: 3 }), 'BAD_IMAGE');
+  await rejects(m.classify({ data: new Uint8Array(50), width: 5, height: 5, channels: 2 }), 'BAD_IMAGE');
+  await rejects(m.classify('cat.png'), 'BAD_ARGUMENT');
+  await rejects(m.forward(new Float32Array(10), [1, 3, 2, 2]), 'BAD_INPUT_SHAPE');
+  await rejects(m.forward(new Float32Array(224 * 224), [1, 1, 224, 224]), 'BAD_INPUT_SHAPE');
+  await rejects(m.forward([1, 2, 3], [1, 3, 1, 1]), 'BAD_ARGUMENT');
+  for (const topK of [0, -1, 1.5, '5']) await rejects(m.classify(png, { topK }), 'BAD_ARGUMENT', /topK/);
+  await rejects(m.features(png, ['layer9']), 'BAD_ARGUMENT', /layer4/);
+  await rejects(m.features(png, []), 'BAD_ARGUMENT');
+  await rejects(m.cam(png, { class: 1000 }), 'BAD_ARGUMENT', /out of range/);
+  await rejects(m.cam(png, { class: -2 }), 'BAD_ARGUMENT');
+  // After all that, the same answer as before.
+  assert.deepEqual(await m.classify(png), want);
+  const cam = await m.cam(png, { class: want[0].index });
+  assert.deepEqual(cam.shape, [7, 7]);
+  assert.equal(cam.class, want[0].index);
+  assert.ok(Math.min(...cam.data) === 0 && Math.max(...cam.data) === 1);
+  m.dispose();
+
+  const vgg = await pkg.load({ model: 'vgg11_cifar', weights: 'synthetic:1', device: 'cpu' });
+  await rejects(vgg.cam(png), 'BAD_ARGUMENT', /ResNet/);
+  const tiny = await pkg.load({ model: 'alexnet', weights: 'synthetic:1', device: 'cpu' });
+  await rejects(tiny.forward(new Float32Array(3 * 8 * 8), [1, 3, 8, 8]), 'BAD_INPUT_SHAPE', /features/);
+  vgg.dispose();
+  tiny.dispose();
+});
+
+test('hf: downloads once into the cache (HF_ENDPOINT), with progress', async () => {
+  const before = srv.hits.get('/timm/resnet18.tv_in1k/resolve/main/model.safetensors') ?? 0;
+  const seen = [];
+  const m1 = await pkg.load({ model: 'resnet18', weights: 'hf:timm/resnet18.tv_in1k', device: 'cpu', onProgress: (p) => seen.push(p) });
+  assert.ok(fs.existsSync(path.join(app, 'cache/hub/timm--resnet18.tv_in1k/model.safetensors')), 'cached in the CLI layout');
+  const dl = seen.filter((p) => p.phase === 'download');
+  assert.ok(dl.length > 0 && dl.at(-1).loaded === dl.at(-1).total && dl.at(-1).total === fs.statSync(files.r18).size);
+  assert.deepEqual(seen.filter((p) => p.phase === 'prepare').map((p) => p.loaded), [0, 1]);
+  const seen2 = [];
+  const m2 = await pkg.load({ model: 'resnet18', weights: 'hf:timm/resnet18.tv_in1k', device: 'cpu', onProgress: (p) => seen2.push(p) });
+  assert.equal(srv.hits.get('/timm/resnet18.tv_in1k/resolve/main/model.safetensors'), before + 1, 'the second load makes no request');
+  assert.ok(seen2[0].cached);
+  const png = new Uint8Array(fs.readFileSync(files.png));
+  assert.deepEqual(await m1.classify(png), await m2.classify(png));
+  m1.dispose();
+  m2.dispose();
+});
+
+test("the README's Node example runs and agrees with the CLI", () => {
+  fs.copyFileSync(path.join(root, 'www/npm/examples/node.mjs'), path.join(app, 'node.mjs'));
+  const out = execFileSync('node', ['node.mjs', 'demo.png', path.basename(files.r18)], { cwd: app, encoding: 'utf8' });
+  const want = JSON.parse(webcnn('classify', path.join(app, 'demo.png'), '--model', 'resnet18', '--weights', files.r18,
+    '--json', '--top', '5', '--device', 'cpu')).results[0].predictions;
+  const lines = out.trim().split('\n');
+  assert.equal(lines[0], 'backend: cpu');
+  want.forEach((p, i) => assert.ok(lines[1 + i].endsWith(`${p.label} (${p.class})`), `${lines[1 + i]} vs ${p.label}`));
+  assert.equal(lines[6], 'layer4: [1, 512, 7, 7]');
+  // An error is reported with its code.
+  const bad = spawnSync('node', ['node.mjs', 'demo.png', 'missing.safetensors'], { cwd: app, encoding: 'utf8' });
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /error IO/);
+});
+
+test("the README's TypeScript example type-checks against the shipped .d.ts", () => {
+  fs.copyFileSync(path.join(root, 'www/npm/examples/example.ts'), path.join(app, 'example.ts'));
+  fs.writeFileSync(path.join(app, 'bad.ts'), "import { load } from 'webcnn';\nexport const m = load({ model: 'resnet51', weights: 1 });\n");
+  const config = (files) => JSON.stringify({
+    compilerOptions: { strict: true, noEmit: true, target: 'es2022', module: 'nodenext', moduleResolution: 'nodenext',
+      lib: ['es2022', 'dom'], types: [] },
+    files,
+  });
+  const tsc = path.join(root, 'node_modules/.bin/tsc');
+  fs.writeFileSync(path.join(app, 'tsconfig.json'), config(['example.ts']));
+  const ok = spawnSync(tsc, ['-p', app], { encoding: 'utf8' });
+  assert.equal(ok.status, 0, ok.stdout + ok.stderr);
+  // The types do reject a wrong model id and wrong weights.
+  fs.writeFileSync(path.join(app, 'tsconfig.json'), config(['bad.ts']));
+  const bad = spawnSync(tsc, ['-p', app], { encoding: 'utf8' });
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stdout, /resnet51/);
+});
