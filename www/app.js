@@ -137,7 +137,10 @@ function renderPredictions(preds) {
 async function drawFeatures() {
   const node = $('stage').value;
   if (!node || !state.image) return;
-  const f = await call('features', { image: state.image, node });
+  const t = await call('features', { image: state.image, node });
+  // [1, C, H, W] maps, or [1, N] vectors shown as one row.
+  const [channels, height, width] = t.shape.length === 4 ? t.shape.slice(1) : [1, 1, t.shape[1]];
+  const f = { channels, height, width, data: t.data };
   const plane = f.height * f.width;
   const shown = Math.min(f.channels, 64);
   const canvases = [];
@@ -169,7 +172,8 @@ function heat(v) { // dark blue -> cyan -> yellow -> red
 
 async function drawCam() {
   if (!state.info?.cam || !state.image) { $('cam').hidden = true; return; }
-  const m = await call('cam', { image: state.image, cls: -1 });
+  const c = await call('cam', { image: state.image, cls: -1 });
+  const m = { height: c.shape[0], width: c.shape[1], data: c.data };
   const cv = $('cam');
   cv.width = m.width; cv.height = m.height;
   const ctx = cv.getContext('2d');

@@ -58,10 +58,6 @@ export function models() {
 
 const DEVICES = new Set(['auto', 'webgpu', 'cpu']);
 
-function hasWebGPU() {
-  return typeof navigator !== 'undefined' && !!navigator.gpu;
-}
-
 /** Where the weights come from; `read` gives the bytes (again, after a device loss). */
 function weightsSource(weights, opts) {
   if (typeof weights === 'string') {
@@ -166,20 +162,11 @@ export async function load(options) {
   } catch (e) {
     throw new WebcnnError('INTERNAL', `loading the wasm module failed: ${(e && e.message) || e}`, { cause: e });
   }
-  let notice = null;
-  let dev = device;
-  if (!hasWebGPU()) {
-    if (device === 'webgpu') fail('NO_WEBGPU', 'WebGPU is not available here (navigator.gpu is missing)');
-    if (device === 'auto') {
-      dev = 'cpu';
-      notice = 'WebGPU is not available here; running on the CPU (wasm)';
-    }
-  }
   const create = async () => {
     try {
       const bytes = await source.read(progress);
       progress({ phase: 'prepare', loaded: 0, total: 1 });
-      const engine = await Engine.load(model, bytes, source.seed ?? 1, dev);
+      const engine = await Engine.load(model, bytes, source.seed ?? 1, device);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
       return engine;
     } catch (e) {
@@ -192,7 +179,7 @@ export async function load(options) {
     id: raw.id,
     backend: raw.backend,
     adapter: raw.backend === 'webgpu' ? await adapterName(raw.adapter) : null,
-    notice: raw.notice ?? notice,
+    notice: raw.notice,
     inputSize: raw.inputSize,
     labels: raw.labels,
     numClasses: raw.numClasses,

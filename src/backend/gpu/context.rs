@@ -57,6 +57,13 @@ impl GpuContext {
     // In wasm wgpu's handles are single-threaded; the Arc is shared with callbacks only.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn new(opts: GpuOptions) -> Result<Self> {
+        // wgpu panics where there is no `navigator.gpu` (Node, old browsers): ask first.
+        #[cfg(target_arch = "wasm32")]
+        if !has_navigator_gpu() {
+            return Err(Error::NoAdapter(
+                "WebGPU is not available here (no navigator.gpu)".into(),
+            ));
+        }
         let instance = instance();
         let power_preference = if opts.low_power {
             wgpu::PowerPreference::LowPower
@@ -180,6 +187,15 @@ fn no_adapter(e: wgpu::RequestAdapterError) -> Error {
     Error::NoAdapter(format!(
         "{e} (wgpu needs a Vulkan, Metal or DX12 driver; on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` gives a software one)"
     ))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn has_navigator_gpu() -> bool {
+    let get = |o: &wasm_bindgen::JsValue, k: &str| {
+        js_sys::Reflect::get(o, &k.into()).unwrap_or(wasm_bindgen::JsValue::UNDEFINED)
+    };
+    let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
+    !gpu.is_undefined() && !gpu.is_null()
 }
 
 #[cfg(target_arch = "wasm32")]

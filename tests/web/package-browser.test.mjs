@@ -1,0 +1,123 @@
+// The npm package in headless chromium, installed from its tarball: the README's browser
+// example page (import map, no bundler) classifies like the CLI, and a golden case passes,
+// on WebGPU (SwiftShader) and with WebGPU disabled (CPU, wasm); a lost GPU device is
+// recovered inside the package. Needs scripts/build-npm and the CLI.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { root, golden, installPackage, webcnn, synthInput, relL2, serve } from './helpers.mjs';
+
+const COMMON = ['--no-sandbox', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync'];
+const WEBGPU = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader',
+  '--use-webgpu-adapter=swiftshader'];
+const LONG = 600_000;
+const CASE = 'resnet18-s1-2x3x96x128';
+
+let app, srv, expected, goldenCase;
+
+before(async () => {
+  app = installPackage('webcnn-npm-browser-');
+  fs.copyFileSync(path.join(root, 'www/npm/examples/browser.html'), path.join(app, 'browser.html'));
+  fs.copyFileSync(path.join(root, 'www/demo.png'), path.join(app, 'demo.png'));
+  webcnn('export-synthetic', 'resnet18', '--seed', '3', '-o', path.join(app, 'r18-s3.safetensors'));
+  webcnn('export-synthetic', 'resnet18', '--seed', '1', '-o', path.join(app, 'r18-s1.safetensors'));
+  expected = JSON.parse(webcnn('classify', path.join(app, 'demo.png'), '--model', 'resnet18', '--weights',
+    path.join(app, 'r18-s3.safetensors'), '--json', '--top', '5', '--device', 'cpu')).results[0].predictions;
+  goldenCase = JSON.parse(fs.readFileSync(path.join(golden, 'models', `${CASE}.json`), 'utf8'));
+  srv = await serve(app);
+});
+
+after(() => {
+  srv?.server.close();
+  if (app) fs.rmSync(app, { recursive: true, force: true });
+});
+
+async function examplePage(browser, device) {
+  const page = await browser.newPage();
+  page.on('console', (m) => m.type() === 'error' && console.log('[page]', m.text()));
+  await page.goto(`${srv.base}/browser.html?weights=r18-s3.safetensors&image=demo.png&device=${device}`);
+  await page.waitForSelector('#out[data-state=done], #out[data-state=error]', { timeout: LONG });
+  assert.equal(await page.getAttribute('#out', 'data-state'), 'done', await page.textContent('#out'));
+  return page;
+}
+
+function assertSameAsCli(top, tol) {
+  assert.equal(top.length, 5);
+  top.forEach((p, i) => {
+    assert.equal(p.index, expected[i].class, `#${i}: ${p.label} vs ${expected[i].label}`);
+    assert.equal(p.label, expected[i].label);
+    assert.ok(Math.abs(p.probability - expected[i].probability) < tol, `${p.probability} vs ${expected[i].probability}`);
+  });
+}
+
+/** Runs the golden case through `forward` in the page (weights as an ArrayBuffer). */
+async function goldenInPage(page, device, loseDevice = false) {
+  const c = goldenCase;
+  const x = Array.from(synthInput(c.input_shape, c.input_seed));
+  return page.evaluate(async ({ x, shape, device, loseDevice }) => {
+    const { load } = await import('webcnn');
+    const weights = await (await fetch('r18-s1.safetensors')).arrayBuffer();
+    const m = await load({ model: 'resnet18', weights, device });
+    const data = new Float32Array(x);
+    const first = await m.forward(data, shape);
+    let recovered = null, lost = null;
+    if (loseDevice) {
+      lost = m[Symbol.for('webcnn.loseDevice')]();
+      recovered = Array.from((await m.forward(data, shape)).data);
+    }
+    const info = m.info;
+    m.dispose();
+    let disposed = null;
+    try { await m.forward(data, shape); } catch (e) { disposed = e.code; }
+    return { info, shape: first.shape, data: Array.from(first.data), lost, recovered, disposed };
+  }, { x, shape: c.input_shape, device, loseDevice });
+}
+
+test('WebGPU (SwiftShader): the example page equals the CLI; a golden case; device loss recovered', { timeout: LONG }, async () => {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, ...WEBGPU] });
+  try {
+    const page = await examplePage(browser, 'webgpu');
+    const { info, top } = await page.evaluate(() => window.lastResult);
+    assert.equal(info.backend, 'webgpu');
+    assert.ok(info.adapter && info.adapter.length > 0, 'the adapter is named');
+    assert.equal(info.notice, null);
+    assertSameAsCli(top, 1e-3);
+    const r = await goldenInPage(page, 'webgpu', true);
+    assert.equal(r.info.backend, 'webgpu');
+    assert.deepEqual(r.shape, goldenCase.output_shape);
+    const e = relL2(r.data, goldenCase.output);
+    assert.ok(e <= 1e-4, `${CASE} on WebGPU: relative L2 ${e}`);
+    assert.equal(r.lost, true, 'the device was destroyed');
+    const e2 = relL2(r.recovered, goldenCase.output);
+    assert.ok(e2 <= 1e-4, `after device loss: relative L2 ${e2}`);
+    assert.equal(r.disposed, 'DISPOSED');
+  } finally {
+    await browser.close();
+  }
+});
+
+test('WebGPU disabled: auto runs on the CPU (wasm) with a notice; a golden case; webgpu is NO_WEBGPU', { timeout: LONG }, async () => {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, '--disable-gpu'] });
+  try {
+    const page = await examplePage(browser, 'auto');
+    const { info, top } = await page.evaluate(() => window.lastResult);
+    assert.equal(info.backend, 'cpu');
+    assert.equal(info.adapter, null);
+    assert.ok(info.notice, 'auto says why it runs on the CPU');
+    assertSameAsCli(top, 1e-5);
+    const r = await goldenInPage(page, 'auto');
+    assert.equal(r.info.backend, 'cpu');
+    const e = relL2(r.data, goldenCase.output);
+    assert.ok(e <= 1e-4, `${CASE} on the CPU (wasm): relative L2 ${e}`);
+    const code = await page.evaluate(async () => {
+      const { load } = await import('webcnn');
+      try { await load({ model: 'resnet18', weights: 'synthetic:1', device: 'webgpu' }); return 'loaded'; } catch (e) { return e.code; }
+    });
+    assert.equal(code, 'NO_WEBGPU');
+  } finally {
+    await browser.close();
+  }
+});
