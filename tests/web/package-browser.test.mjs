@@ -27,7 +27,17 @@ before(async () => {
   expected = JSON.parse(webcnn('classify', path.join(app, 'demo.png'), '--model', 'resnet18', '--weights',
     path.join(app, 'r18-s3.safetensors'), '--json', '--top', '5', '--device', 'cpu')).results[0].predictions;
   goldenCase = JSON.parse(fs.readFileSync(path.join(golden, 'models', `${CASE}.json`), 'utf8'));
-  srv = await serve(app);
+  webcnn('export-synthetic', 'resnet18_caffe', '--seed', '1', '-o', path.join(app, 'caffe.safetensors'));
+  let gone = false;
+  srv = await serve(app, {
+    '/flaky.safetensors': (req, res) => {
+      if (gone) { res.writeHead(404).end(); return; }
+      const body = fs.readFileSync(path.join(app, 'caffe.safetensors'));
+      res.writeHead(200, { 'content-length': body.length }).end(body);
+    },
+    '/make-flaky-gone': (req, res) => { gone = true; res.end('ok'); },
+    '/make-flaky-back': (req, res) => { gone = false; res.end('ok'); },
+  });
 });
 
 after(() => {
@@ -94,6 +104,26 @@ test('WebGPU (SwiftShader): the example page equals the CLI; a golden case; devi
     const e2 = relL2(r.recovered, goldenCase.output);
     assert.ok(e2 <= 1e-4, `after device loss: relative L2 ${e2}`);
     assert.equal(r.disposed, 'DISPOSED');
+
+    // Recovery needs the weights again: when they cannot be had, the call fails with
+    // DEVICE_LOST, saying why, and the next call tries again.
+    const lost = await page.evaluate(async () => {
+      const { load } = await import('webcnn');
+      const m = await load({ model: 'resnet18_caffe', weights: 'flaky.safetensors', device: 'webgpu', cache: false });
+      const x = new Float32Array(3 * 32 * 32);
+      const before = Array.from((await m.forward(x, [1, 3, 32, 32])).data.slice(0, 5));
+      await fetch('/make-flaky-gone');
+      m[Symbol.for('webcnn.loseDevice')]();
+      let failure = null;
+      try { await m.forward(x, [1, 3, 32, 32]); } catch (e) { failure = { code: e.code, message: e.message }; }
+      await fetch('/make-flaky-back');
+      const after = Array.from((await m.forward(x, [1, 3, 32, 32])).data.slice(0, 5));
+      return { before, failure, after, backend: m.info.backend };
+    });
+    assert.equal(lost.failure?.code, 'DEVICE_LOST', JSON.stringify(lost.failure));
+    assert.match(lost.failure.message, /new device failed: .*404/);
+    assert.equal(lost.backend, 'webgpu');
+    assert.deepEqual(lost.after, lost.before);
   } finally {
     await browser.close();
   }
@@ -112,6 +142,30 @@ test('WebGPU disabled: auto runs on the CPU (wasm) with a notice; a golden case;
     assert.equal(r.info.backend, 'cpu');
     const e = relL2(r.data, goldenCase.output);
     assert.ok(e <= 1e-4, `${CASE} on the CPU (wasm): relative L2 ${e}`);
+    // Browser image sources: the same pixels as the PNG, through a canvas.
+    const kinds = await page.evaluate(async () => {
+      const { load } = await import('webcnn');
+      const m = await load({ model: 'resnet18', weights: 'r18-s3.safetensors', device: 'cpu' });
+      const blob = await (await fetch('demo.png')).blob();
+      const bitmap = await createImageBitmap(blob);
+      const img = new Image();
+      img.src = URL.createObjectURL(blob);
+      const canvas = document.createElement('canvas');
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+      canvas.getContext('2d').drawImage(bitmap, 0, 0);
+      const imageData = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+      const out = {};
+      for (const [k, v] of Object.entries({ file: new File([blob], 'demo.png'), bitmap, img, canvas, imageData })) {
+        out[k] = await m.classify(v, { topK: 5 });
+      }
+      m.dispose();
+      return out;
+    });
+    for (const [kind, top] of Object.entries(kinds)) {
+      assert.deepEqual(top.map((p) => p.index), expected.map((p) => p.class), kind);
+      top.forEach((p, i) => assert.ok(Math.abs(p.probability - expected[i].probability) < 1e-3, `${kind}: ${p.probability}`));
+    }
     const code = await page.evaluate(async () => {
       const { load } = await import('webcnn');
       try { await load({ model: 'resnet18', weights: 'synthetic:1', device: 'webgpu' }); return 'loaded'; } catch (e) { return e.code; }

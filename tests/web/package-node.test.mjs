@@ -264,6 +264,48 @@ test('hf: downloads once into the cache (HF_ENDPOINT), with progress', async () 
   m2.dispose();
 });
 
+test('the wasm can be passed explicitly; a missing wasm file is a clear error', () => {
+  const other = installPackage('webcnn-npm-wasm-');
+  try {
+    const wasm = path.join(other, 'node_modules/webcnn/wasm/webcnn_bg.wasm');
+    fs.renameSync(wasm, path.join(other, 'moved.wasm'));
+    fs.writeFileSync(path.join(other, 'run.mjs'), `
+      import { readFileSync } from 'node:fs';
+      import { load } from 'webcnn';
+      try { await load({ model: 'resnet18', weights: 'synthetic:1' }); } catch (e) { console.log(e.code, e.message); }
+      const m = await load({ model: 'resnet18', weights: 'synthetic:1', wasm: readFileSync('moved.wasm') });
+      console.log(m.info.backend, (await m.forward(new Float32Array(3 * 32 * 32), [1, 3, 32, 32])).shape.join('x'));
+    `);
+    const out = execFileSync('node', ['run.mjs'], { cwd: other, encoding: 'utf8' }).trim().split('\n');
+    assert.match(out[0], /^INTERNAL loading the wasm module failed: .*webcnn_bg\.wasm/);
+    assert.equal(out[1], 'cpu 1x1000');
+  } finally {
+    fs.rmSync(other, { recursive: true, force: true });
+  }
+});
+
+test('error codes agree between the Rust side, index.js, the .d.ts and the README', () => {
+  const rust = fs.readFileSync(path.join(root, 'src/error.rs'), 'utf8');
+  const fromRust = new Set([...rust.slice(rust.indexOf('fn code')).matchAll(/"([A-Z_]+)"/g)].map((m) => m[1]));
+  const js = fs.readFileSync(path.join(root, 'www/npm/index.js'), 'utf8');
+  const codes = new Set([...js.slice(js.indexOf('const CODES'), js.indexOf(']);')).matchAll(/'([A-Z_]+)'/g)].map((m) => m[1]));
+  const dts = fs.readFileSync(path.join(root, 'www/npm/index.d.ts'), 'utf8');
+  const typed = new Set([...dts.slice(dts.indexOf('type ErrorCode'), dts.indexOf(';', dts.indexOf('type ErrorCode'))).matchAll(/'([A-Z_]+)'/g)].map((m) => m[1]));
+  const readme = fs.readFileSync(path.join(root, 'www/npm/README.md'), 'utf8');
+  for (const c of fromRust) assert.ok(codes.has(c), `index.js lacks ${c}`);
+  for (const c of ['DISPOSED', 'INTERNAL', 'DOWNLOAD', 'IO', ...fromRust]) assert.ok(codes.has(c), c);
+  assert.deepEqual([...typed].sort(), [...codes].sort());
+  for (const c of codes) assert.ok(readme.includes(`\`${c}\``), `README lacks ${c}`);
+});
+
+test("the README shows the examples the tests run, verbatim", () => {
+  const readme = fs.readFileSync(path.join(root, 'www/npm/README.md'), 'utf8');
+  for (const f of ['node.mjs', 'browser.html', 'example.ts']) {
+    const text = fs.readFileSync(path.join(root, 'www/npm/examples', f), 'utf8').trim();
+    assert.ok(readme.includes(text), `www/npm/README.md does not contain examples/${f}`);
+  }
+});
+
 test("the README's Node example runs and agrees with the CLI", () => {
   fs.copyFileSync(path.join(root, 'www/npm/examples/node.mjs'), path.join(app, 'node.mjs'));
   const out = execFileSync('node', ['node.mjs', 'demo.png', path.basename(files.r18)], { cwd: app, encoding: 'utf8' });

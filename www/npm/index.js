@@ -174,8 +174,13 @@ export async function load(options) {
     }
   };
   const engine = await create();
+  return new Model(engine, await describe(engine), create);
+}
+
+/** The public `info` of an engine. */
+async function describe(engine) {
   const raw = engine.info;
-  const info = {
+  return Object.freeze({
     id: raw.id,
     backend: raw.backend,
     adapter: raw.backend === 'webgpu' ? await adapterName(raw.adapter) : null,
@@ -184,8 +189,7 @@ export async function load(options) {
     labels: raw.labels,
     numClasses: raw.numClasses,
     warnings: raw.warnings,
-  };
-  return new Model(engine, info, create);
+  });
 }
 
 const IMAGE_HELP = 'an image is a Blob/File, encoded bytes (Uint8Array/ArrayBuffer), ImageData, ImageBitmap, an <img> or <canvas>, or { data, width, height, channels: 3 | 4 }';
@@ -256,7 +260,7 @@ export class Model {
 
   constructor(engine, info, create) {
     this.#engine = engine;
-    this.#info = Object.freeze(info);
+    this.#info = info;
     this.#create = create;
   }
 
@@ -273,6 +277,8 @@ export class Model {
 
   async #call(f) {
     if (this.#disposed) fail('DISPOSED', 'this model was disposed');
+    // A recovery that failed earlier is tried again.
+    if (!this.#engine) await this.#recreate();
     try {
       return await f(this.#engine);
     } catch (e) {
@@ -280,14 +286,30 @@ export class Model {
       // A lost GPU device: prepare the model on a new device once, then run again.
       if (this.#info.backend !== 'webgpu' || !['DEVICE_LOST', 'GPU'].includes(err.code)) throw err;
       try { this.#engine.free(); } catch { /* already gone with the device */ }
-      this.#engine = await this.#create();
-      if (this.#disposed) { this.#engine.free(); fail('DISPOSED', 'this model was disposed'); }
+      this.#engine = null;
+      try {
+        await this.#recreate();
+      } catch (e2) {
+        if (e2.code === 'DISPOSED') throw e2;
+        throw new WebcnnError(err.code, `${err.message}; preparing the model on a new device failed: ${e2.message}`, { cause: e2 });
+      }
       try {
         return await f(this.#engine);
-      } catch (e2) {
-        throw wrap(e2);
+      } catch (e3) {
+        throw wrap(e3);
       }
     }
+  }
+
+  async #recreate() {
+    const engine = await this.#create();
+    if (this.#disposed) {
+      engine.free();
+      fail('DISPOSED', 'this model was disposed');
+    }
+    this.#engine = engine;
+    // 'auto' may land on the CPU if no GPU comes back.
+    this.#info = await describe(engine);
   }
 
   /** Top-`topK` classes of one image: `[{ index, label, probability }]`, best first. */
@@ -323,11 +345,12 @@ export class Model {
   dispose() {
     if (this.#disposed) return;
     this.#disposed = true;
-    try { this.#engine.free(); } catch { /* already freed */ }
+    try { this.#engine?.free(); } catch { /* already freed */ }
+    this.#engine = null;
   }
 
   /** @internal Destroy the GPU device, as a driver reset would (tests of recovery). */
   [Symbol.for('webcnn.loseDevice')]() {
-    return this.#engine._loseDevice();
+    return this.#engine?._loseDevice() ?? false;
   }
 }

@@ -58,7 +58,7 @@ enum Cmd {
 }
 
 pub struct GpuModel {
-    ctx: GpuContext,
+    /// The model's weights (and through them the device) this plan binds.
     weights: Arc<GpuWeights>,
     input_shape: Vec<usize>,
     output_shapes: Vec<Vec<usize>>,
@@ -184,12 +184,7 @@ impl GpuModel {
     }
 
     pub fn context(&self) -> &GpuContext {
-        &self.ctx
-    }
-
-    /// The model weights this plan binds.
-    pub fn weights(&self) -> &Arc<GpuWeights> {
-        &self.weights
+        self.weights.context()
     }
 
     fn encode(&self, enc: &mut wgpu::CommandEncoder) {
@@ -211,7 +206,7 @@ impl GpuModel {
     }
 
     fn check_alive(&self) -> Result<()> {
-        match &*self.ctx.shared.lost.lock().unwrap() {
+        match &*self.context().shared.lost.lock().unwrap() {
             Some(why) => Err(Error::DeviceLost(why.clone())),
             None => Ok(()),
         }
@@ -226,7 +221,7 @@ impl GpuModel {
             });
         }
         self.check_alive()?;
-        let s = &self.ctx.shared;
+        let s = &self.context().shared;
         let scope = s.device.push_error_scope(wgpu::ErrorFilter::Validation);
         s.queue
             .write_buffer(&self.upload, 0, bytemuck::cast_slice(input.data()));
@@ -251,7 +246,9 @@ impl GpuModel {
             }
             return Err(Error::Gpu(format!("running the graph: {e}")));
         }
-        mapped.map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
+        // Our buffers are never destroyed while mapped: a failed map means the device went
+        // away (its lost callback may come later).
+        mapped.map_err(|e| Error::DeviceLost(format!("reading results back: {e}")))?;
         let data: Vec<f32> = {
             let view = self
                 .readback
@@ -284,7 +281,7 @@ impl GpuModel {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn time_device(&self, iters: usize) -> Result<f64> {
         self.check_alive()?;
-        let s = &self.ctx.shared;
+        let s = &self.context().shared;
         let mut enc = s.device.create_command_encoder(&Default::default());
         for _ in 0..iters {
             self.encode(&mut enc);
@@ -302,7 +299,6 @@ impl GpuModel {
 fn batch_chunk(program: &Program, limit: u64) -> Result<usize> {
     let n = program.shape(program.input)[0];
     let per_image = |v| numel(&program.shape(v)[1..]) as u64 * 4;
-    // Largest batch chunk whose every activation fits one binding.
     let (biggest, big_v) = program
         .steps
         .iter()
@@ -312,9 +308,8 @@ fn batch_chunk(program: &Program, limit: u64) -> Result<usize> {
         .expect("an input");
     if biggest > limit {
         return Err(Error::DeviceLimit(format!(
-                "activation of '{big_v}' needs {biggest} bytes per image, more than the {}-byte storage binding limit",
-                limit
-            )));
+            "activation of '{big_v}' needs {biggest} bytes per image, more than the {limit}-byte storage binding limit"
+        )));
     }
     Ok(((limit / biggest) as usize).clamp(1, n))
 }
@@ -484,7 +479,6 @@ impl<'a> Builder<'a> {
         }
         let cmds = self.finish_pending();
         Ok(GpuModel {
-            ctx: self.ctx.clone(),
             weights: self.weights.clone(),
             input_shape,
             output_shapes: program.outputs.iter().map(|(_, s)| s.clone()).collect(),

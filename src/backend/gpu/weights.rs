@@ -186,8 +186,9 @@ impl GpuWeights {
         s.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        // A failed map means the device went away (see `GpuModel::run`).
         done.await
-            .map_err(|e| Error::Gpu(format!("reading a weight row: {e}")))?;
+            .map_err(|e| Error::DeviceLost(format!("reading a weight row: {e}")))?;
         let v = staging
             .slice(..)
             .get_mapped_range()
