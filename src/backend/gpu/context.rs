@@ -122,6 +122,22 @@ impl GpuContext {
         pollster::block_on(Self::new(opts))
     }
 
+    /// Run `f`, which creates device objects, inside validation and out-of-memory error
+    /// scopes: what they catch becomes `Error::Gpu("{what}: ...")` rather than a panic.
+    pub(crate) async fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let dev = &self.shared.device;
+        let val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let r = f();
+        let oom_err = oom.pop().await;
+        let val_err = val.pop().await;
+        let v = r?;
+        match oom_err.or(val_err) {
+            Some(e) => Err(Error::Gpu(format!("{what}: {e}"))),
+            None => Ok(v),
+        }
+    }
+
     /// Destroy the device, as a driver reset or a lost GPU would (for testing recovery).
     pub fn destroy(&self) {
         self.shared.device.destroy();

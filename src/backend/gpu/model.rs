@@ -162,17 +162,10 @@ impl GpuModel {
         let ctx = weights.context();
         let program = Program::new(graph, fuse);
         let params = program.params(weights.as_ref())?;
-        let dev = &ctx.shared.device;
-        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Builder::new(ctx, weights).build(&program, &params);
-        let oom_err = oom.pop().await;
-        let val_err = scope.pop().await;
-        let model = built?;
-        if let Some(e) = oom_err.or(val_err) {
-            return Err(Error::Gpu(format!("preparing the graph: {e}")));
-        }
-        Ok(model)
+        ctx.scoped("preparing the graph", || {
+            Builder::new(ctx, weights).build(&program, &params)
+        })
+        .await
     }
 
     pub fn memory(&self) -> &MemoryReport {

@@ -47,17 +47,10 @@ impl GpuWeights {
     /// Upload every parameter of `graph` from `weights` (checked against the graph's
     /// shapes). The caller may drop its host tensors afterwards.
     pub async fn upload(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
-        let dev = &ctx.shared.device;
-        let val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Self::upload_all(ctx, graph, weights);
-        let oom_err = oom.pop().await;
-        let val_err = val.pop().await;
-        let w = built?;
-        if let Some(e) = oom_err.or(val_err) {
-            return Err(Error::Gpu(format!("uploading the weights: {e}")));
-        }
-        Ok(w)
+        ctx.scoped("uploading the weights", || {
+            Self::upload_all(ctx, graph, weights)
+        })
+        .await
     }
 
     fn upload_all(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
