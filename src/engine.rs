@@ -41,13 +41,21 @@ pub struct Target {
 }
 
 impl Target {
-    /// Open `device`: `Gpu` fails without an adapter; `Auto` falls back to the CPU with a
-    /// notice saying why.
+    /// Open `device`: `Gpu` fails without an adapter; `Auto` takes the GPU unless there is
+    /// none or it is a software renderer (which the CPU backend outruns 10-20x), and then
+    /// runs on the CPU with a notice saying why.
     pub async fn open(device: Device) -> Result<Target> {
         match device {
             Device::Cpu => Ok(Target::cpu()),
             Device::Gpu => Ok(Target::gpu(GpuContext::new(GpuOptions::default()).await?)),
             Device::Auto => match GpuContext::new(GpuOptions::default()).await {
+                Ok(c) if c.is_software() => Ok(Target {
+                    gpu: None,
+                    notice: Some(format!(
+                        "the GPU adapter '{}' is a software renderer, slower than the CPU backend; running on the CPU (ask for the GPU device to use it anyway)",
+                        c.adapter_name()
+                    )),
+                }),
                 Ok(c) => Ok(Target::gpu(c)),
                 Err(e) => Ok(Target {
                     gpu: None,

@@ -346,7 +346,7 @@ impl Engine {
                 .await
                 .map_err(js_err)?;
             let gpu = session.gpu_context().cloned();
-            let adapter = gpu.as_ref().map(|c| c.adapter_info().name.clone());
+            let adapter = gpu.as_ref().map(|c| c.adapter_name().to_string());
             let info = obj(&[
                 ("id", model.id.as_str().into()),
                 (

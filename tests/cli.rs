@@ -1,6 +1,7 @@
 //! The `webcnn` binary as other tools use it: `run` on .npy tensors, `classify` on
 //! images, `export-synthetic`, `models`, and errors that are one line, never a panic.
 
+mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use webcnn::prng::synth;
@@ -279,4 +280,43 @@ fn auto_device_falls_back_to_the_cpu_with_a_notice() {
         .output()
         .unwrap();
     fails(o, "no GPU adapter found");
+}
+
+#[test]
+fn auto_device_prefers_the_cpu_to_a_software_adapter() {
+    let img = tmp("software.png");
+    image::RgbImage::from_pixel(40, 40, image::Rgb([200, 99, 9]))
+        .save(&img)
+        .unwrap();
+    let run = |device: &str| {
+        bin()
+            .args([
+                "classify",
+                "--model",
+                "vgg11_cifar",
+                "--json",
+                "--device",
+                device,
+            ])
+            .args(["--weights", "synthetic:1"])
+            .arg(&img)
+            .output()
+            .unwrap()
+    };
+    let o = run("auto");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let j: serde_json::Value = serde_json::from_str(&ok(o)).unwrap();
+    // CI's only adapter is lavapipe; with a real GPU, auto keeps it.
+    if common::gpu().is_software() {
+        assert_eq!(j["backend"], "CPU", "{err}");
+        assert!(err.contains("software renderer"), "{err}");
+        // Asking for the GPU still gets it.
+        let forced: serde_json::Value = serde_json::from_str(&ok(run("gpu"))).unwrap();
+        assert!(
+            forced["backend"].as_str().unwrap().starts_with("GPU"),
+            "{forced}"
+        );
+    } else {
+        assert!(j["backend"].as_str().unwrap().starts_with("GPU"), "{j}");
+    }
 }

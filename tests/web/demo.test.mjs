@@ -94,7 +94,7 @@ test('WebGPU on SwiftShader: the top-5 equal the CLI, then weights come from the
     const ctx = await browser.newContext();
     const page = await ctx.newPage();
     page.on('console', (m) => m.type() === 'error' && console.log('[page]', m.text()));
-    await page.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1`);
+    await page.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1&device=webgpu`);
     assert.equal(await status(page, ['ready', 'error']), 'ready', await page.textContent('[data-testid=error]'));
     const backend = await page.textContent('[data-testid=backend]');
     assert.match(backend, /^WebGPU: /);
@@ -119,9 +119,16 @@ test('WebGPU on SwiftShader: the top-5 equal the CLI, then weights come from the
 
     // A second visit loads the same weights URL from the Cache API: no new request.
     const again = await ctx.newPage();
-    await again.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1`);
+    await again.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1&device=webgpu`);
     assert.equal(await status(again, ['ready', 'error']), 'ready');
     assert.equal(hits.get('/w/r18.safetensors'), 1, 'weights were downloaded again');
+
+    // Without ?device=webgpu the page takes 'auto', which prefers the CPU (wasm) backend
+    // to a software adapter such as SwiftShader, and says so.
+    const auto = await ctx.newPage();
+    await auto.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1`);
+    assert.equal(await status(auto, ['ready', 'error']), 'ready');
+    assert.match(await auto.textContent('[data-testid=backend]'), /^CPU \(wasm\) \(.*software renderer/);
   } finally {
     await browser.close();
   }

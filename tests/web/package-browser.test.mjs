@@ -105,6 +105,17 @@ test('WebGPU (SwiftShader): the example page equals the CLI; a golden case; devi
     assert.ok(e2 <= 1e-4, `after device loss: relative L2 ${e2}`);
     assert.equal(r.disposed, 'DISPOSED');
 
+    // 'auto' prefers the CPU backend to a software adapter, and says why.
+    const auto = await page.evaluate(async () => {
+      const { load } = await import('webcnn');
+      const m = await load({ model: 'resnet18', weights: 'synthetic:1', device: 'auto' });
+      const info = m.info;
+      m.dispose();
+      return info;
+    });
+    assert.equal(auto.backend, 'cpu');
+    assert.match(auto.notice, /software renderer/);
+
     // Recovery needs the weights again: when they cannot be had, the call fails with
     // DEVICE_LOST, saying why, and the next call tries again.
     const lost = await page.evaluate(async () => {

@@ -75,7 +75,7 @@ export interface Progress {
 export interface LoadOptions {
   model: ModelId;
   weights: WeightsSource;
-  /** 'auto' (default): WebGPU where there is an adapter, else the CPU (wasm). */
+  /** 'auto' (default): WebGPU on a hardware adapter, else the CPU (wasm); 'webgpu' forces WebGPU. */
   device?: Device;
   onProgress?: (p: Progress) => void;
   /** Keep downloads in the Cache API (browsers) or $WEBCNN_CACHE / ~/.cache/webcnn (Node). Default true. */

@@ -129,17 +129,6 @@ async function download(url, key, onProgress, useCache) {
   return bytes;
 }
 
-/** The adapter's name: wgpu leaves it empty in browsers, GPUAdapterInfo has it. */
-async function adapterName(fallback) {
-  try {
-    const info = (await navigator.gpu.requestAdapter())?.info;
-    const name = info && (info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(' '));
-    return name || fallback || 'WebGPU adapter';
-  } catch {
-    return fallback || 'WebGPU adapter';
-  }
-}
-
 /**
  * Load a model: weights fetched (and cached), checked against the model, and prepared
  * once on the device. Resolves to a Model.
@@ -174,16 +163,16 @@ export async function load(options) {
     }
   };
   const engine = await create();
-  return new Model(engine, await describe(engine), create);
+  return new Model(engine, describe(engine), create);
 }
 
 /** The public `info` of an engine. */
-async function describe(engine) {
+function describe(engine) {
   const raw = engine.info;
   return Object.freeze({
     id: raw.id,
     backend: raw.backend,
-    adapter: raw.backend === 'webgpu' ? await adapterName(raw.adapter) : null,
+    adapter: raw.adapter,
     notice: raw.notice,
     inputSize: raw.inputSize,
     labels: raw.labels,
@@ -309,7 +298,7 @@ export class Model {
     }
     this.#engine = engine;
     // 'auto' may land on the CPU if no GPU comes back.
-    this.#info = await describe(engine);
+    this.#info = describe(engine);
   }
 
   /** Top-`topK` classes of one image: `[{ index, label, probability }]`, best first. */

@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub binding_limit: u64,
+    /// A software renderer (lavapipe, SwiftShader, WARP): slower than the CPU backend.
+    pub software: bool,
+    /// The adapter's name (in browsers from `GPUAdapterInfo`: wgpu leaves it empty).
+    pub name: String,
     pub lost: Arc<Mutex<Option<String>>>,
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<(Shader, &'static str), wgpu::ComputePipeline>>,
@@ -80,6 +84,10 @@ impl GpuContext {
             .await
             .map_err(no_adapter)?;
         let info = adapter.get_info();
+        #[cfg(not(target_arch = "wasm32"))]
+        let (software, name) = (info.device_type == wgpu::DeviceType::Cpu, info.name.clone());
+        #[cfg(target_arch = "wasm32")]
+        let (software, name) = browser_adapter().await;
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -109,6 +117,8 @@ impl GpuContext {
                 info,
                 limits,
                 binding_limit,
+                software,
+                name,
                 lost,
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
@@ -141,6 +151,17 @@ impl GpuContext {
     /// Destroy the device, as a driver reset or a lost GPU would (for testing recovery).
     pub fn destroy(&self) {
         self.shared.device.destroy();
+    }
+
+    /// Whether the adapter is a software renderer (natively: device type CPU, such as
+    /// lavapipe / llvmpipe / WARP; in browsers: a fallback adapter, or SwiftShader).
+    pub fn is_software(&self) -> bool {
+        self.shared.software
+    }
+
+    /// The adapter's name (browsers too, where wgpu's `AdapterInfo` has none).
+    pub fn adapter_name(&self) -> &str {
+        &self.shared.name
     }
 
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
@@ -212,6 +233,50 @@ fn has_navigator_gpu() -> bool {
     };
     let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
     !gpu.is_undefined() && !gpu.is_null()
+}
+
+/// wgpu's browser backend reports no device type or name: ask `GPUAdapterInfo` itself.
+/// Returns (software renderer?, name).
+#[cfg(target_arch = "wasm32")]
+async fn browser_adapter() -> (bool, String) {
+    use wasm_bindgen::{JsCast, JsValue};
+    let unknown = || (false, "WebGPU adapter".to_string());
+    let get =
+        |o: &JsValue, k: &str| js_sys::Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED);
+    let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
+    let Ok(request) = get(&gpu, "requestAdapter").dyn_into::<js_sys::Function>() else {
+        return unknown();
+    };
+    let Some(promise) = request
+        .call0(&gpu)
+        .ok()
+        .and_then(|p| p.dyn_into::<js_sys::Promise>().ok())
+    else {
+        return unknown();
+    };
+    let Ok(adapter) = wasm_bindgen_futures::JsFuture::from(promise).await else {
+        return unknown();
+    };
+    let info = get(&adapter, "info");
+    let text = |k: &str| get(&info, k).as_string().unwrap_or_default();
+    let software = get(&info, "isFallbackAdapter").is_truthy()
+        || get(&adapter, "isFallbackAdapter").is_truthy()
+        || ["architecture", "description", "device"]
+            .iter()
+            .any(|k| text(k).to_lowercase().contains("swiftshader"));
+    let name = match text("description") {
+        d if !d.is_empty() => d,
+        _ => ["vendor", "architecture", "device"]
+            .iter()
+            .map(|k| text(k))
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    if name.is_empty() {
+        return (software, unknown().1);
+    }
+    (software, name)
 }
 
 #[cfg(target_arch = "wasm32")]
