@@ -1,35 +1,55 @@
-//! `webcnn bench`: each convolution shape of ResNet-50 and VGG-16 (at 224x224) as a
-//! one-layer graph, timed on the GPU (device time, many passes per submit) and on the
-//! CPU backend. A table, never an assertion: compare ratios within one run.
+//! `webcnn bench`: whole models on the CPU and GPU backends (first, median and minimum run
+//! time, GFLOP/s, peak RSS; `--profile` per layer; `--json` for scripts), or with
+//! `--layers` each convolution shape of ResNet-50 and VGG-16 (at 224x224) as a one-layer
+//! graph. Tables, never assertions: compare ratios within one run.
 
 use clap::ValueEnum;
+use std::sync::Arc;
 use std::time::Instant;
 use webcnn::backend::cpu::CpuModel;
-use webcnn::backend::gpu::{GpuContext, GpuModel, GpuOptions};
+use webcnn::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights};
 use webcnn::graph::{Conv2d, GraphBuilder};
+use webcnn::models::Model;
 use webcnn::prng::{synth, synth_params};
 use webcnn::Graph;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Which network's layers.
-    #[arg(long, value_enum, default_value = "all")]
-    model: Which,
-    /// Timed passes per layer and backend (after one warm-up).
-    #[arg(long, default_value_t = 3)]
-    iters: usize,
-    /// Batch size.
+    /// Models to time, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "resnet18,resnet50,vgg16,alexnet"
+    )]
+    models: Vec<String>,
+    /// Backends, comma-separated: cpu, gpu.
+    #[arg(long, value_delimiter = ',', default_value = "cpu,gpu")]
+    device: Vec<BenchDevice>,
+    /// Images per batch (the model's default input size).
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Skip the CPU backend.
+    /// Timed runs per model and backend, after the first.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// One JSON object per model and backend, one per line.
     #[arg(long)]
-    no_cpu: bool,
-    /// Skip the GPU backend.
+    json: bool,
+    /// Also print the time of every layer (fused step).
     #[arg(long)]
-    no_gpu: bool,
-    /// Only layers whose name contains this.
+    profile: bool,
+    /// Instead of models: each convolution shape of ResNet-50 and/or VGG-16 as a one-layer
+    /// graph, on the GPU (device time) and the CPU.
+    #[arg(long, value_enum)]
+    layers: Option<Which>,
+    /// With --layers: only layers whose name contains this.
     #[arg(long)]
     filter: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchDevice {
+    Cpu,
+    Gpu,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,8 +120,195 @@ fn gflops(macs: u64, secs: f64) -> String {
     format!("{:.1}", 2.0 * macs as f64 / secs / 1e9)
 }
 
-pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut shapes: Vec<&Shape> = match a.model {
+type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Peak resident memory since the last reset, in MiB (Linux; None elsewhere).
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One model on one backend: first, median and minimum run times (input upload and
+/// read-back included), GFLOP/s at the median, peak RSS, and per-step times.
+struct Timing {
+    model: String,
+    device: &'static str,
+    backend: String,
+    first: f64,
+    median: f64,
+    min: f64,
+    gflops: f64,
+    peak_rss_mb: Option<f64>,
+    steps: Vec<(String, f64)>,
+}
+
+fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>) -> R<Timing> {
+    let model = Model::get(id)?;
+    let graph = model.default_graph(a.batch.max(1));
+    let w = synth_params(&graph, 1)?;
+    let x = synth("input", graph.input_shape(), 2)?;
+    let iters = a.iters.max(1);
+    reset_peak_rss();
+    let mut times = Vec::with_capacity(iters);
+    let (first, backend, steps) = match (device, ctx) {
+        (BenchDevice::Gpu, Some(ctx)) => {
+            let weights = Arc::new(pollster::block_on(GpuWeights::upload(ctx, &graph, &w))?);
+            drop(w);
+            let mut m = pollster::block_on(GpuModel::prepare_shared(&graph, &weights, true))?;
+            let t = Instant::now();
+            m.run_blocking(&x)?;
+            let first = t.elapsed().as_secs_f64();
+            for _ in 0..iters {
+                let t = Instant::now();
+                m.run_blocking(&x)?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            let steps = if a.profile {
+                m.time_steps(iters.min(5))?
+            } else {
+                vec![]
+            };
+            (first, format!("GPU: {}", ctx.describe()), steps)
+        }
+        (BenchDevice::Gpu, None) => return Err("no GPU adapter: drop gpu from --device".into()),
+        (BenchDevice::Cpu, _) => {
+            let m = CpuModel::prepare_shared(&graph, &Arc::new(w), true)?;
+            let t = Instant::now();
+            m.run(&x)?;
+            let first = t.elapsed().as_secs_f64();
+            for _ in 0..iters {
+                let t = Instant::now();
+                m.run(&x)?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            let steps = if a.profile {
+                m.run_profiled(&x)?.1
+            } else {
+                vec![]
+            };
+            let threads = rayon::current_num_threads();
+            (first, format!("CPU: {threads} threads"), steps)
+        }
+    };
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let median = median(&mut times);
+    Ok(Timing {
+        model: id.to_string(),
+        device: match device {
+            BenchDevice::Cpu => "cpu",
+            BenchDevice::Gpu => "gpu",
+        },
+        backend,
+        first,
+        median,
+        min,
+        gflops: 2.0 * graph.macs() as f64 / median / 1e9,
+        peak_rss_mb: peak_rss_mb(),
+        steps,
+    })
+}
+
+pub fn run(a: Args) -> R<()> {
+    if let Some(which) = a.layers {
+        return run_layers(which, &a);
+    }
+    let ctx = if a.device.contains(&BenchDevice::Gpu) {
+        Some(GpuContext::new_blocking(GpuOptions::default())?)
+    } else {
+        None
+    };
+    if !a.json {
+        println!(
+            "batch {}, {} timed runs after the first; times include input upload and read-back\n",
+            a.batch.max(1),
+            a.iters.max(1)
+        );
+        println!(
+            "| {:<10} | {:<52} | {:>10} | {:>10} | {:>10} | {:>8} | {:>9} |",
+            "model", "backend", "first ms", "median ms", "min ms", "GFLOP/s", "peak RSS"
+        );
+        println!(
+            "|{:-<12}|{:-<54}|{:-<12}|{:-<12}|{:-<12}|{:-<10}|{:-<11}|",
+            "", "", "", "", "", "", ""
+        );
+    }
+    let mut profiles = vec![];
+    for id in &a.models {
+        for &device in &a.device {
+            let t = time_model(id, device, &a, ctx.as_ref())?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "model": t.model, "device": t.device, "backend": t.backend,
+                        "batch": a.batch.max(1), "median_ms": t.median * 1e3,
+                        "min_ms": t.min * 1e3, "first_ms": t.first * 1e3,
+                        "gflops": t.gflops, "peak_rss_mb": t.peak_rss_mb,
+                        "layers": t.steps.iter().map(|(n, s)| serde_json::json!({"layer": n, "ms": s * 1e3})).collect::<Vec<_>>(),
+                    })
+                );
+            } else {
+                println!(
+                    "| {:<10} | {:<52} | {:>10} | {:>10} | {:>10} | {:>8.1} | {:>9} |",
+                    t.model,
+                    t.backend,
+                    ms(t.first),
+                    ms(t.median),
+                    ms(t.min),
+                    t.gflops,
+                    t.peak_rss_mb
+                        .map_or("-".to_string(), |m| format!("{m:.0} MiB"))
+                );
+            }
+            if !t.steps.is_empty() {
+                profiles.push(t);
+            }
+        }
+    }
+    if !a.json {
+        for t in profiles {
+            let total: f64 = t.steps.iter().map(|(_, s)| s).sum();
+            println!("\n{} on {}: per layer (fused steps)", t.model, t.backend);
+            println!("| {:<48} | {:>9} | {:>6} |", "layer", "ms", "share");
+            println!("|{:-<50}|{:-<11}|{:-<8}|", "", "", "");
+            for (n, s) in &t.steps {
+                println!(
+                    "| {:<48} | {:>9} | {:>5.1}% |",
+                    n,
+                    ms(*s),
+                    100.0 * s / total
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_layers(which: Which, a: &Args) -> R<()> {
+    let mut shapes: Vec<&Shape> = match which {
         Which::Resnet50 => RESNET50.iter().collect(),
         Which::Vgg16 => VGG16.iter().collect(),
         Which::All => RESNET50.iter().chain(VGG16).collect(),
@@ -110,10 +317,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         shapes.retain(|s| s.0.contains(f.as_str()));
     }
     let iters = a.iters.max(1);
-    let ctx = if a.no_gpu {
-        None
-    } else {
+    let ctx = if a.device.contains(&BenchDevice::Gpu) {
         Some(GpuContext::new_blocking(GpuOptions::default())?)
+    } else {
+        None
     };
     if let Some(c) = &ctx {
         println!("GPU: {}", c.describe());
@@ -152,7 +359,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             None => None,
         };
-        let cpu = if a.no_cpu {
+        let cpu = if !a.device.contains(&BenchDevice::Cpu) {
             None
         } else {
             let m = CpuModel::prepare(&g, &w)?;

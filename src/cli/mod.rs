@@ -22,7 +22,7 @@ struct Cli {
 enum Cmd {
     /// GPU adapters, the one webcnn picks, and its limits.
     Info,
-    /// Per-layer GPU and CPU timings for the convolution shapes of ResNet-50 and VGG-16.
+    /// Time whole models on the CPU and GPU backends (table or JSON; --profile per layer).
     Bench(bench::Args),
     /// Run a model on a float32 NCHW .npy tensor; write its output as .npy.
     Run(infer::RunArgs),

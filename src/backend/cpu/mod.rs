@@ -14,6 +14,9 @@ use std::sync::Arc;
 /// A model's weights on the CPU: the one host copy every plan of the model reads.
 pub type CpuWeights = Arc<TensorMap>;
 
+/// Seconds per program step, named by its nodes joined with '+'.
+pub type StepTimes = Vec<(String, f64)>;
+
 /// A graph prepared for the CPU: lowered, with its small parameters checked and folded;
 /// conv and linear weights are read from the shared [`CpuWeights`].
 pub struct CpuModel {
@@ -67,6 +70,20 @@ impl CpuModel {
 
     /// Run on `input`; returns the graph's outputs in order.
     pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>> {
+        self.run_timed(input, None)
+    }
+
+    /// Run on `input`, also timing each program step (its nodes joined, seconds).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_profiled(&self, input: &Tensor) -> Result<(Vec<Tensor>, StepTimes)> {
+        let mut times = vec![];
+        let out = self.run_timed(input, Some(&mut times))?;
+        Ok((out, times))
+    }
+
+    // Instant is native-only: wasm never asks for times.
+    #[cfg_attr(target_arch = "wasm32", allow(unused_mut, unused_variables))]
+    fn run_timed(&self, input: &Tensor, mut times: Option<&mut StepTimes>) -> Result<Vec<Tensor>> {
         let p = &self.program;
         if input.shape() != self.input_shape() {
             return Err(Error::InputShape {
@@ -89,7 +106,13 @@ impl CpuModel {
                 .as_ref()
                 .and_then(|k| self.weights.get(k))
                 .map_or(&[][..], |t| t.data());
+            #[cfg(not(target_arch = "wasm32"))]
+            let t0 = std::time::Instant::now();
             let out = kernels::run_step(step, params, weight, &ins, residual, p.shape(step.output));
+            #[cfg(not(target_arch = "wasm32"))]
+            if let Some(t) = times.as_deref_mut() {
+                t.push((step.nodes.join("+"), t0.elapsed().as_secs_f64()));
+            }
             for v in step.inputs.iter().chain(step.residual.iter()) {
                 if self.last_use.get(v) == Some(&i) && !keep.contains(v) {
                     values.remove(v);

@@ -41,6 +41,9 @@ struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
+    /// The program step it belongs to (for per-layer profiles, native only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    step: usize,
 }
 
 /// A buffer-to-buffer copy: batch chunks in and out of the activation slots.
@@ -62,6 +65,9 @@ pub struct GpuModel {
     weights: Arc<GpuWeights>,
     input_shape: Vec<usize>,
     output_shapes: Vec<Vec<usize>>,
+    /// Each program step's nodes, joined (for profiles, native only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    step_names: Vec<String>,
     upload: wgpu::Buffer,
     readback: wgpu::Buffer,
     cmds: Vec<Cmd>,
@@ -100,6 +106,7 @@ struct Pending {
     params: Vec<u32>,
     binds: Vec<(u32, Bind)>,
     groups: [u32; 3],
+    step: usize,
 }
 
 enum PendingCmd {
@@ -269,6 +276,42 @@ impl GpuModel {
         pollster::block_on(self.run(input))
     }
 
+    /// Seconds per pass of each program step on the device: the step's dispatches
+    /// encoded `iters` times in one submit (for `bench --profile`). Inputs are whatever
+    /// the buffers hold, which does not change the work.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn time_steps(&self, iters: usize) -> Result<Vec<(String, f64)>> {
+        self.check_alive()?;
+        let s = &self.context().shared;
+        let mut out = vec![];
+        for (i, name) in self.step_names.iter().enumerate() {
+            let mut enc = s.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                for _ in 0..iters.max(1) {
+                    for c in &self.cmds {
+                        let Cmd::Pass(ds) = c else { continue };
+                        for d in ds.iter().filter(|d| d.step == i) {
+                            pass.set_pipeline(&d.pipeline);
+                            pass.set_bind_group(0, &d.bind_group, &[]);
+                            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                        }
+                    }
+                }
+            }
+            let t = std::time::Instant::now();
+            s.queue.submit([enc.finish()]);
+            s.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            out.push((
+                name.clone(),
+                t.elapsed().as_secs_f64() / iters.max(1) as f64,
+            ));
+        }
+        Ok(out)
+    }
+
     /// Seconds per forward pass on the device alone: `iters` passes encoded in one
     /// submit, no upload or read-back (for benchmarks).
     #[cfg(not(target_arch = "wasm32"))]
@@ -315,6 +358,8 @@ struct Builder<'a> {
     pending: Vec<PendingCmd>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
+    /// The step whose dispatches are being planned.
+    step: usize,
 }
 
 impl<'a> Builder<'a> {
@@ -333,6 +378,7 @@ impl<'a> Builder<'a> {
             pending: vec![],
             dummy,
             report: MemoryReport::default(),
+            step: 0,
         }
     }
 
@@ -447,7 +493,8 @@ impl<'a> Builder<'a> {
                     size: nb as u64 * pi,
                 }));
             }
-            for (step, up) in program.steps.iter().zip(&uploaded) {
+            for (i, (step, up)) in program.steps.iter().zip(&uploaded).enumerate() {
+                self.step = i;
                 let bind = |v| {
                     let len = numel(&program.shape(v)[1..]) * nb;
                     Bind::floats(&slots[plan.slot_of[&v]], len)
@@ -475,6 +522,7 @@ impl<'a> Builder<'a> {
             weights: self.weights.clone(),
             input_shape,
             output_shapes: program.outputs.iter().map(|(_, s)| s.clone()).collect(),
+            step_names: program.steps.iter().map(|s| s.nodes.join("+")).collect(),
             upload,
             readback,
             cmds,
@@ -534,6 +582,7 @@ impl<'a> Builder<'a> {
             params,
             binds,
             groups,
+            step: self.step,
         }));
     }
 
@@ -825,6 +874,7 @@ impl<'a> Builder<'a> {
                         pipeline,
                         bind_group,
                         groups: d.groups,
+                        step: d.step,
                     };
                     match cmds.last_mut() {
                         Some(Cmd::Pass(v)) => v.push(dispatch),
