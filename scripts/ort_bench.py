@@ -1,0 +1,185 @@
+"""ONNX Runtime on the CPU next to webcnn's CPU backend, in one run: the ratio table.
+
+The ONNX models are torchvision's ResNet-18/50, VGG-16 and AlexNet at 224x224 (eval mode,
+random weights), built layer by layer with onnx.helper so that no PyTorch install is needed.
+Run through scripts/bench-ort, which makes the virtual environment and builds webcnn.
+
+    python scripts/ort_bench.py --webcnn target/release/webcnn [--threads 2] [--iters 20] [--batch 1]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+
+class Builder:
+    def __init__(self, batch):
+        self.nodes, self.inits, self.n = [], [], 0
+        self.x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 224, 224])
+        self.rng = np.random.default_rng(0)
+
+    def name(self, p):
+        self.n += 1
+        return f"{p}{self.n}"
+
+    def init(self, arr):
+        n = self.name("w")
+        self.inits.append(numpy_helper.from_array(arr.astype(np.float32), n))
+        return n
+
+    def op(self, kind, inputs, **attrs):
+        out = self.name(kind.lower())
+        self.nodes.append(helper.make_node(kind, inputs, [out], **attrs))
+        return out
+
+    def conv(self, x, cin, cout, k, s=1, p=0, bias=True):
+        w = self.init(self.rng.standard_normal((cout, cin, k, k)) * np.sqrt(2 / (cin * k * k)))
+        ins = [x, w] + ([self.init(self.rng.standard_normal(cout) * 0.01)] if bias else [])
+        return self.op("Conv", ins, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
+
+    def bn(self, x, c):
+        scale = self.init(1 + 0.1 * self.rng.standard_normal(c))
+        shift = self.init(0.1 * self.rng.standard_normal(c))
+        mean = self.init(0.1 * self.rng.standard_normal(c))
+        var = self.init(1 + 0.1 * self.rng.random(c))
+        return self.op("BatchNormalization", [x, scale, shift, mean, var], epsilon=1e-5)
+
+    def relu(self, x):
+        return self.op("Relu", [x])
+
+    def maxpool(self, x, k, s, p=0):
+        return self.op("MaxPool", [x], kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
+
+    def linear(self, x, fin, fout):
+        w = self.init(self.rng.standard_normal((fout, fin)) * np.sqrt(1 / fin))
+        b = self.init(self.rng.standard_normal(fout) * 0.01)
+        return self.op("Gemm", [x, w, b], transB=1)
+
+    def model(self, y, name):
+        out = helper.make_tensor_value_info(y, TensorProto.FLOAT, None)
+        g = helper.make_graph(self.nodes, name, [self.x], [out], self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+
+def resnet(batch, blocks, bottleneck):
+    b = Builder(batch)
+    x = b.relu(b.bn(b.conv("input", 3, 64, 7, 2, 3, bias=False), 64))
+    x = b.maxpool(x, 3, 2, 1)
+    cin = 64
+    for stage, (width, count) in enumerate(zip([64, 128, 256, 512], blocks)):
+        for i in range(count):
+            s = 2 if stage > 0 and i == 0 else 1
+            cout = width * 4 if bottleneck else width
+            if bottleneck:
+                y = b.relu(b.bn(b.conv(x, cin, width, 1, bias=False), width))
+                y = b.relu(b.bn(b.conv(y, width, width, 3, s, 1, bias=False), width))
+                y = b.bn(b.conv(y, width, cout, 1, bias=False), cout)
+            else:
+                y = b.relu(b.bn(b.conv(x, cin, width, 3, s, 1, bias=False), width))
+                y = b.bn(b.conv(y, width, width, 3, 1, 1, bias=False), width)
+            short = x if s == 1 and cin == cout else b.bn(b.conv(x, cin, cout, 1, s, bias=False), cout)
+            x = b.relu(b.op("Add", [y, short]))
+            cin = cout
+    x = b.op("Flatten", [b.op("GlobalAveragePool", [x])])
+    return b.model(b.linear(x, cin, 1000), "resnet")
+
+
+def vgg16(batch):
+    b = Builder(batch)
+    x, cin = "input", 3
+    for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]:
+        if v == "M":
+            x = b.maxpool(x, 2, 2)
+        else:
+            x, cin = b.relu(b.conv(x, cin, v, 3, 1, 1)), v
+    # At 224x224 the adaptive 7x7 average pool is the identity.
+    x = b.op("Flatten", [x])
+    x = b.relu(b.linear(x, 512 * 7 * 7, 4096))
+    x = b.relu(b.linear(x, 4096, 4096))
+    return b.model(b.linear(x, 4096, 1000), "vgg16")
+
+
+def alexnet(batch):
+    b = Builder(batch)
+    x = b.maxpool(b.relu(b.conv("input", 3, 64, 11, 4, 2)), 3, 2)
+    x = b.maxpool(b.relu(b.conv(x, 64, 192, 5, 1, 2)), 3, 2)
+    x = b.relu(b.conv(x, 192, 384, 3, 1, 1))
+    x = b.relu(b.conv(x, 384, 256, 3, 1, 1))
+    x = b.maxpool(b.relu(b.conv(x, 256, 256, 3, 1, 1)), 3, 2)
+    # At 224x224 the adaptive 6x6 average pool is the identity.
+    x = b.op("Flatten", [x])
+    x = b.relu(b.linear(x, 256 * 6 * 6, 4096))
+    x = b.relu(b.linear(x, 4096, 4096))
+    return b.model(b.linear(x, 4096, 1000), "alexnet")
+
+
+MODELS = {
+    "resnet18": lambda n: resnet(n, [2, 2, 2, 2], False),
+    "resnet50": lambda n: resnet(n, [3, 4, 6, 3], True),
+    "vgg16": vgg16,
+    "alexnet": alexnet,
+}
+
+
+def time_ort(model, batch, threads, iters):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    t = time.perf_counter()
+    sess.run(None, {"input": x})
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        sess.run(None, {"input": x})
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times), min(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--webcnn", required=True, help="the webcnn binary (release build)")
+    ap.add_argument("--models", default="resnet18,resnet50,vgg16,alexnet")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=1)
+    a = ap.parse_args()
+    rows = []
+    for name in a.models.split(","):
+        _, ort_med, ort_min = time_ort(MODELS[name](a.batch), a.batch, a.threads, a.iters)
+        out = subprocess.run(
+            [a.webcnn, "bench", "--models", name, "--device", "cpu", "--json",
+             "--iters", str(a.iters), "--batch", str(a.batch)],
+            check=True, capture_output=True, text=True,
+            env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)},
+        ).stdout
+        ours = json.loads(out.strip().splitlines()[-1])
+        rows.append((name, ort_med * 1e3, ort_min * 1e3, ours["median_ms"], ours["min_ms"]))
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"{time.strftime('%Y-%m-%d')}, {cpu}, {a.threads} threads, batch {a.batch}, "
+          f"onnxruntime {ort.__version__}, median of {a.iters} runs\n")
+    print("| model | ONNX Runtime ms | webcnn CPU ms | webcnn / ORT | images/s ORT | images/s webcnn |")
+    print("|---|---|---|---|---|---|")
+    for name, om, _, wm, _ in rows:
+        print(f"| {name} | {om:.1f} | {wm:.1f} | {wm / om:.2f}x | {a.batch * 1e3 / om:.1f} | {a.batch * 1e3 / wm:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
