@@ -5,7 +5,7 @@ use crate::backend::cpu::{CpuModel, CpuWeights};
 use crate::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights, MemoryReport};
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::lower::param;
+use crate::lower::Weights;
 use crate::tensor::Tensor;
 use crate::weights::TensorMap;
 use std::sync::Arc;
@@ -87,7 +87,7 @@ impl Target {
 /// A model's weights prepared on one device, loaded once.
 enum Store {
     Gpu(Arc<GpuWeights>),
-    Cpu(CpuWeights),
+    Cpu(Arc<CpuWeights>),
 }
 
 /// A graph (requested outputs, input shape) prepared over the shared weights: it owns
@@ -130,12 +130,7 @@ impl Session {
     pub async fn load(graph: &Graph, weights: TensorMap, target: &Target) -> Result<Session> {
         let store = match &target.gpu {
             Some(ctx) => Store::Gpu(Arc::new(GpuWeights::upload(ctx, graph, &weights).await?)),
-            None => {
-                for p in graph.params() {
-                    param(&weights, &p)?;
-                }
-                Store::Cpu(Arc::new(weights))
-            }
+            None => Store::Cpu(Arc::new(CpuWeights::new(graph, weights)?)),
         };
         Ok(Session {
             graph: graph.clone(),
@@ -262,7 +257,7 @@ impl Session {
             },
             Store::Cpu(w) => WeightBytes {
                 device: 0,
-                host: w.values().map(|t| t.len() as u64 * 4).sum(),
+                host: w.bytes(),
             },
         }
     }

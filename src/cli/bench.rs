@@ -6,7 +6,7 @@
 use clap::ValueEnum;
 use std::sync::Arc;
 use std::time::Instant;
-use webcnn::backend::cpu::CpuModel;
+use webcnn::backend::cpu::{CpuModel, CpuWeights};
 use webcnn::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights};
 use webcnn::graph::{Conv2d, GraphBuilder};
 use webcnn::models::Model;
@@ -195,7 +195,7 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
         }
         (BenchDevice::Gpu, None) => return Err("no GPU adapter: drop gpu from --device".into()),
         (BenchDevice::Cpu, _) => {
-            let m = CpuModel::prepare_shared(&graph, &Arc::new(w), true)?;
+            let m = CpuModel::prepare_shared(&graph, &Arc::new(CpuWeights::new(&graph, w)?), true)?;
             let t = Instant::now();
             m.run(&x)?;
             let first = t.elapsed().as_secs_f64();

@@ -32,50 +32,6 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
-/// `c[m x n] (row stride ldc) = a[m x k] (row-major) * b[k x n] (row stride ldb)`.
-#[allow(clippy::too_many_arguments)]
-fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    assert!(
-        a.len() >= (m - 1) * lda + k
-            && b.len() >= (k - 1) * ldb + n
-            && c.len() >= (m - 1) * ldc + n
-    );
-    // SAFETY: the bounds above cover every element the strides reach.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            false,
-            a.as_ptr(),
-            1,
-            lda as isize,
-            b.as_ptr(),
-            1,
-            ldb as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
-    }
-}
-
 fn dims4(s: &[usize]) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
@@ -92,7 +48,20 @@ pub fn run_step(
     let mut out = vec![0f32; numel(out_shape)];
     match &step.kernel {
         Kernel::Conv { cfg, .. } => {
-            conv2d(x, dims4(xs), cfg, p, weight, dims4(out_shape), &mut out)
+            // The conv applies its whole epilogue per tile.
+            let o = dims4(out_shape);
+            conv2d(
+                x,
+                dims4(xs),
+                cfg,
+                p,
+                weight,
+                o,
+                residual,
+                step.relu,
+                &mut out,
+            );
+            return out;
         }
         Kernel::Linear { cfg, .. } => {
             let (b, k, n) = (xs[0], cfg.in_features, cfg.out_features);
@@ -212,9 +181,54 @@ fn epilogue(out: &mut [f32], residual: Option<&[f32]>, relu: bool) {
     }
 }
 
-/// Largest im2col block, in f32 elements, to keep the column matrix in cache-sized pieces.
-const COL_BLOCK: usize = 1 << 21;
+/// Target size of one im2col tile, in f32 elements: it stays in a core's L2 cache while
+/// the GEMM reads it.
+const COL_TILE: usize = 96 * 1024;
 
+/// The output pointer shared by tiles that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every tile writes only its own rows x columns of the output (see `conv2d`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, so closures capture the whole (Send + Sync) wrapper, not the raw field.
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+fn threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        1
+    }
+}
+
+/// Run `f(task, scratch)` for every task, in parallel where threads exist, each thread
+/// with its own scratch buffer of `scratch` floats.
+fn par_tasks<T: Sync>(tasks: &[T], scratch: usize, f: impl Fn(&T, &mut [f32]) + Sync + Send) {
+    #[cfg(not(target_arch = "wasm32"))]
+    tasks
+        .par_iter()
+        .for_each_init(|| vec![0f32; scratch], |buf, t| f(t, buf));
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut buf = vec![0f32; scratch];
+        tasks.iter().for_each(|t| f(t, &mut buf));
+    }
+}
+
+/// Convolution as tiles of implicit GEMM: each tile is (image, group, run of output pixels,
+/// run of output channels); it gathers its im2col columns into a cache-sized scratch
+/// buffer (1x1 stride-1 convolutions read the input directly), multiplies on one thread,
+/// and applies the whole epilogue (scale, shift, residual, ReLU) while the tile is hot.
+#[allow(clippy::too_many_arguments)]
 fn conv2d(
     x: &[f32],
     [n, c, h, w]: [usize; 4],
@@ -222,6 +236,8 @@ fn conv2d(
     p: &StepParams,
     weight: &[f32],
     [_, oc, oh, ow]: [usize; 4],
+    residual: Option<&[f32]>,
+    relu: bool,
     out: &mut [f32],
 ) {
     let g = cfg.groups;
@@ -230,31 +246,93 @@ fn conv2d(
     let kdim = icg * kh * kw;
     let pix = oh * ow;
     let direct = kh == 1 && kw == 1 && cfg.stride == [1, 1] && cfg.padding == [0, 0];
-    let block = (COL_BLOCK / kdim).clamp(64, pix.max(64)).min(pix);
-    let mut col = if direct {
-        vec![]
+    let threads = threads();
+    // Pixel runs sized for the cache, and small enough to give every thread work.
+    let mut nb = (COL_TILE / kdim).clamp(16, pix.max(16));
+    let per_image = (n * g).max(1);
+    if per_image * pix.div_ceil(nb) < 2 * threads {
+        nb = nb.min(pix.div_ceil((2 * threads).div_ceil(per_image)).max(16));
+    }
+    nb = nb.min(pix);
+    // Few pixel runs (7x7 maps): split the output channels too.
+    let runs = per_image * pix.div_ceil(nb);
+    let m_split = if runs < 2 * threads {
+        (2 * threads).div_ceil(runs).min(ocg.div_ceil(16)).max(1)
     } else {
-        vec![0f32; kdim * block]
+        1
     };
+    // Multiples of 16 rows suit the GEMM's AVX-512 microkernel.
+    let mb = ocg.div_ceil(m_split).next_multiple_of(16).min(ocg);
+    let mut tasks = vec![];
     for b in 0..n {
         for gi in 0..g {
-            let xg = &x[(b * c + gi * icg) * h * w..(b * c + (gi + 1) * icg) * h * w];
-            let wg = &weight[gi * ocg * kdim..(gi + 1) * ocg * kdim];
-            let og = &mut out[(b * oc + gi * ocg) * pix..(b * oc + (gi + 1) * ocg) * pix];
-            if direct {
-                sgemm(ocg, pix, kdim, wg, kdim, xg, pix, og, pix);
-                continue;
-            }
-            for p0 in (0..pix).step_by(block) {
-                let nb = block.min(pix - p0);
-                im2col(xg, [icg, h, w], cfg, ow, p0, nb, &mut col[..kdim * nb]);
-                sgemm(ocg, nb, kdim, wg, kdim, &col, nb, &mut og[p0..], pix);
+            for p0 in (0..pix).step_by(nb) {
+                for m0 in (0..ocg).step_by(mb) {
+                    tasks.push((b, gi, p0, m0));
+                }
             }
         }
     }
-    par_chunks(out, pix, |i, o| {
-        let (scale, bias) = (p.scale[i % oc], p.bias[i % oc]);
-        o.iter_mut().for_each(|v| *v = *v * scale + bias);
+    let dst = OutPtr(out.as_mut_ptr());
+    let scratch = if direct { 0 } else { kdim * nb };
+    par_tasks(&tasks, scratch, |&(b, gi, p0, m0), col| {
+        let len = nb.min(pix - p0);
+        let rows = mb.min(ocg - m0);
+        let xg = &x[(b * c + gi * icg) * h * w..(b * c + (gi + 1) * icg) * h * w];
+        let (bmat, ldb) = if direct {
+            (&xg[p0..], pix)
+        } else {
+            im2col(xg, [icg, h, w], cfg, ow, p0, len, &mut col[..kdim * len]);
+            (&col[..kdim * len], len)
+        };
+        let wg = &weight[(gi * ocg + m0) * kdim..(gi * ocg + m0 + rows) * kdim];
+        let first_oc = gi * ocg + m0;
+        let base = (b * oc + first_oc) * pix + p0;
+        // SAFETY: this tile owns output rows first_oc..first_oc+rows of image b, columns
+        // p0..p0+len; no other tile touches them, and all lie inside `out`.
+        let tile =
+            |r: usize| unsafe { std::slice::from_raw_parts_mut(dst.at(base + r * pix), len) };
+        debug_assert!(base + (rows - 1) * pix + len <= n * oc * pix);
+        // SAFETY: a is rows x kdim (row-major), b is kdim x len with row stride ldb, and c is
+        // rows x len with row stride pix inside this tile's part of `out`.
+        unsafe {
+            gemm::gemm(
+                rows,
+                len,
+                kdim,
+                dst.at(base),
+                1,
+                pix as isize,
+                false,
+                wg.as_ptr(),
+                1,
+                kdim as isize,
+                bmat.as_ptr(),
+                1,
+                ldb as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+        for r in 0..rows {
+            let o = first_oc + r;
+            let (scale, shift) = (p.scale[o], p.bias[o]);
+            let row = tile(r);
+            row.iter_mut().for_each(|v| *v = *v * scale + shift);
+            if let Some(res) = residual {
+                let off = (b * oc + o) * pix + p0;
+                row.iter_mut()
+                    .zip(&res[off..off + len])
+                    .for_each(|(v, r)| *v += r);
+            }
+            if relu {
+                row.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
     });
 }
 
@@ -270,22 +348,48 @@ fn im2col(
 ) {
     let [kh, kw] = cfg.kernel;
     let ([sh, sw], [ph, pw], [dh, dw]) = (cfg.stride, cfg.padding, cfg.dilation);
-    par_chunks(col, nb, |row, dst| {
+    for (row, dst) in col.chunks_exact_mut(nb).enumerate() {
         let (ci, r) = (row / (kh * kw), row % (kh * kw));
         let (ky, kx) = (r / kw, r % kw);
         let plane = &x[ci * h * w..(ci + 1) * h * w];
-        for (j, d) in dst.iter_mut().enumerate() {
-            let pidx = p0 + j;
-            let (oy, ox) = (pidx / ow, pidx % ow);
+        // Walk the block one output row at a time: no division per element.
+        let (mut oy, mut ox) = (p0 / ow, p0 % ow);
+        let mut j = 0;
+        while j < nb {
+            let run = (ow - ox).min(nb - j);
+            let d = &mut dst[j..j + run];
             let iy = (oy * sh + ky * dh) as isize - ph as isize;
-            let ix = (ox * sw + kx * dw) as isize - pw as isize;
-            *d = if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                plane[iy as usize * w + ix as usize]
+            if iy < 0 || iy as usize >= h {
+                d.fill(0.0);
             } else {
-                0.0
-            };
+                let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                let x0 = (kx * dw) as isize - pw as isize;
+                if sw == 1 {
+                    // A contiguous run of the input row, zero outside it.
+                    for (k, v) in d.iter_mut().enumerate() {
+                        let ix = x0 + (ox + k) as isize;
+                        *v = if ix >= 0 && (ix as usize) < w {
+                            src[ix as usize]
+                        } else {
+                            0.0
+                        };
+                    }
+                } else {
+                    for (k, v) in d.iter_mut().enumerate() {
+                        let ix = x0 + ((ox + k) * sw) as isize;
+                        *v = if ix >= 0 && (ix as usize) < w {
+                            src[ix as usize]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+            j += run;
+            ox = 0;
+            oy += 1;
         }
-    });
+    }
 }
 
 fn pool2d(

@@ -11,8 +11,43 @@ use crate::weights::TensorMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A model's weights on the CPU: the one host copy every plan of the model reads.
-pub type CpuWeights = Arc<TensorMap>;
+/// A model's weights on the CPU: the one host copy every plan of the model reads,
+/// checked against the model's graph. (Conv weights stay in PyTorch's `[oc, ic/g, kh, kw]`
+/// layout: the GEMM's own packing of them per tile measured faster than reading a
+/// column-major copy in place.)
+pub struct CpuWeights {
+    tensors: TensorMap,
+}
+
+impl Weights for CpuWeights {
+    fn get(&self, key: &str) -> Option<&Tensor> {
+        self.tensors.get(key)
+    }
+}
+
+impl CpuWeights {
+    /// Check `w` against `graph`'s parameters and take it over; keys the graph does not
+    /// use are dropped.
+    pub fn new(graph: &Graph, mut w: TensorMap) -> Result<Self> {
+        let mut tensors = TensorMap::new();
+        for p in graph.params() {
+            param(&w, &p)?;
+            let t = w.remove(&p.name).expect("checked");
+            tensors.insert(p.name, t);
+        }
+        Ok(CpuWeights { tensors })
+    }
+
+    /// A copy of the parameters `graph` needs from `w` (one-off models and tests).
+    pub fn copied(graph: &Graph, w: &dyn Weights) -> Result<Self> {
+        Self::new(graph, own_copy(graph, w)?)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.len() as u64 * 4).sum()
+    }
+}
 
 /// Seconds per program step, named by its nodes joined with '+'.
 pub type StepTimes = Vec<(String, f64)>;
@@ -22,7 +57,7 @@ pub type StepTimes = Vec<(String, f64)>;
 pub struct CpuModel {
     program: Program,
     params: Vec<StepParams>,
-    weights: CpuWeights,
+    weights: Arc<CpuWeights>,
     last_use: HashMap<Value, usize>,
 }
 
@@ -43,11 +78,11 @@ impl CpuModel {
 
     /// `fuse: false` runs every node as its own step (to test the fusions).
     pub fn prepare_with(graph: &Graph, weights: &dyn Weights, fuse: bool) -> Result<Self> {
-        Self::prepare_shared(graph, &Arc::new(own_copy(graph, weights)?), fuse)
+        Self::prepare_shared(graph, &Arc::new(CpuWeights::copied(graph, weights)?), fuse)
     }
 
     /// Prepare a plan that reads the model's shared weights (no copy).
-    pub fn prepare_shared(graph: &Graph, weights: &CpuWeights, fuse: bool) -> Result<Self> {
+    pub fn prepare_shared(graph: &Graph, weights: &Arc<CpuWeights>, fuse: bool) -> Result<Self> {
         let program = Program::new(graph, fuse);
         let params = program.params(weights.as_ref())?;
         let mut last_use = HashMap::new();
@@ -101,11 +136,14 @@ impl CpuModel {
                 .map(|v| (values[v].as_slice(), p.shape(*v)))
                 .collect();
             let residual = step.residual.map(|v| values[&v].as_slice());
-            let weight = params
-                .weight
-                .as_ref()
-                .and_then(|k| self.weights.get(k))
-                .map_or(&[][..], |t| t.data());
+            let weight = match &params.weight {
+                Some(k) => self
+                    .weights
+                    .get(k)
+                    .map(|t| t.data())
+                    .ok_or_else(|| Error::MissingWeight(k.clone()))?,
+                None => &[][..],
+            };
             #[cfg(not(target_arch = "wasm32"))]
             let t0 = std::time::Instant::now();
             let out = kernels::run_step(step, params, weight, &ins, residual, p.shape(step.output));
