@@ -44,7 +44,9 @@ fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     for (var yy = win.h0; yy < win.h1; yy++) {
         for (var xx = win.w0; xx < win.w1; xx++) {
             let v = x[base + u32(yy) * prm.w + u32(xx)];
-            if (v != v && !nan) {
+            // Tested on the bits: compilers may fold `v != v` to false (fast math).
+            let bits = bitcast<u32>(v);
+            if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0u && !nan) {
                 nan = true;
                 nan_value = v;
             }

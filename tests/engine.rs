@@ -329,3 +329,59 @@ fn liveness_plan_shares_activation_buffers() {
     assert_eq!(m.memory().activations, 3 * per_tensor, "{:?}", m.memory());
     assert_eq!(m.memory().dispatches, 8);
 }
+
+#[test]
+fn max_pool_propagates_nan_like_pytorch() {
+    // 1x2x5x5 with a NaN in the top-left window of channel 0; k3 s2 p1, ceil mode.
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[1, 2, 5, 5]).unwrap();
+    let y = b
+        .max_pool2d(
+            "pool",
+            x,
+            Pool2d::new(3).stride(2).padding(1).ceil_mode(true),
+        )
+        .unwrap();
+    let g = b.build(&[y]).unwrap();
+    let mut data: Vec<f32> = (0..50).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+    data[6] = f32::NAN; // channel 0, row 1, column 1
+    let x = Tensor::new([1, 2, 5, 5], data.clone()).unwrap();
+    let w = HashMap::new();
+    // Plain reference: windows in padded coordinates, NaN wins.
+    let mut want = vec![];
+    for c in 0..2 {
+        for i in 0..3usize {
+            for j in 0..3usize {
+                let mut m = f32::NEG_INFINITY;
+                for yy in (2 * i).saturating_sub(1)..(2 * i + 2).min(5) {
+                    for xx in (2 * j).saturating_sub(1)..(2 * j + 2).min(5) {
+                        let v = data[c * 25 + yy * 5 + xx];
+                        if v.is_nan() || v > m {
+                            m = if m.is_nan() { m } else { v };
+                        }
+                    }
+                }
+                want.push(m);
+            }
+        }
+    }
+    let ctx = common::gpu();
+    for (name, got) in [
+        ("cpu", run_cpu(&g, &w, &x, true)),
+        ("gpu", run_gpu(&ctx, &g, &w, &x, true)),
+    ] {
+        let got = got[0].data();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (k, (o, e)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (o.is_nan() && e.is_nan()) || o == e,
+                "{name} output {k}: {o} vs {e}"
+            );
+        }
+        assert!(
+            got[0].is_nan() && got[1].is_nan() && got[3].is_nan() && got[4].is_nan(),
+            "{name}"
+        );
+        assert!(got[9..].iter().all(|v| v.is_finite()), "{name}");
+    }
+}

@@ -392,6 +392,26 @@ fn im2col(
     }
 }
 
+/// One axis of a pooling window: input range `lo..hi` (padding cut off) and the window's
+/// size including padding (for `count_include_pad`), per output index.
+fn pool_windows(
+    n_in: usize,
+    n_out: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Vec<(usize, usize, usize)> {
+    (0..n_out)
+        .map(|i| {
+            // Window in padded coordinates, as PyTorch computes it.
+            let start = (i * s) as isize - p as isize;
+            let end = (start + k as isize).min((n_in + p) as isize);
+            let (lo, hi) = (start.max(0) as usize, end.min(n_in as isize) as usize);
+            (lo, hi.max(lo), (end - start) as usize)
+        })
+        .collect()
+}
+
 fn pool2d(
     x: &[f32],
     [_, _, h, w]: [usize; 4],
@@ -401,42 +421,51 @@ fn pool2d(
     max: bool,
 ) {
     let ([kh, kw], [sh, sw], [ph, pw]) = (pool.kernel, pool.stride, pool.padding);
+    // The windows are the same for every plane: compute them once.
+    let rows = pool_windows(h, oh, kh, sh, ph);
+    let cols = pool_windows(w, ow, kw, sw, pw);
     par_chunks(out, oh * ow, |nc, o| {
         let plane = &x[nc * h * w..(nc + 1) * h * w];
-        for i in 0..oh {
-            for j in 0..ow {
-                // Window in padded coordinates, as PyTorch computes it.
-                let hs = (i * sh) as isize - ph as isize;
-                let ws = (j * sw) as isize - pw as isize;
-                let he = (hs + kh as isize).min((h + ph) as isize);
-                let we = (ws + kw as isize).min((w + pw) as isize);
-                let pool_size = ((he - hs) * (we - ws)) as f32;
-                let (h0, w0) = (hs.max(0) as usize, ws.max(0) as usize);
-                let (h1, w1) = (he.min(h as isize) as usize, we.min(w as isize) as usize);
-                let v = if max {
-                    let mut m = f32::NEG_INFINITY;
-                    for y in h0..h1 {
-                        for &v in &plane[y * w + w0..y * w + w1] {
-                            // NaN propagates as in PyTorch.
-                            if v > m || v.is_nan() {
-                                m = v;
-                            }
+        for (i, &(h0, h1, hk)) in rows.iter().enumerate() {
+            let orow = &mut o[i * ow..(i + 1) * ow];
+            if max {
+                orow.fill(f32::NEG_INFINITY);
+                let mut nan = false;
+                for y in h0..h1 {
+                    let src = &plane[y * w..(y + 1) * w];
+                    for (v, &(w0, w1, _)) in orow.iter_mut().zip(&cols) {
+                        for &e in &src[w0..w1] {
+                            *v = v.max(e);
+                            nan |= e.is_nan();
                         }
                     }
-                    m
-                } else {
-                    let mut s = 0f32;
-                    for y in h0..h1 {
-                        s += plane[y * w + w0..y * w + w1].iter().sum::<f32>();
+                }
+                // NaN propagates as in PyTorch (f32::max skips it): redo a row that has one.
+                if nan {
+                    for (j, &(w0, w1, _)) in cols.iter().enumerate() {
+                        if (h0..h1)
+                            .any(|y| plane[y * w + w0..y * w + w1].iter().any(|e| e.is_nan()))
+                        {
+                            orow[j] = f32::NAN;
+                        }
                     }
+                }
+            } else {
+                orow.fill(0.0);
+                for y in h0..h1 {
+                    let src = &plane[y * w..(y + 1) * w];
+                    for (v, &(w0, w1, _)) in orow.iter_mut().zip(&cols) {
+                        *v += src[w0..w1].iter().sum::<f32>();
+                    }
+                }
+                for (v, &(w0, w1, wk)) in orow.iter_mut().zip(&cols) {
                     let div = if pool.count_include_pad {
-                        pool_size
+                        hk * wk
                     } else {
-                        ((h1 - h0) * (w1 - w0)) as f32
+                        (h1 - h0) * (w1 - w0)
                     };
-                    s / div
-                };
-                o[i * ow + j] = v;
+                    *v /= div as f32;
+                }
             }
         }
     });
