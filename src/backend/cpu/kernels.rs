@@ -32,6 +32,49 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
+/// Batches up to this size take the streaming GEMV for linear layers.
+const GEMV_MAX_BATCH: usize = 4;
+
+/// `out[b, n] = x[b, k] . w[n, k] + bias[n]` for a few images: memory bound (VGG's fc6
+/// is 411 MB), so each weight row is read once, by one thread, for every image.
+fn gemv(x: &[f32], w: &[f32], bias: &[f32], b: usize, k: usize, n: usize, out: &mut [f32]) {
+    // Rows per task: enough work to amortise scheduling, enough tasks to share.
+    let rows = (n / (8 * threads())).clamp(1, 256);
+    let mut t = vec![0f32; n * b]; // [n][b]: each task writes whole rows
+    par_chunks(&mut t, rows * b, |ci, dst| {
+        let r0 = ci * rows;
+        for (r, d) in dst.chunks_mut(b).enumerate() {
+            let wr = &w[(r0 + r) * k..(r0 + r + 1) * k];
+            for (img, o) in d.iter_mut().enumerate() {
+                *o = dot(wr, &x[img * k..(img + 1) * k]) + bias[r0 + r];
+            }
+        }
+    });
+    for (r, vals) in t.chunks(b).enumerate() {
+        for (img, &v) in vals.iter().enumerate() {
+            out[img * n + r] = v;
+        }
+    }
+}
+
+/// A dot product in independent 16-wide lanes, so it vectorises without fast-math.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 fn dims4(s: &[usize]) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
@@ -65,32 +108,37 @@ pub fn run_step(
         }
         Kernel::Linear { cfg, .. } => {
             let (b, k, n) = (xs[0], cfg.in_features, cfg.out_features);
-            // out[b, n] = x[b, k] * W^T: W^T is W read with swapped strides.
-            unsafe {
-                gemm::gemm(
-                    b,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    weight.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
-                )
-            }
-            for row in out.chunks_mut(n) {
-                row.iter_mut().zip(&p.bias).for_each(|(o, b)| *o += b);
+            if b <= GEMV_MAX_BATCH {
+                gemv(x, weight, &p.bias, b, k, n, &mut out);
+            } else {
+                // out[b, n] = x[b, k] * W^T: W^T is W read with swapped strides.
+                // SAFETY: x is b x k, W is n x k and out is b x n, all row-major and whole.
+                unsafe {
+                    gemm::gemm(
+                        b,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        weight.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        parallelism(),
+                    )
+                }
+                for row in out.chunks_mut(n) {
+                    row.iter_mut().zip(&p.bias).for_each(|(o, b)| *o += b);
+                }
             }
         }
         Kernel::MaxPool(pool) => pool2d(x, dims4(xs), pool, dims4(out_shape), &mut out, true),
