@@ -385,3 +385,22 @@ fn max_pool_propagates_nan_like_pytorch() {
         assert!(got[9..].iter().all(|v| v.is_finite()), "{name}");
     }
 }
+
+#[test]
+fn cpu_runs_reuse_their_activation_slots_without_leaking_state() {
+    // Residual graph at batch 2: runs on x1, x2, x1 again; the slots are reused.
+    let g = residual_graph(2);
+    let w = synth_params(&g, 4).unwrap();
+    let m = CpuModel::prepare(&g, &w).unwrap();
+    let x1 = synth("input", g.input_shape(), 5).unwrap();
+    let x2 = synth("input", g.input_shape(), 6).unwrap();
+    let a = m.run(&x1).unwrap();
+    let b = m.run(&x2).unwrap();
+    let c = m.run(&x1).unwrap();
+    assert_eq!(a[0].data(), c[0].data());
+    assert_ne!(a[0].data(), b[0].data());
+    // The same as a fresh model, unfused too.
+    let fresh = run_cpu(&g, &w, &x2, false);
+    let e = rel_l2(b[0].data(), &f64s(&fresh[0]));
+    assert!(e <= 1e-5, "rel L2 {e:e}");
+}

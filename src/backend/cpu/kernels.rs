@@ -86,30 +86,21 @@ pub fn run_step(
     ins: &[(&[f32], &[usize])],
     residual: Option<&[f32]>,
     out_shape: &[usize],
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let (x, xs) = ins[0];
-    let mut out = vec![0f32; numel(out_shape)];
+    debug_assert_eq!(out.len(), numel(out_shape));
     match &step.kernel {
         Kernel::Conv { cfg, .. } => {
             // The conv applies its whole epilogue per tile.
             let o = dims4(out_shape);
-            conv2d(
-                x,
-                dims4(xs),
-                cfg,
-                p,
-                weight,
-                o,
-                residual,
-                step.relu,
-                &mut out,
-            );
-            return out;
+            conv2d(x, dims4(xs), cfg, p, weight, o, residual, step.relu, out);
+            return;
         }
         Kernel::Linear { cfg, .. } => {
             let (b, k, n) = (xs[0], cfg.in_features, cfg.out_features);
             if b <= GEMV_MAX_BATCH {
-                gemv(x, weight, &p.bias, b, k, n, &mut out);
+                gemv(x, weight, &p.bias, b, k, n, out);
             } else {
                 // out[b, n] = x[b, k] * W^T: W^T is W read with swapped strides.
                 // SAFETY: x is b x k, W is n x k and out is b x n, all row-major and whole.
@@ -141,12 +132,12 @@ pub fn run_step(
                 }
             }
         }
-        Kernel::MaxPool(pool) => pool2d(x, dims4(xs), pool, dims4(out_shape), &mut out, true),
-        Kernel::AvgPool(pool) => pool2d(x, dims4(xs), pool, dims4(out_shape), &mut out, false),
+        Kernel::MaxPool(pool) => pool2d(x, dims4(xs), pool, dims4(out_shape), out, true),
+        Kernel::AvgPool(pool) => pool2d(x, dims4(xs), pool, dims4(out_shape), out, false),
         Kernel::AdaptiveAvgPool { output } => {
             let [_, _, h, w] = dims4(xs);
             let [oh, ow] = *output;
-            par_chunks(&mut out, oh * ow, |nc, o| {
+            par_chunks(out, oh * ow, |nc, o| {
                 let plane = &x[nc * h * w..(nc + 1) * h * w];
                 for i in 0..oh {
                     let (h0, h1) = adaptive_range(i, h, oh);
@@ -161,10 +152,10 @@ pub fn run_step(
                 }
             });
         }
-        Kernel::Lrn(l) => lrn(x, dims4(xs), l, &mut out),
+        Kernel::Lrn(l) => lrn(x, dims4(xs), l, out),
         Kernel::BatchNorm { .. } => {
             let [_, c, h, w] = dims4(xs);
-            par_chunks(&mut out, h * w, |nc, o| {
+            par_chunks(out, h * w, |nc, o| {
                 let (s, t) = (p.scale[nc % c], p.bias[nc % c]);
                 o.iter_mut()
                     .zip(&x[nc * h * w..])
@@ -175,7 +166,7 @@ pub fn run_step(
             let [_, c, h, w] = dims4(xs);
             let cg = c / cfg.groups;
             let len = cg * h * w;
-            par_chunks(&mut out, len, |ng, o| {
+            par_chunks(out, len, |ng, o| {
                 let xs = &x[ng * len..(ng + 1) * len];
                 let mean = xs.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
                 let var = xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
@@ -197,7 +188,7 @@ pub fn run_step(
         Kernel::Softmax { dim } => {
             let c = xs[*dim];
             let inner: usize = xs[dim + 1..].iter().product();
-            par_chunks(&mut out, c * inner, |n, o| {
+            par_chunks(out, c * inner, |n, o| {
                 let xs = &x[n * c * inner..(n + 1) * c * inner];
                 for i in 0..inner {
                     let m = (0..c)
@@ -216,8 +207,7 @@ pub fn run_step(
             });
         }
     }
-    epilogue(&mut out, residual, step.relu || step.kernel == Kernel::Relu);
-    out
+    epilogue(out, residual, step.relu || step.kernel == Kernel::Relu);
 }
 
 fn epilogue(out: &mut [f32], residual: Option<&[f32]>, relu: bool) {

@@ -6,10 +6,11 @@ mod kernels;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Value};
 use crate::lower::{param, Program, StepParams, Weights};
+use crate::plan::MemoryPlan;
+use crate::tensor::numel;
 use crate::tensor::Tensor;
 use crate::weights::TensorMap;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A model's weights on the CPU: the one host copy every plan of the model reads,
 /// checked against the model's graph. (Conv weights stay in PyTorch's `[oc, ic/g, kh, kw]`
@@ -58,7 +59,10 @@ pub struct CpuModel {
     program: Program,
     params: Vec<StepParams>,
     weights: Arc<CpuWeights>,
-    last_use: HashMap<Value, usize>,
+    plan: MemoryPlan,
+    /// Activation slots, made at prepare and reused by every run (no allocation per run
+    /// but the outputs).
+    arena: Mutex<Vec<Vec<f32>>>,
 }
 
 /// The parameters `graph` names, copied out of `weights` (for one-off models and tests).
@@ -85,17 +89,15 @@ impl CpuModel {
     pub fn prepare_shared(graph: &Graph, weights: &Arc<CpuWeights>, fuse: bool) -> Result<Self> {
         let program = Program::new(graph, fuse);
         let params = program.params(weights.as_ref())?;
-        let mut last_use = HashMap::new();
-        for (i, s) in program.steps.iter().enumerate() {
-            for v in s.inputs.iter().chain(s.residual.iter()) {
-                last_use.insert(*v, i);
-            }
-        }
+        let batch = program.shape(program.input)[0];
+        let plan = MemoryPlan::new(&program, batch);
+        let arena = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
         Ok(CpuModel {
             program,
             params,
             weights: weights.clone(),
-            last_use,
+            plan,
+            arena: Mutex::new(arena),
         })
     }
 
@@ -126,16 +128,12 @@ impl CpuModel {
                 got: input.shape().to_vec(),
             });
         }
-        let keep: Vec<Value> = p.outputs.iter().map(|(v, _)| *v).collect();
-        let mut values: HashMap<Value, Vec<f32>> = HashMap::new();
-        values.insert(p.input, input.data().to_vec());
-        for (i, (step, params)) in p.steps.iter().zip(&self.params).enumerate() {
-            let ins: Vec<(&[f32], &[usize])> = step
-                .inputs
-                .iter()
-                .map(|v| (values[v].as_slice(), p.shape(*v)))
-                .collect();
-            let residual = step.residual.map(|v| values[&v].as_slice());
+        let mut guard = self.arena.lock().unwrap_or_else(|e| e.into_inner());
+        let slots: &mut Vec<Vec<f32>> = &mut guard;
+        let slot = &self.plan.slot_of;
+        let len = |v: Value| numel(p.shape(v));
+        slots[slot[&p.input]][..input.len()].copy_from_slice(input.data());
+        for (step, params) in p.steps.iter().zip(&self.params) {
             let weight = match &params.weight {
                 Some(k) => self
                     .weights
@@ -144,24 +142,39 @@ impl CpuModel {
                     .ok_or_else(|| Error::MissingWeight(k.clone()))?,
                 None => &[][..],
             };
+            // The plan never puts a step's output in the slot of one of its inputs: take
+            // the output slot out while the inputs are borrowed.
+            let o = slot[&step.output];
+            let mut out = std::mem::take(&mut slots[o]);
+            let ins: Vec<(&[f32], &[usize])> = step
+                .inputs
+                .iter()
+                .map(|&v| (&slots[slot[&v]][..len(v)], p.shape(v)))
+                .collect();
+            let residual = step.residual.map(|v| &slots[slot[&v]][..len(v)]);
             #[cfg(not(target_arch = "wasm32"))]
             let t0 = std::time::Instant::now();
-            let out = kernels::run_step(step, params, weight, &ins, residual, p.shape(step.output));
+            let n = len(step.output);
+            kernels::run_step(
+                step,
+                params,
+                weight,
+                &ins,
+                residual,
+                p.shape(step.output),
+                &mut out[..n],
+            );
             #[cfg(not(target_arch = "wasm32"))]
             if let Some(t) = times.as_deref_mut() {
                 t.push((step.nodes.join("+"), t0.elapsed().as_secs_f64()));
             }
-            for v in step.inputs.iter().chain(step.residual.iter()) {
-                if self.last_use.get(v) == Some(&i) && !keep.contains(v) {
-                    values.remove(v);
-                }
-            }
-            values.insert(step.output, out);
+            slots[o] = out;
         }
         Ok(p.outputs
             .iter()
             .map(|(v, shape)| {
-                Tensor::new(shape.clone(), values[v].clone()).expect("planned shapes")
+                let data = slots[slot[v]][..numel(shape)].to_vec();
+                Tensor::new(shape.clone(), data).expect("planned shapes")
             })
             .collect())
     }
