@@ -284,6 +284,12 @@ fn conv2d(
     let kdim = icg * kh * kw;
     let pix = oh * ow;
     let direct = kh == 1 && kw == 1 && cfg.stride == [1, 1] && cfg.padding == [0, 0];
+    // Shifted GEMMs beat im2col on large maps; on small ones (14x14 and below) the padded
+    // columns and the kh*kw short GEMMs cost more than the gather saves (measured).
+    if !direct && cfg.stride == [1, 1] && cfg.dilation == [1, 1] && pix >= SHIFT_MIN_PIXELS {
+        let dims = ([n, c, h, w], [oc, oh, ow]);
+        return conv2d_shifted(x, dims, cfg, p, weight, residual, relu, out);
+    }
     let threads = threads();
     // Pixel runs sized for the cache, and small enough to give every thread work.
     let mut nb = (COL_TILE / kdim).clamp(16, pix.max(16));
@@ -369,6 +375,152 @@ fn conv2d(
             }
             if relu {
                 row.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
+    });
+}
+
+/// The conv epilogue on one output row segment: scale and shift (bias, folded BatchNorm),
+/// then the residual, then ReLU.
+fn conv_epilogue(row: &mut [f32], scale: f32, shift: f32, residual: Option<&[f32]>, relu: bool) {
+    row.iter_mut().for_each(|v| *v = *v * scale + shift);
+    if let Some(res) = residual {
+        row.iter_mut().zip(res).for_each(|(v, r)| *v += r);
+    }
+    if relu {
+        row.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+/// The smallest output map (pixels) that takes the shifted convolution: 28x28.
+const SHIFT_MIN_PIXELS: usize = 28 * 28;
+
+/// Output pixels per tile of the shifted convolution (in padded-row coordinates).
+const SHIFT_TILE: usize = 512;
+
+/// A stride-1 convolution without im2col: the input is copied once into zero-padded
+/// planes, and each kernel offset `(ky, kx)` is one GEMM of the weights' `[oc, ic]` slice
+/// with the padded planes read at that offset, accumulated into the tile. Outputs are
+/// computed over whole padded rows (`wp` wide, the last `kw - 1` columns discarded), which
+/// makes every shifted operand a plain strided matrix.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_shifted(
+    x: &[f32],
+    ([n, c, h, w], [oc, oh, ow]): ([usize; 4], [usize; 3]),
+    cfg: &Conv2d,
+    p: &StepParams,
+    weight: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
+    let g = cfg.groups;
+    let (icg, ocg) = (c / g, oc / g);
+    let [kh, kw] = cfg.kernel;
+    let [ph, pw] = cfg.padding;
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let plane = hp * wp;
+    let kdim = icg * kh * kw;
+    let pix = oh * ow;
+    // Zero-padded copy of the input, plus slack: the discarded columns of the last row
+    // read up to kw - 1 floats past the last plane.
+    let mut xp = vec![0f32; n * c * plane + kw];
+    par_chunks(&mut xp[..n * c * plane], plane, |nc, dst| {
+        for y in 0..h {
+            let src = &x[(nc * h + y) * w..(nc * h + y + 1) * w];
+            dst[(y + ph) * wp + pw..(y + ph) * wp + pw + w].copy_from_slice(src);
+        }
+    });
+    let span = oh * wp; // output positions in padded-row coordinates
+    let threads = threads();
+    let per_image = (n * g).max(1);
+    let mut nb = SHIFT_TILE.min(span);
+    if per_image * span.div_ceil(nb) < 2 * threads {
+        nb = nb.min(span.div_ceil((2 * threads).div_ceil(per_image)).max(16));
+    }
+    let runs = per_image * span.div_ceil(nb);
+    let m_split = if runs < 2 * threads {
+        (2 * threads).div_ceil(runs).min(ocg.div_ceil(16)).max(1)
+    } else {
+        1
+    };
+    let mb = ocg.div_ceil(m_split).next_multiple_of(16).min(ocg);
+    let mut tasks = vec![];
+    for b in 0..n {
+        for gi in 0..g {
+            for p0 in (0..span).step_by(nb) {
+                for m0 in (0..ocg).step_by(mb) {
+                    tasks.push((b, gi, p0, m0));
+                }
+            }
+        }
+    }
+    let dst = OutPtr(out.as_mut_ptr());
+    let xp = &xp;
+    par_tasks(&tasks, mb * nb, |&(b, gi, p0, m0), acc| {
+        let len = nb.min(span - p0);
+        let rows = mb.min(ocg - m0);
+        let acc = &mut acc[..rows * len];
+        let xg = (b * c + gi * icg) * plane;
+        let wg = (gi * ocg + m0) * kdim;
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let off = xg + p0 + ky * wp + kx;
+                let first = ky == 0 && kx == 0;
+                // SAFETY: a is rows x icg with row stride kdim and column stride kh*kw inside
+                // the weights; b is icg x len with row stride `plane` inside `xp` (its
+                // slack covers the overrun of discarded columns); c is the rows x len
+                // scratch tile.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        len,
+                        icg,
+                        acc.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        !first,
+                        weight.as_ptr().add(wg + ky * kw + kx),
+                        (kh * kw) as isize,
+                        kdim as isize,
+                        xp.as_ptr().add(off),
+                        1,
+                        plane as isize,
+                        if first { 0.0 } else { 1.0 },
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
+        }
+        // Valid columns of each padded row go to the output, through the epilogue.
+        for r in 0..rows {
+            let o = gi * ocg + m0 + r;
+            let src = &mut acc[r * len..(r + 1) * len];
+            let mut q = p0;
+            while q < p0 + len {
+                let (oy, ox) = (q / wp, q % wp);
+                let end = (q - ox + wp).min(p0 + len);
+                if ox < ow {
+                    let seg_end = (q - ox + ow).min(end);
+                    let n_out = seg_end - q;
+                    let at = (b * oc + o) * pix + oy * ow + ox;
+                    let seg = &mut src[q - p0..q - p0 + n_out];
+                    conv_epilogue(
+                        seg,
+                        p.scale[o],
+                        p.bias[o],
+                        residual.map(|r| &r[at..at + n_out]),
+                        relu,
+                    );
+                    // SAFETY: output row o of image b, pixels at..at+n_out, belong to this
+                    // tile alone (its padded positions p0..p0+len map to them).
+                    unsafe { std::ptr::copy_nonoverlapping(seg.as_ptr(), dst.at(at), n_out) };
+                }
+                q = end;
             }
         }
     });
