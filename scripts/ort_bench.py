@@ -5,6 +5,7 @@ random weights), built layer by layer with onnx.helper so that no PyTorch instal
 Run through scripts/bench-ort, which makes the virtual environment and builds webcnn.
 
     python scripts/ort_bench.py --webcnn target/release/webcnn [--threads 2] [--iters 20] [--batch 1]
+    python scripts/ort_bench.py --export DIR --models resnet18,resnet50   (the .onnx files only)
 """
 
 import argparse
@@ -151,12 +152,20 @@ def time_ort(model, batch, threads, iters):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--webcnn", required=True, help="the webcnn binary (release build)")
+    ap.add_argument("--webcnn", help="the webcnn binary (release build)")
+    ap.add_argument("--export", metavar="DIR", help="only write the .onnx models into DIR (for scripts/bench-web)")
     ap.add_argument("--models", default="resnet18,resnet50,vgg16,alexnet")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--batch", type=int, default=1)
     a = ap.parse_args()
+    if a.export:
+        os.makedirs(a.export, exist_ok=True)
+        for name in a.models.split(","):
+            onnx.save(MODELS[name](a.batch), os.path.join(a.export, f"{name}.onnx"))
+        return
+    if not a.webcnn:
+        ap.error("--webcnn is required")
     rows = []
     for name in a.models.split(","):
         _, ort_med, ort_min = time_ort(MODELS[name](a.batch), a.batch, a.threads, a.iters)
