@@ -172,45 +172,43 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
     let x = synth("input", graph.input_shape(), 2)?;
     let iters = a.iters.max(1);
     reset_peak_rss();
-    let mut times = Vec::with_capacity(iters);
-    let (first, backend, steps) = match (device, ctx) {
+    // The first run, then `iters` timed ones, in seconds.
+    let time_runs = |run: &mut dyn FnMut() -> R<()>| -> R<(f64, Vec<f64>)> {
+        let t = Instant::now();
+        run()?;
+        let first = t.elapsed().as_secs_f64();
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            run()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok((first, times))
+    };
+    let (first, mut times, backend, steps) = match (device, ctx) {
         (BenchDevice::Gpu, Some(ctx)) => {
             let weights = Arc::new(pollster::block_on(GpuWeights::upload(ctx, &graph, &w))?);
             drop(w);
             let mut m = pollster::block_on(GpuModel::prepare_shared(&graph, &weights, true))?;
-            let t = Instant::now();
-            m.run_blocking(&x)?;
-            let first = t.elapsed().as_secs_f64();
-            for _ in 0..iters {
-                let t = Instant::now();
-                m.run_blocking(&x)?;
-                times.push(t.elapsed().as_secs_f64());
-            }
+            let (first, times) = time_runs(&mut || Ok(m.run_blocking(&x).map(drop)?))?;
             let steps = if a.profile {
                 m.time_steps(iters.min(5))?
             } else {
                 vec![]
             };
-            (first, format!("GPU: {}", ctx.describe()), steps)
+            (first, times, format!("GPU: {}", ctx.describe()), steps)
         }
         (BenchDevice::Gpu, None) => return Err("no GPU adapter: drop gpu from --device".into()),
         (BenchDevice::Cpu, _) => {
             let m = CpuModel::prepare_shared(&graph, &Arc::new(CpuWeights::new(&graph, w)?), true)?;
-            let t = Instant::now();
-            m.run(&x)?;
-            let first = t.elapsed().as_secs_f64();
-            for _ in 0..iters {
-                let t = Instant::now();
-                m.run(&x)?;
-                times.push(t.elapsed().as_secs_f64());
-            }
+            let (first, times) = time_runs(&mut || Ok(m.run(&x).map(drop)?))?;
             let steps = if a.profile {
                 m.run_profiled(&x)?.1
             } else {
                 vec![]
             };
             let threads = rayon::current_num_threads();
-            (first, format!("CPU: {threads} threads"), steps)
+            (first, times, format!("CPU: {threads} threads"), steps)
         }
     };
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);

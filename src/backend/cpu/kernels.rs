@@ -290,33 +290,8 @@ fn conv2d(
         let dims = ([n, c, h, w], [oc, oh, ow]);
         return conv2d_shifted(x, dims, cfg, p, weight, residual, relu, out);
     }
-    let threads = threads();
-    // Pixel runs sized for the cache, and small enough to give every thread work.
-    let mut nb = (COL_TILE / kdim).clamp(16, pix.max(16));
-    let per_image = (n * g).max(1);
-    if per_image * pix.div_ceil(nb) < 2 * threads {
-        nb = nb.min(pix.div_ceil((2 * threads).div_ceil(per_image)).max(16));
-    }
-    nb = nb.min(pix);
-    // Few pixel runs (7x7 maps): split the output channels too.
-    let runs = per_image * pix.div_ceil(nb);
-    let m_split = if runs < 2 * threads {
-        (2 * threads).div_ceil(runs).min(ocg.div_ceil(16)).max(1)
-    } else {
-        1
-    };
-    // Multiples of 16 rows suit the GEMM's AVX-512 microkernel.
-    let mb = ocg.div_ceil(m_split).next_multiple_of(16).min(ocg);
-    let mut tasks = vec![];
-    for b in 0..n {
-        for gi in 0..g {
-            for p0 in (0..pix).step_by(nb) {
-                for m0 in (0..ocg).step_by(mb) {
-                    tasks.push((b, gi, p0, m0));
-                }
-            }
-        }
-    }
+    // Pixel runs sized for the cache.
+    let Tiling { nb, mb, tasks } = tiling(n, g, pix, ocg, COL_TILE / kdim);
     let dst = OutPtr(out.as_mut_ptr());
     let scratch = if direct { 0 } else { kdim * nb };
     par_tasks(&tasks, scratch, |&(b, gi, p0, m0), col| {
@@ -380,6 +355,46 @@ fn conv2d(
     });
 }
 
+/// A convolution's output cut into tiles of `nb` output positions by `mb` output channels:
+/// `(image, group, first position, first channel)` each.
+struct Tiling {
+    nb: usize,
+    mb: usize,
+    tasks: Vec<(usize, usize, usize, usize)>,
+}
+
+/// Tiles over `span` output positions of each image and group: runs of about `want`
+/// positions, shortened until every thread has work, and where even that leaves too few
+/// (7x7 maps) the output channels split too, in multiples of 16 rows (the GEMM's AVX-512
+/// microkernel height).
+fn tiling(images: usize, groups: usize, span: usize, ocg: usize, want: usize) -> Tiling {
+    let threads = threads();
+    let per_image = (images * groups).max(1);
+    let mut nb = want.clamp(16, span.max(16));
+    if per_image * span.div_ceil(nb) < 2 * threads {
+        nb = nb.min(span.div_ceil((2 * threads).div_ceil(per_image)).max(16));
+    }
+    let nb = nb.min(span).max(1);
+    let runs = per_image * span.div_ceil(nb);
+    let m_split = if runs < 2 * threads {
+        (2 * threads).div_ceil(runs).min(ocg.div_ceil(16)).max(1)
+    } else {
+        1
+    };
+    let mb = ocg.div_ceil(m_split).next_multiple_of(16).min(ocg).max(1);
+    let mut tasks = vec![];
+    for b in 0..images {
+        for gi in 0..groups {
+            for p0 in (0..span).step_by(nb) {
+                for m0 in (0..ocg).step_by(mb) {
+                    tasks.push((b, gi, p0, m0));
+                }
+            }
+        }
+    }
+    Tiling { nb, mb, tasks }
+}
+
 /// The conv epilogue on one output row segment: scale and shift (bias, folded BatchNorm),
 /// then the residual, then ReLU.
 fn conv_epilogue(row: &mut [f32], scale: f32, shift: f32, residual: Option<&[f32]>, relu: bool) {
@@ -432,29 +447,7 @@ fn conv2d_shifted(
         }
     });
     let span = oh * wp; // output positions in padded-row coordinates
-    let threads = threads();
-    let per_image = (n * g).max(1);
-    let mut nb = SHIFT_TILE.min(span);
-    if per_image * span.div_ceil(nb) < 2 * threads {
-        nb = nb.min(span.div_ceil((2 * threads).div_ceil(per_image)).max(16));
-    }
-    let runs = per_image * span.div_ceil(nb);
-    let m_split = if runs < 2 * threads {
-        (2 * threads).div_ceil(runs).min(ocg.div_ceil(16)).max(1)
-    } else {
-        1
-    };
-    let mb = ocg.div_ceil(m_split).next_multiple_of(16).min(ocg);
-    let mut tasks = vec![];
-    for b in 0..n {
-        for gi in 0..g {
-            for p0 in (0..span).step_by(nb) {
-                for m0 in (0..ocg).step_by(mb) {
-                    tasks.push((b, gi, p0, m0));
-                }
-            }
-        }
-    }
+    let Tiling { nb, mb, tasks } = tiling(n, g, span, ocg, SHIFT_TILE);
     let dst = OutPtr(out.as_mut_ptr());
     let xp = &xp;
     par_tasks(&tasks, mb * nb, |&(b, gi, p0, m0), acc| {
