@@ -320,3 +320,94 @@ fn auto_device_prefers_the_cpu_to_a_software_adapter() {
         assert!(j["backend"].as_str().unwrap().starts_with("GPU"), "{j}");
     }
 }
+
+#[test]
+fn features_writes_golden_nodes_on_both_backends() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/features");
+    for case in ["resnet18-s1-1x3x64x64", "vgg16_cifar-s1-2x3x32x32"] {
+        let dir = root.join(case);
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+        let shape = common::usizes(&meta["input_shape"]);
+        let x = synth("input", &shape, meta["input_seed"].as_u64().unwrap()).unwrap();
+        let input = tmp(&format!("{case}.npy"));
+        write_npy(&input, &shape, x.data());
+        let nodes: Vec<String> = meta["nodes"].as_object().unwrap().keys().cloned().collect();
+        for device in ["cpu", "gpu"] {
+            let out = tmp(&format!("{case}-{device}"));
+            let _ = std::fs::remove_dir_all(&out);
+            ok(bin()
+                .args(["features", "--model", meta["model"].as_str().unwrap()])
+                .arg(format!("--weights=synthetic:{}", meta["weights_seed"]))
+                .arg("--input")
+                .arg(&input)
+                .arg("--out-dir")
+                .arg(&out)
+                .arg(format!("--layers={}", nodes.join(",")))
+                .args(["--device", device])
+                .output()
+                .unwrap());
+            for node in &nodes {
+                let (s, got) = read_npy(&out.join(format!("{node}.npy")));
+                let (ws, want) = read_npy(&dir.join(format!("{node}.npy")));
+                assert_eq!(s, ws, "{case} {node} on {device}");
+                let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+                let e = rel_l2(&got, &want);
+                assert!(e <= 1e-4, "{case} {node} on {device}: rel L2 {e:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn features_defaults_to_the_feature_levels_and_takes_images() {
+    let img = tmp("features.png");
+    image::RgbImage::from_fn(90, 70, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .save(&img)
+        .unwrap();
+    let out = tmp("features-default");
+    let _ = std::fs::remove_dir_all(&out);
+    let printed = ok(bin()
+        .args([
+            "features",
+            "--model",
+            "resnet18",
+            "--weights",
+            "synthetic:1",
+        ])
+        .args(["--device", "cpu", "--input"])
+        .arg(&img)
+        .arg("--out-dir")
+        .arg(&out)
+        .output()
+        .unwrap());
+    let want = [
+        ("relu", vec![1, 64, 112, 112]),
+        ("layer1", vec![1, 64, 56, 56]),
+        ("layer2", vec![1, 128, 28, 28]),
+        ("layer3", vec![1, 256, 14, 14]),
+        ("layer4", vec![1, 512, 7, 7]),
+        ("flatten", vec![1, 512]),
+    ];
+    for (node, shape) in want {
+        let (s, _) = read_npy(&out.join(format!("{node}.npy")));
+        assert_eq!(s, shape, "{node}");
+        assert!(printed.contains(&format!("{node}.npy")), "{printed}");
+    }
+    // An unknown node is an error that lists the model's feature nodes.
+    let o = bin()
+        .args([
+            "features",
+            "--model",
+            "resnet18",
+            "--weights",
+            "synthetic:1",
+        ])
+        .args(["--device", "cpu", "--layers", "layer9", "--input"])
+        .arg(&img)
+        .arg("--out-dir")
+        .arg(&out)
+        .output()
+        .unwrap();
+    fails(o, "layer4");
+}

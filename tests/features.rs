@@ -65,3 +65,38 @@ fn golden_feature_maps_match_on_cpu_and_gpu() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn feature_levels_follow_timm() {
+    let lv = |id: &str| -> Vec<(String, usize, usize)> {
+        Model::get(id)
+            .unwrap()
+            .feature_levels()
+            .into_iter()
+            .map(|l| (l.node, l.channels, l.reduction))
+            .collect()
+    };
+    let s = |n: &str, c, r| (n.to_string(), c, r);
+    assert_eq!(
+        lv("resnet50"),
+        [
+            s("relu", 64, 2),
+            s("layer1", 256, 4),
+            s("layer2", 512, 8),
+            s("layer3", 1024, 16),
+            s("layer4", 2048, 32)
+        ]
+    );
+    assert_eq!(
+        lv("vgg16"),
+        [
+            s("features.3", 64, 1),
+            s("features.8", 128, 2),
+            s("features.15", 256, 4),
+            s("features.22", 512, 8),
+            s("features.29", 512, 16)
+        ]
+    );
+    assert_eq!(Model::get("resnet18").unwrap().pooled_node(), "flatten");
+    assert_eq!(Model::get("vgg16_cifar").unwrap().pooled_node(), "view");
+}

@@ -53,6 +53,27 @@ pub struct ClassifyArgs {
     device: Device,
 }
 
+#[derive(clap::Args)]
+pub struct FeaturesArgs {
+    #[arg(long)]
+    model: String,
+    /// Weights: a .safetensors path, synthetic:SEED or hf:REPO (default: untrained synthetic:1).
+    #[arg(long)]
+    weights: Option<String>,
+    /// A float32 NCHW .npy tensor, or an image (the model's preprocessing applies).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write `<node>.npy` for each requested node.
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Nodes by torchvision name, comma-separated (default: the feature levels and the
+    /// pooled vector).
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<String>,
+    #[arg(long, default_value = "auto")]
+    device: Device,
+}
+
 fn load_weights(src: &str, graph: &Graph) -> R<weights::TensorMap> {
     let source: Source = src.parse()?;
     let (w, bad) = weights::load(&source, graph, true)?;
@@ -204,6 +225,53 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
             "model": model.id, "weights": src, "backend": s.backend_name(), "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// `webcnn features`: the outputs of named nodes as `.npy` files.
+pub fn features(a: FeaturesArgs) -> R<()> {
+    let model = Model::get(&a.model)?;
+    let is_npy = a
+        .input
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    let x = if is_npy {
+        read_npy(&a.input)?
+    } else {
+        let bytes = std::fs::read(&a.input).map_err(|e| format!("{}: {e}", a.input.display()))?;
+        let img = webcnn::preprocess::decode(&bytes)
+            .map_err(|e| format!("{}: {e}", a.input.display()))?;
+        webcnn::preprocess::batch(&[img], &model.preprocess)
+    };
+    let layers: Vec<String> = if a.layers.is_empty() {
+        let mut v: Vec<String> = model.feature_levels().into_iter().map(|l| l.node).collect();
+        v.push(model.pooled_node());
+        v
+    } else {
+        a.layers.clone()
+    };
+    let full = model.graph(x.shape())?;
+    let names: Vec<&str> = layers.iter().map(|s| s.as_str()).collect();
+    let graph = full.with_outputs(&names).map_err(|e| {
+        format!(
+            "{e}; {} has feature nodes {}",
+            model.id,
+            model.feature_nodes().join(", ")
+        )
+    })?;
+    let src = a.weights.clone().unwrap_or_else(|| {
+        eprintln!("warning: no --weights given: using untrained synthetic:1 weights");
+        "synthetic:1".to_string()
+    });
+    let w = load_weights(&src, &full)?;
+    let mut s = session(&full, w, a.device)?;
+    let outs = s.run_graph_blocking(&graph, &x)?;
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| format!("{}: {e}", a.out_dir.display()))?;
+    for (name, t) in layers.iter().zip(&outs) {
+        let path = a.out_dir.join(format!("{name}.npy"));
+        write_npy(&path, t)?;
+        println!("{} {:?}", path.display(), t.shape());
     }
     Ok(())
 }

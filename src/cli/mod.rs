@@ -28,6 +28,8 @@ enum Cmd {
     Run(infer::RunArgs),
     /// Classify images: top-K labels with probabilities.
     Classify(infer::ClassifyArgs),
+    /// Outputs of named nodes (default: the feature levels and the pooled vector) as .npy.
+    Features(infer::FeaturesArgs),
     /// The model zoo: ids, parameters, MACs, input sizes, labels.
     Models,
     /// Write a model's synthetic (golden PRNG, untrained) weights as .safetensors.
@@ -48,6 +50,7 @@ pub fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Run(a) => infer::run(a),
         Cmd::Classify(a) => infer::classify(a),
+        Cmd::Features(a) => infer::features(a),
         Cmd::Models => models(),
         Cmd::ExportSynthetic {
             model,

@@ -73,6 +73,14 @@ enum Family {
     },
 }
 
+/// One feature level: a node, its channels and its reduction (input size / map size).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeatureLevel {
+    pub node: String,
+    pub channels: usize,
+    pub reduction: usize,
+}
+
 /// One model id of the zoo.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
@@ -215,6 +223,46 @@ impl Model {
     /// Multiply-accumulates of one image at the default input size.
     pub fn macs(&self) -> u64 {
         self.default_graph(1).macs()
+    }
+
+    /// timm-style feature levels at the default input size: ResNet `relu` (stride 2) and
+    /// `layer1`..`layer4` (strides 4..32); VGG / AlexNet the ReLU before each max-pool.
+    pub fn feature_levels(&self) -> Vec<FeatureLevel> {
+        let g = self.default_graph(1);
+        let nodes: Vec<String> = match self.family {
+            Family::ResNet { .. } => ["relu", "layer1", "layer2", "layer3", "layer4"]
+                .map(String::from)
+                .to_vec(),
+            _ => {
+                let ns = g.nodes();
+                (1..ns.len())
+                    .filter(|&i| matches!(ns[i].op, Op::MaxPool2d(_)))
+                    .map(|i| ns[i - 1].name.clone())
+                    .collect()
+            }
+        };
+        nodes
+            .into_iter()
+            .filter_map(|node| {
+                let s = g.shape(g.find(&node)?);
+                Some(FeatureLevel {
+                    channels: s[1],
+                    reduction: self.input[1] / s[2].max(1),
+                    node,
+                })
+            })
+            .collect()
+    }
+
+    /// The node holding the pooled feature vector (the flattened input of the classifier):
+    /// `flatten`, or `view` in the seed's CIFAR and LRN models.
+    pub fn pooled_node(&self) -> String {
+        let g = self.default_graph(1);
+        ["flatten", "view"]
+            .into_iter()
+            .find(|n| g.find(n).is_some())
+            .unwrap_or("flatten")
+            .to_string()
     }
 
     /// Stage outputs a user may ask for as features (torchvision node names).
