@@ -100,3 +100,50 @@ fn feature_levels_follow_timm() {
     assert_eq!(Model::get("resnet18").unwrap().pooled_node(), "flatten");
     assert_eq!(Model::get("vgg16_cifar").unwrap().pooled_node(), "view");
 }
+
+#[test]
+fn nodes_inside_fused_groups_return_what_pytorch_returns() {
+    // A conv whose BatchNorm is folded, a BatchNorm whose ReLU is fused, the Add before a
+    // block's last ReLU and a downsample BatchNorm: each asked for alongside stage outputs,
+    // against the graph run with every node as its own step.
+    let ctx = common::gpu();
+    let model = Model::get("resnet18").unwrap();
+    let g = model.graph(&[1, 3, 48, 48]).unwrap();
+    let w = synthetic(&g, 2);
+    let x = synth("input", &[1, 3, 48, 48], 3).unwrap();
+    let nodes = [
+        "layer1.0.conv1",
+        "layer1.0.bn1",
+        "layer1.0.add",
+        "layer2",
+        "layer3.0.downsample.1",
+        "layer4.1.bn2",
+        "fc",
+    ];
+    let f = g.with_outputs(&nodes).unwrap();
+    let reference = CpuModel::prepare_with(&f, &w, false)
+        .unwrap()
+        .run(&x)
+        .unwrap();
+    let cpu = CpuModel::prepare(&f, &w).unwrap().run(&x).unwrap();
+    let gpu = GpuModel::prepare_blocking(&ctx, &f, &w)
+        .unwrap()
+        .run_blocking(&x)
+        .unwrap();
+    for (i, node) in nodes.iter().enumerate() {
+        let want: Vec<f64> = reference[i].data().iter().map(|&v| v as f64).collect();
+        // Pre-ReLU values: negative entries must be there.
+        if node.contains("bn") || node.contains("conv") || node.contains("add") {
+            assert!(want.iter().any(|&v| v < 0.0), "{node} looks ReLU'd");
+        }
+        for (name, got) in [("cpu", &cpu[i]), ("gpu", &gpu[i])] {
+            assert_eq!(got.shape(), reference[i].shape(), "{node} on {name}");
+            let e = rel_l2(got.data(), &want);
+            assert!(e <= 1e-5, "{node} on {name}: rel L2 {e:e}");
+        }
+    }
+    // The other nodes stay fused: fewer steps than nodes.
+    let steps = webcnn::lower::Program::new(&f, true).steps.len();
+    let unfused = webcnn::lower::Program::new(&f, false).steps.len();
+    assert!(steps < unfused, "{steps} fused steps vs {unfused}");
+}

@@ -435,9 +435,14 @@ mod tests {
         let h = g.with_outputs(&["c"]).unwrap();
         assert_eq!(h.nodes().len(), 2);
         assert_eq!(h.shape(h.outputs()[0]), [1, 4, 6, 6]);
+        let e = g.with_outputs(&["rr"]).unwrap_err();
         assert_eq!(
-            g.with_outputs(&["nope"]).unwrap_err(),
-            GraphError::UnknownNode("nope".into())
+            e,
+            GraphError::UnknownNode("rr".into(), vec!["r".into(), "c".into(), "f".into()])
+        );
+        assert_eq!(
+            e.to_string(),
+            "no node named 'rr' in the graph; nearest: r, c, f"
         );
     }
 }

@@ -224,6 +224,30 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
 }
 
+fn nearest_hint(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("; nearest: {}", names.join(", "))
+    }
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + (ca != cb) as usize)
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Errors found while building or editing a graph; each names the node concerned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {
@@ -237,8 +261,8 @@ pub enum GraphError {
     DuplicateName(String),
     #[error("node '{0}': input value belongs to no node of this graph")]
     UnknownValue(String),
-    #[error("no node named '{0}' in the graph")]
-    UnknownNode(String),
+    #[error("no node named '{name}' in the graph{hint}", name = .0, hint = nearest_hint(.1))]
+    UnknownNode(String, Vec<String>),
     #[error("the graph has no input")]
     NoInput,
     #[error("the graph has no outputs")]
@@ -326,10 +350,22 @@ impl Graph {
             .iter()
             .map(|n| {
                 self.find(n)
-                    .ok_or_else(|| GraphError::UnknownNode(n.to_string()))
+                    .ok_or_else(|| GraphError::UnknownNode(n.to_string(), self.nearest(n, 5)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.pruned(outs))
+    }
+
+    /// The names of up to `k` nodes closest to `name` (edit distance), closest first.
+    pub fn nearest(&self, name: &str, k: usize) -> Vec<String> {
+        let mut v: Vec<(usize, &str)> = self
+            .nodes
+            .iter()
+            .filter(|n| !matches!(n.op, Op::Input))
+            .map(|n| (edit_distance(name, &n.name), n.name.as_str()))
+            .collect();
+        v.sort();
+        v.into_iter().take(k).map(|(_, n)| n.to_string()).collect()
     }
 
     /// Keep only the nodes `outputs` depend on (and the input), renumbered.

@@ -119,7 +119,7 @@ pub fn resnet(
     num_classes: usize,
 ) -> Result<Value, GraphError> {
     let (kind, counts) =
-        layers(depth).ok_or_else(|| GraphError::UnknownNode(format!("resnet{depth}")))?;
+        layers(depth).ok_or_else(|| GraphError::UnknownNode(format!("resnet{depth}"), vec![]))?;
     let mut n = Net { b, variant };
     let x = n.conv("conv1", x, 3, 64, 7, 2)?;
     let x = n.norm("bn1", x, 64)?;
