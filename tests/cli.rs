@@ -411,3 +411,144 @@ fn features_defaults_to_the_feature_levels_and_takes_images() {
         .unwrap();
     fails(o, "layer4");
 }
+
+#[test]
+fn embed_a_folder_then_similar() {
+    let dir = tmp("embed-folder");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("nested/deeper")).unwrap();
+    let formats = ["png", "jpg", "bmp", "gif"];
+    let mut expected = vec![];
+    for i in 0..200usize {
+        let sub = if i % 10 == 0 { "nested/" } else { "" };
+        let ext = formats[i % formats.len()];
+        let path = dir.join(format!("{sub}img{i:03}.{ext}"));
+        if i % 67 == 5 {
+            // Corrupt: reported and skipped.
+            std::fs::write(&path, b"not an image at all").unwrap();
+            continue;
+        }
+        // Images 1 and 2 are identical pixels in two files (both PNG, lossless).
+        let seed = if i == 2 { 1 } else { i as u32 };
+        let (w, h) = if i == 2 {
+            (21, 34)
+        } else {
+            (20 + (i as u32 * 7) % 60, 20 + (i as u32 * 13) % 50)
+        };
+        let (w, h) = if i == 1 { (21, 34) } else { (w, h) };
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 9 + seed * 31) as u8,
+                (y * 5 + seed * 7) as u8,
+                ((x ^ y) + seed) as u8,
+            ])
+        });
+        let path = if i == 2 || i == 1 {
+            path.with_extension("png")
+        } else {
+            path
+        };
+        img.save(&path).unwrap();
+        expected.push(path);
+    }
+    // One more level down, found recursively.
+    let deep = dir.join("nested/deeper/last.png");
+    image::RgbImage::from_pixel(30, 30, image::Rgb([1, 2, 3]))
+        .save(&deep)
+        .unwrap();
+    expected.push(deep);
+    let out = tmp("embed-out/emb.npy");
+    let _ = std::fs::remove_dir_all(out.parent().unwrap());
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let run = || {
+        bin()
+            .args([
+                "embed",
+                "--model",
+                "vgg11_cifar",
+                "--weights",
+                "synthetic:1",
+            ])
+            .args(["--device", "cpu", "--batch", "8", "--out"])
+            .arg(&out)
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    ok(o);
+    assert!(err.contains("skipped 3"), "{err}");
+    assert_eq!(
+        err.matches("skipped ").count(),
+        4,
+        "three reported, one summary: {err}"
+    );
+    let (shape, data) = read_npy(&out);
+    assert_eq!(shape, [expected.len(), 512]);
+    let names: Vec<String> = std::fs::read_to_string(out.with_extension("txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut want: Vec<String> = expected.iter().map(|p| p.display().to_string()).collect();
+    want.sort();
+    let mut got = names.clone();
+    got.sort();
+    assert_eq!(got, want);
+    let row = |name: &str| {
+        let i = names.iter().position(|n| n.ends_with(name)).unwrap();
+        data[i * 512..(i + 1) * 512].to_vec()
+    };
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    assert!((cos(&row("img001.png"), &row("img002.png")) - 1.0).abs() < 1e-6);
+    assert!(cos(&row("img001.png"), &row("img004.png")) < 0.9999);
+
+    // Re-running on the folder with new files embeds only those.
+    for i in 0..3u8 {
+        image::RgbImage::from_pixel(25, 25, image::Rgb([i * 50, 9, 9]))
+            .save(dir.join(format!("new{i}.png")))
+            .unwrap();
+    }
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    ok(o);
+    assert!(err.contains("embedded 3 new"), "{err}");
+    let (shape2, data2) = read_npy(&out);
+    assert_eq!(shape2, [expected.len() + 3, 512]);
+    assert_eq!(
+        &data2[..data.len()],
+        &data[..],
+        "old rows kept as they were"
+    );
+
+    // similar: the identical twin scores 1.
+    let o = ok(bin()
+        .args([
+            "similar", "--top", "3", "--json", "--device", "cpu", "--index",
+        ])
+        .arg(&out)
+        .arg(dir.join("img001.png"))
+        .output()
+        .unwrap());
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let matches = j[0]["matches"].as_array().unwrap();
+    assert_eq!(matches.len(), 3);
+    let top2: Vec<&str> = matches[..2]
+        .iter()
+        .map(|m| m["file"].as_str().unwrap())
+        .collect();
+    assert!(
+        top2.iter().any(|f| f.ends_with("img001.png"))
+            && top2.iter().any(|f| f.ends_with("img002.png")),
+        "{top2:?}"
+    );
+    assert!(
+        (matches[1]["score"].as_f64().unwrap() - 1.0).abs() < 1e-5,
+        "{o}"
+    );
+}

@@ -1,6 +1,6 @@
 //! `webcnn run` (tensor in, tensor out) and `webcnn classify` (images in, labels out).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use webcnn::engine::{top_k, Device, Session};
 use webcnn::models::Model;
@@ -74,7 +74,7 @@ pub struct FeaturesArgs {
     device: Device,
 }
 
-fn load_weights(src: &str, graph: &Graph) -> R<weights::TensorMap> {
+pub(super) fn load_weights(src: &str, graph: &Graph) -> R<weights::TensorMap> {
     let source: Source = src.parse()?;
     let (w, bad) = weights::load(&source, graph, true)?;
     if !bad.is_empty() {
@@ -87,7 +87,7 @@ fn load_weights(src: &str, graph: &Graph) -> R<weights::TensorMap> {
     Ok(w)
 }
 
-fn read_npy(path: &PathBuf) -> R<Tensor> {
+pub(super) fn read_npy(path: &Path) -> R<Tensor> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
         .map_err(|e| format!("{}: not a .npy file: {e}", path.display()))?;
@@ -109,7 +109,7 @@ fn read_npy(path: &PathBuf) -> R<Tensor> {
     Ok(Tensor::new(shape, data).map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
-fn write_npy(path: &PathBuf, t: &Tensor) -> R<()> {
+pub(super) fn write_npy(path: &Path, t: &Tensor) -> R<()> {
     let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     use npyz::WriterBuilder;

@@ -1,6 +1,7 @@
 //! Subcommands of the `webcnn` binary.
 
 mod bench;
+mod embed;
 mod infer;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,10 @@ enum Cmd {
     Classify(infer::ClassifyArgs),
     /// Outputs of named nodes (default: the feature levels and the pooled vector) as .npy.
     Features(infer::FeaturesArgs),
+    /// Images and folders in, one embedding row per image out (.npy + file names).
+    Embed(embed::EmbedArgs),
+    /// Cosine similarity of query images against an embedding file.
+    Similar(embed::SimilarArgs),
     /// The model zoo: ids, parameters, MACs, input sizes, labels.
     Models,
     /// Write a model's synthetic (golden PRNG, untrained) weights as .safetensors.
@@ -51,6 +56,8 @@ pub fn main() -> ExitCode {
         Cmd::Run(a) => infer::run(a),
         Cmd::Classify(a) => infer::classify(a),
         Cmd::Features(a) => infer::features(a),
+        Cmd::Embed(a) => embed::embed(a),
+        Cmd::Similar(a) => embed::similar(a),
         Cmd::Models => models(),
         Cmd::ExportSynthetic {
             model,
