@@ -14,8 +14,9 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// Greedy best-fit over the steps in order; the input and the graph outputs keep
-    /// their own slots for the whole run. `batch` replaces the shapes' batch dimension.
+    /// Greedy best-fit over the steps in order; the input keeps its own slot for the whole
+    /// run. Graph outputs live only until their last reader: the backends copy each one
+    /// out as soon as it is made. `batch` replaces the shapes' batch dimension.
     pub fn new(program: &Program, batch: usize) -> MemoryPlan {
         let len = |v: Value| {
             let s = program.shape(v);
@@ -27,15 +28,7 @@ impl MemoryPlan {
                 last_use.insert(*v, i);
             }
         }
-        let pinned: Vec<Value> = program
-            .outputs
-            .iter()
-            .map(|(v, _)| *v)
-            .chain([program.input])
-            .collect();
-        for v in &pinned {
-            last_use.insert(*v, usize::MAX);
-        }
+        last_use.insert(program.input, usize::MAX);
         let mut slot_of = HashMap::new();
         let mut slot_len: Vec<usize> = vec![len(program.input)];
         slot_of.insert(program.input, 0);

@@ -147,3 +147,20 @@ fn nodes_inside_fused_groups_return_what_pytorch_returns() {
     let unfused = webcnn::lower::Program::new(&f, false).steps.len();
     assert!(steps < unfused, "{steps} fused steps vs {unfused}");
 }
+
+#[test]
+fn requested_outputs_do_not_hold_their_buffers_for_the_whole_run() {
+    // `relu` (64x112x112) is read by the max-pool and then free: asking for it as a
+    // feature adds no activation memory; the GPU plan agrees.
+    let g = Model::get("resnet18").unwrap().default_graph(1);
+    let both = g.with_outputs(&["relu", "fc"]).unwrap();
+    let plan = |g: &webcnn::Graph| {
+        webcnn::plan::MemoryPlan::new(&webcnn::lower::Program::new(g, true), 1).bytes()
+    };
+    assert_eq!(plan(&both), plan(&g));
+    let w = synthetic(&g, 1);
+    let ctx = common::gpu();
+    let a = GpuModel::prepare_blocking(&ctx, &g, &w).unwrap();
+    let b = GpuModel::prepare_blocking(&ctx, &both, &w).unwrap();
+    assert_eq!(a.memory().activations, b.memory().activations);
+}

@@ -133,6 +133,16 @@ impl CpuModel {
         let slot = &self.plan.slot_of;
         let len = |v: Value| numel(p.shape(v));
         slots[slot[&p.input]][..input.len()].copy_from_slice(input.data());
+        // Each output is copied out as soon as it is made (the plan does not pin outputs).
+        let mut results: Vec<Vec<f32>> = vec![vec![]; p.outputs.len()];
+        let copy_out = |results: &mut Vec<Vec<f32>>, slots: &[Vec<f32>], v: Value| {
+            for (r, (ov, shape)) in results.iter_mut().zip(&p.outputs) {
+                if *ov == v {
+                    *r = slots[slot[ov]][..numel(shape)].to_vec();
+                }
+            }
+        };
+        copy_out(&mut results, slots, p.input);
         for (step, params) in p.steps.iter().zip(&self.params) {
             let weight = match &params.weight {
                 Some(k) => self
@@ -169,13 +179,12 @@ impl CpuModel {
                 t.push((step.nodes.join("+"), t0.elapsed().as_secs_f64()));
             }
             slots[o] = out;
+            copy_out(&mut results, slots, step.output);
         }
         Ok(p.outputs
             .iter()
-            .map(|(v, shape)| {
-                let data = slots[slot[v]][..numel(shape)].to_vec();
-                Tensor::new(shape.clone(), data).expect("planned shapes")
-            })
+            .zip(results)
+            .map(|((_, shape), data)| Tensor::new(shape.clone(), data).expect("planned shapes"))
             .collect())
     }
 }

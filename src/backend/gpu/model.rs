@@ -5,7 +5,7 @@ use super::context::{GpuContext, Shader};
 use super::weights::{upload, Chunk, GpuWeights};
 use super::OneShot;
 use crate::error::{Error, Result};
-use crate::graph::Graph;
+use crate::graph::{Graph, Value};
 use crate::lower::{Kernel, Program, Step, StepParams, Weights};
 use crate::plan::MemoryPlan;
 use crate::tensor::{numel, Tensor};
@@ -473,6 +473,14 @@ impl<'a> Builder<'a> {
             )));
         }
         self.report.workspace += total_out;
+        let out_off: Vec<u64> = out_bytes
+            .iter()
+            .scan(0, |acc, b| {
+                let o = *acc;
+                *acc += b;
+                Some(o)
+            })
+            .collect();
         let readback = self.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
             size: total_out.max(4),
@@ -493,6 +501,24 @@ impl<'a> Builder<'a> {
                     size: nb as u64 * pi,
                 }));
             }
+            // Each output is copied out as soon as it is made, so its slot can be reused
+            // after its last reader (the memory plan does not pin outputs).
+            let copy_out = |pending: &mut Vec<PendingCmd>, v: Value| {
+                for (k, (ov, shape)) in program.outputs.iter().enumerate() {
+                    if *ov != v {
+                        continue;
+                    }
+                    let pi = numel(&shape[1..]) as u64 * 4;
+                    pending.push(PendingCmd::Copy(Copy {
+                        src: slots[plan.slot_of[ov]].clone(),
+                        src_off: 0,
+                        dst: readback.clone(),
+                        dst_off: out_off[k] + b0 as u64 * pi,
+                        size: nb as u64 * pi,
+                    }));
+                }
+            };
+            copy_out(&mut self.pending, program.input);
             for (i, (step, up)) in program.steps.iter().zip(&uploaded).enumerate() {
                 self.step = i;
                 let bind = |v| {
@@ -503,18 +529,7 @@ impl<'a> Builder<'a> {
                 let res = step.residual.map(bind);
                 let out = bind(step.output);
                 self.dispatch_step(program, step, up, nb, &ins, res, out)?;
-            }
-            let mut off = 0;
-            for ((v, shape), bytes) in program.outputs.iter().zip(&out_bytes) {
-                let pi = numel(&shape[1..]) as u64 * 4;
-                self.pending.push(PendingCmd::Copy(Copy {
-                    src: slots[plan.slot_of[v]].clone(),
-                    src_off: 0,
-                    dst: readback.clone(),
-                    dst_off: off + b0 as u64 * pi,
-                    size: nb as u64 * pi,
-                }));
-                off += bytes;
+                copy_out(&mut self.pending, step.output);
             }
         }
         let cmds = self.finish_pending();
