@@ -322,10 +322,16 @@ fn auto_device_prefers_the_cpu_to_a_software_adapter() {
 }
 
 #[test]
-fn features_writes_golden_nodes_on_both_backends() {
+fn features_writes_every_golden_feature_case_on_both_backends() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/features");
-    for case in ["resnet18-s1-1x3x64x64", "vgg16_cifar-s1-2x3x32x32"] {
-        let dir = root.join(case);
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 7);
+    for dir in dirs {
+        let case = dir.file_name().unwrap().to_string_lossy().to_string();
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
         let shape = common::usizes(&meta["input_shape"]);
