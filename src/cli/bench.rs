@@ -37,6 +37,9 @@ pub struct Args {
     /// Also print the time of every layer (fused step).
     #[arg(long)]
     profile: bool,
+    /// Run each model only up to this node (e.g. `flatten`: embedding, as `webcnn embed` does).
+    #[arg(long)]
+    layer: Option<String>,
     /// Instead of models: each convolution shape of ResNet-50 and/or VGG-16 as a one-layer
     /// graph, on the GPU (device time) and the CPU.
     #[arg(long, value_enum)]
@@ -167,8 +170,12 @@ struct Timing {
 
 fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>) -> R<Timing> {
     let model = Model::get(id)?;
-    let graph = model.default_graph(a.batch.max(1));
-    let w = synth_params(&graph, 1)?;
+    let full = model.default_graph(a.batch.max(1));
+    let w = synth_params(&full, 1)?;
+    let graph = match &a.layer {
+        Some(node) => full.with_outputs(&[node])?,
+        None => full.clone(),
+    };
     let x = synth("input", graph.input_shape(), 2)?;
     let iters = a.iters.max(1);
     reset_peak_rss();
@@ -187,7 +194,7 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
     };
     let (first, mut times, backend, steps) = match (device, ctx) {
         (BenchDevice::Gpu, Some(ctx)) => {
-            let weights = Arc::new(pollster::block_on(GpuWeights::upload(ctx, &graph, &w))?);
+            let weights = Arc::new(pollster::block_on(GpuWeights::upload(ctx, &full, &w))?);
             drop(w);
             let mut m = pollster::block_on(GpuModel::prepare_shared(&graph, &weights, true))?;
             let (first, times) = time_runs(&mut || Ok(m.run_blocking(&x).map(drop)?))?;
@@ -200,7 +207,7 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
         }
         (BenchDevice::Gpu, None) => return Err("no GPU adapter: drop gpu from --device".into()),
         (BenchDevice::Cpu, _) => {
-            let m = CpuModel::prepare_shared(&graph, &Arc::new(CpuWeights::new(&graph, w)?), true)?;
+            let m = CpuModel::prepare_shared(&graph, &Arc::new(CpuWeights::new(&full, w)?), true)?;
             let (first, times) = time_runs(&mut || Ok(m.run(&x).map(drop)?))?;
             let steps = if a.profile {
                 m.run_profiled(&x)?.1
@@ -245,12 +252,19 @@ pub fn run(a: Args) -> R<()> {
             a.iters.max(1)
         );
         println!(
-            "| {:<10} | {:<52} | {:>10} | {:>10} | {:>10} | {:>8} | {:>9} |",
-            "model", "backend", "first ms", "median ms", "min ms", "GFLOP/s", "peak RSS"
+            "| {:<10} | {:<52} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | {:>9} |",
+            "model",
+            "backend",
+            "first ms",
+            "median ms",
+            "min ms",
+            "GFLOP/s",
+            "images/s",
+            "peak RSS"
         );
         println!(
-            "|{:-<12}|{:-<54}|{:-<12}|{:-<12}|{:-<12}|{:-<10}|{:-<11}|",
-            "", "", "", "", "", "", ""
+            "|{:-<12}|{:-<54}|{:-<12}|{:-<12}|{:-<12}|{:-<10}|{:-<10}|{:-<11}|",
+            "", "", "", "", "", "", "", ""
         );
     }
     let mut profiles = vec![];
@@ -264,19 +278,21 @@ pub fn run(a: Args) -> R<()> {
                         "model": t.model, "device": t.device, "backend": t.backend,
                         "batch": a.batch.max(1), "median_ms": t.median * 1e3,
                         "min_ms": t.min * 1e3, "first_ms": t.first * 1e3,
-                        "gflops": t.gflops, "peak_rss_mb": t.peak_rss_mb,
+                        "gflops": t.gflops, "images_per_s": a.batch.max(1) as f64 / t.median,
+                        "layer": a.layer, "peak_rss_mb": t.peak_rss_mb,
                         "layers": t.steps.iter().map(|(n, s)| serde_json::json!({"layer": n, "ms": s * 1e3})).collect::<Vec<_>>(),
                     })
                 );
             } else {
                 println!(
-                    "| {:<10} | {:<52} | {:>10} | {:>10} | {:>10} | {:>8.1} | {:>9} |",
+                    "| {:<10} | {:<52} | {:>10} | {:>10} | {:>10} | {:>8.1} | {:>8.1} | {:>9} |",
                     t.model,
                     t.backend,
                     ms(t.first),
                     ms(t.median),
                     ms(t.min),
                     t.gflops,
+                    a.batch.max(1) as f64 / t.median,
                     t.peak_rss_mb
                         .map_or("-".to_string(), |m| format!("{m:.0} MiB"))
                 );
