@@ -69,8 +69,13 @@ fn round_half_even(v: f64) -> i64 {
     }
 }
 
+/// Resized images larger than this (pixels) are not made whole: only extreme aspect
+/// ratios (a 1 x 20000 strip would become 256 x 5,120,000) get there.
+const MAX_RESIZED_PIXELS: u64 = 16 << 20;
+
 /// `Resize(resize)` (bilinear, antialiased) + `CenterCrop(crop)` + `ToTensor` + `Normalize`:
-/// a `[3, crop, crop]` tensor, as one image of a batch.
+/// a `[3, crop, crop]` tensor, as one image of a batch. Working memory follows the output:
+/// past `MAX_RESIZED_PIXELS` only the part of the source the crop sees is resized.
 pub fn to_chw(img: &DynamicImage, p: &Preprocess) -> Vec<f32> {
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
@@ -80,20 +85,44 @@ pub fn to_chw(img: &DynamicImage, p: &Preprocess) -> Vec<f32> {
     } else {
         ((p.resize as f64 * w as f64 / h as f64) as usize, p.resize)
     };
-    let resized = image::imageops::resize(
-        &rgb,
-        nw.max(1) as u32,
-        nh.max(1) as u32,
-        FilterType::Triangle,
-    );
+    let (nw, nh) = (nw.max(1), nh.max(1));
     let top = round_half_even((nh as f64 - p.crop as f64) / 2.0);
     let left = round_half_even((nw as f64 - p.crop as f64) / 2.0);
+    // The resized pixels the crop reads: rows top..top+crop, columns left..left+crop.
+    let (resized, (top, left)) = if nw as u64 * nh as u64 <= MAX_RESIZED_PIXELS {
+        let r = image::imageops::resize(&rgb, nw as u32, nh as u32, FilterType::Triangle);
+        (r, (top, left))
+    } else {
+        // Resize only the source window under the crop, one filter reach wider.
+        let window = |start: i64, n_out: usize, n_in: usize| {
+            let scale = n_in as f64 / n_out as f64;
+            let a = (start.max(0) as f64 * scale - scale.ceil() - 1.0)
+                .floor()
+                .max(0.0);
+            let b = ((start + p.crop as i64).min(n_out as i64) as f64 * scale + scale.ceil() + 1.0)
+                .ceil()
+                .min(n_in as f64);
+            // Whole resized pixels: a window of `k` output pixels starting at output `o`.
+            let o = (a / scale).floor() as usize;
+            let k = (((b / scale).ceil() as usize).min(n_out) - o).max(1);
+            let src0 = ((o as f64 * scale) as usize).min(n_in - 1);
+            let src1 = (((o + k) as f64 * scale).ceil() as usize).clamp(src0 + 1, n_in);
+            (o, k, src0, src1 - src0)
+        };
+        let (oy, ky, sy, hy) = window(top, nh, h);
+        let (ox, kx, sx, wx) = window(left, nw, w);
+        let part =
+            image::imageops::crop_imm(&rgb, sx as u32, sy as u32, wx as u32, hy as u32).to_image();
+        let r = image::imageops::resize(&part, kx as u32, ky as u32, FilterType::Triangle);
+        (r, (top - oy as i64, left - ox as i64))
+    };
+    let (rw, rh) = (resized.width() as i64, resized.height() as i64);
     let mut out = vec![0f32; 3 * p.crop * p.crop];
     for y in 0..p.crop {
         for x in 0..p.crop {
             let (sy, sx) = (y as i64 + top, x as i64 + left);
             // A crop larger than the image pads with zeros (torchvision pads too).
-            let px = if sy >= 0 && sx >= 0 && (sy as usize) < nh && (sx as usize) < nw {
+            let px = if sy >= 0 && sx >= 0 && sy < rh && sx < rw {
                 resized.get_pixel(sx as u32, sy as u32).0
             } else {
                 [0, 0, 0]
@@ -151,6 +180,30 @@ mod tests {
             .unwrap();
         let d = decode(&jpg).unwrap();
         assert_eq!((d.width(), d.height()), (20, 40));
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_resize_only_what_the_crop_sees() {
+        let p = Preprocess {
+            resize: 256,
+            crop: 224,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        // 1 x 20000: resizing it whole would make 256 x 5,120,000 pixels (3.9 GB).
+        let strip = image::RgbImage::from_fn(1, 20000, |_, y| {
+            image::Rgb([(y / 100) as u8, 128, 255 - (y / 100) as u8])
+        });
+        let t = to_chw(&DynamicImage::ImageRgb8(strip), &p);
+        assert_eq!(t.len(), 3 * 224 * 224);
+        // The centre of the strip (rows around 10000) is what the crop shows.
+        let mid = t[112 * 224 + 112];
+        assert!((mid - 100.0 / 255.0).abs() < 0.02, "{mid}");
+        assert!(t.iter().all(|v| v.is_finite()));
+        // Wide too, and a normal photo-like image keeps the exact path.
+        let wide = image::RgbImage::from_fn(30000, 2, |x, _| image::Rgb([(x / 150) as u8, 0, 0]));
+        let t = to_chw(&DynamicImage::ImageRgb8(wide), &p);
+        assert!((t[112 * 224 + 112] - 100.0 / 255.0).abs() < 0.02);
     }
 
     #[test]

@@ -229,6 +229,29 @@ fn bad_inputs_and_files_are_one_line_errors() {
         .output()
         .unwrap());
     fails(run("resnet18", &other, &x), "missing weight 'conv1.weight'");
+    // A .npy header that claims far more data than the file holds: refused before any
+    // allocation.
+    let liar = tmp("liar.npy");
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 100000), }";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let h = format!("{header}{}\n", " ".repeat(pad));
+    bytes.extend((h.len() as u16).to_le_bytes());
+    bytes.extend(h.as_bytes());
+    bytes.extend([0u8; 16]);
+    std::fs::write(&liar, bytes).unwrap();
+    fails(
+        run("vgg11_cifar", Path::new("synthetic:1"), &liar),
+        "needs more data than",
+    );
+    // timm's VGG keys with a 0-d tensor where a matrix belongs: an error, not a panic.
+    let timm = tmp("timm0d.safetensors");
+    let header = r#"{"pre_logits.fc1.weight":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 4]);
+    std::fs::write(&timm, bytes).unwrap();
+    fails(run("vgg16", &timm, &x), "weight");
     fails(
         bin()
             .args(["classify", "--model", "resnet18", "--device", "cpu"])

@@ -95,6 +95,23 @@ pub(super) fn read_npy(path: &Path) -> R<Tensor> {
         return Err(format!("{}: Fortran-order arrays are not supported", path.display()).into());
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    // The header's dimensions are checked against the file before anything is allocated.
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+    let item = match npy.dtype() {
+        npyz::DType::Plain(t) => t.num_bytes().unwrap_or(0) as u64,
+        _ => 0,
+    };
+    if count
+        .and_then(|c| c.checked_mul(item))
+        .is_none_or(|b| b > size)
+    {
+        return Err(format!(
+            "{}: the header's shape {shape:?} needs more data than the {size}-byte file holds",
+            path.display()
+        )
+        .into());
+    }
     let data: Vec<f32> = match npy.dtype() {
         npyz::DType::Plain(t) if t.to_string().ends_with("f4") => npy.into_vec::<f32>()?,
         npyz::DType::Plain(t) if t.to_string().ends_with("f8") => npy

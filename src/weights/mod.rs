@@ -142,13 +142,14 @@ pub fn map_timm_keys(mut w: TensorMap) -> TensorMap {
     for (from, to) in renames {
         for leaf in ["weight", "bias"] {
             if let Some(t) = w.remove(&format!("{from}.{leaf}")) {
-                // A conv weight [out, in, kh, kw] is the linear weight [out, in*kh*kw].
-                let rows = t.shape()[0];
-                let t = if leaf == "weight" && t.shape().len() == 4 {
-                    let n = t.len() / rows;
-                    t.reshape([rows, n]).expect("same count")
-                } else {
-                    t
+                // A conv weight [out, in, kh, kw] is the linear weight [out, in*kh*kw]. Other
+                // ranks (a broken file) pass through for the shape check to name.
+                let t = match t.shape() {
+                    &[rows, ..] if leaf == "weight" && t.shape().len() == 4 && rows > 0 => {
+                        let n = t.len() / rows;
+                        t.reshape([rows, n]).expect("same count")
+                    }
+                    _ => t,
                 };
                 w.insert(format!("{to}.{leaf}"), t);
             }
