@@ -92,3 +92,69 @@ fn plans_for_other_sizes_and_outputs_match_one_off_models() {
         assert!(s.run_blocking(&x64).is_ok());
     }
 }
+
+#[test]
+fn models_run_at_once_from_threads_as_they_run_alone() {
+    // Two sessions (GPU and CPU) in two threads, and one CPU plan shared by two threads,
+    // give exactly what each gives alone.
+    let r18 = Model::get("resnet18")
+        .unwrap()
+        .graph(&[1, 3, 40, 40])
+        .unwrap();
+    let vgg = Model::get("vgg11_cifar")
+        .unwrap()
+        .graph(&[2, 3, 32, 32])
+        .unwrap();
+    let (wr, wv) = (
+        synth_params(&r18, 1).unwrap(),
+        synth_params(&vgg, 2).unwrap(),
+    );
+    let (xr, xv) = (
+        synth("input", &[1, 3, 40, 40], 3).unwrap(),
+        synth("input", &[2, 3, 32, 32], 4).unwrap(),
+    );
+    let ctx = common::gpu();
+    let alone = |g: &webcnn::Graph, w: &webcnn::weights::TensorMap, x, t: &Target| {
+        let mut s = pollster::block_on(Session::load(g, w.clone(), t)).unwrap();
+        s.run_blocking(x).unwrap().remove(0)
+    };
+    let want_r = alone(&r18, &wr, &xr, &Target::gpu(ctx.clone()));
+    let want_v = alone(&vgg, &wv, &xv, &Target::cpu());
+    std::thread::scope(|sc| {
+        let a = sc.spawn(|| {
+            (0..3)
+                .map(|_| alone(&r18, &wr, &xr, &Target::gpu(ctx.clone())))
+                .collect::<Vec<_>>()
+        });
+        let b = sc.spawn(|| {
+            (0..3)
+                .map(|_| alone(&vgg, &wv, &xv, &Target::cpu()))
+                .collect::<Vec<_>>()
+        });
+        for y in a.join().unwrap() {
+            assert_eq!(y.data(), want_r.data());
+        }
+        for y in b.join().unwrap() {
+            assert_eq!(y.data(), want_v.data());
+        }
+    });
+    let shared = std::sync::Arc::new(webcnn::backend::cpu::CpuModel::prepare(&vgg, &wv).unwrap());
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let m = shared.clone();
+                let x = &xv;
+                sc.spawn(move || {
+                    (0..3)
+                        .map(|_| m.run(x).unwrap().remove(0))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in hs {
+            for y in h.join().unwrap() {
+                assert_eq!(y.data(), want_v.data());
+            }
+        }
+    });
+}
