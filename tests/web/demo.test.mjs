@@ -20,7 +20,8 @@ const WEBGPU = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vul
   '--use-webgpu-adapter=swiftshader'];
 const LONG = 600_000;
 
-let server, base, expected;
+let server, base, expected, csp;
+const violations = [];
 const hits = new Map();
 
 before(() => {
@@ -31,6 +32,9 @@ before(() => {
   const out = execFileSync(cli, ['classify', demo, '--model', 'resnet18', '--weights',
     path.join(tmp, 'r18.safetensors'), '--json', '--top', '5', '--device', 'cpu']);
   expected = JSON.parse(out).results[0].predictions;
+  csp = fs.readFileSync(path.join(dist, 'index.html'), 'utf8')
+    .match(/http-equiv="Content-Security-Policy" content="([^"]+)"/)?.[1];
+  assert.ok(csp, 'dist/index.html declares a Content-Security-Policy');
   const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm',
     '.css': 'text/css', '.png': 'image/png' };
   server = http.createServer((req, res) => {
@@ -41,8 +45,9 @@ before(() => {
     if (!file.startsWith(tmp) && !file.startsWith(dist)) { res.writeHead(403).end(); return; }
     fs.readFile(file, (err, body) => {
       if (err) { res.writeHead(404).end(); return; }
+      // Every response carries the page's policy, so the worker runs under it too.
       res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream',
-        'content-length': body.length });
+        'content-length': body.length, 'content-security-policy': csp });
       res.end(body);
     });
   });
@@ -134,16 +139,32 @@ test('WebGPU on SwiftShader: the top-5 equal the CLI, then weights come from the
   }
 });
 
-test('without WebGPU the CPU (wasm) backend gives the same top-5', { timeout: LONG }, async () => {
+test('the page ships a strict Content-Security-Policy and loads no third-party script', () => {
+  assert.doesNotMatch(csp, /'unsafe-eval'|'unsafe-inline'/);
+  assert.match(csp, /script-src 'self' 'wasm-unsafe-eval'/);
+  const html = fs.readFileSync(path.join(dist, 'index.html'), 'utf8');
+  for (const [, src] of html.matchAll(/<script[^>]*src="([^"]+)"/g)) {
+    assert.ok(!/^(https?:)?\/\//.test(src), `third-party script ${src}`);
+  }
+  const trunk = fs.readFileSync(path.join(import.meta.dirname, '../../Trunk.toml'), 'utf8');
+  assert.ok(trunk.includes(`"Content-Security-Policy" = "${csp}"`), 'trunk serve sends the same policy');
+});
+
+test('without WebGPU the CPU (wasm) backend gives the same top-5 (under the CSP header)', { timeout: LONG }, async () => {
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, '--disable-gpu'] });
   try {
     const page = await browser.newPage();
+    // The page and its worker run under the Content-Security-Policy header: nothing may
+    // be refused (the console reports each refusal, the worker's too).
+    const refused = [];
+    page.on('console', (m) => /Content Security Policy/i.test(m.text()) && refused.push(m.text()));
     await page.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1`);
     assert.equal(await status(page, ['ready', 'error']), 'ready', await page.textContent('[data-testid=error]'));
     assert.match(await page.textContent('[data-testid=backend]'), /^CPU \(wasm\)/);
     await act(page, () => page.setInputFiles('[data-testid=image-input]', demo));
     assert.equal(await status(page, ['done', 'error']), 'done', await page.textContent('[data-testid=error]'));
     assertSameAsCli(await predictions(page));
+    assert.deepEqual(refused, []);
   } finally {
     await browser.close();
   }
