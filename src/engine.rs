@@ -114,7 +114,8 @@ pub struct WeightBytes {
 /// A model loaded on one backend: its weights once, and plans for the graphs run on it
 /// (the model's own, other outputs, other input sizes), made on first use and reused.
 pub struct Session {
-    graph: Graph,
+    /// Shared, so a run can hold it while the session prepares a plan.
+    graph: Arc<Graph>,
     store: Store,
     /// Most recently used last.
     plans: Vec<(PlanKey, Plan)>,
@@ -133,7 +134,7 @@ impl Session {
             None => Store::Cpu(Arc::new(CpuWeights::new(graph, weights)?)),
         };
         Ok(Session {
-            graph: graph.clone(),
+            graph: Arc::new(graph.clone()),
             store,
             plans: vec![],
             notice: target.notice.clone(),
@@ -161,15 +162,12 @@ impl Session {
     /// The plan for `graph` (same parameters as the loaded graph; any outputs and input
     /// shape), made now if there is none.
     async fn prepare(&mut self, graph: &Graph) -> Result<&mut Plan> {
-        let key = (
-            graph.input_shape().to_vec(),
-            graph
-                .outputs()
-                .iter()
-                .map(|&v| graph.node(v).name.clone())
-                .collect::<Vec<_>>(),
-        );
-        let i = match self.plans.iter().position(|(k, _)| *k == key) {
+        // Looked up without allocating: this runs on every run.
+        let outputs = || graph.outputs().iter().map(|&v| &graph.node(v).name);
+        let found = self.plans.iter().position(|((shape, names), _)| {
+            shape.as_slice() == graph.input_shape() && names.iter().eq(outputs())
+        });
+        let i = match found {
             Some(i) => i,
             None => {
                 let plan = match &self.store {
@@ -179,6 +177,7 @@ impl Session {
                 if self.plans.len() >= MAX_PLANS {
                     self.plans.remove(0);
                 }
+                let key = (graph.input_shape().to_vec(), outputs().cloned().collect());
                 self.plans.push((key, plan));
                 self.plans.len() - 1
             }

@@ -39,9 +39,14 @@ impl CpuWeights {
         Ok(CpuWeights { tensors })
     }
 
-    /// A copy of the parameters `graph` needs from `w` (one-off models and tests).
+    /// A checked copy of the parameters `graph` needs from `w` (one-off models and tests).
     pub fn copied(graph: &Graph, w: &dyn Weights) -> Result<Self> {
-        Self::new(graph, own_copy(graph, w)?)
+        let tensors = graph
+            .params()
+            .into_iter()
+            .map(|p| Ok((p.name.clone(), param(w, &p)?.clone())))
+            .collect::<Result<TensorMap>>()?;
+        Ok(CpuWeights { tensors })
     }
 
     /// Bytes held.
@@ -63,15 +68,6 @@ pub struct CpuModel {
     /// Activation slots, made at prepare and reused by every run (no allocation per run
     /// but the outputs).
     arena: Mutex<Vec<Vec<f32>>>,
-}
-
-/// The parameters `graph` names, copied out of `weights` (for one-off models and tests).
-pub fn own_copy(graph: &Graph, weights: &dyn Weights) -> Result<TensorMap> {
-    graph
-        .params()
-        .into_iter()
-        .map(|p| Ok((p.name.clone(), param(weights, &p)?.clone())))
-        .collect()
 }
 
 impl CpuModel {

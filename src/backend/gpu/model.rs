@@ -153,10 +153,11 @@ impl GpuModel {
         weights: &dyn Weights,
         fuse: bool,
     ) -> Result<Self> {
+        let program = Program::new(graph, fuse);
         // A plan that cannot fit fails before any weight is uploaded.
-        batch_chunk(&Program::new(graph, fuse), ctx.binding_limit())?;
+        batch_chunk(&program, ctx.binding_limit())?;
         let shared = Arc::new(GpuWeights::upload(ctx, graph, weights).await?);
-        Self::prepare_shared(graph, &shared, fuse).await
+        Self::build(program, &shared).await
     }
 
     /// Prepare a plan for `graph` that binds the model's shared weights: it owns only its
@@ -166,8 +167,11 @@ impl GpuModel {
         weights: &Arc<GpuWeights>,
         fuse: bool,
     ) -> Result<Self> {
+        Self::build(Program::new(graph, fuse), weights).await
+    }
+
+    async fn build(program: Program, weights: &Arc<GpuWeights>) -> Result<Self> {
         let ctx = weights.context();
-        let program = Program::new(graph, fuse);
         let params = program.params(weights.as_ref())?;
         ctx.scoped("preparing the graph", || {
             Builder::new(ctx, weights).build(&program, &params)
