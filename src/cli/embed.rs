@@ -223,9 +223,9 @@ pub fn embed(a: EmbedArgs) -> R<()> {
         if pending.is_empty() {
             return Ok(());
         }
-        let imgs: Vec<_> = pending.iter().map(|(_, i)| i.clone()).collect();
+        let (paths, imgs): (Vec<PathBuf>, Vec<image::DynamicImage>) = pending.drain(..).unzip();
         let out = emb.embed(&emb.tensor(&imgs))?;
-        for ((p, _), r) in pending.drain(..).zip(out) {
+        for (p, r) in paths.iter().zip(out) {
             names.push(p.display().to_string());
             rows.push(r);
         }
