@@ -12,6 +12,24 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
+/// The threaded build's pool of web workers (`initThreadPool(n)` in JS), made once before
+/// any model loads; the package does it when the page is cross-origin isolated.
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// Threads the CPU backend computes on: the pool's size in the threaded build, else 1.
+#[wasm_bindgen(js_name = cpuThreads)]
+pub fn cpu_threads() -> u32 {
+    #[cfg(feature = "threads")]
+    {
+        rayon::current_num_threads() as u32
+    }
+    #[cfg(not(feature = "threads"))]
+    {
+        1
+    }
+}
+
 #[wasm_bindgen(start)]
 fn start() {
     console_error_panic_hook::set_once();
@@ -354,6 +372,10 @@ impl Engine {
                     if gpu.is_some() { "webgpu" } else { "cpu" }.into(),
                 ),
                 ("adapter", adapter.map_or(JsValue::NULL, |a| a.into())),
+                (
+                    "threads",
+                    if gpu.is_some() { 1 } else { cpu_threads() }.into(),
+                ),
                 (
                     "notice",
                     target.notice.as_deref().map_or(JsValue::NULL, |n| n.into()),

@@ -69,7 +69,10 @@ async function loadModel() {
   try { choice = weightsChoice(); } catch (e) { showError(e.message); return; }
   setStatus('loading');
   $('predictions').replaceChildren();
-  const args = { model, seed: 1, device: new URLSearchParams(location.search).get('device') || 'auto' };
+  const query = new URLSearchParams(location.search);
+  // ?threads=N caps the CPU backend's threads (used only on a cross-origin isolated page).
+  const threads = Number(query.get('threads')) || undefined;
+  const args = { model, seed: 1, device: query.get('device') || 'auto', threads };
   if (choice.kind === 'file') args.weightsBytes = await choice.file.arrayBuffer();
   if (choice.kind === 'url') args.weightsUrl = choice.url;
   $('progress-box').hidden = choice.kind !== 'url';

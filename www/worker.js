@@ -20,6 +20,7 @@ const handlers = {
       model: args.model,
       weights,
       device: args.device ?? 'auto',
+      threads: args.threads,
       onProgress: (p) => {
         if (p.phase === 'download') postMessage({ id, progress: p });
         else if (p.loaded === 0) t1 = performance.now();
@@ -27,7 +28,8 @@ const handlers = {
     });
     const { info } = model;
     return {
-      backend: info.backend === 'webgpu' ? `WebGPU: ${info.adapter}` : 'CPU (wasm)',
+      backend: info.backend === 'webgpu' ? `WebGPU: ${info.adapter}`
+        : info.threads > 1 ? `CPU (wasm, ${info.threads} threads)` : 'CPU (wasm)',
       notice: info.notice,
       weightsMs: t1 - t0,
       prepareMs: performance.now() - t1,

@@ -45,9 +45,11 @@ before(() => {
     if (!file.startsWith(tmp) && !file.startsWith(dist)) { res.writeHead(403).end(); return; }
     fs.readFile(file, (err, body) => {
       if (err) { res.writeHead(404).end(); return; }
-      // Every response carries the page's policy, so the worker runs under it too.
+      // Every response carries the page's policy, so the worker runs under it too, and
+      // the headers that isolate the page (as `trunk serve` sends them): wasm threads.
       res.writeHead(200, { 'content-type': types[path.extname(file)] || 'application/octet-stream',
-        'content-length': body.length, 'content-security-policy': csp });
+        'content-length': body.length, 'content-security-policy': csp,
+        'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' });
       res.end(body);
     });
   });
@@ -133,7 +135,7 @@ test('WebGPU on SwiftShader: the top-5 equal the CLI, then weights come from the
     const auto = await ctx.newPage();
     await auto.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1`);
     assert.equal(await status(auto, ['ready', 'error']), 'ready');
-    assert.match(await auto.textContent('[data-testid=backend]'), /^CPU \(wasm\) \(.*software renderer/);
+    assert.match(await auto.textContent('[data-testid=backend]'), /^CPU \(wasm, \d+ threads\) \(.*software renderer/);
   } finally {
     await browser.close();
   }
@@ -148,9 +150,11 @@ test('the page ships a strict Content-Security-Policy and loads no third-party s
   }
   const trunk = fs.readFileSync(path.join(import.meta.dirname, '../../Trunk.toml'), 'utf8');
   assert.ok(trunk.includes(`"Content-Security-Policy" = "${csp}"`), 'trunk serve sends the same policy');
+  assert.ok(trunk.includes('"Cross-Origin-Opener-Policy" = "same-origin"'), 'trunk serve isolates the page');
+  assert.ok(trunk.includes('"Cross-Origin-Embedder-Policy" = "require-corp"'), 'trunk serve isolates the page');
 });
 
-test('without WebGPU the CPU (wasm) backend gives the same top-5 (under the CSP header)', { timeout: LONG }, async () => {
+test('without WebGPU the CPU (wasm) backend, a thread per core, gives the same top-5 (under the CSP header)', { timeout: LONG }, async () => {
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, '--disable-gpu'] });
   try {
     const page = await browser.newPage();
@@ -160,7 +164,10 @@ test('without WebGPU the CPU (wasm) backend gives the same top-5 (under the CSP 
     page.on('console', (m) => /Content Security Policy/i.test(m.text()) && refused.push(m.text()));
     await page.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1`);
     assert.equal(await status(page, ['ready', 'error']), 'ready', await page.textContent('[data-testid=error]'));
-    assert.match(await page.textContent('[data-testid=backend]'), /^CPU \(wasm\)/);
+    // The page is cross-origin isolated, so the worker's CPU backend has a thread per core.
+    const cores = await page.evaluate(() => crossOriginIsolated && navigator.hardwareConcurrency);
+    assert.ok(cores >= 2, `cross-origin isolated with 2+ cores (${cores})`);
+    assert.match(await page.textContent('[data-testid=backend]'), new RegExp(`^CPU \\(wasm, ${cores} threads\\)`));
     await act(page, () => page.setInputFiles('[data-testid=image-input]', demo));
     assert.equal(await status(page, ['done', 'error']), 'done', await page.textContent('[data-testid=error]'));
     assertSameAsCli(await predictions(page));

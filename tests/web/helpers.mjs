@@ -118,9 +118,9 @@ const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/ja
 
 /**
  * Serve `dir` on 127.0.0.1; `hits` counts requests per path; `routes` maps a path to a
- * handler `(req, res) => void` that takes precedence.
+ * handler `(req, res) => void` that takes precedence; `headers` go on every file served.
  */
-export function serve(dir, routes = {}) {
+export function serve(dir, routes = {}, headers = {}) {
   const hits = new Map();
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
@@ -131,7 +131,7 @@ export function serve(dir, routes = {}) {
     fs.readFile(file, (err, body) => {
       if (err) { res.writeHead(404).end(); return; }
       res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream',
-        'content-length': body.length });
+        'content-length': body.length, ...headers });
       res.end(body);
     });
   });
@@ -139,3 +139,6 @@ export function serve(dir, routes = {}) {
     resolve({ server, hits, base: `http://127.0.0.1:${server.address().port}` });
   }));
 }
+
+/** The headers that make a page cross-origin isolated (shared memory, wasm threads). */
+export const ISOLATED = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };

@@ -1,13 +1,14 @@
 // The npm package in headless chromium, installed from its tarball: the README's browser
 // example page (import map, no bundler) classifies like the CLI, and a golden case passes,
 // on WebGPU (SwiftShader) and with WebGPU disabled (CPU, wasm); a lost GPU device is
-// recovered inside the package. Needs scripts/build-npm and the CLI.
+// recovered inside the package; on a cross-origin isolated page the CPU backend runs on a
+// pool of web workers. Needs scripts/build-npm and the CLI.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { root, golden, installPackage, webcnn, synthInput, relL2, serve } from './helpers.mjs';
+import { root, golden, installPackage, webcnn, synthInput, relL2, serve, ISOLATED } from './helpers.mjs';
 
 const COMMON = ['--no-sandbox', '--no-first-run', '--disable-background-networking',
   '--disable-component-update', '--disable-sync'];
@@ -16,7 +17,7 @@ const WEBGPU = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vul
 const LONG = 600_000;
 const CASE = 'resnet18-s1-2x3x96x128';
 
-let app, srv, expected, goldenCase;
+let app, srv, iso, expected, goldenCase;
 
 before(async () => {
   app = installPackage('webcnn-npm-browser-');
@@ -38,10 +39,30 @@ before(async () => {
     '/make-flaky-gone': (req, res) => { gone = true; res.end('ok'); },
     '/make-flaky-back': (req, res) => { gone = false; res.end('ok'); },
   });
+  // The same files with COOP + COEP: a cross-origin isolated page, where wasm threads work.
+  iso = await serve(app, {}, ISOLATED);
+  // A module worker that runs the golden case, as a page that keeps its UI free would.
+  fs.writeFileSync(path.join(app, 'golden-worker.js'), `
+import { load } from './node_modules/webcnn/index.js';
+onmessage = async ({ data: { x, shape, threads } }) => {
+  try {
+    const weights = await (await fetch('r18-s1.safetensors')).arrayBuffer();
+    const m = await load({ model: 'resnet18', weights, device: 'cpu', threads });
+    const first = await m.forward(new Float32Array(x), shape);
+    const again = await m.forward(new Float32Array(x), shape);
+    const top = await m.classify(await (await fetch('demo.png')).blob(), { topK: 5 }).catch((e) => e.code);
+    postMessage({ info: m.info, shape: first.shape, data: Array.from(first.data),
+      same: first.data.every((v, i) => Object.is(v, again.data[i])), top,
+      shared: first.data.buffer instanceof SharedArrayBuffer });
+  } catch (e) {
+    postMessage({ error: \`\${e.code}: \${e.message}\` });
+  }
+};`);
 });
 
 after(() => {
   srv?.server.close();
+  iso?.server.close();
   if (app) fs.rmSync(app, { recursive: true, force: true });
 });
 
@@ -182,6 +203,55 @@ test('WebGPU disabled: auto runs on the CPU (wasm) with a notice; a golden case;
       try { await load({ model: 'resnet18', weights: 'synthetic:1', device: 'webgpu' }); return 'loaded'; } catch (e) { return e.code; }
     });
     assert.equal(code, 'NO_WEBGPU');
+  } finally {
+    await browser.close();
+  }
+});
+
+test('cross-origin isolated: the CPU backend computes on a pool of web workers; a golden case', { timeout: LONG }, async () => {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, '--disable-gpu'] });
+  try {
+    const page = await browser.newPage();
+    page.on('console', (m) => m.type() === 'error' && console.log('[page]', m.text()));
+    await page.goto(`${iso.base}/browser.html?weights=r18-s3.safetensors&image=demo.png&device=cpu`);
+    await page.waitForSelector('#out[data-state=done], #out[data-state=error]', { timeout: LONG });
+    assert.equal(await page.getAttribute('#out', 'data-state'), 'done', await page.textContent('#out'));
+    const cores = await page.evaluate(() => crossOriginIsolated && navigator.hardwareConcurrency);
+    assert.ok(cores >= 2, `the page is cross-origin isolated with 2+ cores (${cores})`);
+    // On the window's thread, which spins while the pool works, the pool leaves it a core.
+    const { info, top } = await page.evaluate(() => window.lastResult);
+    assert.equal(info.backend, 'cpu');
+    assert.equal(info.threads, cores - 1);
+    assertSameAsCli(top, 1e-5);
+
+    // In a worker the pool takes every core, and the golden case holds.
+    const c = goldenCase;
+    const x = Array.from(synthInput(c.input_shape, c.input_seed));
+    const inWorker = (threads) => page.evaluate((job) => new Promise((resolve) => {
+      const w = new Worker('/golden-worker.js', { type: 'module' });
+      w.onmessage = (e) => { resolve(e.data); w.terminate(); };
+      w.onerror = (e) => resolve({ error: e.message });
+      w.postMessage(job);
+    }), { x, shape: c.input_shape, threads });
+    const tops = [];
+    for (const threads of [undefined, 1, 2]) {
+      const r = await inWorker(threads);
+      assert.equal(r.error, undefined, r.error);
+      assert.equal(r.info.threads, threads ?? cores, `threads: ${threads}`);
+      assert.deepEqual(r.shape, c.output_shape);
+      const e = relL2(r.data, c.output);
+      assert.ok(e <= 1e-4, `${CASE} with ${r.info.threads} threads: relative L2 ${e}`);
+      assert.equal(r.same, true, 'two runs give the same bits');
+      assert.equal(r.shared, false, 'outputs are plain arrays, not views of shared memory');
+      tops.push(r.top);
+    }
+    // The pool and the single-threaded build classify alike.
+    for (const t of tops.slice(1)) {
+      assert.deepEqual(t.map((p) => p.index), tops[0].map((p) => p.index));
+      t.forEach((p, i) => assert.ok(Math.abs(p.probability - tops[0][i].probability) < 1e-5));
+    }
+    const bad = await inWorker(0);
+    assert.match(bad.error, /^BAD_ARGUMENT: threads must be/);
   } finally {
     await browser.close();
   }

@@ -4,8 +4,20 @@ const CACHE = 'webcnn-weights-v1';
 
 export const name = 'browser';
 
-export async function wasmSource() {
-  return new URL('./wasm/webcnn_bg.wasm', import.meta.url);
+/** `build`: 'wasm' (single-threaded) or 'wasm-mt' (threaded). */
+export async function wasmSource(build) {
+  return new URL(`./${build}/webcnn_bg.wasm`, import.meta.url);
+}
+
+/** A window's thread (not a worker), where a thread may not sleep on shared memory. */
+export function onMainThread() {
+  return typeof WorkerGlobalScope === 'undefined' || !(globalThis instanceof WorkerGlobalScope);
+}
+
+/** Shared wasm memory needs a cross-origin isolated page (COOP + COEP headers). */
+export function threadsSupported() {
+  return globalThis.crossOriginIsolated === true && typeof SharedArrayBuffer === 'function'
+    && typeof Worker === 'function';
 }
 
 /** Browsers read no local files: every other string is a URL. */

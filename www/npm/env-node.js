@@ -8,8 +8,17 @@ import { fileURLToPath } from 'node:url';
 
 export const name = 'node';
 
-export async function wasmSource() {
-  return fsReadFile(fileURLToPath(new URL('./wasm/webcnn_bg.wasm', import.meta.url)));
+export async function wasmSource(build) {
+  return fsReadFile(fileURLToPath(new URL(`./${build}/webcnn_bg.wasm`, import.meta.url)));
+}
+
+export function onMainThread() {
+  return true;
+}
+
+/** The threaded build spawns web workers, which Node does not have: one thread. */
+export function threadsSupported() {
+  return false;
 }
 
 /** A weights string that names a local file (a path or a file: URL), else null. */

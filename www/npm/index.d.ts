@@ -82,8 +82,13 @@ export interface LoadOptions {
   cache?: boolean;
   /** The Hub's address for `hf:` (default: $HF_ENDPOINT in Node, else https://huggingface.co). */
   hfEndpoint?: string;
-  /** The wasm module, if not the file next to the package's module. */
+  /** The wasm module, if not the file next to the package's module (single-threaded build). */
   wasm?: WasmSource;
+  /**
+   * The CPU backend's threads: 'auto' (default) takes every core where the page is
+   * cross-origin isolated (COOP + COEP headers), else 1; fixed by the first load or init.
+   */
+  threads?: number | 'auto';
 }
 
 export type WasmSource = string | URL | Response | BufferSource | WebAssembly.Module;
@@ -93,6 +98,8 @@ export interface ModelInfo {
   backend: 'webgpu' | 'cpu';
   /** The WebGPU adapter's name, or null on the CPU. */
   adapter: string | null;
+  /** Threads the CPU backend computes on (1 on WebGPU and without cross-origin isolation). */
+  threads: number;
   /** Why the CPU runs although 'auto' was asked for, else null. */
   notice: string | null;
   inputSize: [number, number, number];
@@ -156,4 +163,4 @@ export class Model {
 export function load(options: LoadOptions): Promise<Model>;
 
 /** Load the wasm module ahead of time (load() does it on first use). */
-export function init(options?: { wasm?: WasmSource }): Promise<void>;
+export function init(options?: { wasm?: WasmSource; threads?: number | 'auto' }): Promise<void>;

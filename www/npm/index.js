@@ -1,8 +1,8 @@
 // webcnn: AlexNet, VGG and ResNet on WebGPU or the CPU (wasm), in browsers and Node.
 // This module is the public API; the wasm binding (`./wasm/webcnn.js`, made from the
-// crate's src/wasm.rs) does the work. Environment specifics (finding the wasm, the weights
-// cache) live in env-browser.js / env-node.js; `node.js` selects the latter.
-import initWasm, { Engine } from './wasm/webcnn.js';
+// crate's src/wasm.rs) does the work; on cross-origin isolated pages its threaded build
+// (`./wasm-mt/`) computes on a pool of web workers. Environment specifics (finding the wasm,
+// the weights cache) live in env-browser.js / env-node.js; `node.js` selects the latter.
 import MODELS from './models.js';
 import * as browserEnv from './env-browser.js';
 
@@ -36,15 +36,46 @@ function wrap(e) {
 
 const fail = (code, message) => { throw new WebcnnError(code, message); };
 
+function checkThreads(threads) {
+  if (threads !== undefined && threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1)) {
+    fail('BAD_ARGUMENT', `threads must be 'auto' or a whole number >= 1, not ${threads}`);
+  }
+}
+
+/** The threads the CPU backend may use here: 1 unless shared memory is allowed. */
+function threadsAvailable(threads) {
+  checkThreads(threads);
+  if (!env.threadsSupported()) return 1;
+  if (threads !== undefined && threads !== 'auto') return Math.min(threads, 64);
+  const cores = (typeof navigator !== 'undefined' && navigator.hardwareConcurrency) || 1;
+  // A worker sleeps while the pool computes, so the pool takes every core; a window's
+  // thread may not sleep on shared memory and spins instead, so it leaves that core.
+  return Math.max(1, Math.min(env.onMainThread() ? cores - 1 : cores, 64));
+}
+
 let ready = null;
+let wasmModule = null;
 /**
  * Load the wasm module (done by `load` on first use). `wasm`: a URL, Response, bytes or
- * compiled module to use instead of the file next to this module.
+ * compiled module to use instead of the file next to this module (single-threaded build).
+ * `threads`: the CPU backend's threads, 'auto' (default: every core where the page is
+ * cross-origin isolated, else 1) or a number; fixed by the first call.
  */
-export function init({ wasm } = {}) {
+export function init({ wasm, threads } = {}) {
   if (!ready) {
     ready = (async () => {
-      await initWasm({ module_or_path: wasm ?? await env.wasmSource() });
+      const usable = threadsAvailable(threads);
+      const n = wasm === undefined ? usable : 1;
+      if (n > 1) {
+        const mod = await import('./wasm-mt/webcnn.js');
+        await mod.default({ module_or_path: await env.wasmSource('wasm-mt') });
+        await mod.initThreadPool(n);
+        wasmModule = mod;
+      } else {
+        const mod = await import('./wasm/webcnn.js');
+        await mod.default({ module_or_path: wasm ?? await env.wasmSource('wasm') });
+        wasmModule = mod;
+      }
     })();
     ready.catch(() => { ready = null; });
   }
@@ -143,19 +174,21 @@ export async function load(options) {
     fail('BAD_ARGUMENT', "weights are required: a URL, 'hf:OWNER/NAME', bytes, a Blob, or 'synthetic:SEED' for untrained weights");
   }
   if (!DEVICES.has(device)) fail('BAD_ARGUMENT', `unknown device '${device}': use auto, webgpu or cpu`);
+  checkThreads(options.threads);
   if (onProgress !== undefined && typeof onProgress !== 'function') fail('BAD_ARGUMENT', 'onProgress must be a function');
   const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
   const source = weightsSource(weights, options);
   try {
-    await init({ wasm: options.wasm });
+    await init({ wasm: options.wasm, threads: options.threads });
   } catch (e) {
+    if (e instanceof WebcnnError) throw e;
     throw new WebcnnError('INTERNAL', `loading the wasm module failed: ${(e && e.message) || e}`, { cause: e });
   }
   const create = async () => {
     try {
       const bytes = await source.read(progress);
       progress({ phase: 'prepare', loaded: 0, total: 1 });
-      const engine = await Engine.load(model, bytes, source.seed ?? 1, device);
+      const engine = await wasmModule.Engine.load(model, bytes, source.seed ?? 1, device);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
       return engine;
     } catch (e) {
@@ -173,6 +206,7 @@ function describe(engine) {
     id: raw.id,
     backend: raw.backend,
     adapter: raw.adapter,
+    threads: raw.threads,
     notice: raw.notice,
     inputSize: raw.inputSize,
     labels: raw.labels,

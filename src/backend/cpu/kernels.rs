@@ -6,27 +6,27 @@ use crate::graph::{Conv2d, Lrn, Pool2d};
 use crate::lower::{Kernel, Step, StepParams};
 use crate::tensor::numel;
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
 use rayon::prelude::*;
 
 /// `f(i, chunk)` over `out` split into `len`-sized chunks, in parallel where threads exist.
 fn par_chunks(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     out.par_chunks_mut(len.max(1))
         .enumerate()
         .for_each(|(i, c)| f(i, c));
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     out.chunks_mut(len.max(1))
         .enumerate()
         .for_each(|(i, c)| f(i, c));
 }
 
 fn parallelism() -> gemm::Parallelism {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
         gemm::Parallelism::None
     }
@@ -238,11 +238,11 @@ impl OutPtr {
 }
 
 fn threads() -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         rayon::current_num_threads()
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
         1
     }
@@ -251,11 +251,11 @@ fn threads() -> usize {
 /// Run `f(task, scratch)` for every task, in parallel where threads exist, each thread
 /// with its own scratch buffer of `scratch` floats.
 fn par_tasks<T: Sync>(tasks: &[T], scratch: usize, f: impl Fn(&T, &mut [f32]) + Sync + Send) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     tasks
         .par_iter()
         .for_each_init(|| vec![0f32; scratch], |buf, t| f(t, buf));
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
         let mut buf = vec![0f32; scratch];
         tasks.iter().for_each(|t| f(t, &mut buf));
