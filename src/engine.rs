@@ -111,8 +111,13 @@ pub struct WeightBytes {
     pub host: u64,
 }
 
+/// Where a session gets its weights again when its GPU device is lost.
+pub type Reload = Arc<dyn Fn() -> Result<TensorMap> + Send + Sync>;
+
 /// A model loaded on one backend: its weights once, and plans for the graphs run on it
 /// (the model's own, other outputs, other input sizes), made on first use and reused.
+/// A lost GPU device fails the run in flight with `Error::DeviceLost`; with a weights
+/// source ([`Session::with_reload`]) the next run opens a new device and loads again.
 pub struct Session {
     /// Shared, so a run can hold it while the session prepares a plan.
     graph: Arc<Graph>,
@@ -121,6 +126,7 @@ pub struct Session {
     plans: Vec<(PlanKey, Plan)>,
     /// Set when `Device::Auto` fell back to the CPU: why.
     pub notice: Option<String>,
+    reload: Option<Reload>,
 }
 
 impl Session {
@@ -138,7 +144,41 @@ impl Session {
             store,
             plans: vec![],
             notice: target.notice.clone(),
+            reload: None,
         })
+    }
+
+    /// Where to get the weights again if the GPU device is lost (the file they came
+    /// from, the synthetic seed): the next run then re-creates the device and reloads.
+    pub fn with_reload(mut self, reload: Reload) -> Session {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// After a lost device: a new one, the weights loaded on it, every plan made again.
+    // wgpu handles are single-threaded in wasm; natively GpuWeights is Send + Sync.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    async fn recover(&mut self) -> Result<()> {
+        let Store::Gpu(w) = &self.store else {
+            return Ok(());
+        };
+        let Some(why) = w.context().lost() else {
+            return Ok(());
+        };
+        let Some(reload) = self.reload.clone() else {
+            return Err(crate::Error::DeviceLost(format!(
+                "{why}; this session has no weights source to reload from (Session::with_reload): load the model again"
+            )));
+        };
+        let ctx = w.context().reopen().await?;
+        let weights = reload()?;
+        let store = Store::Gpu(Arc::new(
+            GpuWeights::upload(&ctx, &self.graph, &weights).await?,
+        ));
+        self.plans.clear();
+        self.store = store;
+        log::warn!("the GPU device was lost ({why}); the model runs on a new device");
+        Ok(())
     }
 
     /// Open `device` and load in one step.
@@ -195,6 +235,7 @@ impl Session {
 
     /// Run `graph` (the loaded model with other outputs or another input shape) on `x`.
     pub async fn run_graph(&mut self, graph: &Graph, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.recover().await?;
         match self.prepare(graph).await? {
             Plan::Gpu(m) => m.run(x).await,
             Plan::Cpu(m) => m.run(x),

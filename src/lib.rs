@@ -6,6 +6,8 @@ pub mod error;
 pub mod graph;
 pub mod lower;
 pub mod models;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod npy;
 pub mod plan;
 pub mod preprocess;
 pub mod prng;

@@ -11,11 +11,22 @@ use std::io::Cursor;
 #[error("cannot decode image: {0}")]
 pub struct DecodeError(pub String);
 
-/// Decode JPEG / PNG / WebP / GIF / BMP bytes, honouring EXIF orientation.
+/// Decoded images larger than this (pixels) are refused before their pixels are
+/// allocated: 64 megapixels, more than any camera photo a CNN is fed.
+pub const MAX_DECODED_PIXELS: u64 = 64 << 20;
+
+/// The decoder's own allocation budget: 64 megapixels at 16-bit RGBA, plus room.
+const MAX_DECODE_ALLOC: u64 = MAX_DECODED_PIXELS * 8 + (64 << 20);
+
+/// Decode JPEG / PNG / WebP / GIF / BMP bytes, honouring EXIF orientation. Images past
+/// `MAX_DECODED_PIXELS` are an error, found from the header before decoding.
 pub fn decode(bytes: &[u8]) -> Result<DynamicImage, DecodeError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DecodeError(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
     if reader.format().is_none() {
         return Err(DecodeError(
             "not a JPEG, PNG, WebP, GIF or BMP image".into(),
@@ -24,6 +35,13 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage, DecodeError> {
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| DecodeError(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > MAX_DECODED_PIXELS {
+        return Err(DecodeError(format!(
+            "{w}x{h} pixels is more than the {} megapixels webcnn decodes",
+            MAX_DECODED_PIXELS >> 20
+        )));
+    }
     let orientation = decoder
         .orientation()
         .map_err(|e| DecodeError(e.to_string()))?;
@@ -45,6 +63,12 @@ pub fn from_pixels(
         return Err(DecodeError(format!(
             "{width}x{height}x{channels} pixels need {want} bytes, got {}",
             data.len()
+        )));
+    }
+    if width as u64 * height as u64 > MAX_DECODED_PIXELS {
+        return Err(DecodeError(format!(
+            "{width}x{height} pixels is more than the {} megapixels webcnn takes",
+            MAX_DECODED_PIXELS >> 20
         )));
     }
     let img = match channels {

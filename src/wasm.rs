@@ -9,6 +9,7 @@ use crate::preprocess;
 use crate::{Graph, Tensor};
 use js_sys::{Array, Float32Array, Object, Reflect, Uint8Array};
 use std::cell::RefCell;
+use std::future::Future;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
@@ -30,9 +31,28 @@ pub fn cpu_threads() -> u32 {
     }
 }
 
+thread_local! {
+    static ON_PANIC: RefCell<Option<js_sys::Function>> = const { RefCell::new(None) };
+}
+
+/// `f(message)` is called when Rust panics on this thread, just before the wasm traps:
+/// the package then knows the instance is done for, even where the trap itself lands in
+/// a microtask no caller awaits. `f` must not call back into the wasm.
+#[wasm_bindgen(js_name = onPanic)]
+pub fn on_panic(f: js_sys::Function) {
+    ON_PANIC.with(|h| *h.borrow_mut() = Some(f));
+}
+
 #[wasm_bindgen(start)]
 fn start() {
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info);
+        ON_PANIC.with(|h| {
+            if let Some(f) = h.try_borrow().ok().and_then(|f| f.clone()) {
+                let _ = f.call1(&JsValue::NULL, &info.to_string().into());
+            }
+        });
+    }));
 }
 
 /// A JS `Error` with `code` set.
@@ -139,7 +159,57 @@ struct Inner {
     session: Session,
 }
 
+/// One call on a model, with its arguments checked.
+enum Call {
+    Forward(JsValue),
+    Classify(JsValue, u32),
+    Features(JsValue, Vec<String>),
+    Cam(JsValue, Option<u32>),
+    /// The tests' way to panic inside a call, as a bug would.
+    Panic,
+}
+
+impl Call {
+    fn parse(method: &str, a: JsValue, b: JsValue) -> Result<Call, JsValue> {
+        let int = |v: &JsValue, what: &str| {
+            v.as_f64()
+                .filter(|d| *d >= 0.0 && d.fract() == 0.0 && *d <= u32::MAX as f64)
+                .map(|d| d as u32)
+                .ok_or_else(|| bad(format!("{what} must be a non-negative integer")))
+        };
+        Ok(match method {
+            "forward" => Call::Forward(a),
+            "classify" => Call::Classify(a, int(&b, "topK")?),
+            "features" => {
+                let nodes = Array::from(&b)
+                    .iter()
+                    .map(|v| v.as_string())
+                    .collect::<Option<Vec<String>>>()
+                    .ok_or_else(|| bad("node names must be strings"))?;
+                Call::Features(a, nodes)
+            }
+            "cam" if b.is_undefined() || b.is_null() => Call::Cam(a, None),
+            "cam" => Call::Cam(a, Some(int(&b, "class")?)),
+            "_panic" => Call::Panic,
+            m => return Err(bad(format!("unknown method '{m}'"))),
+        })
+    }
+}
+
 impl Inner {
+    async fn call(&mut self, c: Call) -> Result<JsValue, JsValue> {
+        match c {
+            Call::Forward(input) => {
+                let x = self.input(&input)?;
+                Ok(tensor_js(self.run(&x, &[]).await?.remove(0)))
+            }
+            Call::Classify(input, k) => self.classify(input, k).await,
+            Call::Features(input, nodes) => self.features(input, nodes).await,
+            Call::Cam(input, class) => self.cam(input, class).await,
+            Call::Panic => panic!("the test hook panicked inside a call"),
+        }
+    }
+
     /// An input as the wrapper hands it over: `{kind: 'encoded', bytes}`, `{kind:
     /// 'pixels', data, width, height, channels}` or `{kind: 'tensor', data, shape}`.
     fn input(&self, input: &JsValue) -> Result<Tensor, JsValue> {
@@ -407,40 +477,44 @@ impl Engine {
         self.info.clone()
     }
 
-    /// The model on a `[n, 3, h, w]` tensor: `{data, shape}` of the logits.
-    pub fn forward(&self, input: JsValue) -> js_sys::Promise {
+    /// Runs `method` (`forward`, `classify`, `features`, `cam`; `_panic` for the tests)
+    /// with its arguments, as a Promise:
+    /// - `forward(input)`: `{data, shape}` of the logits for a `[n, 3, h, w]` tensor;
+    /// - `classify(input, k)`: top-`k` `[{index, label, probability}]` for each image;
+    /// - `features(input, nodes)`: `{node: {data, shape}}` for torchvision node names;
+    /// - `cam(input, class?)`: `{data, shape: [h, w], class}`, a ResNet's activation map.
+    pub fn call(&self, method: String, a: JsValue, b: JsValue) -> js_sys::Promise {
+        let c = match Call::parse(&method, a, b) {
+            Ok(c) => c,
+            Err(e) => return js_sys::Promise::reject(&e),
+        };
         with_inner(&self.inner, move |mut inner| async move {
-            let r = async {
-                let x = inner.input(&input)?;
-                Ok(tensor_js(inner.run(&x, &[]).await?.remove(0)))
-            }
-            .await;
+            let r = inner.call(c).await;
             (inner, r)
         })
     }
 
-    /// Top-`k` `[{index, label, probability}]` for each image of the input.
-    pub fn classify(&self, input: JsValue, k: u32) -> js_sys::Promise {
-        with_inner(&self.inner, move |mut inner| async move {
-            let r = inner.classify(input, k).await;
-            (inner, r)
-        })
-    }
-
-    /// `{node: {data, shape}}` for each requested torchvision node name.
-    pub fn features(&self, input: JsValue, nodes: Vec<String>) -> js_sys::Promise {
-        with_inner(&self.inner, move |mut inner| async move {
-            let r = inner.features(input, nodes).await;
-            (inner, r)
-        })
-    }
-
-    /// `{data, shape: [h, w], class}`: the class activation map (ResNets).
-    pub fn cam(&self, input: JsValue, class: Option<u32>) -> js_sys::Promise {
-        with_inner(&self.inner, move |mut inner| async move {
-            let r = inner.cam(input, class).await;
-            (inner, r)
-        })
+    /// `call` finished before it returns, for the CPU backend (whose runs never wait):
+    /// a trap then reaches the caller as an exception, never a lost Promise.
+    #[wasm_bindgen(js_name = callSync)]
+    pub fn call_sync(&self, method: String, a: JsValue, b: JsValue) -> Result<JsValue, JsValue> {
+        if self.gpu.is_some() {
+            return Err(bad("callSync is for the CPU backend"));
+        }
+        let c = Call::parse(&method, a, b)?;
+        let mut cell = self
+            .inner
+            .try_borrow_mut()
+            .map_err(|_| bad("the model is busy with another call"))?;
+        let inner = cell
+            .as_mut()
+            .ok_or_else(|| bad("the model is busy with another call or was disposed"))?;
+        let fut = std::pin::pin!(inner.call(c));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.poll(&mut cx) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => Err(bad("a CPU call waited: a bug, please report it")),
+        }
     }
 
     /// Destroys the GPU device, as a driver reset would: the package's tests use it to

@@ -2,10 +2,12 @@
 //! outputs and other input sizes all bind the same weights.
 mod common;
 
+use std::sync::Arc;
 use webcnn::engine::{Session, Target};
 use webcnn::models::Model;
 use webcnn::prng::{synth, synth_params};
 use webcnn::tensor::rel_l2;
+use webcnn::weights;
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
@@ -157,4 +159,55 @@ fn models_run_at_once_from_threads_as_they_run_alone() {
             }
         }
     });
+}
+
+#[test]
+fn a_lost_gpu_device_is_a_typed_error_and_the_next_run_makes_a_new_one() {
+    let model = Model::get("resnet18_caffe").unwrap();
+    let graph = model.graph(&[1, 3, 32, 32]).unwrap();
+    let x = webcnn::prng::synth("input", &[1, 3, 32, 32], 4).unwrap();
+    let g = graph.clone();
+    let reload: webcnn::engine::Reload = Arc::new(move || Ok(weights::synthetic(&g, 1)));
+    let target = Target::gpu(common::gpu());
+    let mut s = pollster::block_on(Session::load(
+        &graph,
+        weights::synthetic(&graph, 1),
+        &target,
+    ))
+    .unwrap()
+    .with_reload(reload);
+    let want = s.run_blocking(&x).unwrap().remove(0);
+    let before = s.gpu_context().unwrap().clone();
+    before.destroy();
+    match s.run_blocking(&x) {
+        Err(webcnn::Error::DeviceLost(why)) => assert!(!why.is_empty()),
+        other => panic!("a run on a destroyed device gave {other:?}"),
+    }
+    let got = s.run_blocking(&x).unwrap().remove(0);
+    assert_eq!(
+        got.data(),
+        want.data(),
+        "the new device gives the same bits"
+    );
+    let after = s.gpu_context().unwrap();
+    assert!(after.lost().is_none());
+    assert!(before.lost().is_some());
+
+    // Without a weights source the session cannot come back, and says so each time.
+    let mut s = pollster::block_on(Session::load(
+        &graph,
+        weights::synthetic(&graph, 1),
+        &Target::gpu(common::gpu()),
+    ))
+    .unwrap();
+    s.run_blocking(&x).unwrap();
+    s.gpu_context().unwrap().destroy();
+    assert!(matches!(
+        s.run_blocking(&x),
+        Err(webcnn::Error::DeviceLost(_))
+    ));
+    match s.run_blocking(&x) {
+        Err(webcnn::Error::DeviceLost(why)) => assert!(why.contains("no weights source"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }

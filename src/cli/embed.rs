@@ -112,7 +112,14 @@ impl Embedder {
         // Fails early on an unknown node, naming the nearest ones.
         full.with_outputs(&[&layer])?;
         let w = load_weights(weights, &full)?;
-        let session = Session::new_blocking(&full, w, device)?;
+        // A long embedding run survives a lost GPU device: the batch in flight is run again
+        // on a new device, with the weights read again from their source.
+        let source: webcnn::weights::Source = weights.parse()?;
+        let g = full.clone();
+        let session =
+            Session::new_blocking(&full, w, device)?.with_reload(std::sync::Arc::new(move || {
+                Ok(webcnn::weights::load(&source, &g, false)?.0)
+            }));
         if let Some(n) = &session.notice {
             eprintln!("notice: {n}");
         }
@@ -132,7 +139,14 @@ impl Embedder {
             self.graphs.push((n, g));
         }
         let g = &self.graphs.iter().find(|(b, _)| *b == n).expect("made").1;
-        let y = self.session.run_graph_blocking(g, x)?.remove(0);
+        let y = match self.session.run_graph_blocking(g, x) {
+            Err(webcnn::Error::DeviceLost(why)) => {
+                eprintln!("warning: the GPU device was lost ({why}); running on a new one");
+                self.session.run_graph_blocking(g, x)?
+            }
+            r => r?,
+        }
+        .remove(0);
         let d = y.len() / n;
         Ok(y.data().chunks(d).map(|c| c.to_vec()).collect())
     }

@@ -88,56 +88,11 @@ pub(super) fn load_weights(src: &str, graph: &Graph) -> R<weights::TensorMap> {
 }
 
 pub(super) fn read_npy(path: &Path) -> R<Tensor> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
-        .map_err(|e| format!("{}: not a .npy file: {e}", path.display()))?;
-    if npy.order() != npyz::Order::C {
-        return Err(format!("{}: Fortran-order arrays are not supported", path.display()).into());
-    }
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    // The header's dimensions are checked against the file before anything is allocated.
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-    let item = match npy.dtype() {
-        npyz::DType::Plain(t) => t.num_bytes().unwrap_or(0) as u64,
-        _ => 0,
-    };
-    if count
-        .and_then(|c| c.checked_mul(item))
-        .is_none_or(|b| b > size)
-    {
-        return Err(format!(
-            "{}: the header's shape {shape:?} needs more data than the {size}-byte file holds",
-            path.display()
-        )
-        .into());
-    }
-    let data: Vec<f32> = match npy.dtype() {
-        npyz::DType::Plain(t) if t.to_string().ends_with("f4") => npy.into_vec::<f32>()?,
-        npyz::DType::Plain(t) if t.to_string().ends_with("f8") => npy
-            .into_vec::<f64>()?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        d => {
-            return Err(format!("{}: dtype {d:?} is not float32 or float64", path.display()).into())
-        }
-    };
-    Ok(Tensor::new(shape, data).map_err(|e| format!("{}: {e}", path.display()))?)
+    Ok(webcnn::npy::read_file(path)?)
 }
 
 pub(super) fn write_npy(path: &Path, t: &Tensor) -> R<()> {
-    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    use npyz::WriterBuilder;
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&shape)
-        .writer(std::io::BufWriter::new(file))
-        .begin_nd()?;
-    w.extend(t.data().iter().copied())?;
-    w.finish()?;
-    Ok(())
+    Ok(webcnn::npy::write_file(path, t)?)
 }
 
 fn session(graph: &Graph, w: weights::TensorMap, device: Device) -> R<Session> {

@@ -5,6 +5,10 @@ use super::shape::{conv_out, pool_out};
 use super::*;
 use std::collections::HashSet;
 
+/// No tensor may have more elements than this (4 TiB of f32): sizes computed from
+/// shapes then never overflow.
+pub const MAX_ELEMENTS: u64 = 1 << 40;
+
 /// Builds a [`Graph`] node by node. Each method returns the new node's [`Value`] or a
 /// [`GraphError`] naming the node.
 #[derive(Default)]
@@ -30,6 +34,15 @@ impl GraphBuilder {
         inputs: Vec<Value>,
         shape: Vec<usize>,
     ) -> Result<Value, GraphError> {
+        // Every tensor's size fits memory arithmetic: later code multiplies shapes freely.
+        let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        if count.is_none_or(|c| c > MAX_ELEMENTS) {
+            return Err(err(
+                name,
+                &op,
+                format!("the output shape {shape:?} has more than 2^40 elements"),
+            ));
+        }
         if !self.names.insert(name.to_string()) {
             return Err(GraphError::DuplicateName(name.to_string()));
         }

@@ -309,20 +309,23 @@ impl Graph {
             .map(Value)
     }
 
-    /// Multiply-accumulates of the convolutions and linear layers.
+    /// Multiply-accumulates of the convolutions and linear layers (saturating: a graph
+    /// with absurd parameters says u64::MAX rather than wrapping).
     pub fn macs(&self) -> u64 {
+        let prod = |v: &[usize]| v.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
         self.nodes
             .iter()
             .map(|n| match &n.op {
-                Op::Conv2d(c) => {
-                    (n.shape.iter().product::<usize>() * c.in_channels / c.groups
-                        * c.kernel[0]
-                        * c.kernel[1]) as u64
-                }
-                Op::Linear(l) => (n.shape[0] * l.in_features * l.out_features) as u64,
+                Op::Conv2d(c) => prod(&[
+                    prod(&n.shape) as usize,
+                    c.in_channels / c.groups.max(1),
+                    c.kernel[0],
+                    c.kernel[1],
+                ]),
+                Op::Linear(l) => prod(&[n.shape[0], l.in_features, l.out_features]),
                 _ => 0,
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Every parameter the graph reads, in node order.

@@ -8,9 +8,10 @@ pub fn conv_out(
     pad: usize,
     dilation: usize,
 ) -> Option<usize> {
-    let span = dilation * (k - 1) + 1;
-    let padded = input + 2 * pad;
-    if padded < span {
+    // Checked: parameters come from callers and files; an overflow is "does not fit".
+    let span = dilation.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+    let padded = input.checked_add(pad.checked_mul(2)?)?;
+    if padded < span || stride == 0 {
         return None;
     }
     Some((padded - span) / stride + 1)
@@ -25,8 +26,8 @@ pub fn pool_out(
     pad: usize,
     ceil_mode: bool,
 ) -> Option<usize> {
-    let padded = input + 2 * pad;
-    if padded < k {
+    let padded = input.checked_add(pad.checked_mul(2)?)?;
+    if padded < k || stride == 0 {
         return None;
     }
     let num = padded - k;
@@ -36,6 +37,7 @@ pub fn pool_out(
         num / stride
     } + 1;
     if ceil_mode && (out - 1) * stride >= input + pad {
+        // (out - 1) * stride <= num < padded, and input + pad <= padded: no overflow.
         out -= 1;
     }
     Some(out)

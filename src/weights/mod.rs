@@ -226,7 +226,17 @@ impl std::str::FromStr for Source {
             return Ok(Source::Synthetic(1));
         }
         if let Some(repo) = s.strip_prefix("hf:") {
-            if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty()) {
+            // The Hub's own rule for names; it also keeps the cache path inside the cache
+            // (no '..', no separators, nothing a file system reads specially).
+            let part_ok = |p: &str| {
+                (1..=96).contains(&p.len())
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    && p.as_bytes()[0].is_ascii_alphanumeric()
+                    && !p.contains("..")
+                    && !p.contains("--")
+            };
+            if repo.split('/').count() != 2 || !repo.split('/').all(part_ok) {
                 return Err(WeightsError::BadSource(s.into()));
             }
             return Ok(Source::Hub(repo.to_string()));

@@ -44,14 +44,19 @@ before(async () => {
   // A module worker that runs the golden case, as a page that keeps its UI free would.
   fs.writeFileSync(path.join(app, 'golden-worker.js'), `
 import { load } from './node_modules/webcnn/index.js';
-onmessage = async ({ data: { x, shape, threads } }) => {
+onmessage = async ({ data: { x, shape, threads, panic } }) => {
   try {
     const weights = await (await fetch('r18-s1.safetensors')).arrayBuffer();
     const m = await load({ model: 'resnet18', weights, device: 'cpu', threads });
     const first = await m.forward(new Float32Array(x), shape);
+    let panicked = null;
+    if (panic) {
+      // A panic retires the wasm instance (and its pool); the next call runs on a new one.
+      panicked = await m[Symbol.for('webcnn.panic')]().then(() => 'resolved', (e) => e.code);
+    }
     const again = await m.forward(new Float32Array(x), shape);
     const top = await m.classify(await (await fetch('demo.png')).blob(), { topK: 5 }).catch((e) => e.code);
-    postMessage({ info: m.info, shape: first.shape, data: Array.from(first.data),
+    postMessage({ info: m.info, panicked, shape: first.shape, data: Array.from(first.data),
       same: first.data.every((v, i) => Object.is(v, again.data[i])), top,
       shared: first.data.buffer instanceof SharedArrayBuffer });
   } catch (e) {
@@ -152,6 +157,20 @@ test('WebGPU (SwiftShader): the example page equals the CLI; a golden case; devi
       const after = Array.from((await m.forward(x, [1, 3, 32, 32])).data.slice(0, 5));
       return { before, failure, after, backend: m.info.backend };
     });
+    // A panic inside a WebGPU call (whose trap lands in a microtask) still settles the
+    // call, as INTERNAL, and the next call runs on a new wasm instance.
+    const panic = await page.evaluate(async () => {
+      const { load } = await import('webcnn');
+      const m = await load({ model: 'resnet18_caffe', weights: 'synthetic:1', device: 'webgpu' });
+      const x = new Float32Array(3 * 32 * 32).fill(0.5);
+      const before = Array.from((await m.forward(x, [1, 3, 32, 32])).data.slice(0, 5));
+      const code = await m[Symbol.for('webcnn.panic')]().then(() => 'resolved', (e) => e.code);
+      const after = Array.from((await m.forward(x, [1, 3, 32, 32])).data.slice(0, 5));
+      return { code, before, after, backend: m.info.backend };
+    });
+    assert.equal(panic.code, 'INTERNAL');
+    assert.equal(panic.backend, 'webgpu');
+    assert.deepEqual(panic.after, panic.before);
     assert.equal(lost.failure?.code, 'DEVICE_LOST', JSON.stringify(lost.failure));
     assert.match(lost.failure.message, /new device failed: .*404/);
     assert.equal(lost.backend, 'webgpu');
@@ -232,10 +251,11 @@ test('cross-origin isolated: the CPU backend computes on a pool of web workers; 
       w.onmessage = (e) => { resolve(e.data); w.terminate(); };
       w.onerror = (e) => resolve({ error: e.message });
       w.postMessage(job);
-    }), { x, shape: c.input_shape, threads });
+    }), { x, shape: c.input_shape, threads, panic: threads === undefined });
     const tops = [];
     for (const threads of [undefined, 1, 2]) {
       const r = await inWorker(threads);
+      assert.equal(r.panicked, threads === undefined ? 'INTERNAL' : null);
       assert.equal(r.error, undefined, r.error);
       assert.equal(r.info.threads, threads ?? cores, `threads: ${threads}`);
       assert.deepEqual(r.shape, c.output_shape);

@@ -342,3 +342,21 @@ test("the README's TypeScript example type-checks against the shipped .d.ts", ()
   assert.notEqual(bad.status, 0);
   assert.match(bad.stdout, /resnet51/);
 });
+
+test('a panic inside the wasm is an INTERNAL error; the next calls run on a fresh instance', async () => {
+  const x = synthInput([1, 3, 32, 32], 5);
+  const a = await pkg.load({ model: 'resnet18_caffe', weights: 'synthetic:1', device: 'cpu' });
+  const b = await pkg.load({ model: 'vgg11_cifar', weights: 'synthetic:2', device: 'cpu' });
+  const ya = Array.from((await a.forward(x, [1, 3, 32, 32])).data);
+  const yb = Array.from((await b.forward(x, [1, 3, 32, 32])).data);
+  await rejects(a[Symbol.for('webcnn.panic')](), 'INTERNAL', /trapped: panicked at [\s\S]*test hook panicked[\s\S]*prepared again on the next call/);
+  // The model that panicked and another model of the same instance both work again.
+  assert.deepEqual(Array.from((await a.forward(x, [1, 3, 32, 32])).data), ya);
+  assert.deepEqual(Array.from((await b.forward(x, [1, 3, 32, 32])).data), yb);
+  // A second panic, on the new instance, recovers the same way; new models load too.
+  await rejects(b[Symbol.for('webcnn.panic')](), 'INTERNAL');
+  const c = await pkg.load({ model: 'resnet18_caffe', weights: 'synthetic:1', device: 'cpu' });
+  assert.deepEqual(Array.from((await c.forward(x, [1, 3, 32, 32])).data), ya);
+  assert.deepEqual(Array.from((await b.forward(x, [1, 3, 32, 32])).data), yb);
+  for (const m of [a, b, c]) m.dispose();
+});

@@ -55,27 +55,90 @@ function threadsAvailable(threads) {
 
 let ready = null;
 let wasmModule = null;
+// Bumped when the wasm instance traps: a trap (a Rust panic) leaves the instance's
+// state half-updated, so the next call gets a fresh instance and models rebuild on it.
+let generation = 0;
+
+/** The wasm binding's JS module: a fresh module record (and instance) per generation. */
+function importBinding(build) {
+  if (generation === 0) {
+    return build === 'wasm-mt' ? import('./wasm-mt/webcnn.js') : import('./wasm/webcnn.js');
+  }
+  const url = new URL(`./${build}/webcnn.js?instance=${generation}`, import.meta.url).href;
+  return import(/* webpackIgnore: true */ /* @vite-ignore */ url);
+}
+
+/** A trap in the wasm (a panic, an out-of-bounds access): its instance is unusable. */
+function trapped(e) {
+  return typeof WebAssembly !== 'undefined' && e instanceof WebAssembly.RuntimeError;
+}
+
+// Per generation: a promise that rejects when that instance panics (its Rust panic
+// hook calls back just before the trap), so calls in flight on it settle.
+const panics = new Map();
+function panicOf(gen) {
+  if (!panics.has(gen)) {
+    let reject;
+    const promise = new Promise((_, r) => { reject = r; });
+    promise.catch(() => {});
+    panics.set(gen, { promise, reject, message: null });
+  }
+  return panics.get(gen);
+}
+
+/** Instance `gen` is done for: the next init makes a new one. */
+function retireGeneration(gen, message) {
+  const p = panicOf(gen);
+  p.message ??= message;
+  p.reject(new WebAssembly.RuntimeError(`panic: ${p.message}`));
+  if (gen === generation) {
+    generation++;
+    ready = null;
+    wasmModule = null;
+  }
+}
+
+/** After a trap in instance `gen`: retire it; true if `e` was a trap. */
+function retire(e, gen) {
+  if (!trapped(e)) return false;
+  retireGeneration(gen, e.message);
+  return true;
+}
+
+/** The panic message of instance `gen`, else what the trap said. */
+function trapMessage(e, gen) {
+  return panics.get(gen)?.message ?? e.message;
+}
 /**
  * Load the wasm module (done by `load` on first use). `wasm`: a URL, Response, bytes or
  * compiled module to use instead of the file next to this module (single-threaded build).
  * `threads`: the CPU backend's threads, 'auto' (default: every core where the page is
  * cross-origin isolated, else 1) or a number; fixed by the first call.
  */
+/** Make `mod` the current instance, told to report its panics. */
+function watch(mod) {
+  const gen = generation;
+  mod.onPanic((message) => retireGeneration(gen, message));
+  wasmModule = mod;
+}
+
+let initOptions = {};
 export function init({ wasm, threads } = {}) {
   if (!ready) {
     ready = (async () => {
       const usable = threadsAvailable(threads);
       const n = wasm === undefined ? usable : 1;
       if (n > 1) {
-        const mod = await import('./wasm-mt/webcnn.js');
+        const mod = await importBinding('wasm-mt');
         await mod.default({ module_or_path: await env.wasmSource('wasm-mt') });
         await mod.initThreadPool(n);
-        wasmModule = mod;
+        watch(mod);
       } else {
-        const mod = await import('./wasm/webcnn.js');
+        const mod = await importBinding('wasm');
         await mod.default({ module_or_path: wasm ?? await env.wasmSource('wasm') });
-        wasmModule = mod;
+        watch(mod);
       }
+      initOptions = { wasm, threads };
     })();
     ready.catch(() => { ready = null; });
   }
@@ -104,7 +167,9 @@ function weightsSource(weights, opts) {
       return { read: async () => env.readFile(file) };
     } else if (weights.startsWith('hf:')) {
       const repo = weights.slice(3);
-      if (!/^[\w.-]+\/[\w.-]+$/.test(repo)) fail('BAD_ARGUMENT', `bad Hub repository '${repo}': use hf:OWNER/NAME`);
+      // The Hub's rule for names (as the CLI checks it): no '..', '--' or separators.
+      const part = (p) => /^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$/.test(p) && !p.includes('..') && !p.includes('--');
+      if (repo.split('/').length !== 2 || !repo.split('/').every(part)) fail('BAD_ARGUMENT', `bad Hub repository '${repo}': use hf:OWNER/NAME`);
       const endpoint = (opts.hfEndpoint ?? env.hfEndpoint() ?? 'https://huggingface.co').replace(/\/+$/, '');
       url = `${endpoint}/${repo}/resolve/main/model.safetensors`;
       key = weights;
@@ -184,19 +249,23 @@ export async function load(options) {
     if (e instanceof WebcnnError) throw e;
     throw new WebcnnError('INTERNAL', `loading the wasm module failed: ${(e && e.message) || e}`, { cause: e });
   }
+  // Also what a model calls to prepare itself again (a lost device, a new instance).
   const create = async () => {
+    const bytes = await source.read(progress).catch((e) => { throw wrap(e); });
+    await init(initOptions).catch((e) => { throw wrap(e); });
+    const gen = generation;
     try {
-      const bytes = await source.read(progress);
       progress({ phase: 'prepare', loaded: 0, total: 1 });
-      const engine = await wasmModule.Engine.load(model, bytes, source.seed ?? 1, device);
+      const engine = await Promise.race([wasmModule.Engine.load(model, bytes, source.seed ?? 1, device), panicOf(gen).promise]);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
-      return engine;
+      return { engine, gen };
     } catch (e) {
+      retire(e, gen);
       throw wrap(e);
     }
   };
-  const engine = await create();
-  return new Model(engine, describe(engine), create);
+  const { engine, gen } = await create();
+  return new Model(engine, gen, describe(engine), create);
 }
 
 /** The public `info` of an engine. */
@@ -273,16 +342,23 @@ function checkShape(data, shape) {
   if (n !== data.length) fail('BAD_INPUT_SHAPE', `shape ${JSON.stringify(shape)} needs ${n} values, data has ${data.length}`);
 }
 
+/** One call on an engine: synchronous on the CPU backend (see `#call`). */
+function invoke(engine, sync, method, a, b) {
+  return sync ? engine.callSync(method, a, b) : engine.call(method, a, b);
+}
+
 /** A model loaded on one device. Calls may overlap: they run one after another. */
 export class Model {
   #engine;
+  #gen; // the wasm instance generation the engine lives in
   #info;
   #create;
   #queue = Promise.resolve();
   #disposed = false;
 
-  constructor(engine, info, create) {
+  constructor(engine, gen, info, create) {
     this.#engine = engine;
+    this.#gen = gen;
     this.#info = info;
     this.#create = create;
   }
@@ -300,11 +376,20 @@ export class Model {
 
   async #call(f) {
     if (this.#disposed) fail('DISPOSED', 'this model was disposed');
-    // A recovery that failed earlier is tried again.
+    // A recovery that failed earlier is tried again; an engine of a retired (trapped)
+    // instance is left to that instance and made again on the current one.
+    if (this.#gen !== generation) this.#engine = null;
     if (!this.#engine) await this.#recreate();
+    const gen = this.#gen;
     try {
-      return await f(this.#engine);
+      // The CPU backend answers synchronously, so a trap is an exception here; a WebGPU
+      // call may trap in a microtask, and then the instance's panic hook settles it.
+      return await Promise.race([f(this.#engine, this.#info.backend === 'cpu'), panicOf(gen).promise]);
     } catch (e) {
+      if (retire(e, gen)) {
+        this.#engine = null;
+        throw new WebcnnError('INTERNAL', `internal error (the wasm module trapped: ${trapMessage(e, gen)}); the model is prepared again on the next call`, { cause: e });
+      }
       const err = wrap(e);
       // A lost GPU device: prepare the model on a new device once, then run again.
       if (this.#info.backend !== 'webgpu' || !['DEVICE_LOST', 'GPU'].includes(err.code)) throw err;
@@ -317,7 +402,7 @@ export class Model {
         throw new WebcnnError(err.code, `${err.message}; preparing the model on a new device failed: ${e2.message}`, { cause: e2 });
       }
       try {
-        return await f(this.#engine);
+        return await f(this.#engine, this.#info.backend === 'cpu');
       } catch (e3) {
         throw wrap(e3);
       }
@@ -325,12 +410,13 @@ export class Model {
   }
 
   async #recreate() {
-    const engine = await this.#create();
+    const { engine, gen } = await this.#create();
     if (this.#disposed) {
       engine.free();
       fail('DISPOSED', 'this model was disposed');
     }
     this.#engine = engine;
+    this.#gen = gen;
     // 'auto' may land on the CPU if no GPU comes back.
     this.#info = describe(engine);
   }
@@ -338,13 +424,13 @@ export class Model {
   /** Top-`topK` classes of one image: `[{ index, label, probability }]`, best first. */
   classify(image, { topK = 5 } = {}) {
     if (!Number.isInteger(topK) || topK <= 0) return Promise.reject(new WebcnnError('BAD_ARGUMENT', `topK must be a positive integer, not ${topK}`));
-    return this.#run(async (e) => (await e.classify(await toInput(image), topK))[0]);
+    return this.#run(async (e, sync) => (await invoke(e, sync, 'classify', await toInput(image), topK))[0]);
   }
 
   /** The model on a `[n, 3, h, w]` float32 tensor (already normalised): the logits. */
   forward(data, shape) {
     try { checkShape(data, shape); } catch (e) { return Promise.reject(e); }
-    return this.#run((e) => e.forward({ kind: 'tensor', data, shape }));
+    return this.#run((e, sync) => invoke(e, sync, 'forward', { kind: 'tensor', data, shape }));
   }
 
   /** Outputs of torchvision nodes (`layer2`, `features.29`, ...) for an image or tensor. */
@@ -352,7 +438,7 @@ export class Model {
     if (!Array.isArray(nodes) || nodes.length === 0 || !nodes.every((n) => typeof n === 'string')) {
       return Promise.reject(new WebcnnError('BAD_ARGUMENT', 'features() takes a non-empty array of node names'));
     }
-    return this.#run(async (e) => e.features(await toInput(input, { tensors: true }), nodes));
+    return this.#run(async (e, sync) => invoke(e, sync, 'features', await toInput(input, { tensors: true }), nodes));
   }
 
   /** Class activation map of a ResNet: `{ data, shape: [h, w], class }`, values in [0, 1]. */
@@ -361,15 +447,22 @@ export class Model {
     if (cls !== undefined && (!Number.isInteger(cls) || cls < 0)) {
       return Promise.reject(new WebcnnError('BAD_ARGUMENT', `class must be a non-negative integer, not ${cls}`));
     }
-    return this.#run(async (e) => e.cam(await toInput(image), cls));
+    return this.#run(async (e, sync) => invoke(e, sync, 'cam', await toInput(image), cls));
   }
 
   /** Free the weights and buffers; later calls reject with code 'DISPOSED'. */
   dispose() {
     if (this.#disposed) return;
     this.#disposed = true;
-    try { this.#engine?.free(); } catch { /* already freed */ }
+    if (this.#gen === generation) {
+      try { this.#engine?.free(); } catch { /* already freed */ }
+    }
     this.#engine = null;
+  }
+
+  /** @internal Panic inside a call, as a bug would (tests of recovery from a trap). */
+  [Symbol.for('webcnn.panic')]() {
+    return this.#run((e, sync) => invoke(e, sync, '_panic'));
   }
 
   /** @internal Destroy the GPU device, as a driver reset would (tests of recovery). */

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     /// The adapter's name (in browsers from `GPUAdapterInfo`: wgpu leaves it empty).
     pub name: String,
     pub lost: Arc<Mutex<Option<String>>>,
+    /// What the device was opened with, to open another like it.
+    pub opts: GpuOptions,
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<(Shader, &'static str), wgpu::ComputePipeline>>,
 }
@@ -120,6 +122,7 @@ impl GpuContext {
                 software,
                 name,
                 lost,
+                opts,
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
             }),
@@ -146,6 +149,16 @@ impl GpuContext {
             Some(e) => Err(Error::Gpu(format!("{what}: {e}"))),
             None => Ok(v),
         }
+    }
+
+    /// Why the device was lost, once it is.
+    pub fn lost(&self) -> Option<String> {
+        self.shared.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// A new device on the preferred adapter, opened with this one's options.
+    pub async fn reopen(&self) -> Result<Self> {
+        Self::new(self.shared.opts.clone()).await
     }
 
     /// Destroy the device, as a driver reset or a lost GPU would (for testing recovery).

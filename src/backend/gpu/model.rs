@@ -240,19 +240,23 @@ impl GpuModel {
         let send = done.sender();
         self.readback.slice(..).map_async(wgpu::MapMode::Read, send);
         #[cfg(not(target_arch = "wasm32"))]
-        s.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        if let Err(e) = s.device.poll(wgpu::PollType::wait_indefinitely()) {
+            self.check_alive()?;
+            return Err(Error::Gpu(format!("waiting for the GPU: {e}")));
+        }
         let mapped = done.await;
-        if let Some(e) = scope.pop().await {
-            if mapped.is_ok() {
-                self.readback.unmap();
-            }
+        let scope_err = scope.pop().await;
+        // Our buffers are never destroyed while mapped: a failed map means the device went
+        // away (its lost callback may come later), whatever else was reported.
+        if let Err(e) = &mapped {
+            self.check_alive()?;
+            return Err(Error::DeviceLost(format!("reading results back: {e}")));
+        }
+        if let Some(e) = scope_err {
+            self.readback.unmap();
+            self.check_alive()?;
             return Err(Error::Gpu(format!("running the graph: {e}")));
         }
-        // Our buffers are never destroyed while mapped: a failed map means the device went
-        // away (its lost callback may come later).
-        mapped.map_err(|e| Error::DeviceLost(format!("reading results back: {e}")))?;
         let data: Vec<f32> = {
             let view = self
                 .readback

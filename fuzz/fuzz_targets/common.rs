@@ -1,0 +1,214 @@
+//! The fuzz targets' bodies, shared with `tests/fuzz_regressions.rs` (which replays every
+//! input that ever failed on stable). Each feeds bytes to a public entry point; any panic,
+//! abort, hang or runaway allocation is a bug. Errors are the expected outcome.
+#![allow(dead_code)]
+
+use webcnn::graph::{Conv2d, GraphBuilder, Lrn, Pool2d, Value};
+use webcnn::models::Model;
+
+/// A model's graph for the weights checks: small (CIFAR) and ImageNet ones, with and
+/// without BatchNorm / GroupNorm / LRN, picked by the first byte.
+const MODELS: [&str; 6] = [
+    "resnet18",
+    "vgg11_bn_cifar",
+    "alexnet_lrn",
+    "resnet50_gn",
+    "vgg11",
+    "resnet18_caffe",
+];
+
+/// safetensors bytes through the whole path the CLI and the JS API take: parse (header
+/// JSON, dtypes, offsets), timm key mapping, and the check against a model.
+pub fn safetensors(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    let model = Model::get(MODELS[pick as usize % MODELS.len()]).expect("a zoo model");
+    let graph = model.default_graph(1);
+    if let Ok((w, _)) = webcnn::weights::from_bytes(&graph, bytes) {
+        // Accepted weights must be usable: every parameter present with its shape.
+        for p in graph.params() {
+            assert_eq!(w[&p.name].shape(), p.shape.as_slice(), "{}", p.name);
+        }
+    }
+    // The parser alone, on what the model check would refuse early.
+    if let Ok(w) = webcnn::weights::load_safetensors(bytes) {
+        for t in webcnn::weights::map_timm_keys(w).values() {
+            assert_eq!(t.len(), t.shape().iter().product::<usize>());
+        }
+    }
+}
+
+/// `.npy` bytes as the CLI reads input tensors and embedding indexes.
+pub fn npy(data: &[u8]) {
+    if let Ok(t) = webcnn::npy::read(data, data.len() as u64) {
+        assert_eq!(t.len(), t.shape().iter().product::<usize>());
+        assert!(t.len() * 4 <= data.len(), "more values than bytes");
+    }
+}
+
+/// Image bytes through decoding and both preprocessing sizes (ImageNet and CIFAR).
+pub fn image(data: &[u8]) {
+    let Ok(img) = webcnn::preprocess::decode(data) else {
+        return;
+    };
+    assert!(img.width() as u64 * img.height() as u64 <= webcnn::preprocess::MAX_DECODED_PIXELS);
+    for id in ["resnet18", "vgg11_cifar"] {
+        let p = Model::get(id).expect("a zoo model").preprocess;
+        let x = webcnn::preprocess::to_chw(&img, &p);
+        assert_eq!(x.len(), 3 * p.crop * p.crop);
+    }
+}
+
+/// A weights source string (`hf:OWNER/NAME`, `synthetic:SEED`, a path): a Hub repository
+/// must map to a cache file inside the cache folder.
+pub fn source(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(webcnn::weights::Source::Hub(repo)) = s.parse() {
+        let path = webcnn::weights::hub::cached_path(&repo);
+        let base = webcnn::weights::hub::cache_dir().join("hub");
+        let rel = path.strip_prefix(&base).expect("inside the cache");
+        assert_eq!(rel.components().count(), 2, "{rel:?}");
+        assert!(rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_))));
+    }
+}
+
+/// Reads parameters from the fuzzer's bytes; zeros once they run out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
+        self.0 = rest;
+        b
+    }
+    /// Mostly small values, sometimes extreme ones (overflow, zero).
+    fn size(&mut self) -> usize {
+        match self.byte() {
+            250 => usize::MAX,
+            251 => usize::MAX / 2 + 1,
+            252 => 1 << 32,
+            253 => 1 << 20,
+            254 => 0,
+            b => (b % 8) as usize,
+        }
+    }
+    fn pos(&mut self) -> usize {
+        self.size().max(1)
+    }
+    fn float(&mut self) -> f32 {
+        match self.byte() {
+            250 => f32::NAN,
+            251 => f32::INFINITY,
+            252 => -1.0,
+            253 => 0.0,
+            b => b as f32 / 64.0 + 1e-5,
+        }
+    }
+}
+
+/// A graph of random layers with random parameters: building it must give a typed error
+/// or a graph; a small graph that builds is then lowered and run on the CPU backend with
+/// synthetic weights, and its output must have the shape the graph promised.
+pub fn graph(data: &[u8]) {
+    let mut u = Bytes(data);
+    let mut b = GraphBuilder::new();
+    let shape = [u.size(), u.size(), u.size() * 4, u.size() * 4];
+    let Ok(x) = b.input("x", &shape) else {
+        return;
+    };
+    let mut vals: Vec<Value> = vec![x];
+    for i in 0..(u.byte() % 12) {
+        let name = format!("l{i}");
+        let at = vals[u.byte() as usize % vals.len()];
+        let channels = b.shape(at).get(1).copied().unwrap_or(1);
+        let r = match u.byte() % 14 {
+            0 | 1 => {
+                let cfg = Conv2d {
+                    in_channels: if u.byte() < 200 { channels } else { u.size() },
+                    out_channels: u.pos(),
+                    kernel: [u.size(), u.size()],
+                    stride: [u.size(), u.size()],
+                    padding: [u.size(), u.size()],
+                    dilation: [u.size(), u.size()],
+                    groups: u.pos(),
+                    bias: u.byte() % 2 == 0,
+                };
+                b.conv2d(&name, at, cfg)
+            }
+            2 | 3 => {
+                let p = Pool2d {
+                    kernel: [u.size(), u.size()],
+                    stride: [u.size(), u.size()],
+                    padding: [u.size(), u.size()],
+                    ceil_mode: u.byte() % 2 == 0,
+                    count_include_pad: u.byte() % 2 == 0,
+                };
+                if u.byte() % 2 == 0 {
+                    b.max_pool2d(&name, at, p)
+                } else {
+                    b.avg_pool2d(&name, at, p)
+                }
+            }
+            4 => b.adaptive_avg_pool2d(&name, at, [u.size(), u.size()]),
+            5 => {
+                let lrn = Lrn {
+                    size: u.size(),
+                    alpha: u.float(),
+                    beta: u.float(),
+                    k: u.float(),
+                };
+                b.local_response_norm(&name, at, lrn)
+            }
+            6 => b.batch_norm2d(&name, at, channels, u.float()),
+            7 => b.group_norm(&name, at, u.pos(), channels, u.float(), u.byte() % 2 == 0),
+            8 => {
+                let inf = b.shape(at).last().copied().unwrap_or(1);
+                let inf = if u.byte() < 200 { inf } else { u.size() };
+                b.linear(&name, at, inf, u.pos(), u.byte() % 2 == 0)
+            }
+            9 | 10 => b.relu(&name, at),
+            11 => {
+                let other = vals[u.byte() as usize % vals.len()];
+                b.add(&name, at, other)
+            }
+            12 => b.flatten(&name, at, u.size()),
+            _ => b.softmax(&name, at, u.size()),
+        };
+        if let Ok(v) = r {
+            vals.push(v);
+        }
+    }
+    let out = *vals.last().expect("the input at least");
+    let want = b.shape(out).to_vec();
+    let Ok(graph) = b.build(&[out]) else {
+        return;
+    };
+    // Run only what stays small: the point is the lowering and the kernels' indexing.
+    // Each shape is at most 2^40 elements (the builder checks), so this cannot overflow.
+    let elems: u64 = graph
+        .nodes()
+        .iter()
+        .map(|n| n.shape.iter().product::<usize>() as u64)
+        .sum();
+    if elems > 200_000 || graph.macs() > 20_000_000 {
+        return;
+    }
+    let Ok(weights) = webcnn::prng::synth_params(&graph, 1) else {
+        return;
+    };
+    let input = webcnn::prng::synth("x", &shape, 2).expect("input rule");
+    let Ok(model) = webcnn::backend::cpu::CpuModel::prepare(&graph, &weights) else {
+        return;
+    };
+    if let Ok(y) = model.run(&input) {
+        assert_eq!(y.len(), 1);
+        assert_eq!(y[0].shape(), want.as_slice());
+    }
+}
