@@ -581,3 +581,45 @@ fn embed_a_folder_then_similar() {
         "{o}"
     );
 }
+
+/// The short version of `webcnn soak`: repeated runs and load/run/drop cycles on both
+/// backends keep resident and GPU memory flat and the outputs identical. (The full soak,
+/// 1000 runs and 100 cycles at 224x224, is a documented command; RELIABILITY.md.)
+#[test]
+fn soak_short_keeps_memory_flat_on_both_backends() {
+    let out = ok(bin()
+        .args([
+            "soak", "--model", "resnet18", "--device", "cpu,gpu", "--runs", "40",
+        ])
+        .args([
+            "--warmup",
+            "10",
+            "--cycles",
+            "10",
+            "--size",
+            "64",
+            "--max-growth",
+            "3",
+        ])
+        .output()
+        .unwrap());
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| cpu") || l.starts_with("| gpu"))
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    // The GPU rows report the allocator's bytes (lavapipe is Vulkan).
+    assert!(
+        rows[2].contains(" MB | ") && !rows[2].contains("n/a"),
+        "{out}"
+    );
+    // A growth limit that any change breaks: the check is live.
+    let o = bin()
+        .args([
+            "soak", "--device", "cpu", "--runs", "3", "--warmup", "1", "--cycles", "3",
+        ])
+        .args(["--size", "32", "--max-growth=-1"])
+        .output()
+        .unwrap();
+    fails(o, "memory grew");
+}

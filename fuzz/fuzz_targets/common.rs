@@ -119,7 +119,12 @@ impl Bytes<'_> {
 pub fn graph(data: &[u8]) {
     let mut u = Bytes(data);
     let mut b = GraphBuilder::new();
-    let shape = [u.size(), u.size(), u.size() * 4, u.size() * 4];
+    let shape = [
+        u.size(),
+        u.size(),
+        u.size().saturating_mul(4),
+        u.size().saturating_mul(4),
+    ];
     let Ok(x) = b.input("x", &shape) else {
         return;
     };

@@ -50,7 +50,7 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BenchDevice {
+pub(super) enum BenchDevice {
     Cpu,
     Gpu,
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod embed;
 mod infer;
+mod soak;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Run a model on a float32 NCHW .npy tensor; write its output as .npy.
     Run(infer::RunArgs),
+    /// Many runs and load/run/drop cycles: resident and GPU memory must not grow.
+    Soak(soak::Args),
     /// Classify images: top-K labels with probabilities.
     Classify(infer::ClassifyArgs),
     /// Outputs of named nodes (default: the feature levels and the pooled vector) as .npy.
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Cmd::Info => info(),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Run(a) => infer::run(a),
+        Cmd::Soak(a) => soak::run(a),
         Cmd::Classify(a) => infer::classify(a),
         Cmd::Features(a) => infer::features(a),
         Cmd::Embed(a) => embed::embed(a),

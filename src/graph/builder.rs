@@ -316,11 +316,16 @@ impl GraphBuilder {
         let op = Op::Flatten { start_dim };
         self.check_inputs(name, &[x])?;
         let s = self.shape(x).to_vec();
-        if start_dim >= s.len() {
+        // Graphs are batch-major (plans and GPU batch chunks split on dim 0): the batch
+        // dimension stays its own, as in every torchvision model (`flatten(x, 1)`).
+        if start_dim == 0 || start_dim >= s.len() {
             return Err(err(
                 name,
                 &op,
-                format!("start_dim {start_dim} out of range for shape {s:?}"),
+                format!(
+                    "start_dim {start_dim} must be in 1..{} for shape {s:?} (dim 0 is the batch)",
+                    s.len()
+                ),
             ));
         }
         let mut out = s[..start_dim].to_vec();
@@ -339,11 +344,14 @@ impl GraphBuilder {
         let op = Op::Softmax { dim };
         self.check_inputs(name, &[x])?;
         let s = self.shape(x).to_vec();
-        if dim >= s.len() {
+        if dim == 0 || dim >= s.len() {
             return Err(err(
                 name,
                 &op,
-                format!("dim {dim} out of range for shape {s:?}"),
+                format!(
+                    "dim {dim} must be in 1..{} for shape {s:?} (dim 0 is the batch)",
+                    s.len()
+                ),
             ));
         }
         self.push(name, op, vec![x], s)

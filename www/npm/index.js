@@ -115,11 +115,13 @@ function trapMessage(e, gen) {
  * `threads`: the CPU backend's threads, 'auto' (default: every core where the page is
  * cross-origin isolated, else 1) or a number; fixed by the first call.
  */
+let wasmExports = null;
 /** Make `mod` the current instance, told to report its panics. */
-function watch(mod) {
+function watch(mod, exports) {
   const gen = generation;
   mod.onPanic((message) => retireGeneration(gen, message));
   wasmModule = mod;
+  wasmExports = exports;
 }
 
 let initOptions = {};
@@ -130,13 +132,13 @@ export function init({ wasm, threads } = {}) {
       const n = wasm === undefined ? usable : 1;
       if (n > 1) {
         const mod = await importBinding('wasm-mt');
-        await mod.default({ module_or_path: await env.wasmSource('wasm-mt') });
+        const exports = await mod.default({ module_or_path: await env.wasmSource('wasm-mt') });
         await mod.initThreadPool(n);
-        watch(mod);
+        watch(mod, exports);
       } else {
         const mod = await importBinding('wasm');
-        await mod.default({ module_or_path: wasm ?? await env.wasmSource('wasm') });
-        watch(mod);
+        const exports = await mod.default({ module_or_path: wasm ?? await env.wasmSource('wasm') });
+        watch(mod, exports);
       }
       initOptions = { wasm, threads };
     })();
@@ -458,6 +460,11 @@ export class Model {
       try { this.#engine?.free(); } catch { /* already freed */ }
     }
     this.#engine = null;
+  }
+
+  /** @internal Bytes of the current wasm instance's memory (the soak tests watch it). */
+  [Symbol.for('webcnn.wasmMemory')]() {
+    return wasmExports?.memory?.buffer.byteLength ?? 0;
   }
 
   /** @internal Panic inside a call, as a bug would (tests of recovery from a trap). */

@@ -151,6 +151,15 @@ impl GpuContext {
         }
     }
 
+    /// Device memory the allocator holds for live buffers, where the backend reports it
+    /// (Vulkan, DX12 and Metal natively; not in browsers).
+    pub fn allocated_bytes(&self) -> Option<u64> {
+        self.shared
+            .device
+            .generate_allocator_report()
+            .map(|r| r.total_allocated_bytes)
+    }
+
     /// Why the device was lost, once it is.
     pub fn lost(&self) -> Option<String> {
         self.shared.lost.lock().ok().and_then(|l| l.clone())
