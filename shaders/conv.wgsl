@@ -31,6 +31,15 @@ const TK: u32 = 16u;
 var<workgroup> a_tile: array<vec4<f32>, 256>; // [TK][TM / 4]
 var<workgroup> b_tile: array<vec4<f32>, 256>; // [TK][TN / 4]
 
+// ReLU as PyTorch has it: NaN stays NaN. A bit test, not max() or a comparison, which
+// compilers that assume no NaN fold away: zero only what has its sign bit set and is
+// not NaN (negative numbers, -0 and -inf).
+fn relu_f(v: f32) -> f32 {
+    let b = bitcast<u32>(v);
+    if ((b & 0x80000000u) != 0u && (b & 0x7fffffffu) <= 0x7f800000u) { return 0.0; }
+    return v;
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tid = lid.y * 16u + lid.x;
@@ -101,7 +110,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             if (p >= prm.p) { continue; }
             var v = acc[i][j] * affine[oc] + affine[prm.oc + oc];
             if (prm.has_res != 0u) { v += res[row + p]; }
-            if (prm.relu != 0u) { v = max(v, 0.0); }
+            if (prm.relu != 0u) { v = relu_f(v); }
             y[row + p] = v;
         }
     }

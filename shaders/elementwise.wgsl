@@ -14,12 +14,21 @@ fn out_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.y * nwg.x * 64u + gid.x;
 }
 
+// ReLU as PyTorch has it: NaN stays NaN. A bit test, not max() or a comparison, which
+// compilers that assume no NaN fold away: zero only what has its sign bit set and is
+// not NaN (negative numbers, -0 and -inf).
+fn relu_f(v: f32) -> f32 {
+    let b = bitcast<u32>(v);
+    if ((b & 0x80000000u) != 0u && (b & 0x7fffffffu) <= 0x7f800000u) { return 0.0; }
+    return v;
+}
+
 @compute @workgroup_size(64, 1, 1)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
     var v = a[i] + b[i];
-    if (prm.relu != 0u) { v = max(v, 0.0); }
+    if (prm.relu != 0u) { v = relu_f(v); }
     y[i] = v;
 }
 
@@ -27,7 +36,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
-    y[i] = max(a[i], 0.0);
+    y[i] = relu_f(a[i]);
 }
 
 // `total` counts rows: (outer, inner) positions; the softmax runs over `dim_len`.

@@ -17,6 +17,15 @@ struct Params {
 
 var<workgroup> red: array<f32, 1024>; // [4][256]
 
+// ReLU as PyTorch has it: NaN stays NaN. A bit test, not max() or a comparison, which
+// compilers that assume no NaN fold away: zero only what has its sign bit set and is
+// not NaN (negative numbers, -0 and -inf).
+fn relu_f(v: f32) -> f32 {
+    let b = bitcast<u32>(v);
+    if ((b & 0x80000000u) != 0u && (b & 0x7fffffffu) <= 0x7f800000u) { return 0.0; }
+    return v;
+}
+
 @compute @workgroup_size(256, 1, 1)
 fn linear(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -45,7 +54,7 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         }
         if (t < 4u && b0 + t < prm.batch) {
             var v = red[t * 256u] + bias[n];
-            if (prm.relu != 0u) { v = max(v, 0.0); }
+            if (prm.relu != 0u) { v = relu_f(v); }
             y[(b0 + t) * prm.n_total + n] = v;
         }
         workgroupBarrier();

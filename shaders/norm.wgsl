@@ -23,8 +23,17 @@ fn out_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn finish(i: u32, v: f32) -> f32 {
     var o = v;
     if (prm.has_res != 0u) { o += res[i]; }
-    if (prm.relu != 0u) { o = max(o, 0.0); }
+    if (prm.relu != 0u) { o = relu_f(o); }
     return o;
+}
+
+// ReLU as PyTorch has it: NaN stays NaN. A bit test, not max() or a comparison, which
+// compilers that assume no NaN fold away: zero only what has its sign bit set and is
+// not NaN (negative numbers, -0 and -inf).
+fn relu_f(v: f32) -> f32 {
+    let b = bitcast<u32>(v);
+    if ((b & 0x80000000u) != 0u && (b & 0x7fffffffu) <= 0x7f800000u) { return 0.0; }
+    return v;
 }
 
 @compute @workgroup_size(64, 1, 1)

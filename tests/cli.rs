@@ -623,3 +623,63 @@ fn soak_short_keeps_memory_flat_on_both_backends() {
         .unwrap();
     fails(o, "memory grew");
 }
+
+/// NaN inputs run and say so; a weights file larger than memory is refused before reading.
+#[test]
+fn nan_inputs_warn_and_oversized_weights_are_refused() {
+    let x = tmp("nan.npy");
+    let mut data = synth("input", &[1, 3, 32, 32], 3).unwrap().data().to_vec();
+    data[5] = f32::NAN;
+    write_npy(&x, &[1, 3, 32, 32], &data);
+    let y = tmp("nan-out.npy");
+    let o = bin()
+        .args([
+            "run",
+            "--model",
+            "vgg11_cifar",
+            "--weights",
+            "synthetic",
+            "--device",
+            "cpu",
+        ])
+        .arg("--input")
+        .arg(&x)
+        .arg("--output")
+        .arg(&y)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("1 of 3072 values are NaN or Inf"),
+        "{err}"
+    );
+    assert!(
+        read_npy(&y).1.iter().all(|v| v.is_nan()),
+        "NaN reaches every logit"
+    );
+    // A sparse file: 1 TiB of weights, more than any machine here has.
+    let huge = tmp("huge.safetensors");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let o = bin()
+        .args([
+            "run",
+            "--model",
+            "vgg11_cifar",
+            "--device",
+            "cpu",
+            "--weights",
+        ])
+        .arg(&huge)
+        .arg("--input")
+        .arg(&x)
+        .arg("--output")
+        .arg(&y)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&huge).unwrap();
+    fails(o, "bytes are available");
+}

@@ -404,3 +404,49 @@ fn cpu_runs_reuse_their_activation_slots_without_leaking_state() {
     let e = rel_l2(b[0].data(), &f64s(&fresh[0]));
     assert!(e <= 1e-5, "rel L2 {e:e}");
 }
+
+#[test]
+fn relu_keeps_nan_like_pytorch_in_every_fused_form() {
+    // NaN in, through conv+ReLU (fused), a standalone ReLU after an add, GroupNorm+ReLU
+    // and linear+ReLU: torch.relu(NaN) is NaN, and NaN must reach every output it feeds.
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[1, 2, 4, 4]).unwrap();
+    let c = b.conv2d("conv", x, Conv2d::new(2, 2, 1)).unwrap();
+    let r = b.relu("relu", c).unwrap();
+    let a = b.add("add", r, x).unwrap();
+    let r2 = b.relu("relu2", a).unwrap();
+    let n = b.group_norm("gn", r2, 1, 2, 1e-5, true).unwrap();
+    let r3 = b.relu("relu3", n).unwrap();
+    let f = b.flatten("flat", r3, 1).unwrap();
+    let l = b.linear("fc", f, 32, 3, true).unwrap();
+    let r4 = b.relu("relu4", l).unwrap();
+    let g = b.build(&[r, r4]).unwrap();
+    let w = synth_params(&g, 2).unwrap();
+    let mut data = synth("input", &[1, 2, 4, 4], 1).unwrap().data().to_vec();
+    data[5] = f32::NAN; // pixel (1, 1) of channel 0: both conv outputs there are NaN
+    let x = Tensor::new([1, 2, 4, 4], data).unwrap();
+    let ctx = common::gpu();
+    for (name, fuse) in [("fused", true), ("unfused", false)] {
+        for (backend, got) in [
+            ("cpu", run_cpu(&g, &w, &x, fuse)),
+            ("gpu", run_gpu(&ctx, &g, &w, &x, fuse)),
+        ] {
+            let conv = got[0].data();
+            assert!(
+                conv[5].is_nan() && conv[16 + 5].is_nan(),
+                "{backend} {name}: {conv:?}"
+            );
+            assert_eq!(
+                conv.iter().filter(|v| v.is_nan()).count(),
+                2,
+                "{backend} {name}"
+            );
+            // GroupNorm over the whole image spreads the NaN to every value after it.
+            assert!(
+                got[1].data().iter().all(|v| v.is_nan()),
+                "{backend} {name}: {:?}",
+                got[1].data()
+            );
+        }
+    }
+}

@@ -87,8 +87,18 @@ pub(super) fn load_weights(src: &str, graph: &Graph) -> R<weights::TensorMap> {
     Ok(w)
 }
 
+/// A `.npy` input tensor; NaN / Inf values run (they give NaN / Inf outputs) with a warning.
 pub(super) fn read_npy(path: &Path) -> R<Tensor> {
-    Ok(webcnn::npy::read_file(path)?)
+    let t = webcnn::npy::read_file(path)?;
+    let bad = t.data().iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        eprintln!(
+            "warning: {}: {bad} of {} values are NaN or Inf; the outputs they reach will be too",
+            path.display(),
+            t.len()
+        );
+    }
+    Ok(t)
 }
 
 pub(super) fn write_npy(path: &Path, t: &Tensor) -> R<()> {

@@ -273,7 +273,33 @@ pub fn load(
         Source::Hub(repo) => hub::fetch(repo, progress)?,
         Source::File(p) => PathBuf::from(p),
     };
+    // Refused before reading when it cannot fit: the tensors take at least the file's size
+    // again once parsed (f16 / bf16 files twice that).
+    let size = std::fs::metadata(&path)
+        .map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))?
+        .len();
+    if let Some(avail) = available_memory().filter(|&a| size.saturating_mul(2) > a) {
+        return Err(WeightsError::Io(format!(
+            "{}: {size} bytes of weights need about twice that in memory, and {avail} bytes are available",
+            path.display()
+        )));
+    }
     let bytes = std::fs::read(&path)
         .map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))?;
     from_bytes(graph, &bytes)
+}
+
+/// Memory the system can still give this process (Linux's MemAvailable), if known.
+#[cfg(not(target_arch = "wasm32"))]
+fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }

@@ -360,3 +360,20 @@ test('a panic inside the wasm is an INTERNAL error; the next calls run on a fres
   assert.deepEqual(Array.from((await b.forward(x, [1, 3, 32, 32])).data), yb);
   for (const m of [a, b, c]) m.dispose();
 });
+
+test('NaN inputs give NaN outputs and a warning', async () => {
+  const m = await pkg.load({ model: 'vgg11_cifar', weights: 'synthetic:1', device: 'cpu' });
+  const x = synthInput([1, 3, 32, 32], 2);
+  x[7] = NaN;
+  const warnings = [];
+  const warn = console.warn;
+  console.warn = (msg) => warnings.push(String(msg));
+  try {
+    const y = await m.forward(x, [1, 3, 32, 32]);
+    assert.ok(y.data.every((v) => Number.isNaN(v)), 'NaN reaches every logit, as in PyTorch');
+  } finally {
+    console.warn = warn;
+  }
+  assert.match(warnings.join('\n'), /1 of 3072 input values are NaN or Inf/);
+  m.dispose();
+});

@@ -334,6 +334,13 @@ async function toInput(x, { tensors = false } = {}) {
   return fail('BAD_ARGUMENT', tensors ? `${IMAGE_HELP}, or a tensor { data: Float32Array, shape }` : IMAGE_HELP);
 }
 
+/** NaN / Inf in a tensor run through (the outputs they reach are NaN too), with a warning. */
+function warnNonFinite(data) {
+  let bad = 0;
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) bad++;
+  if (bad) console.warn(`webcnn: ${bad} of ${data.length} input values are NaN or Inf; the outputs they reach will be too`);
+}
+
 function checkShape(data, shape) {
   if (!(data instanceof Float32Array)) fail('BAD_ARGUMENT', 'tensor data must be a Float32Array');
   if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((d) => Number.isInteger(d) && d > 0)) {
@@ -342,6 +349,7 @@ function checkShape(data, shape) {
   if (shape[1] !== 3) fail('BAD_INPUT_SHAPE', `the models take 3 channels, not ${shape[1]} (shape ${JSON.stringify(shape)})`);
   const n = shape.reduce((a, b) => a * b, 1);
   if (n !== data.length) fail('BAD_INPUT_SHAPE', `shape ${JSON.stringify(shape)} needs ${n} values, data has ${data.length}`);
+  warnNonFinite(data);
 }
 
 /** One call on an engine: synchronous on the CPU backend (see `#call`). */

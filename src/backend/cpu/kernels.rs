@@ -210,12 +210,20 @@ pub fn run_step(
     epilogue(out, residual, step.relu || step.kernel == Kernel::Relu);
 }
 
+/// ReLU as PyTorch has it: NaN stays NaN (`f32::max(NaN, 0)` would give 0).
+#[inline(always)]
+fn relu_in_place(v: &mut f32) {
+    if *v < 0.0 {
+        *v = 0.0;
+    }
+}
+
 fn epilogue(out: &mut [f32], residual: Option<&[f32]>, relu: bool) {
     if let Some(r) = residual {
         out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
     }
     if relu {
-        out.iter_mut().for_each(|o| *o = o.max(0.0));
+        out.iter_mut().for_each(relu_in_place);
     }
 }
 
@@ -349,7 +357,7 @@ fn conv2d(
                     .for_each(|(v, r)| *v += r);
             }
             if relu {
-                row.iter_mut().for_each(|v| *v = v.max(0.0));
+                row.iter_mut().for_each(relu_in_place);
             }
         }
     });
@@ -403,7 +411,7 @@ fn conv_epilogue(row: &mut [f32], scale: f32, shift: f32, residual: Option<&[f32
         row.iter_mut().zip(res).for_each(|(v, r)| *v += r);
     }
     if relu {
-        row.iter_mut().for_each(|v| *v = v.max(0.0));
+        row.iter_mut().for_each(relu_in_place);
     }
 }
 
