@@ -207,6 +207,44 @@ mod tests {
     }
 
     #[test]
+    fn images_past_the_pixel_budget_are_refused_from_their_header() {
+        // A real 8x8 PNG whose header is rewritten to 20000 x 20000 (400 megapixels).
+        let mut png = vec![];
+        DynamicImage::new_rgb8(8, 8)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png[16..20].copy_from_slice(&20000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&20000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let e = decode(&png).unwrap_err().0;
+        assert!(
+            e.contains("20000x20000 pixels is more than the 64 megapixels"),
+            "{e}"
+        );
+        let raw = from_pixels(vec![0; 3], 1, 1, 3);
+        assert!(raw.is_ok());
+        let big = from_pixels(vec![0; 3 * 9000 * 8000], 9000, 8000, 3).unwrap_err();
+        assert!(big.0.contains("megapixels"), "{big}");
+    }
+
+    /// PNG's CRC-32 (IEEE), bitwise.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    #[test]
     fn extreme_aspect_ratios_resize_only_what_the_crop_sees() {
         let p = Preprocess {
             resize: 256,

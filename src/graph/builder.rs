@@ -388,6 +388,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn absurd_sizes_and_batch_mixing_are_errors_not_overflows() {
+        let mut b = GraphBuilder::new();
+        let e = b.input("x", &[usize::MAX, 2, 4, 4]).unwrap_err();
+        assert!(e.to_string().contains("more than 2^40 elements"), "{e}");
+        let x = b.input("x2", &[1, 2, 8, 8]).unwrap();
+        let huge = Conv2d::new(2, 2, 3).padding(usize::MAX / 2);
+        assert!(b.conv2d("c", x, huge).is_err());
+        let wide = Conv2d::new(2, 2, usize::MAX).dilation(2);
+        assert!(b.conv2d("c2", x, wide).is_err());
+        let p = Pool2d::new(3).padding(1).stride(usize::MAX);
+        let pooled = b.max_pool2d("p", x, p).unwrap();
+        assert_eq!(b.shape(pooled), [1, 2, 1, 1]);
+        for e in [
+            b.flatten("f", x, 0).unwrap_err(),
+            b.softmax("s", x, 0).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("dim 0 is the batch"), "{e}");
+        }
+    }
+
+    #[test]
     fn shapes_follow_pytorch() {
         let mut b = GraphBuilder::new();
         let x = b.input("x", &[2, 3, 224, 224]).unwrap();
