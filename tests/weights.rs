@@ -161,6 +161,48 @@ fn every_bad_file_is_one_clear_error() {
         "tensor 'conv1.weight' has dtype I32, supported are F32, F16, BF16 and F64"
     );
 
+    // A key named twice, an offset past the data, overlapping tensors and a shape whose
+    // product overflows: each a format error, never a panic.
+    let raw = |header: &str, data: usize| {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend(header.as_bytes());
+        b.extend(vec![0u8; data]);
+        b
+    };
+    let dup = r#"{"fc.bias":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"fc.bias":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let e = from_bytes(&g, &raw(dup, 8)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "not a safetensors file: the header names 'fc.bias' twice"
+    );
+    for (header, data) in [
+        (
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            8,
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            12,
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#,
+            16,
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
+            16,
+        ),
+    ] {
+        let e = from_bytes(&g, &raw(header, data)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                WeightsError::NotSafetensors(_) | WeightsError::Truncated(_)
+            ),
+            "{header}: {e}"
+        );
+    }
+
     let mut nan = good.clone();
     nan.get_mut("fc.bias").unwrap().data_mut()[3] = f32::NAN;
     nan.get_mut("conv1.weight").unwrap().data_mut()[0] = f32::INFINITY;

@@ -62,6 +62,13 @@ pub fn load_safetensors(bytes: &[u8]) -> Result<TensorMap, WeightsError> {
             bytes.len()
         )));
     }
+    // The parser keeps the last of duplicate keys; a file that names a tensor twice is
+    // ambiguous, so it is refused by name.
+    if let Some(k) = duplicate_key(&bytes[8..8 + n as usize]) {
+        return Err(WeightsError::NotSafetensors(format!(
+            "the header names '{k}' twice"
+        )));
+    }
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         use safetensors::SafeTensorError as E;
         match e {
@@ -110,6 +117,34 @@ pub fn load_safetensors(bytes: &[u8]) -> Result<TensorMap, WeightsError> {
         out.insert(key.to_string(), t);
     }
     Ok(out)
+}
+
+/// The first key that a JSON object header repeats, if any (not JSON: None, for the
+/// parser to report).
+fn duplicate_key(header: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut dup = None;
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if dup.is_none() && !seen.insert(k.clone()) {
+                    dup = Some(k);
+                }
+            }
+            Ok(dup)
+        }
+    }
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(Keys)
+        .ok()
+        .flatten()
 }
 
 /// Serialise f32 tensors as `.safetensors` (sorted keys).
