@@ -80,6 +80,22 @@ fn timm_vgg_checkpoints_map_to_torchvision_keys() {
     assert!(warnings.is_empty());
     assert_eq!(mapped["classifier.0.weight"], fc6);
     assert_eq!(mapped.len(), g.params().len());
+
+    // A broken timm file: a 0-d fc1 weight, then one with no rows. The mapping passes
+    // them through and the shape check names the key; nothing divides by zero.
+    for shape in [vec![], vec![0, 512, 7, 7]] {
+        let mut bad = w.clone();
+        let n: usize = shape.iter().product();
+        bad.insert(
+            "pre_logits.fc1.weight".into(),
+            Tensor::new(shape.clone(), vec![0.5; n]).unwrap(),
+        );
+        let e = from_bytes(&g, &save_safetensors(&bad)).unwrap_err();
+        assert!(
+            e.to_string().contains("classifier.0.weight"),
+            "{shape:?}: {e}"
+        );
+    }
 }
 
 #[test]
