@@ -34,9 +34,10 @@ impl GraphBuilder {
         inputs: Vec<Value>,
         shape: Vec<usize>,
     ) -> Result<Value, GraphError> {
-        // Every tensor's size fits memory arithmetic: later code multiplies shapes freely.
+        // Every tensor's size fits memory arithmetic: later code multiplies shapes freely
+        // (and the GPU kernels index dimensions as u32).
         let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-        if count.is_none_or(|c| c > MAX_ELEMENTS) {
+        if count.is_none_or(|c| c > MAX_ELEMENTS) || shape.iter().any(|&d| d > u32::MAX as usize) {
             return Err(err(
                 name,
                 &op,
@@ -103,6 +104,18 @@ impl GraphBuilder {
             .iter()
             .flatten()
             .all(|&v| v > 0);
+        small(
+            name,
+            &op,
+            [c_.kernel, c_.stride, c_.padding, c_.dilation]
+                .iter()
+                .flatten(),
+        )?;
+        small(
+            name,
+            &op,
+            [c_.groups, c_.out_channels, c_.in_channels].iter(),
+        )?;
         if !positive || c_.groups == 0 || c_.out_channels == 0 {
             return Err(err(
                 name,
@@ -151,7 +164,9 @@ impl GraphBuilder {
         if p.kernel.contains(&0) || p.stride.contains(&0) {
             return Err(err(name, &op, "kernel and stride must be positive".into()));
         }
-        if p.padding[0] * 2 > p.kernel[0] || p.padding[1] * 2 > p.kernel[1] {
+        small(name, &op, [p.kernel, p.stride, p.padding].iter().flatten())?;
+        // padding <= kernel / 2, written so that a huge padding cannot overflow.
+        if p.padding[0] > p.kernel[0] / 2 || p.padding[1] > p.kernel[1] / 2 {
             return Err(err(
                 name,
                 &op,
@@ -209,6 +224,7 @@ impl GraphBuilder {
         if lrn.size == 0 {
             return Err(err(name, &op, "size must be positive".into()));
         }
+        small(name, &op, [lrn.size].iter())?;
         self.push(name, op, vec![x], s.to_vec())
     }
 
@@ -375,6 +391,15 @@ impl GraphBuilder {
     }
 }
 
+/// Parameters past u32 are errors: the GPU kernels take them as u32, and no real
+/// layer comes near.
+fn small<'a>(name: &str, op: &Op, vals: impl Iterator<Item = &'a usize>) -> Result<(), GraphError> {
+    match vals.copied().find(|&v| v > u32::MAX as usize) {
+        Some(v) => Err(err(name, op, format!("parameter {v} is beyond 2^32 - 1"))),
+        None => Ok(()),
+    }
+}
+
 fn err(node: &str, op: &Op, msg: String) -> GraphError {
     GraphError::Shape {
         node: node.to_string(),
@@ -397,9 +422,13 @@ mod tests {
         assert!(b.conv2d("c", x, huge).is_err());
         let wide = Conv2d::new(2, 2, usize::MAX).dilation(2);
         assert!(b.conv2d("c2", x, wide).is_err());
-        let p = Pool2d::new(3).padding(1).stride(usize::MAX);
+        let p = Pool2d::new(3).padding(1).stride(u32::MAX as usize);
         let pooled = b.max_pool2d("p", x, p).unwrap();
         assert_eq!(b.shape(pooled), [1, 2, 1, 1]);
+        let e = b
+            .max_pool2d("p2", x, Pool2d::new(3).stride(usize::MAX))
+            .unwrap_err();
+        assert!(e.to_string().contains("beyond 2^32 - 1"), "{e}");
         for e in [
             b.flatten("f", x, 0).unwrap_err(),
             b.softmax("s", x, 0).unwrap_err(),
