@@ -632,22 +632,25 @@ fn nan_inputs_warn_and_oversized_weights_are_refused() {
     data[5] = f32::NAN;
     write_npy(&x, &[1, 3, 32, 32], &data);
     let y = tmp("nan-out.npy");
-    let o = bin()
-        .args([
-            "run",
-            "--model",
-            "vgg11_cifar",
-            "--weights",
-            "synthetic",
-            "--device",
-            "cpu",
-        ])
-        .arg("--input")
-        .arg(&x)
-        .arg("--output")
-        .arg(&y)
-        .output()
-        .unwrap();
+    let run = |weights: &Path| {
+        bin()
+            .args([
+                "run",
+                "--model",
+                "vgg11_cifar",
+                "--device",
+                "cpu",
+                "--weights",
+            ])
+            .arg(weights)
+            .arg("--input")
+            .arg(&x)
+            .arg("--output")
+            .arg(&y)
+            .output()
+            .unwrap()
+    };
+    let o = run(Path::new("synthetic"));
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "{err}");
     assert!(
@@ -664,22 +667,7 @@ fn nan_inputs_warn_and_oversized_weights_are_refused() {
         .unwrap()
         .set_len(1 << 40)
         .unwrap();
-    let o = bin()
-        .args([
-            "run",
-            "--model",
-            "vgg11_cifar",
-            "--device",
-            "cpu",
-            "--weights",
-        ])
-        .arg(&huge)
-        .arg("--input")
-        .arg(&x)
-        .arg("--output")
-        .arg(&y)
-        .output()
-        .unwrap();
+    let o = run(&huge);
     std::fs::remove_file(&huge).unwrap();
     fails(o, "bytes are available");
 }

@@ -38,14 +38,7 @@ pub struct Args {
 
 /// Resident memory now, in bytes (Linux; 0 elsewhere).
 fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    super::proc_kb("/proc/self/status", "VmRSS:").unwrap_or(0)
 }
 
 #[derive(Clone, Copy)]
