@@ -16,22 +16,26 @@ const MAX_HEADER: u64 = 64 << 10;
 /// A tensor from `.npy` data of `len` bytes in all (the header included).
 pub fn read<R: Read>(mut reader: R, len: u64) -> Result<Tensor, NpyError> {
     let bad = |m: String| NpyError(m);
+    let io = |e: std::io::Error| bad(e.to_string());
     // The preamble first: the header's length is checked before the parser allocates it.
-    let mut pre = [0u8; 12];
-    let got = read_up_to(&mut reader, &mut pre).map_err(|e| bad(e.to_string()))?;
-    let pre = &pre[..got];
-    if got < 10 || &pre[..6] != b"\x93NUMPY" {
+    // Version 1 stores it in 2 bytes, versions 2 and 3 in 4.
+    let mut head = Vec::with_capacity(12);
+    (&mut reader).take(10).read_to_end(&mut head).map_err(io)?;
+    if head.len() < 10 || &head[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (no \\x93NUMPY magic)".into()));
     }
-    let (header, start) = match pre[6] {
-        1 => (u16::from_le_bytes([pre[8], pre[9]]) as u64, 10),
-        2 | 3 if got == 12 => (
-            u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as u64,
-            12,
-        ),
+    let header = match head[6] {
+        1 => u16::from_le_bytes([head[8], head[9]]) as u64,
+        2 | 3 => {
+            (&mut reader).take(2).read_to_end(&mut head).map_err(io)?;
+            let b = head
+                .get(8..12)
+                .ok_or_else(|| bad("the preamble is cut short".into()))?;
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64
+        }
         v => return Err(bad(format!("not a .npy file (format version {v})"))),
     };
-    if header > MAX_HEADER || start + header > len {
+    if header > MAX_HEADER || head.len() as u64 + header > len {
         return Err(bad(format!(
             "the header's length {header} is beyond the {len}-byte file or the {MAX_HEADER}-byte limit"
         )));
@@ -39,16 +43,17 @@ pub fn read<R: Read>(mut reader: R, len: u64) -> Result<Tensor, NpyError> {
     // The header too: its parser backtracks badly on deep nesting (a 71-byte file of '['
     // took over 20 s), and a float array's header is a flat dict: `{'descr': '<f4',
     // 'fortran_order': False, 'shape': (2, 3), }`.
-    // (For version 1 the preamble read already holds the header's first bytes.)
-    let have = (got - start as usize).min(header as usize);
-    let mut text = pre[start as usize..start as usize + have].to_vec();
-    text.resize(header as usize, 0);
-    let more = read_up_to(&mut reader, &mut text[have..]).map_err(|e| bad(e.to_string()))?;
-    if have + more < text.len() {
+    let start = head.len();
+    (&mut reader)
+        .take(header)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    let text = &head[start..];
+    if (text.len() as u64) < header {
         return Err(bad("the header is cut short".into()));
     }
     let mut depth = 0i32;
-    for &c in &text {
+    for &c in text {
         depth += match c {
             b'{' | b'(' | b'[' => 1,
             b'}' | b')' | b']' => -1,
@@ -58,10 +63,6 @@ pub fn read<R: Read>(mut reader: R, len: u64) -> Result<Tensor, NpyError> {
             return Err(bad("the header is not a plain float array's".into()));
         }
     }
-    let mut head = pre[..start as usize].to_vec();
-    head.extend(text);
-    // What the preamble read past a short header is data.
-    head.extend(&pre[(start + header).min(got as u64) as usize..]);
     let npy = npyz::NpyFile::new(std::io::Cursor::new(head).chain(reader))
         .map_err(|e| bad(format!("not a .npy file: {e}")))?;
     if npy.order() != npyz::Order::C {
@@ -95,18 +96,6 @@ pub fn read<R: Read>(mut reader: R, len: u64) -> Result<Tensor, NpyError> {
     }
     .map_err(|e| bad(format!("reading the data: {e}")))?;
     Tensor::new(shape, data).map_err(|e| bad(e.to_string()))
-}
-
-/// Fills `buf` as far as the reader goes; the count read.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// A tensor from a `.npy` file; errors name the file.
