@@ -127,7 +127,7 @@ type R<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Peak resident memory since the last reset, in MiB (Linux; None elsewhere).
 fn peak_rss_mb() -> Option<f64> {
-    super::proc_kb("/proc/self/status", "VmHWM:").map(|b| b as f64 / (1 << 20) as f64)
+    webcnn::weights::proc_kb("/proc/self/status", "VmHWM:").map(|b| b as f64 / (1 << 20) as f64)
 }
 
 /// Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM).

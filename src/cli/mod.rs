@@ -5,20 +5,6 @@ mod embed;
 mod infer;
 mod soak;
 
-/// A `key:  N kB` line of a /proc file, in bytes (Linux; None elsewhere).
-fn proc_kb(file: &str, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(file).ok()?;
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix(key))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use webcnn::backend::gpu::{GpuContext, GpuOptions};

@@ -38,7 +38,7 @@ pub struct Args {
 
 /// Resident memory now, in bytes (Linux; 0 elsewhere).
 fn rss() -> u64 {
-    super::proc_kb("/proc/self/status", "VmRSS:").unwrap_or(0)
+    webcnn::weights::proc_kb("/proc/self/status", "VmRSS:").unwrap_or(0)
 }
 
 #[derive(Clone, Copy)]

@@ -327,10 +327,17 @@ pub fn load(
 /// Memory the system can still give this process (Linux's MemAvailable), if known.
 #[cfg(not(target_arch = "wasm32"))]
 fn available_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    proc_kb("/proc/meminfo", "MemAvailable:")
+}
+
+/// A `key:  N kB` line of a /proc file (`/proc/meminfo`, `/proc/self/status`), in bytes;
+/// None where there is no such file or line (other systems).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn proc_kb(file: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(file).ok()?;
     let kb: u64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
         .trim()
