@@ -130,16 +130,12 @@ export function init({ wasm, threads } = {}) {
     ready = (async () => {
       const usable = threadsAvailable(threads);
       const n = wasm === undefined ? usable : 1;
-      if (n > 1) {
-        const mod = await importBinding('wasm-mt');
-        const exports = await mod.default({ module_or_path: await env.wasmSource('wasm-mt') });
-        await mod.initThreadPool(n);
-        watch(mod, exports);
-      } else {
-        const mod = await importBinding('wasm');
-        const exports = await mod.default({ module_or_path: wasm ?? await env.wasmSource('wasm') });
-        watch(mod, exports);
-      }
+      // `wasm` (given only for the single-threaded build, n = 1) replaces the bundled file.
+      const build = n > 1 ? 'wasm-mt' : 'wasm';
+      const mod = await importBinding(build);
+      const exports = await mod.default({ module_or_path: wasm ?? await env.wasmSource(build) });
+      if (n > 1) await mod.initThreadPool(n);
+      watch(mod, exports);
       initOptions = { wasm, threads };
     })();
     ready.catch(() => { ready = null; });
