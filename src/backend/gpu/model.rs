@@ -210,8 +210,8 @@ impl GpuModel {
     }
 
     fn check_alive(&self) -> Result<()> {
-        match &*self.context().shared.lost.lock().unwrap() {
-            Some(why) => Err(Error::DeviceLost(why.clone())),
+        match self.context().lost() {
+            Some(why) => Err(Error::DeviceLost(why)),
             None => Ok(()),
         }
     }
