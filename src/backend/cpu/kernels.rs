@@ -10,7 +10,7 @@ use crate::tensor::numel;
 use rayon::prelude::*;
 
 /// `f(i, chunk)` over `out` split into `len`-sized chunks, in parallel where threads exist.
-fn par_chunks(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+pub(super) fn par_chunks(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     out.par_chunks_mut(len.max(1))
         .enumerate()
@@ -233,19 +233,19 @@ const COL_TILE: usize = 96 * 1024;
 
 /// The output pointer shared by tiles that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: every tile writes only its own rows x columns of the output (see `conv2d`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// A method, so closures capture the whole (Send + Sync) wrapper, not the raw field.
-    fn at(self, i: usize) -> *mut f32 {
+    pub(super) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }
 
-fn threads() -> usize {
+pub(super) fn threads() -> usize {
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         rayon::current_num_threads()
@@ -258,7 +258,11 @@ fn threads() -> usize {
 
 /// Run `f(task, scratch)` for every task, in parallel where threads exist, each thread
 /// with its own scratch buffer of `scratch` floats.
-fn par_tasks<T: Sync>(tasks: &[T], scratch: usize, f: impl Fn(&T, &mut [f32]) + Sync + Send) {
+pub(super) fn par_tasks<T: Sync>(
+    tasks: &[T],
+    scratch: usize,
+    f: impl Fn(&T, &mut [f32]) + Sync + Send,
+) {
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     tasks
         .par_iter()

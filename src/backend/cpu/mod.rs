@@ -1,15 +1,18 @@
 //! The CPU backend: pure Rust, im2col + GEMM (the `gemm` crate) for convolutions and
 //! linear layers, multi-threaded natively and single-threaded in wasm.
 
+mod direct;
 mod kernels;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Value};
-use crate::lower::{param, Program, StepParams, Weights};
+use crate::lower::{param, Kernel, Program, StepParams, Weights};
 use crate::plan::MemoryPlan;
 use crate::tensor::numel;
 use crate::tensor::Tensor;
 use crate::weights::TensorMap;
+use direct::{DirectConv, Isa};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// A model's weights on the CPU: the one host copy every plan of the model reads,
@@ -18,7 +21,13 @@ use std::sync::{Arc, Mutex};
 /// column-major copy in place.)
 pub struct CpuWeights {
     tensors: TensorMap,
+    /// Conv weights packed for the direct kernel, by key and block width: made by the
+    /// first plan that needs them, shared by the rest.
+    packed: Mutex<PackCache>,
 }
+
+/// Packed panels by (weight key, block width).
+type PackCache = HashMap<(String, usize), Arc<[f32]>>;
 
 impl Weights for CpuWeights {
     fn get(&self, key: &str) -> Option<&Tensor> {
@@ -36,7 +45,29 @@ impl CpuWeights {
             let t = w.remove(&p.name).expect("checked");
             tensors.insert(p.name, t);
         }
-        Ok(CpuWeights { tensors })
+        Ok(CpuWeights::from_map(tensors))
+    }
+
+    fn from_map(tensors: TensorMap) -> Self {
+        CpuWeights {
+            tensors,
+            packed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `key` packed for blocks of `block` output channels (cached).
+    fn packed(&self, key: &str, cfg: &crate::graph::Conv2d, block: usize) -> Result<Arc<[f32]>> {
+        let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(&(key.to_string(), block)) {
+            return Ok(p.clone());
+        }
+        let w = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| Error::MissingWeight(key.to_string()))?;
+        let p: Arc<[f32]> = direct::pack(w.data(), cfg, block).into();
+        cache.insert((key.to_string(), block), p.clone());
+        Ok(p)
     }
 
     /// A checked copy of the parameters `graph` needs from `w` (one-off models and tests).
@@ -46,7 +77,7 @@ impl CpuWeights {
             .into_iter()
             .map(|p| Ok((p.name.clone(), param(w, &p)?.clone())))
             .collect::<Result<TensorMap>>()?;
-        Ok(CpuWeights { tensors })
+        Ok(CpuWeights::from_map(tensors))
     }
 
     /// Bytes held.
@@ -65,9 +96,16 @@ pub struct CpuModel {
     params: Vec<StepParams>,
     weights: Arc<CpuWeights>,
     plan: MemoryPlan,
-    /// Activation slots, made at prepare and reused by every run (no allocation per run
-    /// but the outputs).
-    arena: Mutex<Vec<Vec<f32>>>,
+    /// Per step: the direct convolution planned for it, where the CPU has a microkernel.
+    direct: Vec<Option<DirectConv>>,
+    /// Activation slots and the direct convolutions' input buffer, made at prepare and
+    /// reused by every run (no allocation per run but the outputs).
+    arena: Mutex<Arena>,
+}
+
+struct Arena {
+    slots: Vec<Vec<f32>>,
+    scratch: Vec<f32>,
 }
 
 impl CpuModel {
@@ -87,12 +125,34 @@ impl CpuModel {
         let params = program.params(weights.as_ref())?;
         let batch = program.shape(program.input)[0];
         let plan = MemoryPlan::new(&program, batch);
-        let arena = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
+        let slots = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
+        let isa = Isa::detect();
+        let mut direct = Vec::with_capacity(program.steps.len());
+        for step in &program.steps {
+            let d = match (&step.kernel, isa) {
+                (Kernel::Conv { cfg, node, .. }, Some(isa)) => {
+                    let xs = program.shape(step.inputs[0]);
+                    let os = program.shape(step.output);
+                    let shape = DirectConv::choose(isa, os[3]);
+                    let panels = weights.packed(&format!("{node}.weight"), cfg, shape.block)?;
+                    let dims = |s: &[usize]| [s[0], s[1], s[2], s[3]];
+                    Some(DirectConv::new(isa, shape, panels, cfg, dims(xs), dims(os)))
+                }
+                _ => None,
+            };
+            direct.push(d);
+        }
+        let scratch_len = direct.iter().flatten().map(|d| d.scratch_len).max();
+        let arena = Arena {
+            slots,
+            scratch: vec![0f32; scratch_len.unwrap_or(0)],
+        };
         Ok(CpuModel {
             program,
             params,
             weights: weights.clone(),
             plan,
+            direct,
             arena: Mutex::new(arena),
         })
     }
@@ -125,7 +185,7 @@ impl CpuModel {
             });
         }
         let mut guard = self.arena.lock().unwrap_or_else(|e| e.into_inner());
-        let slots: &mut Vec<Vec<f32>> = &mut guard;
+        let Arena { slots, scratch } = &mut *guard;
         let slot = &self.plan.slot_of;
         let len = |v: Value| numel(p.shape(v));
         slots[slot[&p.input]][..input.len()].copy_from_slice(input.data());
@@ -139,7 +199,7 @@ impl CpuModel {
             }
         };
         copy_out(&mut results, slots, p.input);
-        for (step, params) in p.steps.iter().zip(&self.params) {
+        for ((step, params), direct) in p.steps.iter().zip(&self.params).zip(&self.direct) {
             let weight = match &params.weight {
                 Some(k) => self
                     .weights
@@ -161,15 +221,25 @@ impl CpuModel {
             #[cfg(not(target_arch = "wasm32"))]
             let t0 = std::time::Instant::now();
             let n = len(step.output);
-            kernels::run_step(
-                step,
-                params,
-                weight,
-                &ins,
-                residual,
-                p.shape(step.output),
-                &mut out[..n],
-            );
+            match direct {
+                Some(d) => d.run(
+                    ins[0].0,
+                    scratch,
+                    params,
+                    residual,
+                    step.relu,
+                    &mut out[..n],
+                ),
+                None => kernels::run_step(
+                    step,
+                    params,
+                    weight,
+                    &ins,
+                    residual,
+                    p.shape(step.output),
+                    &mut out[..n],
+                ),
+            }
             #[cfg(not(target_arch = "wasm32"))]
             if let Some(t) = times.as_deref_mut() {
                 t.push((step.nodes.join("+"), t0.elapsed().as_secs_f64()));

@@ -1,0 +1,640 @@
+//! Direct convolution with prepacked weights, vectorised over output channels.
+//!
+//! The input is copied once per run into zero-padded planes, split by stride phase
+//! (`x[c][phase][row][col]` with `phase = (row % sh, col % sw)` of the padded input), so
+//! that every kernel tap reads a run of consecutive floats for consecutive output
+//! pixels, whatever the stride. A tile is `nr` consecutive output pixels of one row by
+//! one block of output channels; the microkernel keeps its `nr x block` accumulators in
+//! registers for the whole reduction, reading one packed weight vector per tap and
+//! broadcasting one input float per pixel, then transposes the tile to NCHW and applies
+//! the epilogue (scale, shift, residual, ReLU) on the way out. No im2col, no packing of
+//! activations, and the weights are packed once, when a plan is prepared.
+
+use crate::graph::Conv2d;
+use crate::lower::StepParams;
+use std::sync::Arc;
+
+/// What the microkernel needs to know about one tile shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Output channels per block, a multiple of the vector width.
+    pub block: usize,
+    /// Output pixels per tile.
+    pub nr: usize,
+}
+
+/// A convolution's weights in the microkernel's layout: per group and block of output
+/// channels, `[k][block]` with `k = (ci, ky, kx)` as PyTorch orders them, zero-padded
+/// past the group's last channel.
+pub fn pack(weight: &[f32], cfg: &Conv2d, block: usize) -> Vec<f32> {
+    let g = cfg.groups;
+    let ocg = cfg.out_channels / g;
+    let k = cfg.in_channels / g * cfg.kernel[0] * cfg.kernel[1];
+    let nb = ocg.div_ceil(block);
+    let mut out = vec![0f32; g * nb * k * block];
+    for gi in 0..g {
+        for o in 0..ocg {
+            let (b, lane) = (o / block, o % block);
+            let panel = (gi * nb + b) * k * block;
+            let src = &weight[(gi * ocg + o) * k..(gi * ocg + o + 1) * k];
+            for (kk, &v) in src.iter().enumerate() {
+                out[panel + kk * block + lane] = v;
+            }
+        }
+    }
+    out
+}
+
+/// One convolution planned for the direct kernel: geometry fixed at prepare (the plan's
+/// shapes never change), packed weights shared between plans of the same model.
+pub struct DirectConv {
+    isa: Isa,
+    shape: Shape,
+    panels: Arc<[f32]>,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    groups: usize,
+    icg: usize,
+    ocg: usize,
+    oh: usize,
+    ow: usize,
+    k: usize,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    /// Used stride phases `(py, px)`, in buffer order.
+    phases: Vec<(usize, usize)>,
+    /// Rows and columns of one phase plane.
+    hph: usize,
+    wph: usize,
+    /// Offset of tap `k` from a pixel's base, inside one group's channels.
+    kofs: Vec<usize>,
+    /// Read the input in place (stride 1, no padding): no copy.
+    in_place: bool,
+    /// Floats of the phase buffer (all images, with slack), 0 when in place.
+    pub scratch_len: usize,
+}
+
+/// The instruction sets with a microkernel here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The best one this CPU runs, if any.
+    pub fn detect() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            return Some(Isa::Avx512);
+        }
+        None
+    }
+
+    /// Tile shapes with a compiled microkernel, best first for wide rows.
+    fn shapes(self) -> &'static [Shape] {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => &[Shape { block: 32, nr: 14 }, Shape { block: 48, nr: 7 }],
+        }
+    }
+}
+
+impl DirectConv {
+    /// The tile shape for a layer of output width `ow`: the one that wastes the fewest
+    /// pixels on partial tiles (ties go to the first).
+    pub fn choose(isa: Isa, ow: usize) -> Shape {
+        let eff = |s: &Shape| ow as f64 / (ow.div_ceil(s.nr) * s.nr) as f64;
+        let mut best = isa.shapes()[0];
+        for s in isa.shapes() {
+            if eff(s) > eff(&best) + 1e-9 {
+                best = *s;
+            }
+        }
+        best
+    }
+
+    /// Plan `cfg` on input `[n, c, h, w]` and output `[n, oc, oh, ow]` with `panels`
+    /// packed by [`pack`] for `shape.block`.
+    pub fn new(
+        isa: Isa,
+        shape: Shape,
+        panels: Arc<[f32]>,
+        cfg: &Conv2d,
+        [n, c, h, w]: [usize; 4],
+        [_, oc, oh, ow]: [usize; 4],
+    ) -> DirectConv {
+        let groups = cfg.groups;
+        let (icg, ocg) = (c / groups, oc / groups);
+        let [kh, kw] = cfg.kernel;
+        let ([sh, sw], [ph, pw], [dh, dw]) = (cfg.stride, cfg.padding, cfg.dilation);
+        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+        let in_place = cfg.stride == [1, 1] && cfg.padding == [0, 0];
+        let (hph, wph) = if in_place {
+            (h, w)
+        } else {
+            (hp.div_ceil(sh), wp.div_ceil(sw))
+        };
+        let mut phases = vec![];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let p = ((ky * dh) % sh, (kx * dw) % sw);
+                if !phases.contains(&p) {
+                    phases.push(p);
+                }
+            }
+        }
+        let plane = hph * wph;
+        let cstride = phases.len() * plane;
+        let mut kofs = Vec::with_capacity(icg * kh * kw);
+        for ci in 0..icg {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let (r, q) = (ky * dh, kx * dw);
+                    let pi = phases.iter().position(|&p| p == (r % sh, q % sw));
+                    let pi = pi.expect("every tap's phase is listed");
+                    kofs.push(ci * cstride + pi * plane + (r / sh) * wph + q / sw);
+                }
+            }
+        }
+        // The last tile of a row reads up to nr - 1 pixels past the row: slack after the
+        // last plane keeps those reads inside the buffer.
+        let scratch_len = if in_place {
+            0
+        } else {
+            n * c * cstride + shape.nr + wph
+        };
+        let mut d = DirectConv {
+            isa,
+            shape,
+            panels,
+            n,
+            c,
+            h,
+            w,
+            groups,
+            icg,
+            ocg,
+            oh,
+            ow,
+            k: icg * kh * kw,
+            stride: cfg.stride,
+            padding: cfg.padding,
+            phases,
+            hph,
+            wph,
+            kofs,
+            in_place,
+            scratch_len,
+        };
+        // In place, the reads past a row's end must stay inside the input itself.
+        if d.in_place && d.max_read() >= n * c * h * w {
+            d.in_place = false;
+            d.hph = h;
+            d.wph = w;
+            d.scratch_len = n * c * h * w + shape.nr + w;
+        }
+        d
+    }
+
+    /// The highest input offset any tile reads, plus one.
+    fn max_read(&self) -> usize {
+        let last_tile = (self.ow.div_ceil(self.shape.nr) - 1) * self.shape.nr;
+        let image = self.c * self.phases.len() * self.hph * self.wph;
+        (self.n - 1) * image
+            + (self.groups - 1) * self.icg * self.phases.len() * self.hph * self.wph
+            + self.kofs.iter().max().copied().unwrap_or(0)
+            + (self.oh - 1) * self.wph
+            + last_tile
+            + self.shape.nr
+    }
+
+    /// Copy `x` into the zero-padded phase planes.
+    fn fill(&self, x: &[f32], buf: &mut [f32]) {
+        let (h, w) = (self.h, self.w);
+        let ([sh, sw], [ph, pw]) = (self.stride, self.padding);
+        let (hph, wph) = (self.hph, self.wph);
+        let nph = self.phases.len();
+        let per_c = nph * hph * wph;
+        let (body, slack) = buf.split_at_mut(self.n * self.c * per_c);
+        slack.fill(0.0);
+        super::kernels::par_chunks(body, per_c, |nc, dst| {
+            let src = &x[nc * h * w..(nc + 1) * h * w];
+            for (pi, &(py, px)) in self.phases.iter().enumerate() {
+                for (i, row) in dst[pi * hph * wph..(pi + 1) * hph * wph]
+                    .chunks_exact_mut(wph)
+                    .enumerate()
+                {
+                    let iy = (i * sh + py) as isize - ph as isize;
+                    if iy < 0 || iy as usize >= h {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let srow = &src[iy as usize * w..(iy as usize + 1) * w];
+                    if sw == 1 {
+                        // Padded column j + px - pw of the input.
+                        let lo = pw.saturating_sub(px).min(wph);
+                        let hi = (w + pw).saturating_sub(px).min(wph).max(lo);
+                        row[..lo].fill(0.0);
+                        row[lo..hi].copy_from_slice(&srow[lo + px - pw..hi + px - pw]);
+                        row[hi..].fill(0.0);
+                    } else {
+                        for (j, v) in row.iter_mut().enumerate() {
+                            let ix = (j * sw + px) as isize - pw as isize;
+                            *v = if ix >= 0 && (ix as usize) < w {
+                                srow[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Run on `x` (`[n, c, h, w]`), writing `out` (`[n, oc, oh, ow]`) through the
+    /// epilogue. `scratch` grows to [`Self::scratch_len`] once and is reused.
+    pub fn run(
+        &self,
+        x: &[f32],
+        scratch: &mut Vec<f32>,
+        p: &StepParams,
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let src: &[f32] = if self.in_place {
+            x
+        } else {
+            if scratch.len() < self.scratch_len {
+                scratch.resize(self.scratch_len, 0.0);
+            }
+            self.fill(x, &mut scratch[..self.scratch_len]);
+            &scratch[..self.scratch_len]
+        };
+        let Shape { block, nr } = self.shape;
+        let nb = self.ocg.div_ceil(block);
+        let image = self.c * self.phases.len() * self.hph * self.wph;
+        let gstride = self.icg * self.phases.len() * self.hph * self.wph;
+        let (oh, ow) = (self.oh, self.ow);
+        let pix = oh * ow;
+        let oc = self.ocg * self.groups;
+        // Tasks: one block of output channels over a run of rows. Rows split until every
+        // thread has a few tasks; a task keeps its weight panel hot in L2.
+        let blocks = self.n * self.groups * nb;
+        let want = 4 * super::kernels::threads();
+        let splits = want.div_ceil(blocks).clamp(1, oh);
+        let rows = oh.div_ceil(splits);
+        let mut tasks = Vec::with_capacity(blocks * splits);
+        for b in 0..self.n {
+            for g in 0..self.groups {
+                for ob in 0..nb {
+                    for y0 in (0..oh).step_by(rows) {
+                        tasks.push((b, g, ob, y0));
+                    }
+                }
+            }
+        }
+        let dst = super::kernels::OutPtr(out.as_mut_ptr());
+        let panel_len = self.k * block;
+        super::kernels::par_tasks(&tasks, 0, |&(b, g, ob, y0), _| {
+            let panel = &self.panels[(g * nb + ob) * panel_len..(g * nb + ob + 1) * panel_len];
+            let o0 = g * self.ocg + ob * block;
+            let live = block.min(self.ocg - ob * block);
+            let ep = Epilogue {
+                scale: &p.scale[o0..o0 + live],
+                shift: &p.bias[o0..o0 + live],
+                relu,
+            };
+            let base = b * image + g * gstride;
+            for oy in y0..(y0 + rows).min(oh) {
+                for ox in (0..ow).step_by(nr) {
+                    let valid = nr.min(ow - ox);
+                    let at = (b * oc + o0) * pix + oy * ow + ox;
+                    let xoff = base + oy * self.wph + ox;
+                    debug_assert!(xoff + self.kofs[self.k - 1] + nr <= src.len());
+                    debug_assert!(at + (live - 1) * pix + valid <= out_len(self));
+                    // SAFETY: the reads stay inside `src` (its slack, or `max_read` when in
+                    // place); this task alone writes rows o0..o0+live of image b at pixels
+                    // at..at+valid, all inside `out`.
+                    unsafe {
+                        self.tile(
+                            src.as_ptr().add(xoff),
+                            panel,
+                            dst.at(at),
+                            pix,
+                            valid,
+                            live,
+                            residual.map(|r| r.as_ptr().add(at)),
+                            &ep,
+                        )
+                    }
+                }
+            }
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        &self,
+        x: *const f32,
+        panel: &[f32],
+        out: *mut f32,
+        ldo: usize,
+        valid: usize,
+        live: usize,
+        res: Option<*const f32>,
+        ep: &Epilogue,
+    ) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => match self.shape {
+                Shape { block: 32, nr: 14 } => {
+                    avx512::tile::<2, 14>(x, &self.kofs, panel, out, ldo, valid, live, res, ep)
+                }
+                Shape { block: 48, nr: 7 } => {
+                    avx512::tile::<3, 7>(x, &self.kofs, panel, out, ldo, valid, live, res, ep)
+                }
+                s => unreachable!("no microkernel for {s:?}"),
+            },
+        }
+    }
+}
+
+fn out_len(d: &DirectConv) -> usize {
+    d.n * d.ocg * d.groups * d.oh * d.ow
+}
+
+/// Per-channel affine transform and ReLU applied as a tile is stored.
+pub struct Epilogue<'a> {
+    scale: &'a [f32],
+    shift: &'a [f32],
+    relu: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Epilogue;
+    use std::arch::x86_64::*;
+
+    /// One tile: `nr` output pixels by `MV * 16` output channels, reduced over every tap,
+    /// then stored transposed (pixels contiguous per channel) through the epilogue.
+    /// `valid` pixels and `live` channels are written.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const MV: usize, const NR: usize>(
+        x: *const f32,
+        kofs: &[usize],
+        panel: &[f32],
+        out: *mut f32,
+        ldo: usize,
+        valid: usize,
+        live: usize,
+        res: Option<*const f32>,
+        ep: &Epilogue,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); MV]; NR];
+        let mut w = panel.as_ptr();
+        for &off in kofs {
+            let xk = x.add(off);
+            let mut wv = [_mm512_setzero_ps(); MV];
+            for (v, wv) in wv.iter_mut().enumerate() {
+                *wv = _mm512_loadu_ps(w.add(v * 16));
+            }
+            for (j, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*xk.add(j));
+                for v in 0..MV {
+                    a[v] = _mm512_fmadd_ps(wv[v], b, a[v]);
+                }
+            }
+            w = w.add(MV * 16);
+        }
+        let mask = ((1u32 << valid) - 1) as __mmask16;
+        let zero = _mm512_setzero_ps();
+        for v in 0..MV {
+            let mut rows = [zero; 16];
+            for j in 0..NR {
+                rows[j] = acc[j][v];
+            }
+            let cols = transpose16(rows);
+            for (i, &col) in cols.iter().enumerate() {
+                let o = v * 16 + i;
+                if o >= live {
+                    return;
+                }
+                let mut y = _mm512_fmadd_ps(
+                    col,
+                    _mm512_set1_ps(ep.scale[o]),
+                    _mm512_set1_ps(ep.shift[o]),
+                );
+                if let Some(r) = res {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, r.add(o * ldo)));
+                }
+                if ep.relu {
+                    // MAXPS returns its second operand when either is NaN: NaN stays NaN,
+                    // as PyTorch's ReLU keeps it.
+                    y = _mm512_max_ps(zero, y);
+                }
+                _mm512_mask_storeu_ps(out.add(o * ldo), mask, y);
+            }
+        }
+    }
+
+    /// `r[j]` lane `i` becomes `c[i]` lane `j`.
+    #[inline(always)]
+    unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            let (a0, a1, a2, a3) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            u[4 * i] = pd_lo(a0, a2);
+            u[4 * i + 1] = pd_hi(a0, a2);
+            u[4 * i + 2] = pd_lo(a1, a3);
+            u[4 * i + 3] = pd_hi(a1, a3);
+        }
+        let mut s = [_mm512_setzero_ps(); 16];
+        for i in 0..2 {
+            for j in 0..4 {
+                s[8 * i + j] = _mm512_shuffle_f32x4::<0x88>(u[8 * i + j], u[8 * i + 4 + j]);
+                s[8 * i + 4 + j] = _mm512_shuffle_f32x4::<0xdd>(u[8 * i + j], u[8 * i + 4 + j]);
+            }
+        }
+        let mut c = [_mm512_setzero_ps(); 16];
+        for j in 0..8 {
+            c[j] = _mm512_shuffle_f32x4::<0x88>(s[j], s[8 + j]);
+            c[8 + j] = _mm512_shuffle_f32x4::<0xdd>(s[j], s[8 + j]);
+        }
+        c
+    }
+
+    #[inline(always)]
+    unsafe fn pd_lo(a: __m512, b: __m512) -> __m512 {
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+    }
+
+    #[inline(always)]
+    unsafe fn pd_hi(a: __m512, b: __m512) -> __m512 {
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn transpose16_moves_every_lane() {
+            if !std::is_x86_feature_detected!("avx512f") {
+                eprintln!("no AVX-512 on this CPU: the kernel it tests is never chosen");
+                return;
+            }
+            unsafe {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (j, v) in r.iter_mut().enumerate() {
+                    let lanes: Vec<f32> = (0..16).map(|i| (j * 16 + i) as f32).collect();
+                    *v = _mm512_loadu_ps(lanes.as_ptr());
+                }
+                let c = transpose16(r);
+                for (i, v) in c.iter().enumerate() {
+                    let mut got = [0f32; 16];
+                    _mm512_storeu_ps(got.as_mut_ptr(), *v);
+                    let want: Vec<f32> = (0..16).map(|j| (j * 16 + i) as f32).collect();
+                    assert_eq!(got.to_vec(), want, "column {i}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::shape::conv_out;
+
+    /// PyTorch's convolution in f64, then scale, shift, residual, ReLU.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &[f32],
+        [n, c, h, w]: [usize; 4],
+        cfg: &Conv2d,
+        wt: &[f32],
+        p: &StepParams,
+        res: Option<&[f32]>,
+        relu: bool,
+        [oh, ow]: [usize; 2],
+    ) -> Vec<f32> {
+        let oc = cfg.out_channels;
+        let (icg, ocg) = (c / cfg.groups, oc / cfg.groups);
+        let [kh, kw] = cfg.kernel;
+        let mut out = vec![0f32; n * oc * oh * ow];
+        for b in 0..n {
+            for o in 0..oc {
+                let g = o / ocg;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0f64;
+                        for ci in 0..icg {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * cfg.stride[0] + ky * cfg.dilation[0]) as isize
+                                        - cfg.padding[0] as isize;
+                                    let ix = (ox * cfg.stride[1] + kx * cfg.dilation[1]) as isize
+                                        - cfg.padding[1] as isize;
+                                    if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                        continue;
+                                    }
+                                    let xi = ((b * c + g * icg + ci) * h + iy as usize) * w
+                                        + ix as usize;
+                                    let wi = ((o * icg + ci) * kh + ky) * kw + kx;
+                                    s += x[xi] as f64 * wt[wi] as f64;
+                                }
+                            }
+                        }
+                        let i = ((b * oc + o) * oh + oy) * ow + ox;
+                        let mut v = (s * p.scale[o] as f64 + p.bias[o] as f64) as f32;
+                        if let Some(r) = res {
+                            v += r[i];
+                        }
+                        if relu && v < 0.0 {
+                            v = 0.0;
+                        }
+                        out[i] = v;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn noise(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn direct_conv_matches_a_naive_convolution_on_awkward_shapes() {
+        let Some(isa) = Isa::detect() else {
+            eprintln!("no microkernel for this CPU: the direct convolution is never chosen");
+            return;
+        };
+        // (n, c, oc, h, w, k, stride, pad, dilation, groups, residual+relu)
+        let cases = [
+            (1, 5, 40, 9, 30, 3, 1, 1, 1, 1, true), // partial block, partial tile
+            (2, 8, 70, 7, 7, 3, 1, 1, 1, 1, true),  // 7x7 map: the 7-wide tile, 2 images
+            (1, 3, 33, 23, 23, 7, 2, 3, 1, 1, false), // stem-like, stride 2
+            (1, 3, 16, 35, 35, 11, 4, 2, 1, 1, false), // AlexNet-like, stride 4
+            (1, 16, 32, 14, 14, 1, 1, 0, 1, 1, true), // 1x1 in place
+            (1, 16, 32, 13, 13, 1, 2, 0, 1, 1, false), // 1x1 stride 2: one phase of four
+            (1, 8, 8, 10, 11, 3, 1, 0, 1, 1, false), // in place, reads past the end: copies
+            (1, 8, 12, 10, 11, 3, 1, 2, 2, 2, true), // dilation and groups
+            (1, 8, 8, 9, 10, 3, 2, 1, 1, 8, false), // depthwise
+        ];
+        for (i, &(n, c, oc, h, w, k, s, pd, d, g, epi)) in cases.iter().enumerate() {
+            let cfg = Conv2d {
+                in_channels: c,
+                out_channels: oc,
+                kernel: [k, k],
+                stride: [s, s],
+                padding: [pd, pd],
+                dilation: [d, d],
+                groups: g,
+                bias: true,
+            };
+            let oh = conv_out(h, k, s, pd, d).unwrap();
+            let ow = conv_out(w, k, s, pd, d).unwrap();
+            let x = noise(n * c * h * w, i as u32);
+            let wt = noise(oc * c / g * k * k, 100 + i as u32);
+            let p = StepParams {
+                weight: None,
+                scale: noise(oc, 200 + i as u32),
+                bias: noise(oc, 300 + i as u32),
+            };
+            let mut res = noise(n * oc * oh * ow, 400 + i as u32);
+            res[0] = f32::NAN;
+            let res = epi.then_some(&res[..]);
+            let want = reference(&x, [n, c, h, w], &cfg, &wt, &p, res, epi, [oh, ow]);
+            let shape = DirectConv::choose(isa, ow);
+            let panels: Arc<[f32]> = pack(&wt, &cfg, shape.block).into();
+            let dc = DirectConv::new(isa, shape, panels, &cfg, [n, c, h, w], [n, oc, oh, ow]);
+            let mut out = vec![f32::INFINITY; want.len()];
+            dc.run(&x, &mut vec![], &p, res, epi, &mut out);
+            for (j, (a, b)) in out.iter().zip(&want).enumerate() {
+                let same = (a - b).abs() <= 1e-4 * (1.0 + b.abs()) || (a.is_nan() && b.is_nan());
+                assert!(same, "case {i}, element {j}: got {a}, want {b}");
+            }
+        }
+    }
+}
