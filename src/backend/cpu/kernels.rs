@@ -21,6 +21,26 @@ pub(super) fn par_chunks(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f3
         .for_each(|(i, c)| f(i, c));
 }
 
+/// [`par_chunks`] with a scratch buffer of `scratch` floats per thread.
+fn par_chunks_scratch(
+    out: &mut [f32],
+    len: usize,
+    scratch: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+) {
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+    out.par_chunks_mut(len.max(1))
+        .enumerate()
+        .for_each_init(|| vec![0f32; scratch], |buf, (i, c)| f(i, c, buf));
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
+    {
+        let mut buf = vec![0f32; scratch];
+        out.chunks_mut(len.max(1))
+            .enumerate()
+            .for_each(|(i, c)| f(i, c, &mut buf));
+    }
+}
+
 fn parallelism() -> gemm::Parallelism {
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
@@ -619,31 +639,25 @@ fn pool2d(
     // The windows are the same for every plane: compute them once.
     let rows = pool_windows(h, oh, kh, sh, ph);
     let cols = pool_windows(w, ow, kw, sw, pw);
-    par_chunks(out, oh * ow, |nc, o| {
+    par_chunks_scratch(out, oh * ow, w, |nc, o, colmax| {
         let plane = &x[nc * h * w..(nc + 1) * h * w];
         for (i, &(h0, h1, hk)) in rows.iter().enumerate() {
             let orow = &mut o[i * ow..(i + 1) * ow];
             if max {
-                orow.fill(f32::NEG_INFINITY);
-                let mut nan = false;
+                // Separable: the window's rows reduced column by column (contiguous, so
+                // it vectorises), then each output's columns of that.
+                let vm = &mut colmax[..w];
+                vm.fill(f32::NEG_INFINITY);
                 for y in h0..h1 {
                     let src = &plane[y * w..(y + 1) * w];
-                    for (v, &(w0, w1, _)) in orow.iter_mut().zip(&cols) {
-                        for &e in &src[w0..w1] {
-                            *v = v.max(e);
-                            nan |= e.is_nan();
-                        }
-                    }
+                    vm.iter_mut()
+                        .zip(src)
+                        .for_each(|(m, &e)| *m = max_nan(*m, e));
                 }
-                // NaN propagates as in PyTorch (f32::max skips it): redo a row that has one.
-                if nan {
-                    for (j, &(w0, w1, _)) in cols.iter().enumerate() {
-                        if (h0..h1)
-                            .any(|y| plane[y * w + w0..y * w + w1].iter().any(|e| e.is_nan()))
-                        {
-                            orow[j] = f32::NAN;
-                        }
-                    }
+                for (v, &(w0, w1, _)) in orow.iter_mut().zip(&cols) {
+                    *v = vm[w0..w1]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &e| max_nan(m, e));
                 }
             } else {
                 orow.fill(0.0);
@@ -664,6 +678,17 @@ fn pool2d(
             }
         }
     });
+}
+
+/// The larger of two floats, NaN if either is (PyTorch's max pooling propagates NaN;
+/// `f32::max` drops it).
+#[inline(always)]
+fn max_nan(m: f32, e: f32) -> f32 {
+    if m > e || m.is_nan() {
+        m
+    } else {
+        e
+    }
 }
 
 fn lrn(x: &[f32], [_, c, h, w]: [usize; 4], l: &Lrn, out: &mut [f32]) {
