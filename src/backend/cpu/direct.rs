@@ -14,6 +14,9 @@ use crate::graph::Conv2d;
 use crate::lower::StepParams;
 use std::sync::Arc;
 
+/// Bytes of weight panels one task cycles through: half of a typical 1 MiB L2.
+const L2_PANELS: usize = 512 * 1024;
+
 /// What the microkernel needs to know about one tile shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
@@ -296,16 +299,21 @@ impl DirectConv {
         let (oh, ow) = (self.oh, self.ow);
         let pix = oh * ow;
         let oc = self.ocg * self.groups;
-        // Tasks: one block of output channels over a run of rows. Rows split until every
-        // thread has a few tasks; a task keeps its weight panel hot in L2.
-        let blocks = self.n * self.groups * nb;
+        // Tasks: a run of rows by a run of channel blocks whose weight panels fit in half
+        // of L2; each input tile is read once for all the blocks of its task (from L1)
+        // rather than once per block. Rows split until every thread has a few tasks.
+        let panel_len = self.k * block;
+        let per_task = (L2_PANELS / (panel_len * 4)).clamp(1, nb);
+        let chunks = nb.div_ceil(per_task);
+        let per_task = nb.div_ceil(chunks);
+        let blocks = self.n * self.groups * chunks;
         let want = 4 * super::kernels::threads();
         let splits = want.div_ceil(blocks).clamp(1, oh);
         let rows = oh.div_ceil(splits);
         let mut tasks = Vec::with_capacity(blocks * splits);
         for b in 0..self.n {
             for g in 0..self.groups {
-                for ob in 0..nb {
+                for ob in (0..nb).step_by(per_task) {
                     for y0 in (0..oh).step_by(rows) {
                         tasks.push((b, g, ob, y0));
                     }
@@ -313,38 +321,40 @@ impl DirectConv {
             }
         }
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
-        let panel_len = self.k * block;
-        super::kernels::par_tasks(&tasks, 0, |&(b, g, ob, y0), _| {
-            let panel = &self.panels[(g * nb + ob) * panel_len..(g * nb + ob + 1) * panel_len];
-            let o0 = g * self.ocg + ob * block;
-            let live = block.min(self.ocg - ob * block);
-            let ep = Epilogue {
-                scale: &p.scale[o0..o0 + live],
-                shift: &p.bias[o0..o0 + live],
-                relu,
-            };
+        super::kernels::par_tasks(&tasks, 0, |&(b, g, ob0, y0), _| {
             let base = b * image + g * gstride;
             for oy in y0..(y0 + rows).min(oh) {
                 for ox in (0..ow).step_by(nr) {
                     let valid = nr.min(ow - ox);
-                    let at = (b * oc + o0) * pix + oy * ow + ox;
                     let xoff = base + oy * self.wph + ox;
                     debug_assert!(xoff + self.kofs[self.k - 1] + nr <= src.len());
-                    debug_assert!(at + (live - 1) * pix + valid <= out_len(self));
-                    // SAFETY: the reads stay inside `src` (its slack, or `max_read` when in
-                    // place); this task alone writes rows o0..o0+live of image b at pixels
-                    // at..at+valid, all inside `out`.
-                    unsafe {
-                        self.tile(
-                            src.as_ptr().add(xoff),
-                            panel,
-                            dst.at(at),
-                            pix,
-                            valid,
-                            live,
-                            residual.map(|r| r.as_ptr().add(at)),
-                            &ep,
-                        )
+                    for ob in ob0..(ob0 + per_task).min(nb) {
+                        let pi = (g * nb + ob) * panel_len;
+                        let panel = &self.panels[pi..pi + panel_len];
+                        let o0 = g * self.ocg + ob * block;
+                        let live = block.min(self.ocg - ob * block);
+                        let ep = Epilogue {
+                            scale: &p.scale[o0..o0 + live],
+                            shift: &p.bias[o0..o0 + live],
+                            relu,
+                        };
+                        let at = (b * oc + o0) * pix + oy * ow + ox;
+                        debug_assert!(at + (live - 1) * pix + valid <= out_len(self));
+                        // SAFETY: the reads stay inside `src` (its slack, or `max_read` when
+                        // in place); this task alone writes rows o0..o0+live of image b at
+                        // pixels at..at+valid, all inside `out`.
+                        unsafe {
+                            self.tile(
+                                src.as_ptr().add(xoff),
+                                panel,
+                                dst.at(at),
+                                pix,
+                                valid,
+                                live,
+                                residual.map(|r| r.as_ptr().add(at)),
+                                &ep,
+                            )
+                        }
                     }
                 }
             }
