@@ -17,13 +17,31 @@ use std::sync::Arc;
 /// Bytes of weight panels one task cycles through: half of a typical 1 MiB L2.
 const L2_PANELS: usize = 512 * 1024;
 
+/// The smallest map (pixels) for the pixel-vector 1x1 kernel: on 7x7 maps its 48-pixel
+/// tiles would idle.
+#[cfg(target_arch = "x86_64")]
+const PIXELS_MIN: usize = 14 * 14;
+
+/// The pixel-vector tile: 8 channels by 48 pixels (24 accumulators).
+#[cfg(target_arch = "x86_64")]
+const POINTWISE: Shape = Shape {
+    block: 8,
+    nr: 48,
+    pixels: true,
+};
+
 /// What the microkernel needs to know about one tile shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
-    /// Output channels per block, a multiple of the vector width.
+    /// Output channels per block: a multiple of the vector width, or with `pixels`, the
+    /// channels per tile.
     pub block: usize,
     /// Output pixels per tile.
     pub nr: usize,
+    /// Vectors over output pixels instead of channels: for 1x1 convolutions without
+    /// padding, whose pixels are one contiguous run per channel (in place, or after the
+    /// stride's phase copy). No transpose, and the input's channels are read as vectors.
+    pub pixels: bool,
 }
 
 /// A convolution's weights in the microkernel's layout: per group and block of output
@@ -106,20 +124,51 @@ impl Isa {
     fn shapes(self) -> &'static [Shape] {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => &[Shape { block: 32, nr: 14 }, Shape { block: 48, nr: 7 }],
+            Isa::Avx512 => &[
+                Shape {
+                    block: 32,
+                    nr: 14,
+                    pixels: false,
+                },
+                Shape {
+                    block: 48,
+                    nr: 7,
+                    pixels: false,
+                },
+            ],
             // V8 has 16 vector registers: 8 accumulators, the weights and the broadcasts
             // fit (8 wide by 5 pixels spilled and ran at half the speed).
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Isa::Simd128 => &[Shape { block: 8, nr: 4 }, Shape { block: 12, nr: 3 }],
+            Isa::Simd128 => &[
+                Shape {
+                    block: 8,
+                    nr: 4,
+                    pixels: false,
+                },
+                Shape {
+                    block: 12,
+                    nr: 3,
+                    pixels: false,
+                },
+            ],
         }
     }
 }
 
 impl DirectConv {
-    /// The tile shape for a layer of output width `ow` and `ocg` output channels per
-    /// group: the one that wastes the least on partial tiles and blocks (ties go to the
-    /// first).
-    pub fn choose(isa: Isa, ow: usize, ocg: usize) -> Shape {
+    /// The tile shape for `cfg` with output `[oh, ow]` and `ocg` output channels per
+    /// group: pixel vectors for 1x1 convolutions on maps of 14x14 and up where the CPU
+    /// has that kernel, else the channel-vector shape that wastes the least on partial
+    /// tiles and blocks (ties go to the first).
+    pub fn choose(isa: Isa, cfg: &Conv2d, [oh, ow]: [usize; 2], ocg: usize) -> Shape {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512
+            && cfg.kernel == [1, 1]
+            && cfg.padding == [0, 0]
+            && oh * ow >= PIXELS_MIN
+        {
+            return POINTWISE;
+        }
         let eff = |s: &Shape| {
             let cols = ow as f64 / (ow.div_ceil(s.nr) * s.nr) as f64;
             cols * ocg as f64 / (ocg.div_ceil(s.block) * s.block) as f64
@@ -207,7 +256,7 @@ impl DirectConv {
             scratch_len,
         };
         // In place, the reads past a row's end must stay inside the input itself.
-        if d.in_place && d.max_read() >= n * c * h * w {
+        if d.in_place && !shape.pixels && d.max_read() >= n * c * h * w {
             d.in_place = false;
             d.hph = h;
             d.wph = w;
@@ -292,7 +341,11 @@ impl DirectConv {
             self.fill(x, &mut scratch[..self.scratch_len]);
             &scratch[..self.scratch_len]
         };
-        let Shape { block, nr } = self.shape;
+        #[cfg(target_arch = "x86_64")]
+        if self.shape.pixels {
+            return self.run_pixels(src, p, residual, relu, out);
+        }
+        let Shape { block, nr, .. } = self.shape;
         let nb = self.ocg.div_ceil(block);
         let image = self.c * self.phases.len() * self.hph * self.wph;
         let gstride = self.icg * self.phases.len() * self.hph * self.wph;
@@ -361,6 +414,79 @@ impl DirectConv {
         });
     }
 
+    /// [`Self::run`] for the pixel-vector 1x1 kernel: tasks over runs of pixels by runs
+    /// of 8-channel blocks; each run of 48 input pixels is read for all of its blocks.
+    #[cfg(target_arch = "x86_64")]
+    fn run_pixels(
+        &self,
+        src: &[f32],
+        p: &StepParams,
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let Shape { block, nr, .. } = self.shape;
+        let nb = self.ocg.div_ceil(block);
+        let pix = self.oh * self.ow;
+        let image = self.c * self.hph * self.wph;
+        let gstride = self.icg * self.hph * self.wph;
+        let oc = self.ocg * self.groups;
+        let panel_len = self.k * block;
+        let per_task = (L2_PANELS / (panel_len * 4)).clamp(1, nb);
+        let chunks = nb.div_ceil(per_task);
+        let per_task = nb.div_ceil(chunks);
+        let blocks = self.n * self.groups * chunks;
+        let want = 4 * super::kernels::threads();
+        let splits = want.div_ceil(blocks).clamp(1, pix.div_ceil(nr));
+        let run = pix.div_ceil(splits).next_multiple_of(nr);
+        let mut tasks = Vec::with_capacity(blocks * splits);
+        for b in 0..self.n {
+            for g in 0..self.groups {
+                for ob in (0..nb).step_by(per_task) {
+                    for p0 in (0..pix).step_by(run) {
+                        tasks.push((b, g, ob, p0));
+                    }
+                }
+            }
+        }
+        let dst = super::kernels::OutPtr(out.as_mut_ptr());
+        super::kernels::par_tasks(&tasks, 0, |&(b, g, ob0, p0), _| {
+            let base = b * image + g * gstride;
+            for q in (p0..(p0 + run).min(pix)).step_by(nr) {
+                let len = nr.min(pix - q);
+                for ob in ob0..(ob0 + per_task).min(nb) {
+                    let pi = (g * nb + ob) * panel_len;
+                    let panel = &self.panels[pi..pi + panel_len];
+                    let o0 = g * self.ocg + ob * block;
+                    let live = block.min(self.ocg - ob * block);
+                    let ep = Epilogue {
+                        scale: &p.scale[o0..o0 + live],
+                        shift: &p.bias[o0..o0 + live],
+                        relu,
+                    };
+                    let at = (b * oc + o0) * pix + q;
+                    debug_assert!(at + (live - 1) * pix + len <= out_len(self));
+                    // SAFETY: the kernel reads `len` pixels from each channel's plane at
+                    // base + q (inside `src`, masked past `len`) and writes rows o0..o0+live
+                    // of image b at pixels q..q+len, which only this task writes.
+                    unsafe {
+                        avx512::pointwise(
+                            src.as_ptr().add(base + q),
+                            &self.kofs,
+                            panel,
+                            dst.at(at),
+                            pix,
+                            len,
+                            live,
+                            residual.map(|r| r.as_ptr().add(at)),
+                            &ep,
+                        )
+                    }
+                }
+            }
+        });
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     unsafe fn tile(
@@ -377,22 +503,30 @@ impl DirectConv {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => match self.shape {
-                Shape { block: 32, nr: 14 } => {
-                    avx512::tile::<2, 14>(x, &self.kofs, panel, out, ldo, valid, live, res, ep)
-                }
-                Shape { block: 48, nr: 7 } => {
-                    avx512::tile::<3, 7>(x, &self.kofs, panel, out, ldo, valid, live, res, ep)
-                }
+                Shape {
+                    block: 32,
+                    nr: 14,
+                    pixels: false,
+                } => avx512::tile::<2, 14>(x, &self.kofs, panel, out, ldo, valid, live, res, ep),
+                Shape {
+                    block: 48,
+                    nr: 7,
+                    pixels: false,
+                } => avx512::tile::<3, 7>(x, &self.kofs, panel, out, ldo, valid, live, res, ep),
                 s => unreachable!("no microkernel for {s:?}"),
             },
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Isa::Simd128 => match self.shape {
-                Shape { block: 8, nr: 4 } => {
-                    simd128::tile::<2, 4>(x, &self.kofs, panel, out, ldo, valid, live, res, ep)
-                }
-                Shape { block: 12, nr: 3 } => {
-                    simd128::tile::<3, 3>(x, &self.kofs, panel, out, ldo, valid, live, res, ep)
-                }
+                Shape {
+                    block: 8,
+                    nr: 4,
+                    pixels: false,
+                } => simd128::tile::<2, 4>(x, &self.kofs, panel, out, ldo, valid, live, res, ep),
+                Shape {
+                    block: 12,
+                    nr: 3,
+                    pixels: false,
+                } => simd128::tile::<3, 3>(x, &self.kofs, panel, out, ldo, valid, live, res, ep),
                 s => unreachable!("no microkernel for {s:?}"),
             },
         }
@@ -549,6 +683,79 @@ mod avx512 {
                     y = _mm512_max_ps(zero, y);
                 }
                 _mm512_mask_storeu_ps(out.add(o * ldo), mask, y);
+            }
+        }
+    }
+
+    /// The pixel-vector tile of a 1x1 convolution: 8 output channels by `len` (up to 48)
+    /// consecutive pixels, reduced over the input channels at `kofs`, stored through the
+    /// epilogue without a transpose.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pointwise(
+        x: *const f32,
+        kofs: &[usize],
+        panel: &[f32],
+        out: *mut f32,
+        ldo: usize,
+        len: usize,
+        live: usize,
+        res: Option<*const f32>,
+        ep: &Epilogue,
+    ) {
+        match len.div_ceil(16) {
+            3 => pointwise_nv::<3>(x, kofs, panel, out, ldo, len, live, res, ep),
+            2 => pointwise_nv::<2>(x, kofs, panel, out, ldo, len, live, res, ep),
+            _ => pointwise_nv::<1>(x, kofs, panel, out, ldo, len, live, res, ep),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pointwise_nv<const NV: usize>(
+        x: *const f32,
+        kofs: &[usize],
+        panel: &[f32],
+        out: *mut f32,
+        ldo: usize,
+        len: usize,
+        live: usize,
+        res: Option<*const f32>,
+        ep: &Epilogue,
+    ) {
+        // The last vector's lanes past `len` are neither read nor written.
+        let tail = len - 16 * (NV - 1);
+        let last = ((1u32 << tail) - 1) as __mmask16;
+        let mask = |v: usize| if v == NV - 1 { last } else { !0 };
+        let mut acc = [[_mm512_setzero_ps(); NV]; 8];
+        let mut w = panel.as_ptr();
+        for &off in kofs {
+            let xk = x.add(off);
+            let mut xv = [_mm512_setzero_ps(); NV];
+            for v in 0..NV {
+                xv[v] = _mm512_maskz_loadu_ps(mask(v), xk.add(16 * v));
+            }
+            for j in 0..8 {
+                let b = _mm512_set1_ps(*w.add(j));
+                for v in 0..NV {
+                    acc[j][v] = _mm512_fmadd_ps(xv[v], b, acc[j][v]);
+                }
+            }
+            w = w.add(8);
+        }
+        let zero = _mm512_setzero_ps();
+        for j in 0..live {
+            let (s, h) = (_mm512_set1_ps(ep.scale[j]), _mm512_set1_ps(ep.shift[j]));
+            for v in 0..NV {
+                let mut y = _mm512_fmadd_ps(acc[j][v], s, h);
+                let at = j * ldo + 16 * v;
+                if let Some(r) = res {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask(v), r.add(at)));
+                }
+                if ep.relu {
+                    y = _mm512_max_ps(zero, y);
+                }
+                _mm512_mask_storeu_ps(out.add(at), mask(v), y);
             }
         }
     }
@@ -711,6 +918,8 @@ mod tests {
             (1, 8, 8, 10, 11, 3, 1, 0, 1, 1, false), // in place, reads past the end: copies
             (1, 8, 12, 10, 11, 3, 1, 2, 2, 2, true), // dilation and groups
             (1, 8, 8, 9, 10, 3, 2, 1, 1, 8, false), // depthwise
+            (1, 40, 12, 15, 15, 1, 1, 0, 1, 1, true), // pixel vectors in place, tails
+            (2, 24, 20, 30, 29, 1, 2, 0, 1, 1, true), // pixel vectors after the phase copy
         ];
         for (i, &(n, c, oc, h, w, k, s, pd, d, g, epi)) in cases.iter().enumerate() {
             let cfg = Conv2d {
@@ -736,7 +945,7 @@ mod tests {
             res[0] = f32::NAN;
             let res = epi.then_some(&res[..]);
             let want = reference(&x, [n, c, h, w], &cfg, &wt, &p, res, epi, [oh, ow]);
-            let shape = DirectConv::choose(isa, ow, oc / g);
+            let shape = DirectConv::choose(isa, &cfg, [oh, ow], oc / g);
             let panels: Arc<[f32]> = pack(&wt, &cfg, shape.block).into();
             let dc = DirectConv::new(isa, shape, panels, &cfg, [n, c, h, w], [n, oc, oh, ow]);
             let mut out = vec![f32::INFINITY; want.len()];

@@ -133,7 +133,8 @@ impl CpuModel {
                 (Kernel::Conv { cfg, node, .. }, Some(isa)) => {
                     let xs = program.shape(step.inputs[0]);
                     let os = program.shape(step.output);
-                    let shape = DirectConv::choose(isa, os[3], cfg.out_channels / cfg.groups);
+                    let shape =
+                        DirectConv::choose(isa, cfg, [os[2], os[3]], cfg.out_channels / cfg.groups);
                     let panels = weights.packed(&format!("{node}.weight"), cfg, shape.block)?;
                     let dims = |s: &[usize]| [s[0], s[1], s[2], s[3]];
                     Some(DirectConv::new(isa, shape, panels, cfg, dims(xs), dims(os)))
