@@ -360,7 +360,7 @@ impl DirectConv {
         let chunks = nb.div_ceil(per_task);
         let per_task = nb.div_ceil(chunks);
         let blocks = self.n * self.groups * chunks;
-        let want = 4 * super::kernels::threads();
+        let want = 8 * super::kernels::threads();
         let splits = want.div_ceil(blocks).clamp(1, oh);
         let rows = oh.div_ceil(splits);
         let mut tasks = Vec::with_capacity(blocks * splits);
@@ -436,7 +436,7 @@ impl DirectConv {
         let chunks = nb.div_ceil(per_task);
         let per_task = nb.div_ceil(chunks);
         let blocks = self.n * self.groups * chunks;
-        let want = 4 * super::kernels::threads();
+        let want = 8 * super::kernels::threads();
         let splits = want.div_ceil(blocks).clamp(1, pix.div_ceil(nr));
         let run = pix.div_ceil(splits).next_multiple_of(nr);
         let mut tasks = Vec::with_capacity(blocks * splits);
