@@ -5,6 +5,7 @@ random weights), built layer by layer with onnx.helper so that no PyTorch instal
 Run through scripts/bench-ort, which makes the virtual environment and builds webcnn.
 
     python scripts/ort_bench.py --webcnn target/release/webcnn [--threads 2] [--iters 20] [--batch 1]
+        [--torch PYTHON]   (also PyTorch eager, scripts/torch_bench.py run by that interpreter)
     python scripts/ort_bench.py --export DIR --models resnet18,resnet50   (the .onnx files only)
 """
 
@@ -158,6 +159,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--torch", metavar="PYTHON", help="a Python with torch and torchvision: adds PyTorch eager")
     a = ap.parse_args()
     if a.export:
         os.makedirs(a.export, exist_ok=True)
@@ -176,7 +178,15 @@ def main():
             env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)},
         ).stdout
         ours = json.loads(out.strip().splitlines()[-1])
-        rows.append((name, ort_med * 1e3, ort_min * 1e3, ours["median_ms"], ours["min_ms"]))
+        torch_ms = None
+        if a.torch:
+            out = subprocess.run(
+                [a.torch, os.path.join(os.path.dirname(__file__), "torch_bench.py"), "--models", name,
+                 "--threads", str(a.threads), "--iters", str(a.iters), "--batch", str(a.batch)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            torch_ms = json.loads(out.strip().splitlines()[-1])["median_ms"]
+        rows.append((name, ort_med * 1e3, ort_min * 1e3, ours["median_ms"], ours["min_ms"], torch_ms))
     cpu = ""
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -184,10 +194,16 @@ def main():
         pass
     print(f"{time.strftime('%Y-%m-%d')}, {cpu}, {a.threads} threads, batch {a.batch}, "
           f"onnxruntime {ort.__version__}, median of {a.iters} runs\n")
-    print("| model | ONNX Runtime ms | webcnn CPU ms | webcnn / ORT | images/s ORT | images/s webcnn |")
-    print("|---|---|---|---|---|---|")
-    for name, om, _, wm, _ in rows:
-        print(f"| {name} | {om:.1f} | {wm:.1f} | {wm / om:.2f}x | {a.batch * 1e3 / om:.1f} | {a.batch * 1e3 / wm:.1f} |")
+    head = "| model | ONNX Runtime ms | webcnn CPU ms | webcnn / ORT | images/s ORT | images/s webcnn |"
+    if a.torch:
+        head += " PyTorch eager ms | webcnn / PyTorch |"
+    print(head)
+    print("|---" * head.count(" |") + "|")
+    for name, om, _, wm, _, tm in rows:
+        line = f"| {name} | {om:.1f} | {wm:.1f} | {wm / om:.2f}x | {a.batch * 1e3 / om:.1f} | {a.batch * 1e3 / wm:.1f} |"
+        if tm is not None:
+            line += f" {tm:.1f} | {wm / tm:.2f}x |"
+        print(line)
 
 
 if __name__ == "__main__":
