@@ -160,6 +160,7 @@ impl DirectConv {
     /// group: pixel vectors for 1x1 convolutions on maps of 14x14 and up where the CPU
     /// has that kernel, else the channel-vector shape that wastes the least on partial
     /// tiles and blocks (ties go to the first).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn choose(isa: Isa, cfg: &Conv2d, [oh, ow]: [usize; 2], ocg: usize) -> Shape {
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512

@@ -1,5 +1,6 @@
-//! The CPU backend: pure Rust, im2col + GEMM (the `gemm` crate) for convolutions and
-//! linear layers, multi-threaded natively and single-threaded in wasm.
+//! The CPU backend: pure Rust. Convolutions run our direct kernels on prepacked weights
+//! (`direct`: AVX-512 natively, chosen at run time; SIMD128 in wasm), else implicit-GEMM
+//! tiles on the `gemm` crate; multi-threaded natively, and in wasm where the page allows.
 
 mod direct;
 mod kernels;
@@ -16,9 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// A model's weights on the CPU: the one host copy every plan of the model reads,
-/// checked against the model's graph. (Conv weights stay in PyTorch's `[oc, ic/g, kh, kw]`
-/// layout: the GEMM's own packing of them per tile measured faster than reading a
-/// column-major copy in place.)
+/// checked against the model's graph, and the conv weights packed for the direct kernels
+/// (made by the first plan that needs them).
 pub struct CpuWeights {
     tensors: TensorMap,
     /// Conv weights packed for the direct kernel, by key and block width: made by the
