@@ -115,3 +115,70 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         }
     }
 }
+
+// The same convolution for software adapters (lavapipe, SwiftShader), which run a
+// workgroup's invocations as CPU vector lanes and pay dearly for barriers: no workgroup
+// memory. Each invocation keeps 4 output channels x 4 consecutive pixels in registers; the
+// kernel taps are the outer loop, so each pixel's input offset and bounds are worked out
+// once per tap, and the input channels the inner one (one load per pixel and weight).
+@compute @workgroup_size(64, 1, 1)
+fn conv2d_rb(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let p0 = gid.x * 4u;
+    let m0 = gid.y * 4u;
+    if (p0 >= prm.p || m0 >= prm.m_count) { return; }
+    let img = gid.z / prm.g_count;
+    let gl = gid.z % prm.g_count;
+    let g = prm.g_base + gl;
+    let khw = prm.kh * prm.kw;
+    let hw = prm.h * prm.w;
+    let x_base = (img * prm.c + g * prm.icg) * hw;
+    let w_base = gl * prm.m_count * prm.k;
+    // Rows and pixels past the end repeat the last one; the store skips them.
+    var wrow: vec4<u32>;
+    var oy: vec4<i32>;
+    var ox: vec4<i32>;
+    for (var i = 0u; i < 4u; i++) {
+        wrow[i] = w_base + min(m0 + i, prm.m_count - 1u) * prm.k;
+        let p = min(p0 + i, prm.p - 1u);
+        oy[i] = i32((p / prm.ow) * prm.sh) - i32(prm.ph);
+        ox[i] = i32((p % prm.ow) * prm.sw) - i32(prm.pw);
+    }
+    let h = i32(prm.h);
+    let w = i32(prm.w);
+    var acc: array<vec4<f32>, 4>; // acc[i][j]: channel m0 + i, pixel p0 + j
+    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+    for (var ky = 0u; ky < prm.kh; ky++) {
+        let iy = oy + vec4<i32>(i32(ky * prm.dh));
+        for (var kx = 0u; kx < prm.kw; kx++) {
+            let ix = ox + vec4<i32>(i32(kx * prm.dw));
+            let inside = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(h)) & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(w));
+            // Outside the input: read offset 0 (always there), then select zero.
+            let off = vec4<u32>(select(vec4<i32>(0), iy * w + ix, inside));
+            var xi = x_base;
+            var wi = wrow + vec4<u32>(ky * prm.kw + kx);
+            for (var ci = 0u; ci < prm.icg; ci++) {
+                let xv = select(vec4<f32>(0.0), vec4<f32>(x[xi + off.x], x[xi + off.y], x[xi + off.z], x[xi + off.w]), inside);
+                acc[0] = fma(vec4<f32>(wt[wi.x]), xv, acc[0]);
+                acc[1] = fma(vec4<f32>(wt[wi.y]), xv, acc[1]);
+                acc[2] = fma(vec4<f32>(wt[wi.z]), xv, acc[2]);
+                acc[3] = fma(vec4<f32>(wt[wi.w]), xv, acc[3]);
+                xi += hw;
+                wi += vec4<u32>(khw);
+            }
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + i;
+        if (m >= prm.m_count) { continue; }
+        let oc = g * prm.ocg + prm.m_base + m;
+        let row = (img * prm.oc + oc) * prm.p;
+        for (var j = 0u; j < 4u; j++) {
+            let p = p0 + j;
+            if (p >= prm.p) { continue; }
+            var v = acc[i][j] * affine[oc] + affine[prm.oc + oc];
+            if (prm.has_res != 0u) { v += res[row + p]; }
+            if (prm.relu != 0u) { v = relu_f(v); }
+            y[row + p] = v;
+        }
+    }
+}

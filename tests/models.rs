@@ -6,7 +6,7 @@ use common::usizes;
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use webcnn::backend::cpu::CpuModel;
-use webcnn::backend::gpu::GpuModel;
+use webcnn::backend::gpu::{ConvKernel, GpuModel, GpuOptions};
 use webcnn::models::{ids, Model};
 use webcnn::prng::{synth, synth_params};
 use webcnn::tensor::rel_l2;
@@ -79,11 +79,28 @@ fn every_model_id_has_a_golden_case_and_matching_metadata() {
 #[derive(Clone, Copy)]
 enum Backend {
     Cpu,
+    /// The GPU with the convolution kernel its adapter gets.
     Gpu,
+    /// The GPU with the other convolution kernel than its adapter's.
+    GpuOtherConv,
 }
 
 fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
-    let ctx = matches!(backend, Backend::Gpu).then(common::gpu);
+    let ctx = match backend {
+        Backend::Cpu => None,
+        Backend::Gpu => Some(common::gpu()),
+        Backend::GpuOtherConv => {
+            let own = common::gpu().conv_kernel();
+            let other = match own {
+                ConvKernel::Tiled => ConvKernel::RegisterBlocked,
+                ConvKernel::RegisterBlocked => ConvKernel::Tiled,
+            };
+            Some(common::gpu_with(GpuOptions {
+                conv: Some(other),
+                ..Default::default()
+            }))
+        }
+    };
     let mut failures = vec![];
     let selected = cases(filter);
     assert!(!selected.is_empty());
@@ -92,12 +109,12 @@ fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
         let g = m.graph(&c.input_shape).unwrap();
         let w = synth_params(&g, c.seed).unwrap();
         let x = synth("input", &c.input_shape, c.input_seed).unwrap();
-        let out = match (backend, &ctx) {
-            (Backend::Gpu, Some(ctx)) => {
+        let out = match &ctx {
+            Some(ctx) => {
                 let mut gm = GpuModel::prepare_blocking(ctx, &g, &w).unwrap();
                 gm.run_blocking(&x).unwrap().remove(0)
             }
-            _ => CpuModel::prepare(&g, &w)
+            None => CpuModel::prepare(&g, &w)
                 .unwrap()
                 .run(&x)
                 .unwrap()
@@ -161,6 +178,11 @@ fn gpu_vgg_cifar() {
 #[test]
 fn gpu_resnet() {
     check(Backend::Gpu, resnets)
+}
+
+#[test]
+fn gpu_resnet18_and_alexnet_with_the_other_conv_kernel() {
+    check(Backend::GpuOtherConv, |m| m == "resnet18" || m == "alexnet")
 }
 
 #[test]

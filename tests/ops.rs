@@ -2,7 +2,7 @@
 mod common;
 
 use webcnn::backend::cpu::CpuModel;
-use webcnn::backend::gpu::GpuModel;
+use webcnn::backend::gpu::{ConvKernel, GpuModel, GpuOptions};
 use webcnn::tensor::rel_l2;
 use webcnn::Tensor;
 
@@ -38,10 +38,28 @@ fn cpu_backend_matches_every_golden_op() {
 
 #[test]
 fn gpu_backend_matches_every_golden_op() {
+    // Both convolution kernels, whichever this adapter would pick.
+    for conv in [ConvKernel::Tiled, ConvKernel::RegisterBlocked] {
+        let ctx = common::gpu_with(GpuOptions {
+            conv: Some(conv),
+            ..Default::default()
+        });
+        assert_eq!(ctx.conv_kernel(), conv);
+        eprintln!("adapter: {}, {conv:?}", ctx.describe());
+        check(&format!("GPU ({conv:?} conv)"), |c| {
+            let mut m = GpuModel::prepare_blocking(&ctx, &c.graph, &c.weights).unwrap();
+            m.run_blocking(&c.input).unwrap().remove(0)
+        });
+    }
+}
+
+#[test]
+fn software_adapters_get_the_register_blocked_conv() {
+    assert_eq!(ConvKernel::for_adapter(true), ConvKernel::RegisterBlocked);
+    assert_eq!(ConvKernel::for_adapter(false), ConvKernel::Tiled);
     let ctx = common::gpu();
-    eprintln!("adapter: {}", ctx.describe());
-    check("GPU", |c| {
-        let mut m = GpuModel::prepare_blocking(&ctx, &c.graph, &c.weights).unwrap();
-        m.run_blocking(&c.input).unwrap().remove(0)
-    });
+    assert_eq!(
+        ctx.conv_kernel(),
+        ConvKernel::for_adapter(ctx.is_software())
+    );
 }

@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use std::sync::Arc;
 use std::time::Instant;
 use webcnn::backend::cpu::{CpuModel, CpuWeights};
-use webcnn::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights};
+use webcnn::backend::gpu::{ConvKernel, GpuContext, GpuModel, GpuOptions, GpuWeights};
 use webcnn::graph::{Conv2d, GraphBuilder};
 use webcnn::models::Model;
 use webcnn::prng::{synth, synth_params};
@@ -47,6 +47,30 @@ pub struct Args {
     /// With --layers: only layers whose name contains this.
     #[arg(long)]
     filter: Option<String>,
+    /// The GPU's convolution kernel: `auto` picks per adapter (register-blocked on
+    /// software adapters, tiled elsewhere).
+    #[arg(long, value_enum, default_value = "auto")]
+    gpu_conv: GpuConv,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GpuConv {
+    Auto,
+    Tiled,
+    RegisterBlocked,
+}
+
+impl Args {
+    fn gpu_options(&self) -> GpuOptions {
+        GpuOptions {
+            conv: match self.gpu_conv {
+                GpuConv::Auto => None,
+                GpuConv::Tiled => Some(ConvKernel::Tiled),
+                GpuConv::RegisterBlocked => Some(ConvKernel::RegisterBlocked),
+            },
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,7 +256,7 @@ pub fn run(a: Args) -> R<()> {
         return run_layers(which, &a);
     }
     let ctx = if a.device.contains(&BenchDevice::Gpu) {
-        Some(GpuContext::new_blocking(GpuOptions::default())?)
+        Some(GpuContext::new_blocking(a.gpu_options())?)
     } else {
         None
     };
@@ -323,7 +347,7 @@ fn run_layers(which: Which, a: &Args) -> R<()> {
     }
     let iters = a.iters.max(1);
     let ctx = if a.device.contains(&BenchDevice::Gpu) {
-        Some(GpuContext::new_blocking(GpuOptions::default())?)
+        Some(GpuContext::new_blocking(a.gpu_options())?)
     } else {
         None
     };

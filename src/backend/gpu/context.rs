@@ -11,6 +11,31 @@ pub struct GpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Prefer the low-power adapter instead of the high-performance one.
     pub low_power: bool,
+    /// The convolution kernel; `None` picks per adapter ([`ConvKernel::for_adapter`]).
+    pub conv: Option<ConvKernel>,
+}
+
+/// The convolution kernels of `shaders/conv.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// 64x64 output tiles staged through workgroup memory, 4x4 per invocation: what
+    /// hardware GPUs reward.
+    Tiled,
+    /// No workgroup memory or barriers, 4x4 per invocation straight from storage:
+    /// software adapters run workgroups as CPU vector lanes, where barriers cost most.
+    RegisterBlocked,
+}
+
+impl ConvKernel {
+    /// The kernel for an adapter: register-blocked on software renderers (measured 2x
+    /// faster on lavapipe; see the README), tiled elsewhere.
+    pub fn for_adapter(software: bool) -> ConvKernel {
+        if software {
+            ConvKernel::RegisterBlocked
+        } else {
+            ConvKernel::Tiled
+        }
+    }
 }
 
 /// The WGSL families in `shaders/`.
@@ -179,6 +204,14 @@ impl GpuContext {
     /// lavapipe / llvmpipe / WARP; in browsers: a fallback adapter, or SwiftShader).
     pub fn is_software(&self) -> bool {
         self.shared.software
+    }
+
+    /// The convolution kernel plans on this device use.
+    pub fn conv_kernel(&self) -> ConvKernel {
+        self.shared
+            .opts
+            .conv
+            .unwrap_or(ConvKernel::for_adapter(self.shared.software))
     }
 
     /// The adapter's name (browsers too, where wgpu's `AdapterInfo` has none).

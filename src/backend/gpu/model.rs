@@ -1,7 +1,7 @@
 //! A graph prepared for one input shape: every buffer, uniform and bind group made once,
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
-use super::context::{GpuContext, Shader};
+use super::context::{ConvKernel, GpuContext, Shader};
 use super::weights::{upload, Chunk, GpuWeights};
 use super::OneShot;
 use crate::error::{Error, Result};
@@ -121,6 +121,12 @@ struct Uploaded {
     bias: Option<wgpu::Buffer>,
     scale: Option<wgpu::Buffer>,
 }
+
+/// `conv2d_rb`'s register block: 4 channels by 4 pixels per invocation (its `vec4`s in
+/// `shaders/conv.wgsl`; 8 channels measured slower on lavapipe, whose 16 AVX2 registers
+/// hold one scalar of every lane each).
+const RB_M: usize = 4;
+const RB_P: usize = 4;
 
 /// Uniform words bound per dispatch (the largest Params struct is conv's 24).
 const UNIFORM_WORDS: usize = 32;
@@ -363,6 +369,8 @@ struct Builder<'a> {
     weights: &'a Arc<GpuWeights>,
     limit: u64,
     max_groups: u32,
+    /// The convolution kernel (per adapter, or as the context's options force it).
+    conv: ConvKernel,
     pending: Vec<PendingCmd>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
@@ -383,6 +391,7 @@ impl<'a> Builder<'a> {
             weights,
             limit: ctx.binding_limit(),
             max_groups: ctx.shared.limits.max_compute_workgroups_per_dimension,
+            conv: ctx.conv_kernel(),
             pending: vec![],
             dummy,
             report: MemoryReport::default(),
@@ -637,9 +646,15 @@ impl<'a> Builder<'a> {
                 let k = icg * cfg.kernel[0] * cfg.kernel[1];
                 let p = oh * ow;
                 let bias = up.bias.clone().expect("conv bias");
+                let rb = self.conv == ConvKernel::RegisterBlocked;
                 for ch in &up.chunks {
-                    let gx = p.div_ceil(64);
-                    let gy = ch.rows.div_ceil(64);
+                    // Tiled: 64x64 outputs per workgroup; register-blocked: 64 invocations
+                    // of 4 pixels along x, 4 channels each along y.
+                    let (gx, gy) = if rb {
+                        (p.div_ceil(RB_P * 64), ch.rows.div_ceil(RB_M))
+                    } else {
+                        (p.div_ceil(64), ch.rows.div_ceil(64))
+                    };
                     let gz = nb * ch.groups;
                     let m = self.max_groups as usize;
                     if gx > m || gy > m || gz > m {
@@ -682,7 +697,7 @@ impl<'a> Builder<'a> {
                     ];
                     self.push(
                         Shader::Conv,
-                        "conv2d",
+                        if rb { "conv2d_rb" } else { "conv2d" },
                         prm,
                         binds,
                         [gx as u32, gy as u32, gz as u32],
