@@ -60,3 +60,32 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         workgroupBarrier();
     }
 }
+
+// The same layer for software adapters, which run a workgroup's invocations as CPU vector
+// lanes and pay dearly for barriers: one invocation per output feature, its weight row read
+// once for four batch rows at a time, no workgroup memory.
+@compute @workgroup_size(64, 1, 1)
+fn linear_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = (wid.y * nwg.x + wid.x) * 64u + lid.x;
+    if (row >= prm.rows) { return; }
+    let w_row = row * prm.k;
+    let n = prm.n_base + row;
+    for (var b0 = 0u; b0 < prm.batch; b0 += 4u) {
+        // Batch rows past the end read the last one; the store skips them.
+        let last = prm.batch - 1u;
+        let xr = vec4<u32>(b0, min(b0 + 1u, last), min(b0 + 2u, last), min(b0 + 3u, last)) * prm.k;
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < prm.k; k++) {
+            let wv = wt[w_row + k];
+            acc = fma(vec4<f32>(wv), vec4<f32>(x[xr.x + k], x[xr.y + k], x[xr.z + k], x[xr.w + k]), acc);
+        }
+        for (var j = 0u; j < 4u; j++) {
+            if (b0 + j < prm.batch) {
+                var v = acc[j] + bias[n];
+                if (prm.relu != 0u) { v = relu_f(v); }
+                y[(b0 + j) * prm.n_total + n] = v;
+            }
+        }
+    }
+}

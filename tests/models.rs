@@ -6,7 +6,7 @@ use common::usizes;
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use webcnn::backend::cpu::CpuModel;
-use webcnn::backend::gpu::{ConvKernel, GpuModel, GpuOptions};
+use webcnn::backend::gpu::{GpuModel, GpuOptions, Kernels};
 use webcnn::models::{ids, Model};
 use webcnn::prng::{synth, synth_params};
 use webcnn::tensor::rel_l2;
@@ -79,24 +79,24 @@ fn every_model_id_has_a_golden_case_and_matching_metadata() {
 #[derive(Clone, Copy)]
 enum Backend {
     Cpu,
-    /// The GPU with the convolution kernel its adapter gets.
+    /// The GPU with the kernels its adapter gets.
     Gpu,
-    /// The GPU with the other convolution kernel than its adapter's.
-    GpuOtherConv,
+    /// The GPU with the other kernel set than its adapter gets.
+    GpuOtherKernels,
 }
 
 fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
     let ctx = match backend {
         Backend::Cpu => None,
         Backend::Gpu => Some(common::gpu()),
-        Backend::GpuOtherConv => {
-            let own = common::gpu().conv_kernel();
+        Backend::GpuOtherKernels => {
+            let own = common::gpu().kernels();
             let other = match own {
-                ConvKernel::Tiled => ConvKernel::RegisterBlocked,
-                ConvKernel::RegisterBlocked => ConvKernel::Tiled,
+                Kernels::Tiled => Kernels::RegisterBlocked,
+                Kernels::RegisterBlocked => Kernels::Tiled,
             };
             Some(common::gpu_with(GpuOptions {
-                conv: Some(other),
+                kernels: Some(other),
                 ..Default::default()
             }))
         }
@@ -181,8 +181,10 @@ fn gpu_resnet() {
 }
 
 #[test]
-fn gpu_resnet18_and_alexnet_with_the_other_conv_kernel() {
-    check(Backend::GpuOtherConv, |m| m == "resnet18" || m == "alexnet")
+fn gpu_resnet18_and_alexnet_with_the_other_kernels() {
+    check(Backend::GpuOtherKernels, |m| {
+        m == "resnet18" || m == "alexnet"
+    })
 }
 
 #[test]

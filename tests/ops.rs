@@ -2,7 +2,7 @@
 mod common;
 
 use webcnn::backend::cpu::CpuModel;
-use webcnn::backend::gpu::{ConvKernel, GpuModel, GpuOptions};
+use webcnn::backend::gpu::{GpuModel, GpuOptions, Kernels};
 use webcnn::tensor::rel_l2;
 use webcnn::Tensor;
 
@@ -38,15 +38,15 @@ fn cpu_backend_matches_every_golden_op() {
 
 #[test]
 fn gpu_backend_matches_every_golden_op() {
-    // Both convolution kernels, whichever this adapter would pick.
-    for conv in [ConvKernel::Tiled, ConvKernel::RegisterBlocked] {
+    // Both kernel sets, whichever this adapter would pick.
+    for k in [Kernels::Tiled, Kernels::RegisterBlocked] {
         let ctx = common::gpu_with(GpuOptions {
-            conv: Some(conv),
+            kernels: Some(k),
             ..Default::default()
         });
-        assert_eq!(ctx.conv_kernel(), conv);
-        eprintln!("adapter: {}, {conv:?}", ctx.describe());
-        check(&format!("GPU ({conv:?} conv)"), |c| {
+        assert_eq!(ctx.kernels(), k);
+        eprintln!("adapter: {}, {k:?} kernels", ctx.describe());
+        check(&format!("GPU ({k:?} kernels)"), |c| {
             let mut m = GpuModel::prepare_blocking(&ctx, &c.graph, &c.weights).unwrap();
             m.run_blocking(&c.input).unwrap().remove(0)
         });
@@ -54,12 +54,9 @@ fn gpu_backend_matches_every_golden_op() {
 }
 
 #[test]
-fn software_adapters_get_the_register_blocked_conv() {
-    assert_eq!(ConvKernel::for_adapter(true), ConvKernel::RegisterBlocked);
-    assert_eq!(ConvKernel::for_adapter(false), ConvKernel::Tiled);
+fn software_adapters_get_the_register_blocked_kernels() {
+    assert_eq!(Kernels::for_adapter(true), Kernels::RegisterBlocked);
+    assert_eq!(Kernels::for_adapter(false), Kernels::Tiled);
     let ctx = common::gpu();
-    assert_eq!(
-        ctx.conv_kernel(),
-        ConvKernel::for_adapter(ctx.is_software())
-    );
+    assert_eq!(ctx.kernels(), Kernels::for_adapter(ctx.is_software()));
 }

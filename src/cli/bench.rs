@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use std::sync::Arc;
 use std::time::Instant;
 use webcnn::backend::cpu::{CpuModel, CpuWeights};
-use webcnn::backend::gpu::{ConvKernel, GpuContext, GpuModel, GpuOptions, GpuWeights};
+use webcnn::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights, Kernels};
 use webcnn::graph::{Conv2d, GraphBuilder};
 use webcnn::models::Model;
 use webcnn::prng::{synth, synth_params};
@@ -47,14 +47,14 @@ pub struct Args {
     /// With --layers: only layers whose name contains this.
     #[arg(long)]
     filter: Option<String>,
-    /// The GPU's convolution kernel: `auto` picks per adapter (register-blocked on
+    /// The GPU's conv and linear kernels: `auto` picks per adapter (register-blocked on
     /// software adapters, tiled elsewhere).
     #[arg(long, value_enum, default_value = "auto")]
-    gpu_conv: GpuConv,
+    gpu_kernels: GpuKernels,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum GpuConv {
+enum GpuKernels {
     Auto,
     Tiled,
     RegisterBlocked,
@@ -63,10 +63,10 @@ enum GpuConv {
 impl Args {
     fn gpu_options(&self) -> GpuOptions {
         GpuOptions {
-            conv: match self.gpu_conv {
-                GpuConv::Auto => None,
-                GpuConv::Tiled => Some(ConvKernel::Tiled),
-                GpuConv::RegisterBlocked => Some(ConvKernel::RegisterBlocked),
+            kernels: match self.gpu_kernels {
+                GpuKernels::Auto => None,
+                GpuKernels::Tiled => Some(Kernels::Tiled),
+                GpuKernels::RegisterBlocked => Some(Kernels::RegisterBlocked),
             },
             ..Default::default()
         }

@@ -11,29 +11,33 @@ pub struct GpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Prefer the low-power adapter instead of the high-performance one.
     pub low_power: bool,
-    /// The convolution kernel; `None` picks per adapter ([`ConvKernel::for_adapter`]).
-    pub conv: Option<ConvKernel>,
+    /// The kernels for convolutions and linear layers; `None` picks per adapter
+    /// ([`Kernels::for_adapter`]).
+    pub kernels: Option<Kernels>,
 }
 
-/// The convolution kernels of `shaders/conv.wgsl`.
+/// The two kernel sets for convolutions and linear layers (`shaders/conv.wgsl`,
+/// `shaders/linear.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvKernel {
-    /// 64x64 output tiles staged through workgroup memory, 4x4 per invocation: what
-    /// hardware GPUs reward.
+pub enum Kernels {
+    /// Convolutions in 64x64 output tiles staged through workgroup memory (4x4 per
+    /// invocation), linear layers reduced by a workgroup per output: what hardware GPUs
+    /// reward.
     Tiled,
-    /// No workgroup memory or barriers, 4x4 per invocation straight from storage:
-    /// software adapters run workgroups as CPU vector lanes, where barriers cost most.
+    /// No workgroup memory or barriers: convolutions 4x4 per invocation straight from
+    /// storage, linear layers one output per invocation. Software adapters run workgroups
+    /// as CPU vector lanes, where barriers cost most.
     RegisterBlocked,
 }
 
-impl ConvKernel {
-    /// The kernel for an adapter: register-blocked on software renderers (measured 2x
-    /// faster on lavapipe; see the README), tiled elsewhere.
-    pub fn for_adapter(software: bool) -> ConvKernel {
+impl Kernels {
+    /// The kernels for an adapter: register-blocked on software renderers (measured
+    /// 1.3-2x faster on lavapipe; see the README), tiled elsewhere.
+    pub fn for_adapter(software: bool) -> Kernels {
         if software {
-            ConvKernel::RegisterBlocked
+            Kernels::RegisterBlocked
         } else {
-            ConvKernel::Tiled
+            Kernels::Tiled
         }
     }
 }
@@ -206,12 +210,12 @@ impl GpuContext {
         self.shared.software
     }
 
-    /// The convolution kernel plans on this device use.
-    pub fn conv_kernel(&self) -> ConvKernel {
+    /// The kernels plans on this device use.
+    pub fn kernels(&self) -> Kernels {
         self.shared
             .opts
-            .conv
-            .unwrap_or(ConvKernel::for_adapter(self.shared.software))
+            .kernels
+            .unwrap_or(Kernels::for_adapter(self.shared.software))
     }
 
     /// The adapter's name (browsers too, where wgpu's `AdapterInfo` has none).

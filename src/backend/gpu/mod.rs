@@ -9,7 +9,7 @@ mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::list_adapters;
-pub use context::{ConvKernel, GpuContext, GpuOptions};
+pub use context::{GpuContext, GpuOptions, Kernels};
 pub use model::{GpuModel, MemoryReport};
 pub use weights::GpuWeights;
 

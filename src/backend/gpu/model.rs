@@ -1,7 +1,7 @@
 //! A graph prepared for one input shape: every buffer, uniform and bind group made once,
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
-use super::context::{ConvKernel, GpuContext, Shader};
+use super::context::{GpuContext, Kernels, Shader};
 use super::weights::{upload, Chunk, GpuWeights};
 use super::OneShot;
 use crate::error::{Error, Result};
@@ -369,8 +369,8 @@ struct Builder<'a> {
     weights: &'a Arc<GpuWeights>,
     limit: u64,
     max_groups: u32,
-    /// The convolution kernel (per adapter, or as the context's options force it).
-    conv: ConvKernel,
+    /// The conv and linear kernels (per adapter, or as the context's options force).
+    kernels: Kernels,
     pending: Vec<PendingCmd>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
@@ -391,7 +391,7 @@ impl<'a> Builder<'a> {
             weights,
             limit: ctx.binding_limit(),
             max_groups: ctx.shared.limits.max_compute_workgroups_per_dimension,
-            conv: ctx.conv_kernel(),
+            kernels: ctx.kernels(),
             pending: vec![],
             dummy,
             report: MemoryReport::default(),
@@ -646,7 +646,7 @@ impl<'a> Builder<'a> {
                 let k = icg * cfg.kernel[0] * cfg.kernel[1];
                 let p = oh * ow;
                 let bias = up.bias.clone().expect("conv bias");
-                let rb = self.conv == ConvKernel::RegisterBlocked;
+                let rb = self.kernels == Kernels::RegisterBlocked;
                 for ch in &up.chunks {
                     // Tiled: 64x64 outputs per workgroup; register-blocked: 64 invocations
                     // of 4 pixels along x, 4 channels each along y.
@@ -721,8 +721,13 @@ impl<'a> Builder<'a> {
                         (3, Bind::whole(&bias)),
                         (4, out.clone()),
                     ];
-                    let groups = self.grid(ch.rows, &what)?;
-                    self.push(Shader::Linear, "linear", prm, binds, groups);
+                    // The register-blocked kernel runs 64 rows per workgroup.
+                    let (entry, groups) = if self.kernels == Kernels::RegisterBlocked {
+                        ("linear_rb", self.grid(ch.rows.div_ceil(64), &what)?)
+                    } else {
+                        ("linear", self.grid(ch.rows, &what)?)
+                    };
+                    self.push(Shader::Linear, entry, prm, binds, groups);
                 }
             }
             Kernel::MaxPool(pl) | Kernel::AvgPool(pl) => {
