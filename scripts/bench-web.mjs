@@ -41,6 +41,13 @@ onmessage = async ({ data: { engine, model, device, threads, iters } }) => {
       const ms = await time(iters, () => m.forward(x, [1, 3, 224, 224]));
       postMessage({ ms, adapter: m.info.adapter });
       m.dispose();
+    } else if (engine === 'ort-webgpu') {
+      const ortw = await import('./node_modules/onnxruntime-web/dist/ort.webgpu.min.mjs');
+      ortw.env.wasm.wasmPaths = '/node_modules/onnxruntime-web/dist/';
+      const s = await ortw.InferenceSession.create(\`/\${model}.onnx\`, { executionProviders: ['webgpu'] });
+      const feeds = { input: new ortw.Tensor('float32', x, [1, 3, 224, 224]) };
+      postMessage({ ms: await time(iters, () => s.run(feeds)) });
+      await s.release();
     } else {
       ort.env.wasm.numThreads = threads;
       ort.env.wasm.wasmPaths = '/node_modules/onnxruntime-web/dist/';
@@ -91,6 +98,7 @@ onmessage = async ({ data: { engine, model, device, threads, iters } }) => {
     r.cpuMt = (await measure(iso.base, { engine: 'webcnn', model, device: 'cpu', threads, iters })).ms;
     const gpu = await measure(plain.base, { engine: 'webcnn', model, device: 'webgpu', iters: Number(opt['gpu-iters']) });
     Object.assign(r, { webgpu: gpu.ms, adapter: gpu.adapter });
+    r.ortGpu = (await measure(plain.base, { engine: 'ort-webgpu', model, iters: Number(opt['gpu-iters']) })).ms;
     rows.push(r);
   }
   await browser.close();
@@ -98,11 +106,11 @@ onmessage = async ({ data: { engine, model, device, threads, iters } }) => {
   iso.server.close();
   const cpu = fs.readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1] ?? os.cpus()[0]?.model;
   console.log(`${new Date().toISOString().slice(0, 10)}, ${cpu}, chromium ${browser.version()}, batch 1, 224x224, median\n`);
-  console.log(`| model | ORT-web wasm, 1 thread | webcnn wasm, 1 thread | webcnn / ORT-web | ORT-web wasm, ${threads} threads | webcnn wasm, ${threads} threads | webcnn / ORT-web | webcnn WebGPU |`);
-  console.log('|---|---|---|---|---|---|---|---|');
+  console.log(`| model | ORT-web wasm, 1 thread | webcnn wasm, 1 thread | webcnn / ORT-web | ORT-web wasm, ${threads} threads | webcnn wasm, ${threads} threads | webcnn / ORT-web | ORT-web WebGPU | webcnn WebGPU | webcnn / ORT-web |`);
+  console.log('|---|---|---|---|---|---|---|---|---|---|');
   const ms = (v) => `${v.toFixed(0)} ms`;
   for (const r of rows) {
-    console.log(`| ${r.model} | ${ms(r.ort)} | ${ms(r.cpu)} | ${(r.cpu / r.ort).toFixed(2)}x | ${ms(r.ortMt)} | ${ms(r.cpuMt)} | ${(r.cpuMt / r.ortMt).toFixed(2)}x | ${ms(r.webgpu)} (${r.adapter}) |`);
+    console.log(`| ${r.model} | ${ms(r.ort)} | ${ms(r.cpu)} | ${(r.cpu / r.ort).toFixed(2)}x | ${ms(r.ortMt)} | ${ms(r.cpuMt)} | ${(r.cpuMt / r.ortMt).toFixed(2)}x | ${ms(r.ortGpu)} | ${ms(r.webgpu)} (${r.adapter}) | ${(r.webgpu / r.ortGpu).toFixed(2)}x |`);
   }
 } finally {
   fs.rmSync(app, { recursive: true, force: true });
