@@ -353,29 +353,13 @@ impl DirectConv {
         let (oh, ow) = (self.oh, self.ow);
         let pix = oh * ow;
         let oc = self.ocg * self.groups;
-        // Tasks: a run of rows by a run of channel blocks whose weight panels fit in half
-        // of L2; each input tile is read once for all the blocks of its task (from L1)
-        // rather than once per block. Rows split until every thread has a few tasks.
-        let panel_len = self.k * block;
-        let per_task = (L2_PANELS / (panel_len * 4)).clamp(1, nb);
-        let chunks = nb.div_ceil(per_task);
-        let per_task = nb.div_ceil(chunks);
-        let blocks = self.n * self.groups * chunks;
-        let want = 8 * super::kernels::threads();
-        let splits = want.div_ceil(blocks).clamp(1, oh);
-        let rows = oh.div_ceil(splits);
-        let mut tasks = Vec::with_capacity(blocks * splits);
-        for b in 0..self.n {
-            for g in 0..self.groups {
-                for ob in (0..nb).step_by(per_task) {
-                    for y0 in (0..oh).step_by(rows) {
-                        tasks.push((b, g, ob, y0));
-                    }
-                }
-            }
-        }
+        let Tasks {
+            per_task,
+            run: rows,
+            list,
+        } = self.tasks(oh, 1);
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
-        super::kernels::par_tasks(&tasks, 0, |&(b, g, ob0, y0), _| {
+        super::kernels::par_tasks(&list, 0, |&(b, g, ob0, y0), _| {
             let base = b * image + g * gstride;
             for oy in y0..(y0 + rows).min(oh) {
                 for ox in (0..ow).step_by(nr) {
@@ -383,15 +367,8 @@ impl DirectConv {
                     let xoff = base + oy * self.wph + ox;
                     debug_assert!(xoff + self.kofs[self.k - 1] + nr <= src.len());
                     for ob in ob0..(ob0 + per_task).min(nb) {
-                        let pi = (g * nb + ob) * panel_len;
-                        let panel = &self.panels[pi..pi + panel_len];
-                        let o0 = g * self.ocg + ob * block;
-                        let live = block.min(self.ocg - ob * block);
-                        let ep = Epilogue {
-                            scale: &p.scale[o0..o0 + live],
-                            shift: &p.bias[o0..o0 + live],
-                            relu,
-                        };
+                        let (panel, o0, ep) = self.block(p, g, ob, relu);
+                        let live = ep.scale.len();
                         let at = (b * oc + o0) * pix + oy * ow + ox;
                         debug_assert!(at + (live - 1) * pix + valid <= out_len(self));
                         // SAFETY: the reads stay inside `src` (its slack, or `max_read` when
@@ -415,6 +392,59 @@ impl DirectConv {
         });
     }
 
+    /// Tasks over every image and group: runs of channel blocks whose weight panels fit
+    /// in half of L2 (each input tile is read once for all the blocks of its task, from
+    /// L1, rather than once per block), by runs of `span` output rows or pixels in
+    /// multiples of `unit`, split until every thread has several tasks.
+    fn tasks(&self, span: usize, unit: usize) -> Tasks {
+        let nb = self.ocg.div_ceil(self.shape.block);
+        let panel_len = self.k * self.shape.block;
+        let per_task = (L2_PANELS / (panel_len * 4)).clamp(1, nb);
+        let per_task = nb.div_ceil(nb.div_ceil(per_task));
+        let blocks = self.n * self.groups * nb.div_ceil(per_task);
+        let want = 8 * super::kernels::threads();
+        let splits = want.div_ceil(blocks).clamp(1, span.div_ceil(unit));
+        let run = span.div_ceil(splits).next_multiple_of(unit);
+        let mut list = Vec::with_capacity(blocks * splits);
+        for b in 0..self.n {
+            for g in 0..self.groups {
+                for ob in (0..nb).step_by(per_task) {
+                    for s0 in (0..span).step_by(run) {
+                        list.push((b, g, ob, s0));
+                    }
+                }
+            }
+        }
+        Tasks {
+            per_task,
+            run,
+            list,
+        }
+    }
+
+    /// Block `ob` of group `g`: its weight panel, first output channel and epilogue (over
+    /// its live channels).
+    fn block<'a>(
+        &'a self,
+        p: &'a StepParams,
+        g: usize,
+        ob: usize,
+        relu: bool,
+    ) -> (&'a [f32], usize, Epilogue<'a>) {
+        let block = self.shape.block;
+        let nb = self.ocg.div_ceil(block);
+        let panel_len = self.k * block;
+        let pi = (g * nb + ob) * panel_len;
+        let o0 = g * self.ocg + ob * block;
+        let live = block.min(self.ocg - ob * block);
+        let ep = Epilogue {
+            scale: &p.scale[o0..o0 + live],
+            shift: &p.bias[o0..o0 + live],
+            relu,
+        };
+        (&self.panels[pi..pi + panel_len], o0, ep)
+    }
+
     /// [`Self::run`] for the pixel-vector 1x1 kernel: tasks over runs of pixels by runs
     /// of 8-channel blocks; each run of 48 input pixels is read for all of its blocks.
     #[cfg(target_arch = "x86_64")]
@@ -432,39 +462,19 @@ impl DirectConv {
         let image = self.c * self.hph * self.wph;
         let gstride = self.icg * self.hph * self.wph;
         let oc = self.ocg * self.groups;
-        let panel_len = self.k * block;
-        let per_task = (L2_PANELS / (panel_len * 4)).clamp(1, nb);
-        let chunks = nb.div_ceil(per_task);
-        let per_task = nb.div_ceil(chunks);
-        let blocks = self.n * self.groups * chunks;
-        let want = 8 * super::kernels::threads();
-        let splits = want.div_ceil(blocks).clamp(1, pix.div_ceil(nr));
-        let run = pix.div_ceil(splits).next_multiple_of(nr);
-        let mut tasks = Vec::with_capacity(blocks * splits);
-        for b in 0..self.n {
-            for g in 0..self.groups {
-                for ob in (0..nb).step_by(per_task) {
-                    for p0 in (0..pix).step_by(run) {
-                        tasks.push((b, g, ob, p0));
-                    }
-                }
-            }
-        }
+        let Tasks {
+            per_task,
+            run,
+            list,
+        } = self.tasks(pix, nr);
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
-        super::kernels::par_tasks(&tasks, 0, |&(b, g, ob0, p0), _| {
+        super::kernels::par_tasks(&list, 0, |&(b, g, ob0, p0), _| {
             let base = b * image + g * gstride;
             for q in (p0..(p0 + run).min(pix)).step_by(nr) {
                 let len = nr.min(pix - q);
                 for ob in ob0..(ob0 + per_task).min(nb) {
-                    let pi = (g * nb + ob) * panel_len;
-                    let panel = &self.panels[pi..pi + panel_len];
-                    let o0 = g * self.ocg + ob * block;
-                    let live = block.min(self.ocg - ob * block);
-                    let ep = Epilogue {
-                        scale: &p.scale[o0..o0 + live],
-                        shift: &p.bias[o0..o0 + live],
-                        relu,
-                    };
+                    let (panel, o0, ep) = self.block(p, g, ob, relu);
+                    let live = ep.scale.len();
                     let at = (b * oc + o0) * pix + q;
                     debug_assert!(at + (live - 1) * pix + len <= out_len(self));
                     // SAFETY: the kernel reads `len` pixels from each channel's plane at
@@ -501,37 +511,36 @@ impl DirectConv {
         res: Option<*const f32>,
         ep: &Epilogue,
     ) {
-        match self.isa {
+        let k = &self.kofs;
+        let s = self.shape;
+        match (self.isa, s.block, s.nr) {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => match self.shape {
-                Shape {
-                    block: 32,
-                    nr: 14,
-                    pixels: false,
-                } => avx512::tile::<2, 14>(x, &self.kofs, panel, out, ldo, valid, live, res, ep),
-                Shape {
-                    block: 48,
-                    nr: 7,
-                    pixels: false,
-                } => avx512::tile::<3, 7>(x, &self.kofs, panel, out, ldo, valid, live, res, ep),
-                s => unreachable!("no microkernel for {s:?}"),
-            },
+            (Isa::Avx512, 32, 14) => {
+                avx512::tile::<2, 14>(x, k, panel, out, ldo, valid, live, res, ep)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, 48, 7) => {
+                avx512::tile::<3, 7>(x, k, panel, out, ldo, valid, live, res, ep)
+            }
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Isa::Simd128 => match self.shape {
-                Shape {
-                    block: 8,
-                    nr: 4,
-                    pixels: false,
-                } => simd128::tile::<2, 4>(x, &self.kofs, panel, out, ldo, valid, live, res, ep),
-                Shape {
-                    block: 12,
-                    nr: 3,
-                    pixels: false,
-                } => simd128::tile::<3, 3>(x, &self.kofs, panel, out, ldo, valid, live, res, ep),
-                s => unreachable!("no microkernel for {s:?}"),
-            },
+            (Isa::Simd128, 8, 4) => {
+                simd128::tile::<2, 4>(x, k, panel, out, ldo, valid, live, res, ep)
+            }
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            (Isa::Simd128, 12, 3) => {
+                simd128::tile::<3, 3>(x, k, panel, out, ldo, valid, live, res, ep)
+            }
+            _ => unreachable!("no microkernel for {s:?}"),
         }
     }
+}
+
+/// Tasks of a convolution: `(image, group, first block, first row or pixel)`, each over
+/// `per_task` blocks and `run` rows or pixels.
+struct Tasks {
+    per_task: usize,
+    run: usize,
+    list: Vec<(usize, usize, usize, usize)>,
 }
 
 fn out_len(d: &DirectConv) -> usize {
