@@ -95,6 +95,8 @@ pub struct DirectConv {
     in_place: bool,
     /// Floats of the phase buffer (all images, with slack), 0 when in place.
     pub scratch_len: usize,
+    /// The tasks of a run.
+    plan: Tasks,
 }
 
 /// The instruction sets with a microkernel here.
@@ -255,6 +257,17 @@ impl DirectConv {
             kofs,
             in_place,
             scratch_len,
+            plan: Tasks {
+                per_task: 0,
+                run: 0,
+                list: vec![],
+            },
+        };
+        // The tasks depend on shapes only: listed once, here.
+        d.plan = if shape.pixels {
+            d.tasks(oh * ow, shape.nr)
+        } else {
+            d.tasks(oh, 1)
         };
         // In place, the reads past a row's end must stay inside the input itself.
         if d.in_place && !shape.pixels && d.max_read() >= n * c * h * w {
@@ -356,10 +369,10 @@ impl DirectConv {
         let Tasks {
             per_task,
             run: rows,
-            list,
-        } = self.tasks(oh, 1);
+            ref list,
+        } = self.plan;
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
-        super::kernels::par_tasks(&list, 0, |&(b, g, ob0, y0), _| {
+        super::kernels::par_tasks(list, 0, |&(b, g, ob0, y0), _| {
             let base = b * image + g * gstride;
             for oy in y0..(y0 + rows).min(oh) {
                 for ox in (0..ow).step_by(nr) {
@@ -465,10 +478,10 @@ impl DirectConv {
         let Tasks {
             per_task,
             run,
-            list,
-        } = self.tasks(pix, nr);
+            ref list,
+        } = self.plan;
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
-        super::kernels::par_tasks(&list, 0, |&(b, g, ob0, p0), _| {
+        super::kernels::par_tasks(list, 0, |&(b, g, ob0, p0), _| {
             let base = b * image + g * gstride;
             for q in (p0..(p0 + run).min(pix)).step_by(nr) {
                 let len = nr.min(pix - q);

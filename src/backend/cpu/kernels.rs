@@ -21,24 +21,34 @@ pub(super) fn par_chunks(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f3
         .for_each(|(i, c)| f(i, c));
 }
 
-/// [`par_chunks`] with a scratch buffer of `scratch` floats per thread.
+/// `f(i)` for `i` in `0..count`, in parallel where threads exist.
+pub(super) fn par_for(count: usize, f: impl Fn(usize) + Sync + Send) {
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+    (0..count).into_par_iter().for_each(f);
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
+    (0..count).for_each(f);
+}
+
+/// [`par_chunks`] with a scratch buffer of `scratch` floats per thread (kept by the thread
+/// from call to call: no allocation once it is large enough).
 fn par_chunks_scratch(
     out: &mut [f32],
     len: usize,
     scratch: usize,
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
 ) {
-    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
-    out.par_chunks_mut(len.max(1))
-        .enumerate()
-        .for_each_init(|| vec![0f32; scratch], |buf, (i, c)| f(i, c, buf));
-    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
-    {
-        let mut buf = vec![0f32; scratch];
-        out.chunks_mut(len.max(1))
-            .enumerate()
-            .for_each(|(i, c)| f(i, c, &mut buf));
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    par_chunks(out, len, |i, c| {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < scratch {
+                s.resize(scratch, 0.0);
+            }
+            f(i, c, &mut s[..scratch])
+        })
+    });
 }
 
 fn parallelism() -> gemm::Parallelism {
@@ -62,36 +72,42 @@ const GEMV_MAX_BATCH: usize = 32;
 fn gemv(x: &[f32], w: &[f32], bias: &[f32], b: usize, k: usize, n: usize, out: &mut [f32]) {
     // Rows per task: enough work to amortise scheduling, enough tasks to share.
     let rows = (n / (8 * threads())).clamp(4, 256).next_multiple_of(4);
-    let mut t = vec![0f32; n * b]; // [n][b]: each task writes whole rows
     #[cfg(target_arch = "x86_64")]
     let avx512 = std::is_x86_feature_detected!("avx512f");
-    par_chunks(&mut t, rows * b, |ci, dst| {
-        let r0 = ci * rows;
-        let nr = dst.len() / b;
+    debug_assert_eq!(out.len(), b * n);
+    let dst = OutPtr(out.as_mut_ptr());
+    par_for(n.div_ceil(rows), |t| {
+        let r0 = t * rows;
+        let ws = &w[r0 * k..(r0 + rows).min(n) * k];
+        // SAFETY: this task alone writes rows r0..r0+rows of every image, inside `out`.
+        let put = |r: usize, img: usize, v: f32| unsafe {
+            *dst.at(img * n + r0 + r) = v + bias[r0 + r];
+        };
         #[cfg(target_arch = "x86_64")]
         if avx512 {
             // SAFETY: the CPU has AVX-512F (checked above).
-            unsafe { gemv_rows_avx512(x, &w[r0 * k..(r0 + nr) * k], b, k, dst) };
+            unsafe { gemv_rows_avx512(x, ws, b, k, put) };
             return;
         }
-        gemv_rows(x, &w[r0 * k..(r0 + nr) * k], b, k, dst);
+        gemv_rows(x, ws, b, k, put);
     });
-    for (r, vals) in t.chunks(b).enumerate() {
-        for (img, &v) in vals.iter().enumerate() {
-            out[img * n + r] = v + bias[r];
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gemv_rows_avx512(x: &[f32], w: &[f32], b: usize, k: usize, dst: &mut [f32]) {
-    gemv_rows(x, w, b, k, dst)
+unsafe fn gemv_rows_avx512(
+    x: &[f32],
+    w: &[f32],
+    b: usize,
+    k: usize,
+    put: impl Fn(usize, usize, f32),
+) {
+    gemv_rows(x, w, b, k, put)
 }
 
-/// `dst[r][img] = w[r] . x[img]` for the rows of `w`.
+/// `put(r, img, w[r] . x[img])` for the rows of `w`.
 #[inline(always)]
-fn gemv_rows(x: &[f32], w: &[f32], b: usize, k: usize, dst: &mut [f32]) {
+fn gemv_rows(x: &[f32], w: &[f32], b: usize, k: usize, put: impl Fn(usize, usize, f32)) {
     let n = w.len() / k;
     let mut r = 0;
     while r < n {
@@ -116,14 +132,14 @@ fn gemv_rows(x: &[f32], w: &[f32], b: usize, k: usize, dst: &mut [f32]) {
             let done = if rr == 4 { 4 } else { 1 };
             for (dr, row) in res.iter().enumerate().take(done) {
                 for (di, &v) in row.iter().enumerate().take(ii) {
-                    dst[(r + dr) * b + i + di] = v;
+                    put(r + dr, i + di, v);
                 }
             }
             if rr != 4 {
                 for extra in 1..rr {
                     for di in 0..ii {
                         let wr = &w[(r + extra) * k..(r + extra + 1) * k];
-                        dst[(r + extra) * b + i + di] = dot(wr, &xs[di * k..(di + 1) * k]);
+                        put(r + extra, i + di, dot(wr, &xs[di * k..(di + 1) * k]));
                     }
                 }
             }

@@ -213,11 +213,16 @@ impl CpuModel {
             // the output slot out while the inputs are borrowed.
             let o = slot[&step.output];
             let mut out = std::mem::take(&mut slots[o]);
-            let ins: Vec<(&[f32], &[usize])> = step
-                .inputs
-                .iter()
-                .map(|&v| (&slots[slot[&v]][..len(v)], p.shape(v)))
-                .collect();
+            // Steps take one or two inputs: on the stack, not a vector per step.
+            let mut ins: [(&[f32], &[usize]); 2] = [(&[], &[]); 2];
+            assert!(
+                step.inputs.len() <= ins.len(),
+                "a step takes at most two inputs"
+            );
+            for (d, &v) in ins.iter_mut().zip(&step.inputs) {
+                *d = (&slots[slot[&v]][..len(v)], p.shape(v));
+            }
+            let ins = &ins[..step.inputs.len()];
             let residual = step.residual.map(|v| &slots[slot[&v]][..len(v)]);
             #[cfg(not(target_arch = "wasm32"))]
             let t0 = std::time::Instant::now();
@@ -235,7 +240,7 @@ impl CpuModel {
                     step,
                     params,
                     weight,
-                    &ins,
+                    ins,
                     residual,
                     p.shape(step.output),
                     &mut out[..n],
