@@ -29,26 +29,32 @@ pub(super) fn par_for(count: usize, f: impl Fn(usize) + Sync + Send) {
     (0..count).for_each(f);
 }
 
-/// [`par_chunks`] with a scratch buffer of `scratch` floats per thread (kept by the thread
-/// from call to call: no allocation once it is large enough).
+/// [`par_chunks`] with this thread's scratch buffer of `scratch` floats ([`with_scratch`]).
 fn par_chunks_scratch(
     out: &mut [f32],
     len: usize,
     scratch: usize,
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
 ) {
+    par_chunks(out, len, |i, c| with_scratch(scratch, |s| f(i, c, s)));
+}
+
+/// `f` with this thread's scratch buffer of `len` floats: kept from call to call, so no
+/// allocation once it is large enough; it holds whatever an earlier use left.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    par_chunks(out, len, |i, c| {
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < scratch {
-                s.resize(scratch, 0.0);
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => {
+            if s.len() < len {
+                s.resize(len, 0.0);
             }
-            f(i, c, &mut s[..scratch])
-        })
-    });
+            f(&mut s[..len])
+        }
+        // In use further up this thread's stack (a nested parallel call): a buffer of its own.
+        Err(_) => f(&mut vec![0f32; len]),
+    })
 }
 
 fn parallelism() -> gemm::Parallelism {
@@ -376,22 +382,18 @@ pub(super) fn threads() -> usize {
     }
 }
 
-/// Run `f(task, scratch)` for every task, in parallel where threads exist, each thread
-/// with its own scratch buffer of `scratch` floats.
+/// Run `f(task, scratch)` for every task, in parallel where threads exist, with the
+/// thread's scratch buffer of `scratch` floats ([`with_scratch`]).
 pub(super) fn par_tasks<T: Sync>(
     tasks: &[T],
     scratch: usize,
     f: impl Fn(&T, &mut [f32]) + Sync + Send,
 ) {
+    let run = |t: &T| with_scratch(scratch, |buf| f(t, buf));
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
-    tasks
-        .par_iter()
-        .for_each_init(|| vec![0f32; scratch], |buf, t| f(t, buf));
+    tasks.par_iter().for_each(run);
     #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
-    {
-        let mut buf = vec![0f32; scratch];
-        tasks.iter().for_each(|t| f(t, &mut buf));
-    }
+    tasks.iter().for_each(run);
 }
 
 /// Convolution as tiles of implicit GEMM: each tile is (image, group, run of output pixels,
