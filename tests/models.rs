@@ -79,6 +79,8 @@ fn every_model_id_has_a_golden_case_and_matching_metadata() {
 #[derive(Clone, Copy)]
 enum Backend {
     Cpu,
+    /// The CPU without the microkernels (what CPUs without AVX-512 run).
+    CpuPortable,
     /// The GPU with the kernels its adapter gets.
     Gpu,
     /// The GPU with the other kernel set than its adapter gets.
@@ -87,7 +89,7 @@ enum Backend {
 
 fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
     let ctx = match backend {
-        Backend::Cpu => None,
+        Backend::Cpu | Backend::CpuPortable => None,
         Backend::Gpu => Some(common::gpu()),
         Backend::GpuOtherKernels => {
             let own = common::gpu().kernels();
@@ -114,6 +116,11 @@ fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
                 let mut gm = GpuModel::prepare_blocking(ctx, &g, &w).unwrap();
                 gm.run_blocking(&x).unwrap().remove(0)
             }
+            None if matches!(backend, Backend::CpuPortable) => CpuModel::prepare_portable(&g, &w)
+                .unwrap()
+                .run(&x)
+                .unwrap()
+                .remove(0),
             None => CpuModel::prepare(&g, &w)
                 .unwrap()
                 .run(&x)
@@ -178,6 +185,11 @@ fn gpu_vgg_cifar() {
 #[test]
 fn gpu_resnet() {
     check(Backend::Gpu, resnets)
+}
+
+#[test]
+fn cpu_resnet18_and_alexnet_with_the_portable_kernels() {
+    check(Backend::CpuPortable, |m| m == "resnet18" || m == "alexnet")
 }
 
 #[test]

@@ -37,6 +37,17 @@ fn cpu_backend_matches_every_golden_op() {
 }
 
 #[test]
+fn cpu_portable_kernels_match_every_golden_op() {
+    check("CPU (portable kernels)", |c| {
+        CpuModel::prepare_portable(&c.graph, &c.weights)
+            .unwrap()
+            .run(&c.input)
+            .unwrap()
+            .remove(0)
+    });
+}
+
+#[test]
 fn gpu_backend_matches_every_golden_op() {
     // Both kernel sets, whichever this adapter would pick.
     for k in [Kernels::Tiled, Kernels::RegisterBlocked] {

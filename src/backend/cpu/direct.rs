@@ -93,8 +93,6 @@ pub struct DirectConv {
     kofs: Vec<usize>,
     /// Read the input in place (stride 1, no padding): no copy.
     in_place: bool,
-    /// Floats of the phase buffer (all images, with slack), 0 when in place.
-    pub scratch_len: usize,
     /// The tasks of a run.
     plan: Tasks,
 }
@@ -158,12 +156,11 @@ impl Isa {
 }
 
 impl DirectConv {
-    /// The tile shape for `cfg` with output `[oh, ow]` and `ocg` output channels per
-    /// group: pixel vectors for 1x1 convolutions on maps of 14x14 and up where the CPU
+    /// The tile shape for `cfg` with output `[oh, ow]`: pixel vectors for 1x1 convolutions on maps of 14x14 and up where the CPU
     /// has that kernel, else the channel-vector shape that wastes the least on partial
     /// tiles and blocks (ties go to the first).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    pub fn choose(isa: Isa, cfg: &Conv2d, [oh, ow]: [usize; 2], ocg: usize) -> Shape {
+    pub fn choose(isa: Isa, cfg: &Conv2d, [oh, ow]: [usize; 2]) -> Shape {
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512
             && cfg.kernel == [1, 1]
@@ -172,6 +169,7 @@ impl DirectConv {
         {
             return POINTWISE;
         }
+        let ocg = cfg.out_channels / cfg.groups;
         let eff = |s: &Shape| {
             let cols = ow as f64 / (ow.div_ceil(s.nr) * s.nr) as f64;
             cols * ocg as f64 / (ocg.div_ceil(s.block) * s.block) as f64
@@ -228,13 +226,6 @@ impl DirectConv {
                 }
             }
         }
-        // The last tile of a row reads up to nr - 1 pixels past the row: slack after the
-        // last plane keeps those reads inside the buffer.
-        let scratch_len = if in_place {
-            0
-        } else {
-            n * c * cstride + shape.nr + wph
-        };
         let mut d = DirectConv {
             isa,
             shape,
@@ -256,7 +247,6 @@ impl DirectConv {
             wph,
             kofs,
             in_place,
-            scratch_len,
             plan: Tasks {
                 per_task: 0,
                 run: 0,
@@ -269,22 +259,35 @@ impl DirectConv {
         } else {
             d.tasks(oh, 1)
         };
-        // In place, the reads past a row's end must stay inside the input itself.
+        // In place, the reads past a row's end must stay inside the input itself; else
+        // they go to the copy's slack (the planes are the same either way).
         if d.in_place && !shape.pixels && d.max_read() >= n * c * h * w {
             d.in_place = false;
-            d.hph = h;
-            d.wph = w;
-            d.scratch_len = n * c * h * w + shape.nr + w;
         }
         d
+    }
+
+    /// Input floats between channels: every used phase plane of one channel.
+    fn cstride(&self) -> usize {
+        self.phases.len() * self.hph * self.wph
+    }
+
+    /// Floats of the phase buffer (all images), 0 when the input is read in place. The
+    /// last tile of a row reads up to `nr - 1` pixels past the row: slack after the last
+    /// plane keeps those reads inside the buffer.
+    pub fn scratch_len(&self) -> usize {
+        if self.in_place {
+            0
+        } else {
+            self.n * self.c * self.cstride() + self.shape.nr + self.wph
+        }
     }
 
     /// The highest input offset any tile reads, plus one.
     fn max_read(&self) -> usize {
         let last_tile = (self.ow.div_ceil(self.shape.nr) - 1) * self.shape.nr;
-        let image = self.c * self.phases.len() * self.hph * self.wph;
-        (self.n - 1) * image
-            + (self.groups - 1) * self.icg * self.phases.len() * self.hph * self.wph
+        (self.n - 1) * self.c * self.cstride()
+            + (self.groups - 1) * self.icg * self.cstride()
             + self.kofs.iter().max().copied().unwrap_or(0)
             + (self.oh - 1) * self.wph
             + last_tile
@@ -296,8 +299,7 @@ impl DirectConv {
         let (h, w) = (self.h, self.w);
         let ([sh, sw], [ph, pw]) = (self.stride, self.padding);
         let (hph, wph) = (self.hph, self.wph);
-        let nph = self.phases.len();
-        let per_c = nph * hph * wph;
+        let per_c = self.cstride();
         let (body, slack) = buf.split_at_mut(self.n * self.c * per_c);
         slack.fill(0.0);
         super::kernels::par_chunks(body, per_c, |nc, dst| {
@@ -349,11 +351,12 @@ impl DirectConv {
         let src: &[f32] = if self.in_place {
             x
         } else {
-            if scratch.len() < self.scratch_len {
-                scratch.resize(self.scratch_len, 0.0);
+            let len = self.scratch_len();
+            if scratch.len() < len {
+                scratch.resize(len, 0.0);
             }
-            self.fill(x, &mut scratch[..self.scratch_len]);
-            &scratch[..self.scratch_len]
+            self.fill(x, &mut scratch[..len]);
+            &scratch[..len]
         };
         #[cfg(target_arch = "x86_64")]
         if self.shape.pixels {
@@ -361,8 +364,7 @@ impl DirectConv {
         }
         let Shape { block, nr, .. } = self.shape;
         let nb = self.ocg.div_ceil(block);
-        let image = self.c * self.phases.len() * self.hph * self.wph;
-        let gstride = self.icg * self.phases.len() * self.hph * self.wph;
+        let (image, gstride) = (self.c * self.cstride(), self.icg * self.cstride());
         let (oh, ow) = (self.oh, self.ow);
         let pix = oh * ow;
         let oc = self.ocg * self.groups;
@@ -472,8 +474,7 @@ impl DirectConv {
         let Shape { block, nr, .. } = self.shape;
         let nb = self.ocg.div_ceil(block);
         let pix = self.oh * self.ow;
-        let image = self.c * self.hph * self.wph;
-        let gstride = self.icg * self.hph * self.wph;
+        let (image, gstride) = (self.c * self.cstride(), self.icg * self.cstride());
         let oc = self.ocg * self.groups;
         let Tasks {
             per_task,
@@ -968,7 +969,7 @@ mod tests {
             res[0] = f32::NAN;
             let res = epi.then_some(&res[..]);
             let want = reference(&x, [n, c, h, w], &cfg, &wt, &p, res, epi, [oh, ow]);
-            let shape = DirectConv::choose(isa, &cfg, [oh, ow], oc / g);
+            let shape = DirectConv::choose(isa, &cfg, [oh, ow]);
             let panels: Arc<[f32]> = pack(&wt, &cfg, shape.block).into();
             let dc = DirectConv::new(isa, shape, panels, &cfg, [n, c, h, w], [n, oc, oh, ow]);
             let mut out = vec![f32::INFINITY; want.len()];

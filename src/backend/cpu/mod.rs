@@ -119,22 +119,36 @@ impl CpuModel {
         Self::prepare_shared(graph, &Arc::new(CpuWeights::copied(graph, weights)?), fuse)
     }
 
+    /// Prepare with the portable kernels only: the path a CPU takes where no microkernel
+    /// of `direct` runs (x86 without AVX-512, other architectures), kept tested here.
+    pub fn prepare_portable(graph: &Graph, weights: &dyn Weights) -> Result<Self> {
+        let w = Arc::new(CpuWeights::copied(graph, weights)?);
+        Self::prepare_isa(graph, &w, true, None)
+    }
+
     /// Prepare a plan that reads the model's shared weights (no copy).
     pub fn prepare_shared(graph: &Graph, weights: &Arc<CpuWeights>, fuse: bool) -> Result<Self> {
+        Self::prepare_isa(graph, weights, fuse, Isa::detect())
+    }
+
+    fn prepare_isa(
+        graph: &Graph,
+        weights: &Arc<CpuWeights>,
+        fuse: bool,
+        isa: Option<Isa>,
+    ) -> Result<Self> {
         let program = Program::new(graph, fuse);
         let params = program.params(weights.as_ref())?;
         let batch = program.shape(program.input)[0];
         let plan = MemoryPlan::new(&program, batch);
         let slots = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
-        let isa = Isa::detect();
         let mut direct = Vec::with_capacity(program.steps.len());
         for step in &program.steps {
             let d = match (&step.kernel, isa) {
                 (Kernel::Conv { cfg, node, .. }, Some(isa)) => {
                     let xs = program.shape(step.inputs[0]);
                     let os = program.shape(step.output);
-                    let shape =
-                        DirectConv::choose(isa, cfg, [os[2], os[3]], cfg.out_channels / cfg.groups);
+                    let shape = DirectConv::choose(isa, cfg, [os[2], os[3]]);
                     let panels = weights.packed(&format!("{node}.weight"), cfg, shape.block)?;
                     let dims = |s: &[usize]| [s[0], s[1], s[2], s[3]];
                     Some(DirectConv::new(isa, shape, panels, cfg, dims(xs), dims(os)))
@@ -143,7 +157,7 @@ impl CpuModel {
             };
             direct.push(d);
         }
-        let scratch_len = direct.iter().flatten().map(|d| d.scratch_len).max();
+        let scratch_len = direct.iter().flatten().map(|d| d.scratch_len()).max();
         let arena = Arena {
             slots,
             scratch: vec![0f32; scratch_len.unwrap_or(0)],
@@ -201,7 +215,8 @@ impl CpuModel {
         };
         copy_out(&mut results, slots, p.input);
         for ((step, params), direct) in p.steps.iter().zip(&self.params).zip(&self.direct) {
-            let weight = match &params.weight {
+            // The direct convolutions hold their weights packed: no lookup for them.
+            let weight = match params.weight.as_ref().filter(|_| direct.is_none()) {
                 Some(k) => self
                     .weights
                     .get(k)

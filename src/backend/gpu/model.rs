@@ -128,6 +128,9 @@ struct Uploaded {
 const RB_M: usize = 4;
 const RB_P: usize = 4;
 
+/// Output rows per workgroup of `linear_rb` (its `workgroup_size` in `shaders/linear.wgsl`).
+const LINEAR_RB_ROWS: usize = 64;
+
 /// Uniform words bound per dispatch (the largest Params struct is conv's 24).
 const UNIFORM_WORDS: usize = 32;
 
@@ -721,9 +724,9 @@ impl<'a> Builder<'a> {
                         (3, Bind::whole(&bias)),
                         (4, out.clone()),
                     ];
-                    // The register-blocked kernel runs 64 rows per workgroup.
                     let (entry, groups) = if self.kernels == Kernels::RegisterBlocked {
-                        ("linear_rb", self.grid(ch.rows.div_ceil(64), &what)?)
+                        let wgs = ch.rows.div_ceil(LINEAR_RB_ROWS);
+                        ("linear_rb", self.grid(wgs, &what)?)
                     } else {
                         ("linear", self.grid(ch.rows, &what)?)
                     };
