@@ -9,16 +9,35 @@ use crate::tensor::numel;
 #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
 use rayon::prelude::*;
 
-/// `f(i, chunk)` over `out` split into `len`-sized chunks, in parallel where threads exist.
+/// Floats a parallel task should touch at least: below this, waking a thread and splitting
+/// costs more than the work (ResNet-50's 7x7 maps have 2048 planes of 49 floats).
+#[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+const GRAIN: usize = 16 * 1024;
+
+/// `f(i, chunk)` over `out` split into `len`-sized chunks, in parallel where threads exist;
+/// chunks are grouped so that each task touches about [`GRAIN`] floats or more.
 pub(super) fn par_chunks(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    par_chunks_work(out, len, len, f)
+}
+
+/// [`par_chunks`] where each chunk touches `work` floats (its input, for a reduction).
+pub(super) fn par_chunks_work(
+    out: &mut [f32],
+    len: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    let len = len.max(1);
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
-    out.par_chunks_mut(len.max(1))
+    out.par_chunks_mut(len)
         .enumerate()
+        .with_min_len(GRAIN.div_ceil(work.max(1)))
         .for_each(|(i, c)| f(i, c));
     #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
-    out.chunks_mut(len.max(1))
-        .enumerate()
-        .for_each(|(i, c)| f(i, c));
+    {
+        let _ = work;
+        out.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
+    }
 }
 
 /// `f(i)` for `i` in `0..count`, in parallel where threads exist.
@@ -33,10 +52,11 @@ pub(super) fn par_for(count: usize, f: impl Fn(usize) + Sync + Send) {
 fn par_chunks_scratch(
     out: &mut [f32],
     len: usize,
+    work: usize,
     scratch: usize,
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
 ) {
-    par_chunks(out, len, |i, c| with_scratch(scratch, |s| f(i, c, s)));
+    par_chunks_work(out, len, work, |i, c| with_scratch(scratch, |s| f(i, c, s)));
 }
 
 /// `f` with this thread's scratch buffer of `len` floats: kept from call to call, so no
@@ -263,7 +283,7 @@ pub fn run_step(
         Kernel::AdaptiveAvgPool { output } => {
             let [_, _, h, w] = dims4(xs);
             let [oh, ow] = *output;
-            par_chunks(out, oh * ow, |nc, o| {
+            par_chunks_work(out, oh * ow, h * w, |nc, o| {
                 let plane = &x[nc * h * w..(nc + 1) * h * w];
                 for i in 0..oh {
                     let (h0, h1) = adaptive_range(i, h, oh);
@@ -741,7 +761,7 @@ fn pool2d(
     // The windows are the same for every plane: compute them once.
     let rows = pool_windows(h, oh, kh, sh, ph);
     let cols = pool_windows(w, ow, kw, sw, pw);
-    par_chunks_scratch(out, oh * ow, w, |nc, o, colmax| {
+    par_chunks_scratch(out, oh * ow, h * w, w, |nc, o, colmax| {
         let plane = &x[nc * h * w..(nc + 1) * h * w];
         for (i, &(h0, h1, hk)) in rows.iter().enumerate() {
             let orow = &mut o[i * ow..(i + 1) * ow];
