@@ -261,7 +261,7 @@ impl DirectConv {
         };
         // In place, the reads past a row's end must stay inside the input itself; else
         // they go to the copy's slack (the planes are the same either way).
-        if d.in_place && !shape.pixels && d.max_read() >= n * c * h * w {
+        if d.in_place && !shape.pixels && d.max_read() > n * c * h * w {
             d.in_place = false;
         }
         d
@@ -315,21 +315,23 @@ impl DirectConv {
                         continue;
                     }
                     let srow = &src[iy as usize * w..(iy as usize + 1) * w];
-                    if sw == 1 {
-                        // Padded column j + px - pw of the input.
-                        let lo = pw.saturating_sub(px).min(wph);
-                        let hi = (w + pw).saturating_sub(px).min(wph).max(lo);
-                        row[..lo].fill(0.0);
-                        row[lo..hi].copy_from_slice(&srow[lo + px - pw..hi + px - pw]);
-                        row[hi..].fill(0.0);
-                    } else {
-                        for (j, v) in row.iter_mut().enumerate() {
-                            let ix = (j * sw + px) as isize - pw as isize;
-                            *v = if ix >= 0 && (ix as usize) < w {
-                                srow[ix as usize]
-                            } else {
-                                0.0
-                            };
+                    // Output column j is padded column j * sw + px, input column
+                    // j * sw + px - pw: inside the input for j in lo..hi.
+                    let lo = pw.saturating_sub(px).div_ceil(sw).min(wph);
+                    let hi = (w + pw).saturating_sub(px).div_ceil(sw).min(wph).max(lo);
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                    if lo < hi {
+                        let first = lo * sw + px - pw;
+                        let dst = &mut row[lo..hi];
+                        match sw {
+                            1 => dst.copy_from_slice(&srow[first..first + dst.len()]),
+                            2 => gather::<2>(dst, &srow[first..]),
+                            4 => gather::<4>(dst, &srow[first..]),
+                            _ => dst
+                                .iter_mut()
+                                .zip(srow[first..].iter().step_by(sw))
+                                .for_each(|(d, &v)| *d = v),
                         }
                     }
                 }
@@ -355,7 +357,18 @@ impl DirectConv {
             if scratch.len() < len {
                 scratch.resize(len, 0.0);
             }
+            let t0 = std::time::Instant::now();
             self.fill(x, &mut scratch[..len]);
+            if std::env::var("WC_FILL").is_ok() {
+                eprintln!(
+                    "fill {}x{}x{} s{:?}: {:.3} ms",
+                    self.c,
+                    self.h,
+                    self.w,
+                    self.stride,
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+            }
             &scratch[..len]
         };
         #[cfg(target_arch = "x86_64")]
@@ -546,6 +559,18 @@ impl DirectConv {
             }
             _ => unreachable!("no microkernel for {s:?}"),
         }
+    }
+}
+
+/// `dst[j] = src[j * S]`, with the stride a constant so that the copy vectorises.
+#[inline(always)]
+fn gather<const S: usize>(dst: &mut [f32], src: &[f32]) {
+    let Some((last, body)) = dst.split_last_mut() else {
+        return;
+    };
+    *last = src[body.len() * S];
+    for (d, s) in body.iter_mut().zip(src.chunks_exact(S)) {
+        *d = s[0];
     }
 }
 
@@ -944,6 +969,8 @@ mod tests {
             (1, 8, 8, 9, 10, 3, 2, 1, 1, 8, false), // depthwise
             (1, 40, 12, 15, 15, 1, 1, 0, 1, 1, true), // pixel vectors in place, tails
             (2, 24, 20, 30, 29, 1, 2, 0, 1, 1, true), // pixel vectors after the phase copy
+            (1, 6, 20, 17, 19, 5, 3, 2, 1, 1, true), // stride 3: the general strided copy
+            (1, 16, 48, 7, 7, 1, 1, 0, 1, 1, true), // in place, last read ends at the end
         ];
         for (i, &(n, c, oc, h, w, k, s, pd, d, g, epi)) in cases.iter().enumerate() {
             let cfg = Conv2d {
@@ -972,6 +999,13 @@ mod tests {
             let shape = DirectConv::choose(isa, &cfg, [oh, ow]);
             let panels: Arc<[f32]> = pack(&wt, &cfg, shape.block).into();
             let dc = DirectConv::new(isa, shape, panels, &cfg, [n, c, h, w], [n, oc, oh, ow]);
+            if k == 1 && s == 1 {
+                assert_eq!(
+                    dc.scratch_len(),
+                    0,
+                    "case {i}: a 1x1 stride-1 conv copies its input"
+                );
+            }
             let mut out = vec![f32::INFINITY; want.len()];
             dc.run(&x, &mut vec![], &p, res, epi, &mut out);
             for (j, (a, b)) in out.iter().zip(&want).enumerate() {
