@@ -5,40 +5,10 @@
 // block, read from workgroup memory as two vec4 per k step (vector loads, 16 FMAs).
 // Epilogue: * scale + shift per output channel (bias and a folded BatchNorm), + residual, ReLU.
 
-struct Params {
-    c: u32, h: u32, w: u32, oc: u32,
-    oh: u32, ow: u32, kh: u32, kw: u32,
-    sh: u32, sw: u32, ph: u32, pw: u32,
-    dh: u32, dw: u32, icg: u32, ocg: u32,
-    // This dispatch's weight chunk: groups g_base.. (g_count of them), and within each
-    // group the output channels m_base.. (m_count of them).
-    g_count: u32, g_base: u32, k: u32, p: u32,
-    has_res: u32, relu: u32, m_base: u32, m_count: u32,
-}
+// Params, the bindings and the constants come from the generated header (src/backend/gpu/kernels/conv.rs).
 
-@group(0) @binding(0) var<uniform> prm: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<f32>;
-// `affine[oc]` is the scale, `affine[oc_total + oc]` the shift.
-@group(0) @binding(3) var<storage, read> affine: array<f32>;
-@group(0) @binding(4) var<storage, read> res: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> a_tile: array<vec4<f32>, 256>; // [TK][TM / 4]
-var<workgroup> b_tile: array<vec4<f32>, 256>; // [TK][TN / 4]
-
-// ReLU as PyTorch has it: NaN stays NaN. A bit test, not max() or a comparison, which
-// compilers that assume no NaN fold away: zero only what has its sign bit set and is
-// not NaN (negative numbers, -0 and -inf).
-fn relu_f(v: f32) -> f32 {
-    let b = bitcast<u32>(v);
-    if ((b & 0x80000000u) != 0u && (b & 0x7fffffffu) <= 0x7f800000u) { return 0.0; }
-    return v;
-}
+var<workgroup> a_tile: array<vec4<f32>, TK * TM / 4u>; // [TK][TM / 4]
+var<workgroup> b_tile: array<vec4<f32>, TK * TN / 4u>; // [TK][TN / 4]
 
 @compute @workgroup_size(16, 16, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -121,10 +91,10 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
 // memory. Each invocation keeps 4 output channels x 4 consecutive pixels in registers; the
 // kernel taps are the outer loop, so each pixel's input offset and bounds are worked out
 // once per tap, and the input channels the inner one (one load per pixel and weight).
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(RB_WG, 1, 1)
 fn conv2d_rb(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let p0 = gid.x * 4u;
-    let m0 = gid.y * 4u;
+    let p0 = gid.x * RB_P;
+    let m0 = gid.y * RB_M;
     if (p0 >= prm.p || m0 >= prm.m_count) { return; }
     let img = gid.z / prm.g_count;
     let gl = gid.z % prm.g_count;

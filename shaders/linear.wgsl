@@ -3,28 +3,9 @@
 // rows at a time, then reduced in workgroup memory. These layers are bandwidth-bound
 // (AlexNet/VGG fc6 hold 38M-103M weights), so reading each weight once is what counts.
 
-struct Params {
-    batch: u32, k: u32, n_total: u32, rows: u32,
-    // first output feature of this dispatch's weight chunk
-    n_base: u32, relu: u32, _pad0: u32, _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> prm: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// Params, the bindings and the constants come from the generated header (src/backend/gpu/kernels/linear.rs).
 
 var<workgroup> red: array<f32, 1024>; // [4][256]
-
-// ReLU as PyTorch has it: NaN stays NaN. A bit test, not max() or a comparison, which
-// compilers that assume no NaN fold away: zero only what has its sign bit set and is
-// not NaN (negative numbers, -0 and -inf).
-fn relu_f(v: f32) -> f32 {
-    let b = bitcast<u32>(v);
-    if ((b & 0x80000000u) != 0u && (b & 0x7fffffffu) <= 0x7f800000u) { return 0.0; }
-    return v;
-}
 
 @compute @workgroup_size(256, 1, 1)
 fn linear(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
@@ -64,10 +45,10 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
 // The same layer for software adapters, which run a workgroup's invocations as CPU vector
 // lanes and pay dearly for barriers: one invocation per output feature, its weight row read
 // once for four batch rows at a time, no workgroup memory.
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(LINEAR_RB_ROWS, 1, 1)
 fn linear_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = (wid.y * nwg.x + wid.x) * 64u + lid.x;
+    let row = (wid.y * nwg.x + wid.x) * LINEAR_RB_ROWS + lid.x;
     if (row >= prm.rows) { return; }
     let w_row = row * prm.k;
     let n = prm.n_base + row;

@@ -3,22 +3,7 @@
 // two-pass mean / variance per (image, group). BatchNorm and GroupNorm take the
 // residual-add + ReLU epilogue.
 
-struct Params {
-    total: u32, c: u32, hw: u32, size: u32,
-    alpha: f32, beta: f32, k: f32, eps: f32,
-    groups: u32, has_res: u32, relu: u32, _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> prm: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> scale: array<f32>;
-@group(0) @binding(3) var<storage, read> shift: array<f32>;
-@group(0) @binding(4) var<storage, read> res: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-
-fn out_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.y * nwg.x * 64u + gid.x;
-}
+// Params, the bindings and the constants come from the generated header (src/backend/gpu/kernels/norm.rs).
 
 fn finish(i: u32, v: f32) -> f32 {
     var o = v;
@@ -27,16 +12,7 @@ fn finish(i: u32, v: f32) -> f32 {
     return o;
 }
 
-// ReLU as PyTorch has it: NaN stays NaN. A bit test, not max() or a comparison, which
-// compilers that assume no NaN fold away: zero only what has its sign bit set and is
-// not NaN (negative numbers, -0 and -inf).
-fn relu_f(v: f32) -> f32 {
-    let b = bitcast<u32>(v);
-    if ((b & 0x80000000u) != 0u && (b & 0x7fffffffu) <= 0x7f800000u) { return 0.0; }
-    return v;
-}
-
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn lrn(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
@@ -52,7 +28,7 @@ fn lrn(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     y[i] = x[i] / pow(prm.k + prm.alpha / f32(prm.size) * s, prm.beta);
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn batch_norm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }

@@ -1,20 +1,7 @@
 // Pooling, one thread per output element: max and average windows with PyTorch's
 // padding / ceil_mode rules, and adaptive average pooling (floor/ceil window bounds).
 
-struct Params {
-    total: u32, h: u32, w: u32, oh: u32,
-    ow: u32, kh: u32, kw: u32, sh: u32,
-    sw: u32, ph: u32, pw: u32, count_include_pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> prm: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-
-// Output index of this thread; 2D dispatches cover more than 65535 workgroups.
-fn out_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.y * nwg.x * 64u + gid.x;
-}
+// Params, the bindings and the constants come from the generated header (src/backend/gpu/kernels/pool.rs).
 
 struct Window { base: u32, h0: i32, h1: i32, w0: i32, w1: i32, size: f32 }
 
@@ -31,7 +18,7 @@ fn window(i: u32) -> Window {
     return Window(plane * prm.h * prm.w, max(hs, 0), min(he, i32(prm.h)), max(ws, 0), min(we, i32(prm.w)), size);
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
@@ -57,7 +44,7 @@ fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     y[i] = m;
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
@@ -74,7 +61,7 @@ fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     y[i] = s / div;
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn adaptive_avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }

@@ -1,5 +1,6 @@
 //! Adapter, device and the pipeline cache.
 
+use super::kernels::Family;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,28 +43,6 @@ impl Kernels {
     }
 }
 
-/// The WGSL families in `shaders/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Shader {
-    Conv,
-    Linear,
-    Pool,
-    Norm,
-    Elementwise,
-}
-
-impl Shader {
-    fn source(self) -> &'static str {
-        match self {
-            Shader::Conv => include_str!("../../../shaders/conv.wgsl"),
-            Shader::Linear => include_str!("../../../shaders/linear.wgsl"),
-            Shader::Pool => include_str!("../../../shaders/pool.wgsl"),
-            Shader::Norm => include_str!("../../../shaders/norm.wgsl"),
-            Shader::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
-        }
-    }
-}
-
 pub(crate) struct Shared {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -77,8 +56,9 @@ pub(crate) struct Shared {
     pub lost: Arc<Mutex<Option<String>>>,
     /// What the device was opened with, to open another like it.
     pub opts: GpuOptions,
-    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Shader, &'static str), wgpu::ComputePipeline>>,
+    /// Per kernel family: its module and the bind-group layout its entries share.
+    families: Mutex<HashMap<&'static str, (wgpu::ShaderModule, wgpu::BindGroupLayout)>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
 }
 
 /// An open GPU device with its compiled pipelines; cheap to clone.
@@ -152,7 +132,7 @@ impl GpuContext {
                 name,
                 lost,
                 opts,
-                modules: Mutex::new(HashMap::new()),
+                families: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
             }),
         })
@@ -242,28 +222,55 @@ impl GpuContext {
         format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
     }
 
-    /// The compute pipeline for `entry` of `shader`, compiled once per context.
-    pub(crate) fn pipeline(&self, shader: Shader, entry: &'static str) -> wgpu::ComputePipeline {
+    /// The module and shared bind-group layout of `family`, made once per context.
+    pub(crate) fn family(
+        &self,
+        family: &'static Family,
+    ) -> (wgpu::ShaderModule, wgpu::BindGroupLayout) {
         let s = &self.shared;
-        if let Some(p) = s.pipelines.lock().unwrap().get(&(shader, entry)) {
+        s.families
+            .lock()
+            .unwrap()
+            .entry(family.name)
+            .or_insert_with(|| {
+                let module = s.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(family.name),
+                    source: wgpu::ShaderSource::Wgsl(family.source().into()),
+                });
+                let layout = s
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some(family.name),
+                        entries: &family.layout_entries(),
+                    });
+                (module, layout)
+            })
+            .clone()
+    }
+
+    /// The compute pipeline for `entry` of `family`, compiled once per context.
+    pub(crate) fn pipeline(
+        &self,
+        family: &'static Family,
+        entry: &'static str,
+    ) -> wgpu::ComputePipeline {
+        let s = &self.shared;
+        if let Some(p) = s.pipelines.lock().unwrap().get(&(family.name, entry)) {
             return p.clone();
         }
-        let module = {
-            let mut m = s.modules.lock().unwrap();
-            m.entry(shader)
-                .or_insert_with(|| {
-                    s.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(entry),
-                        source: wgpu::ShaderSource::Wgsl(shader.source().into()),
-                    })
-                })
-                .clone()
-        };
+        let (module, bind_layout) = self.family(family);
+        let layout = s
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(&bind_layout)],
+                immediate_size: 0,
+            });
         let p = s
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
-                layout: None,
+                layout: Some(&layout),
                 module: &module,
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
@@ -272,7 +279,7 @@ impl GpuContext {
         s.pipelines
             .lock()
             .unwrap()
-            .insert((shader, entry), p.clone());
+            .insert((family.name, entry), p.clone());
         p
     }
 }

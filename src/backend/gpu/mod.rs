@@ -1,9 +1,11 @@
 //! The GPU backend on wgpu: WebGPU in the browser, Vulkan / Metal / DX12 natively.
 //!
-//! Kernels live in `shaders/*.wgsl`, one file per op family; layer shapes reach them as
-//! uniforms, so one pipeline per kernel serves every layer.
+//! Kernels live in `shaders/*.wgsl`, one file per op family, each with its Rust side in
+//! `kernels/` (uniforms, buffers, constants, grids); layer shapes reach them as uniforms,
+//! so one pipeline per kernel serves every layer.
 
 mod context;
+mod kernels;
 mod model;
 mod weights;
 

@@ -1,7 +1,8 @@
 //! A graph prepared for one input shape: every buffer, uniform and bind group made once,
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
-use super::context::{GpuContext, Kernels, Shader};
+use super::context::GpuContext;
+use super::kernels::{self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Uniform};
 use super::weights::{upload, Chunk, GpuWeights};
 use super::OneShot;
 use crate::error::{Error, Result};
@@ -74,37 +75,13 @@ pub struct GpuModel {
     report: MemoryReport,
 }
 
-/// A range of a buffer bound to one binding.
-#[derive(Clone)]
-struct Bind {
-    buf: wgpu::Buffer,
-    offset: u64,
-    size: u64,
-}
-
-impl Bind {
-    fn whole(buf: &wgpu::Buffer) -> Bind {
-        Bind {
-            buf: buf.clone(),
-            offset: 0,
-            size: buf.size(),
-        }
-    }
-    fn floats(buf: &wgpu::Buffer, len: usize) -> Bind {
-        Bind {
-            buf: buf.clone(),
-            offset: 0,
-            size: (len.max(1) * 4) as u64,
-        }
-    }
-}
-
-/// A dispatch before the uniform buffer exists: bindings 1.. plus its uniform words.
+/// A dispatch before the uniform buffer exists: its uniform words and its buffers in
+/// binding order (1, 2, ..).
 struct Pending {
-    shader: Shader,
+    family: &'static Family,
     entry: &'static str,
     params: Vec<u32>,
-    binds: Vec<(u32, Bind)>,
+    binds: Vec<Bind>,
     groups: [u32; 3],
     step: usize,
 }
@@ -120,22 +97,6 @@ struct Uploaded {
     chunks: Vec<Chunk>,
     bias: Option<wgpu::Buffer>,
     scale: Option<wgpu::Buffer>,
-}
-
-/// `conv2d_rb`'s register block: 4 channels by 4 pixels per invocation (its `vec4`s in
-/// `shaders/conv.wgsl`; 8 channels measured slower on lavapipe, whose 16 AVX2 registers
-/// hold one scalar of every lane each).
-const RB_M: usize = 4;
-const RB_P: usize = 4;
-
-/// Output rows per workgroup of `linear_rb` (its `workgroup_size` in `shaders/linear.wgsl`).
-const LINEAR_RB_ROWS: usize = 64;
-
-/// Uniform words bound per dispatch (the largest Params struct is conv's 24).
-const UNIFORM_WORDS: usize = 32;
-
-fn f(v: f32) -> u32 {
-    v.to_bits()
 }
 
 impl GpuModel {
@@ -372,8 +333,9 @@ struct Builder<'a> {
     weights: &'a Arc<GpuWeights>,
     limit: u64,
     max_groups: u32,
-    /// The conv and linear kernels (per adapter, or as the context's options force).
-    kernels: Kernels,
+    /// The conv and linear kernels (per adapter, or as the context's options force, where
+    /// the device can run them).
+    variant: conv::Variant,
     pending: Vec<PendingCmd>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
@@ -394,7 +356,7 @@ impl<'a> Builder<'a> {
             weights,
             limit: ctx.binding_limit(),
             max_groups: ctx.shared.limits.max_compute_workgroups_per_dimension,
-            kernels: ctx.kernels(),
+            variant: conv::Variant::choose(ctx.kernels(), &ctx.shared.limits),
             pending: vec![],
             dummy,
             report: MemoryReport::default(),
@@ -421,16 +383,10 @@ impl<'a> Builder<'a> {
     }
 
     /// Workgroup grid for `count` workgroups, folded into 2D past the per-dimension limit.
-    fn grid(&self, count: usize, what: &str) -> Result<[u32; 3]> {
+    fn fold(&self, count: usize, what: &str) -> Result<[usize; 3]> {
         let m = self.max_groups as usize;
-        let x = count.clamp(1, m);
-        let y = count.div_ceil(x);
-        if y > m {
-            return Err(Error::DeviceLimit(format!(
-                "{what}: {count} workgroups exceed {m}x{m}"
-            )));
-        }
-        Ok([x as u32, y as u32, 1])
+        kernels::fold(count, m)
+            .ok_or_else(|| Error::DeviceLimit(format!("{what}: {count} workgroups exceed {m}x{m}")))
     }
 
     fn build(mut self, program: &Program, params: &[StepParams]) -> Result<GpuModel> {
@@ -596,29 +552,33 @@ impl<'a> Builder<'a> {
         Ok(up)
     }
 
-    fn push(
+    /// Queue `entry` of `family` over `grid` workgroups.
+    fn push<P: Uniform, B: Buffers>(
         &mut self,
-        shader: Shader,
+        family: &'static Family,
         entry: &'static str,
-        mut params: Vec<u32>,
-        binds: Vec<(u32, Bind)>,
-        groups: [u32; 3],
-    ) {
-        // Every binding covers UNIFORM_WORDS, at least any kernel's Params struct.
-        assert!(
-            params.len() <= UNIFORM_WORDS,
-            "{entry}: too many uniform words"
-        );
-        params.resize(UNIFORM_WORDS, 0);
+        params: &P,
+        buffers: B,
+        grid: [usize; 3],
+        what: &str,
+    ) -> Result<()> {
+        let m = self.max_groups as usize;
+        if grid.iter().any(|&g| g > m) {
+            let [x, y, z] = grid;
+            return Err(Error::DeviceLimit(format!(
+                "'{what}': {entry} grid {x}x{y}x{z} exceeds {m} per dimension"
+            )));
+        }
         self.report.dispatches += 1;
         self.pending.push(PendingCmd::Dispatch(Pending {
-            shader,
+            family,
             entry,
-            params,
-            binds,
-            groups,
+            params: kernels::words(params),
+            binds: buffers.into_binds(),
+            groups: grid.map(|g| g as u32),
             step: self.step,
         }));
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -640,97 +600,76 @@ impl<'a> Builder<'a> {
         let res = res.unwrap_or_else(|| Bind::whole(&self.dummy));
         let total = numel(&os[1..]) * nb;
         let x = ins[0].clone();
+        let u = |v: usize| v as u32;
+        // One invocation per output element.
+        let per_element = |b: &Self, n: usize| b.fold(n.div_ceil(kernels::WG), &what);
         match &step.kernel {
             Kernel::Conv { cfg, .. } => {
                 let (c, h, w) = (xs[1], xs[2], xs[3]);
                 let (oc, oh, ow) = (os[1], os[2], os[3]);
                 let g = cfg.groups;
                 let (icg, ocg) = (c / g, oc / g);
-                let k = icg * cfg.kernel[0] * cfg.kernel[1];
-                let p = oh * ow;
-                let bias = up.bias.clone().expect("conv bias");
-                let rb = self.kernels == Kernels::RegisterBlocked;
+                let affine = up.bias.clone().expect("conv bias");
+                let v = self.variant;
                 for ch in &up.chunks {
-                    // Tiled: 64x64 outputs per workgroup; register-blocked: 64 invocations
-                    // of 4 pixels along x, 4 channels each along y.
-                    let (gx, gy) = if rb {
-                        (p.div_ceil(RB_P * 64), ch.rows.div_ceil(RB_M))
-                    } else {
-                        (p.div_ceil(64), ch.rows.div_ceil(64))
+                    let prm = conv::Params {
+                        c: u(c),
+                        h: u(h),
+                        w: u(w),
+                        oc: u(oc),
+                        oh: u(oh),
+                        ow: u(ow),
+                        kh: u(cfg.kernel[0]),
+                        kw: u(cfg.kernel[1]),
+                        sh: u(cfg.stride[0]),
+                        sw: u(cfg.stride[1]),
+                        ph: u(cfg.padding[0]),
+                        pw: u(cfg.padding[1]),
+                        dh: u(cfg.dilation[0]),
+                        dw: u(cfg.dilation[1]),
+                        icg: u(icg),
+                        ocg: u(ocg),
+                        g_count: u(ch.groups),
+                        g_base: u(ch.group),
+                        k: u(icg * cfg.kernel[0] * cfg.kernel[1]),
+                        p: u(oh * ow),
+                        has_res,
+                        relu,
+                        m_base: u(ch.row),
+                        m_count: u(ch.rows),
                     };
-                    let gz = nb * ch.groups;
-                    let m = self.max_groups as usize;
-                    if gx > m || gy > m || gz > m {
-                        return Err(Error::DeviceLimit(format!(
-                            "'{what}': conv grid {gx}x{gy}x{gz} exceeds {m} per dimension"
-                        )));
-                    }
-                    let prm = [
-                        c,
-                        h,
-                        w,
-                        oc,
-                        oh,
-                        ow,
-                        cfg.kernel[0],
-                        cfg.kernel[1],
-                        cfg.stride[0],
-                        cfg.stride[1],
-                        cfg.padding[0],
-                        cfg.padding[1],
-                        cfg.dilation[0],
-                        cfg.dilation[1],
-                        icg,
-                        ocg,
-                        ch.groups,
-                        ch.group,
-                        k,
-                        p,
-                    ]
-                    .iter()
-                    .map(|&v| v as u32)
-                    .chain([has_res, relu, ch.row as u32, ch.rows as u32])
-                    .collect();
-                    let binds = vec![
-                        (1, x.clone()),
-                        (2, Bind::whole(&ch.buf)),
-                        (3, Bind::whole(&bias)),
-                        (4, res.clone()),
-                        (5, out.clone()),
-                    ];
-                    self.push(
-                        Shader::Conv,
-                        if rb { "conv2d_rb" } else { "conv2d" },
-                        prm,
-                        binds,
-                        [gx as u32, gy as u32, gz as u32],
-                    );
+                    let bufs = conv::Buffers {
+                        x: x.clone(),
+                        wt: Bind::whole(&ch.buf),
+                        affine: Bind::whole(&affine),
+                        res: res.clone(),
+                        y: out.clone(),
+                    };
+                    let grid = v.grid(oh * ow, ch.rows, nb * ch.groups);
+                    self.push(&conv::FAMILY, v.entry(), &prm, bufs, grid, &what)?;
                 }
             }
             Kernel::Linear { cfg, .. } => {
                 let bias = up.bias.clone().expect("linear bias");
                 for ch in &up.chunks {
-                    let prm = vec![
-                        nb as u32,
-                        cfg.in_features as u32,
-                        cfg.out_features as u32,
-                        ch.rows as u32,
-                        ch.row as u32,
+                    let prm = linear::Params {
+                        batch: u(nb),
+                        k: u(cfg.in_features),
+                        n_total: u(cfg.out_features),
+                        rows: u(ch.rows),
+                        n_base: u(ch.row),
                         relu,
-                    ];
-                    let binds = vec![
-                        (1, x.clone()),
-                        (2, Bind::whole(&ch.buf)),
-                        (3, Bind::whole(&bias)),
-                        (4, out.clone()),
-                    ];
-                    let (entry, groups) = if self.kernels == Kernels::RegisterBlocked {
-                        let wgs = ch.rows.div_ceil(LINEAR_RB_ROWS);
-                        ("linear_rb", self.grid(wgs, &what)?)
-                    } else {
-                        ("linear", self.grid(ch.rows, &what)?)
+                        ..Default::default()
                     };
-                    self.push(Shader::Linear, entry, prm, binds, groups);
+                    let bufs = linear::Buffers {
+                        x: x.clone(),
+                        wt: Bind::whole(&ch.buf),
+                        bias: Bind::whole(&bias),
+                        y: out.clone(),
+                    };
+                    let (entry, groups) = linear::plan(self.variant, ch.rows);
+                    let grid = self.fold(groups, &what)?;
+                    self.push(&linear::FAMILY, entry, &prm, bufs, grid, &what)?;
                 }
             }
             Kernel::MaxPool(pl) | Kernel::AvgPool(pl) => {
@@ -739,119 +678,132 @@ impl<'a> Builder<'a> {
                 } else {
                     "avg_pool"
                 };
-                let prm = [
-                    total,
-                    xs[2],
-                    xs[3],
-                    os[2],
-                    os[3],
-                    pl.kernel[0],
-                    pl.kernel[1],
-                    pl.stride[0],
-                    pl.stride[1],
-                    pl.padding[0],
-                    pl.padding[1],
-                    pl.count_include_pad as usize,
-                ]
-                .iter()
-                .map(|&v| v as u32)
-                .collect();
-                let groups = self.grid(total.div_ceil(64), &what)?;
-                self.push(Shader::Pool, entry, prm, vec![(1, x), (2, out)], groups);
+                let prm = pool::Params {
+                    total: u(total),
+                    h: u(xs[2]),
+                    w: u(xs[3]),
+                    oh: u(os[2]),
+                    ow: u(os[3]),
+                    kh: u(pl.kernel[0]),
+                    kw: u(pl.kernel[1]),
+                    sh: u(pl.stride[0]),
+                    sw: u(pl.stride[1]),
+                    ph: u(pl.padding[0]),
+                    pw: u(pl.padding[1]),
+                    count_include_pad: pl.count_include_pad as u32,
+                };
+                let grid = per_element(self, total)?;
+                let bufs = pool::Buffers { x, y: out };
+                self.push(&pool::FAMILY, entry, &prm, bufs, grid, &what)?;
             }
             Kernel::AdaptiveAvgPool { output } => {
-                let prm = [total, xs[2], xs[3], output[0], output[1]]
-                    .iter()
-                    .map(|&v| v as u32)
-                    .collect();
-                let groups = self.grid(total.div_ceil(64), &what)?;
-                self.push(
-                    Shader::Pool,
-                    "adaptive_avg_pool",
-                    prm,
-                    vec![(1, x), (2, out)],
-                    groups,
-                );
+                let prm = pool::Params {
+                    total: u(total),
+                    h: u(xs[2]),
+                    w: u(xs[3]),
+                    oh: u(output[0]),
+                    ow: u(output[1]),
+                    ..Default::default()
+                };
+                let grid = per_element(self, total)?;
+                let bufs = pool::Buffers { x, y: out };
+                self.push(&pool::FAMILY, "adaptive_avg_pool", &prm, bufs, grid, &what)?;
             }
             Kernel::Lrn(l) => {
-                let prm = vec![
-                    total as u32,
-                    xs[1] as u32,
-                    (xs[2] * xs[3]) as u32,
-                    l.size as u32,
-                    f(l.alpha),
-                    f(l.beta),
-                    f(l.k),
-                ];
-                let groups = self.grid(total.div_ceil(64), &what)?;
-                self.push(Shader::Norm, "lrn", prm, vec![(1, x), (5, out)], groups);
+                let prm = norm::Params {
+                    total: u(total),
+                    c: u(xs[1]),
+                    hw: u(xs[2] * xs[3]),
+                    size: u(l.size),
+                    alpha: l.alpha,
+                    beta: l.beta,
+                    k: l.k,
+                    ..Default::default()
+                };
+                let grid = per_element(self, total)?;
+                let dummy = Bind::whole(&self.dummy);
+                let bufs = norm::Buffers {
+                    x,
+                    scale: dummy.clone(),
+                    shift: dummy,
+                    res,
+                    y: out,
+                };
+                self.push(&norm::FAMILY, "lrn", &prm, bufs, grid, &what)?;
             }
             Kernel::BatchNorm { .. } | Kernel::GroupNorm { .. } => {
-                let (entry, groups_n, eps, groups) = match &step.kernel {
+                let (entry, groups, eps, grid) = match &step.kernel {
                     Kernel::GroupNorm { cfg, .. } => (
                         "group_norm",
                         cfg.groups,
                         cfg.eps,
-                        self.grid(nb * cfg.groups, &what)?,
+                        self.fold(nb * cfg.groups, &what)?,
                     ),
-                    _ => ("batch_norm", 1, 0.0, self.grid(total.div_ceil(64), &what)?),
+                    _ => ("batch_norm", 1, 0.0, per_element(self, total)?),
                 };
-                let prm = vec![
-                    total as u32,
-                    xs[1] as u32,
-                    (xs[2] * xs[3]) as u32,
-                    0,
-                    0,
-                    0,
-                    0,
-                    f(eps),
-                    groups_n as u32,
+                let prm = norm::Params {
+                    total: u(total),
+                    c: u(xs[1]),
+                    hw: u(xs[2] * xs[3]),
+                    eps,
+                    groups: u(groups),
                     has_res,
                     relu,
-                ];
-                let binds = vec![
-                    (1, x),
-                    (2, Bind::whole(up.scale.as_ref().expect("norm scale"))),
-                    (3, Bind::whole(up.bias.as_ref().expect("norm shift"))),
-                    (4, res),
-                    (5, out),
-                ];
-                self.push(Shader::Norm, entry, prm, binds, groups);
+                    ..Default::default()
+                };
+                let bufs = norm::Buffers {
+                    x,
+                    scale: Bind::whole(up.scale.as_ref().expect("norm scale")),
+                    shift: Bind::whole(up.bias.as_ref().expect("norm shift")),
+                    res,
+                    y: out,
+                };
+                self.push(&norm::FAMILY, entry, &prm, bufs, grid, &what)?;
             }
             Kernel::Add => {
-                let groups = self.grid(total.div_ceil(64), &what)?;
-                let prm = vec![total as u32, relu];
-                self.push(
-                    Shader::Elementwise,
-                    "add",
-                    prm,
-                    vec![(1, x), (2, ins[1].clone()), (3, out)],
-                    groups,
-                );
+                let prm = elementwise::Params {
+                    total: u(total),
+                    relu,
+                    ..Default::default()
+                };
+                let grid = per_element(self, total)?;
+                let bufs = elementwise::Buffers {
+                    a: x,
+                    b: ins[1].clone(),
+                    y: out,
+                };
+                self.push(&elementwise::FAMILY, "add", &prm, bufs, grid, &what)?;
             }
             Kernel::Relu => {
-                let groups = self.grid(total.div_ceil(64), &what)?;
-                self.push(
-                    Shader::Elementwise,
-                    "relu",
-                    vec![total as u32],
-                    vec![(1, x), (3, out)],
-                    groups,
-                );
+                let prm = elementwise::Params {
+                    total: u(total),
+                    ..Default::default()
+                };
+                let grid = per_element(self, total)?;
+                let bufs = elementwise::Buffers {
+                    a: x,
+                    b: Bind::whole(&self.dummy),
+                    y: out,
+                };
+                self.push(&elementwise::FAMILY, "relu", &prm, bufs, grid, &what)?;
             }
             Kernel::Softmax { dim } => {
                 let dim_len = xs[*dim];
                 let inner: usize = xs[dim + 1..].iter().product();
                 let rows = total / dim_len;
-                let groups = self.grid(rows.div_ceil(64), &what)?;
-                let prm = vec![rows as u32, 0, dim_len as u32, inner as u32];
-                self.push(
-                    Shader::Elementwise,
-                    "softmax",
-                    prm,
-                    vec![(1, x), (3, out)],
-                    groups,
-                );
+                let prm = elementwise::Params {
+                    total: u(rows),
+                    relu: 0,
+                    dim_len: u(dim_len),
+                    inner: u(inner),
+                };
+                let grid = per_element(self, rows)?;
+                let bufs = elementwise::Buffers {
+                    a: x,
+                    b: Bind::whole(&self.dummy),
+                    y: out,
+                };
+                self.push(&elementwise::FAMILY, "softmax", &prm, bufs, grid, &what)?;
             }
         }
         Ok(())
@@ -891,29 +843,33 @@ impl<'a> Builder<'a> {
             match p {
                 PendingCmd::Copy(c) => cmds.push(Cmd::Copy(c)),
                 PendingCmd::Dispatch(d) => {
-                    let pipeline = self.ctx.pipeline(d.shader, d.entry);
+                    let pipeline = self.ctx.pipeline(d.family, d.entry);
+                    let (_, layout) = self.ctx.family(d.family);
                     let off = offsets.next().expect("one offset per dispatch") as u64;
-                    let mut entries = vec![wgpu::BindGroupEntry {
+                    let uniform = wgpu::BindGroupEntry {
                         binding: 0,
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer: &uniforms,
                             offset: off,
                             size: wgpu::BufferSize::new(d.params.len() as u64 * 4),
                         }),
-                    }];
-                    for (i, b) in &d.binds {
-                        entries.push(wgpu::BindGroupEntry {
-                            binding: *i,
+                    };
+                    let buffers = d
+                        .binds
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| wgpu::BindGroupEntry {
+                            binding: i as u32 + 1,
                             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                                 buffer: &b.buf,
                                 offset: b.offset,
                                 size: wgpu::BufferSize::new(b.size),
                             }),
                         });
-                    }
+                    let entries: Vec<_> = std::iter::once(uniform).chain(buffers).collect();
                     let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some(d.entry),
-                        layout: &pipeline.get_bind_group_layout(0),
+                        layout: &layout,
                         entries: &entries,
                     });
                     let dispatch = Dispatch {

@@ -1,0 +1,110 @@
+//! `shaders/conv.wgsl`: convolution with the epilogue (per-channel scale and shift,
+//! residual, ReLU), as a tiled implicit GEMM or a register-blocked direct kernel.
+
+use super::{buffers, params, Family, Uniform};
+use crate::backend::gpu::Kernels;
+
+params! {
+    /// One dispatch: a layer's shape, and the weight chunk it covers (groups
+    /// `g_base..g_base + g_count`, and in each the output channels `m_base..m_base + m_count`).
+    struct Params {
+        c: u32, h: u32, w: u32, oc: u32,
+        oh: u32, ow: u32, kh: u32, kw: u32,
+        sh: u32, sw: u32, ph: u32, pw: u32,
+        dh: u32, dw: u32, icg: u32, ocg: u32,
+        g_count: u32, g_base: u32, k: u32, p: u32,
+        has_res: u32, relu: u32, m_base: u32, m_count: u32,
+    }
+}
+
+buffers! {
+    /// `affine[oc]` is the scale, `affine[oc_total + oc]` the shift; `res` is any buffer
+    /// when `has_res` is 0.
+    struct Buffers { x: Read, wt: Read, affine: Read, res: Read, y: ReadWrite }
+}
+
+/// The tiled kernel's output tile (channels by pixels) and reduction slice; its 256
+/// invocations each hold 4x4 of the tile.
+const TM: usize = 64;
+const TN: usize = 64;
+const TK: usize = 16;
+/// The register-blocked kernel: channels by pixels per invocation (its `vec4`s fix both
+/// at 4; 8 channels measured slower on lavapipe, whose 16 AVX2 registers hold one
+/// scalar of every lane each), and invocations per workgroup.
+const RB_M: usize = 4;
+const RB_P: usize = 4;
+const RB_WG: usize = 64;
+
+pub(crate) static FAMILY: Family = Family {
+    name: "conv",
+    body: include_str!("../../../../shaders/conv.wgsl"),
+    params: Params::WGSL,
+    params_size: std::mem::size_of::<Params>() as u64,
+    buffers: <Buffers as super::Buffers>::DECL,
+    consts: &[
+        ("TM", TM),
+        ("TN", TN),
+        ("TK", TK),
+        ("RB_M", RB_M),
+        ("RB_P", RB_P),
+        ("RB_WG", RB_WG),
+    ],
+};
+
+/// The convolution kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Variant {
+    Tiled,
+    RegisterBlocked,
+}
+
+impl Variant {
+    /// The variant for a kernel set, or the other one where the device cannot run it.
+    pub fn choose(kernels: Kernels, limits: &wgpu::Limits) -> Variant {
+        let want = match kernels {
+            Kernels::Tiled => Variant::Tiled,
+            Kernels::RegisterBlocked => Variant::RegisterBlocked,
+        };
+        if want.supports(limits) {
+            want
+        } else {
+            Variant::RegisterBlocked
+        }
+    }
+
+    /// Whether the device's limits allow the variant: the tiled kernel needs 256
+    /// invocations per workgroup and 8 KiB of workgroup memory, which downlevel
+    /// (WebGPU compatibility-mode, GLES) adapters may not give.
+    pub fn supports(self, limits: &wgpu::Limits) -> bool {
+        match self {
+            Variant::Tiled => {
+                limits.max_compute_invocations_per_workgroup >= 256
+                    && limits.max_compute_workgroup_size_x >= 16
+                    && limits.max_compute_workgroup_size_y >= 16
+                    && limits.max_compute_workgroup_storage_size as usize >= 2 * TK * TM.max(TN) * 4
+            }
+            Variant::RegisterBlocked => {
+                limits.max_compute_invocations_per_workgroup as usize >= RB_WG
+                    && limits.max_compute_workgroup_size_x as usize >= RB_WG
+            }
+        }
+    }
+
+    pub fn entry(self) -> &'static str {
+        match self {
+            Variant::Tiled => "conv2d",
+            Variant::RegisterBlocked => "conv2d_rb",
+        }
+    }
+
+    /// Workgroups for `pixels` outputs by `rows` channels, per each of `planes` (image,
+    /// group) pairs.
+    pub fn grid(self, pixels: usize, rows: usize, planes: usize) -> [usize; 3] {
+        match self {
+            Variant::Tiled => [pixels.div_ceil(TN), rows.div_ceil(TM), planes],
+            Variant::RegisterBlocked => {
+                [pixels.div_ceil(RB_P * RB_WG), rows.div_ceil(RB_M), planes]
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `shaders/linear.wgsl`: fully connected layers (+ bias, ReLU), a workgroup reduction per
+//! output or one output per invocation.
+
+use super::{buffers, conv::Variant, params, Family, Uniform};
+
+params! {
+    /// One dispatch: the weight chunk of rows `n_base..n_base + rows`.
+    struct Params {
+        batch: u32, k: u32, n_total: u32, rows: u32,
+        n_base: u32, relu: u32, _pad0: u32, _pad1: u32,
+    }
+}
+
+buffers! {
+    struct Buffers { x: Read, wt: Read, bias: Read, y: ReadWrite }
+}
+
+/// Output rows per workgroup of `linear_rb`, one per invocation.
+const LINEAR_RB_ROWS: usize = 64;
+
+pub(crate) static FAMILY: Family = Family {
+    name: "linear",
+    body: include_str!("../../../../shaders/linear.wgsl"),
+    params: Params::WGSL,
+    params_size: std::mem::size_of::<Params>() as u64,
+    buffers: <Buffers as super::Buffers>::DECL,
+    consts: &[("LINEAR_RB_ROWS", LINEAR_RB_ROWS)],
+};
+
+/// The entry point and the workgroups (before folding) for `rows` outputs: the linear
+/// kernels follow the convolution's choice (tiled: a 256-invocation reduction per row).
+pub(crate) fn plan(variant: Variant, rows: usize) -> (&'static str, usize) {
+    match variant {
+        Variant::Tiled => ("linear", rows),
+        Variant::RegisterBlocked => ("linear_rb", rows.div_ceil(LINEAR_RB_ROWS)),
+    }
+}

@@ -1,0 +1,280 @@
+//! The kernel families, one Rust module per WGSL file in `shaders/`.
+//!
+//! Each module owns everything both sides of a dispatch must agree on, written once:
+//! - its uniform `Params`, a `#[repr(C)]` struct whose WGSL declaration is generated from
+//!   the Rust one ([`params!`]);
+//! - its storage buffers, in binding order, as a struct of [`Bind`]s whose WGSL
+//!   declarations and bind-group layout are generated from it ([`buffers!`]);
+//! - its tile and workgroup constants, injected into the WGSL as a generated header;
+//! - its entry points, their dispatch grids and what each supports.
+//!
+//! The `.wgsl` files hold only code: [`Family::source`] prepends the header, then
+//! `shaders/common.wgsl`, to the file.
+
+pub(crate) mod conv;
+pub(crate) mod elementwise;
+pub(crate) mod linear;
+pub(crate) mod norm;
+pub(crate) mod pool;
+
+use std::fmt::Write;
+
+/// Invocations per workgroup of the one-thread-per-element kernels (pool, norm,
+/// elementwise): `WG` in the WGSL.
+pub(crate) const WG: usize = 64;
+
+/// A range of a buffer bound to one binding.
+#[derive(Clone, Debug)]
+pub(crate) struct Bind {
+    pub buf: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Bind {
+    pub fn whole(buf: &wgpu::Buffer) -> Bind {
+        Bind {
+            buf: buf.clone(),
+            offset: 0,
+            size: buf.size(),
+        }
+    }
+
+    /// The first `len` floats of `buf`.
+    pub fn floats(buf: &wgpu::Buffer, len: usize) -> Bind {
+        Bind {
+            buf: buf.clone(),
+            offset: 0,
+            size: (len.max(1) * 4) as u64,
+        }
+    }
+}
+
+/// How a kernel uses a storage buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// A uniform struct with its generated WGSL twin.
+pub(crate) trait Uniform: bytemuck::Pod {
+    /// `struct Params { .. }` in WGSL, field for field.
+    const WGSL: &'static str;
+}
+
+/// A family's storage buffers in binding order (binding 0 is the uniform `prm`).
+pub(crate) trait Buffers {
+    /// Each buffer's WGSL name and access, in binding order.
+    const DECL: &'static [(&'static str, Access)];
+    fn into_binds(self) -> Vec<Bind>;
+}
+
+/// Declares a family's uniform struct: Rust fields of `u32` / `f32`, in WGSL order. The
+/// struct must fill whole 16-byte rows (uniform layout): pad it with `_padN` fields.
+macro_rules! params {
+    ($(#[$m:meta])* struct $name:ident { $($f:ident: $t:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub(crate) struct $name {
+            $(pub $f: $t),*
+        }
+        impl $crate::backend::gpu::kernels::Uniform for $name {
+            const WGSL: &'static str = concat!(
+                "struct Params {\n",
+                $("    ", stringify!($f), ": ", stringify!($t), ",\n",)*
+                "}\n"
+            );
+        }
+        const _: () = assert!(
+            std::mem::size_of::<$name>() % 16 == 0,
+            "a uniform struct fills whole 16-byte rows"
+        );
+    };
+}
+
+/// Declares a family's storage buffers, `name: Read | ReadWrite`, in binding order
+/// (bindings 1, 2, ..).
+macro_rules! buffers {
+    ($(#[$m:meta])* struct $name:ident { $($f:ident: $acc:ident),* $(,)? }) => {
+        $(#[$m])*
+        pub(crate) struct $name {
+            $(pub $f: $crate::backend::gpu::kernels::Bind),*
+        }
+        impl $crate::backend::gpu::kernels::Buffers for $name {
+            const DECL: &'static [(&'static str, $crate::backend::gpu::kernels::Access)] =
+                &[$((stringify!($f), $crate::backend::gpu::kernels::Access::$acc)),*];
+            fn into_binds(self) -> Vec<$crate::backend::gpu::kernels::Bind> {
+                vec![$(self.$f),*]
+            }
+        }
+    };
+}
+pub(crate) use {buffers, params};
+
+/// One WGSL file and what its generated header declares.
+pub(crate) struct Family {
+    /// For labels and errors.
+    pub name: &'static str,
+    /// The file's code.
+    pub body: &'static str,
+    /// [`Uniform::WGSL`] of its params, and their size in bytes.
+    pub params: &'static str,
+    pub params_size: u64,
+    /// [`Buffers::DECL`] of its buffers.
+    pub buffers: &'static [(&'static str, Access)],
+    /// Constants the code uses, as `const NAME: u32`.
+    pub consts: &'static [(&'static str, usize)],
+}
+
+impl PartialEq for Family {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for Family {}
+impl std::hash::Hash for Family {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.name.hash(h)
+    }
+}
+impl std::fmt::Debug for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Family {
+    /// The module's WGSL: generated header, the shared helpers, then the file.
+    pub fn source(&self) -> String {
+        let mut s = format!(
+            "// Generated from src/backend/gpu/kernels/{}.rs.\n",
+            self.name
+        );
+        for (name, v) in self.consts.iter().chain([&("WG", WG)]) {
+            writeln!(s, "const {name}: u32 = {v}u;").unwrap();
+        }
+        s.push_str(self.params);
+        s.push_str("@group(0) @binding(0) var<uniform> prm: Params;\n");
+        for (i, (name, access)) in self.buffers.iter().enumerate() {
+            let access = match access {
+                Access::Read => "read",
+                Access::ReadWrite => "read_write",
+            };
+            writeln!(
+                s,
+                "@group(0) @binding({}) var<storage, {access}> {name}: array<f32>;",
+                i + 1
+            )
+            .unwrap();
+        }
+        s.push_str(include_str!("../../../../shaders/common.wgsl"));
+        s.push_str(self.body);
+        s
+    }
+
+    /// The bind-group layout every entry point of the family shares: the uniform at 0,
+    /// then the buffers.
+    pub fn layout_entries(&self) -> Vec<wgpu::BindGroupLayoutEntry> {
+        let uniform = wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: wgpu::BufferSize::new(self.params_size),
+            },
+            count: None,
+        };
+        let storage =
+            self.buffers
+                .iter()
+                .enumerate()
+                .map(|(i, (_, access))| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32 + 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: *access == Access::Read,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+        std::iter::once(uniform).chain(storage).collect()
+    }
+}
+
+/// Words `p` takes as uniform data.
+pub(crate) fn words<P: Uniform>(p: &P) -> Vec<u32> {
+    bytemuck::cast_slice(bytemuck::bytes_of(p)).to_vec()
+}
+
+/// `count` workgroups as a grid, folded into 2D past `max` per dimension; the kernels
+/// rebuild the flat index from `num_workgroups`.
+pub(crate) fn fold(count: usize, max: usize) -> Option<[usize; 3]> {
+    let x = count.clamp(1, max);
+    let y = count.div_ceil(x);
+    (y <= max).then_some([x, y, 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAMILIES: [&Family; 5] = [
+        &conv::FAMILY,
+        &linear::FAMILY,
+        &pool::FAMILY,
+        &norm::FAMILY,
+        &elementwise::FAMILY,
+    ];
+
+    #[test]
+    fn every_family_parses_as_wgsl_and_declares_its_entries() {
+        for f in FAMILIES {
+            let src = f.source();
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{}: {}", f.name, e.emit_to_string(&src)));
+            let mut v = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            );
+            v.validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {}", f.name, e.emit_to_string(&src)));
+            assert!(
+                !module.entry_points.is_empty(),
+                "{}: no entry point",
+                f.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_generated_params_match_the_rust_layout() {
+        params! {
+            struct Probe { a: u32, b: f32, c: u32, _pad: u32 }
+        }
+        assert_eq!(
+            Probe::WGSL,
+            "struct Params {\n    a: u32,\n    b: f32,\n    c: u32,\n    _pad: u32,\n}\n"
+        );
+        let p = Probe {
+            a: 1,
+            b: 2.0,
+            c: 3,
+            _pad: 0,
+        };
+        assert_eq!(words(&p), vec![1, 2f32.to_bits(), 3, 0]);
+    }
+
+    #[test]
+    fn grids_fold_past_the_limit_and_refuse_beyond_it() {
+        assert_eq!(fold(10, 65535), Some([10, 1, 1]));
+        assert_eq!(fold(0, 65535), Some([1, 0, 1])); // nothing to run
+        assert_eq!(fold(70000, 65535), Some([65535, 2, 1]));
+        assert_eq!(fold(5, 2), None);
+    }
+}
