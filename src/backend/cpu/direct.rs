@@ -357,18 +357,7 @@ impl DirectConv {
             if scratch.len() < len {
                 scratch.resize(len, 0.0);
             }
-            let t0 = std::time::Instant::now();
             self.fill(x, &mut scratch[..len]);
-            if std::env::var("WC_FILL").is_ok() {
-                eprintln!(
-                    "fill {}x{}x{} s{:?}: {:.3} ms",
-                    self.c,
-                    self.h,
-                    self.w,
-                    self.stride,
-                    t0.elapsed().as_secs_f64() * 1e3
-                );
-            }
             &scratch[..len]
         };
         #[cfg(target_arch = "x86_64")]

@@ -278,9 +278,11 @@ impl CpuModel {
 
 /// `f` on one of the pool's threads: each parallel step is then split from inside the pool
 /// instead of being handed over, and waited for, from outside it (a wake-up and a blocking
-/// wait per step, which cost more than ResNet-50's small 7x7 layers take).
+/// wait per step, which cost more than ResNet-50's small 7x7 layers take). Native only: in
+/// the threaded wasm build a panic is a trap of the worker it happens on, and on a pool
+/// worker it would never reach the caller (the page hangs instead of reporting it).
 fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+    #[cfg(not(target_arch = "wasm32"))]
     if rayon::current_thread_index().is_none() {
         return rayon::scope(|_| f());
     }
