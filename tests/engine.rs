@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 use webcnn::backend::cpu::CpuModel;
-use webcnn::backend::gpu::{GpuModel, GpuOptions};
+use webcnn::backend::gpu::{GpuModel, GpuOptions, StepClock};
 use webcnn::graph::{Conv2d, GraphBuilder, Pool2d};
 use webcnn::lower::Program;
 use webcnn::prng::{synth, synth_params};
@@ -270,6 +270,38 @@ fn tensors_beyond_the_binding_limit_are_split_and_batches_chunked() {
         matches!(e, Error::DeviceLimit(_)) && e.to_string().contains("conv"),
         "{e}"
     );
+}
+
+#[test]
+fn gpu_profiles_time_every_step_on_the_device_where_it_can() {
+    // Split weights and chunked batches: a step's time sums several passes.
+    let ctx = common::gpu_with(GpuOptions {
+        max_binding_bytes: Some(2048),
+        ..Default::default()
+    });
+    let g = split_graph(3);
+    let w = synth_params(&g, 1).unwrap();
+    let m = GpuModel::prepare_blocking(&ctx, &g, &w).unwrap();
+    let (steps, clock) = m.time_steps(3).unwrap();
+    let want = if ctx.has_timestamps() {
+        StepClock::Timestamps
+    } else {
+        StepClock::WallTime
+    };
+    assert_eq!(clock, want, "{}", ctx.describe());
+    let program = Program::new(&g, true);
+    let names: Vec<String> = program.steps.iter().map(|s| s.nodes.join("+")).collect();
+    assert_eq!(
+        steps.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        names
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|(_, t)| t.is_finite() && *t >= 0.0 && *t < 10.0),
+        "{steps:?}"
+    );
+    assert!(steps.iter().map(|(_, t)| t).sum::<f64>() > 0.0, "{steps:?}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use std::sync::Arc;
 use std::time::Instant;
 use webcnn::backend::cpu::{CpuModel, CpuWeights};
-use webcnn::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights, Kernels};
+use webcnn::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights, Kernels, StepClock};
 use webcnn::graph::{Conv2d, GraphBuilder};
 use webcnn::models::Model;
 use webcnn::prng::{synth, synth_params};
@@ -181,6 +181,8 @@ struct Timing {
     gflops: f64,
     peak_rss_mb: Option<f64>,
     steps: Vec<(String, f64)>,
+    /// How `steps` were timed.
+    clock: &'static str,
 }
 
 fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>) -> R<Timing> {
@@ -207,18 +209,29 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
         }
         Ok((first, times))
     };
-    let (first, mut times, backend, steps) = match (device, ctx) {
+    let (first, mut times, backend, steps, clock) = match (device, ctx) {
         (BenchDevice::Gpu, Some(ctx)) => {
             let weights = Arc::new(pollster::block_on(GpuWeights::upload(ctx, &full, &w))?);
             drop(w);
             let mut m = pollster::block_on(GpuModel::prepare_shared(&graph, &weights, true))?;
             let (first, times) = time_runs(&mut || Ok(m.run_blocking(&x).map(drop)?))?;
-            let steps = if a.profile {
-                m.time_steps(iters.min(5))?
+            let (steps, clock) = if a.profile {
+                let (steps, clock) = m.time_steps(iters.min(5))?;
+                let clock = match clock {
+                    StepClock::Timestamps => "GPU timestamp queries",
+                    StepClock::WallTime => "host wall time per step: no timestamp queries",
+                };
+                (steps, clock)
             } else {
-                vec![]
+                (vec![], "")
             };
-            (first, times, format!("GPU: {}", ctx.describe()), steps)
+            (
+                first,
+                times,
+                format!("GPU: {}", ctx.describe()),
+                steps,
+                clock,
+            )
         }
         (BenchDevice::Gpu, None) => return Err("no GPU adapter: drop gpu from --device".into()),
         (BenchDevice::Cpu, _) => {
@@ -230,7 +243,13 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
                 vec![]
             };
             let threads = rayon::current_num_threads();
-            (first, times, format!("CPU: {threads} threads"), steps)
+            (
+                first,
+                times,
+                format!("CPU: {threads} threads"),
+                steps,
+                "host wall time per step",
+            )
         }
     };
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
@@ -248,6 +267,7 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
         gflops: 2.0 * graph.macs() as f64 / median / 1e9,
         peak_rss_mb: peak_rss_mb(),
         steps,
+        clock,
     })
 }
 
@@ -296,6 +316,7 @@ pub fn run(a: Args) -> R<()> {
                         "gflops": t.gflops, "images_per_s": a.batch.max(1) as f64 / t.median,
                         "layer": a.layer, "peak_rss_mb": t.peak_rss_mb,
                         "layers": t.steps.iter().map(|(n, s)| serde_json::json!({"layer": n, "ms": s * 1e3})).collect::<Vec<_>>(),
+                        "layers_clock": (!t.steps.is_empty()).then_some(t.clock),
                     })
                 );
             } else {
@@ -320,7 +341,10 @@ pub fn run(a: Args) -> R<()> {
     if !a.json {
         for t in profiles {
             let total: f64 = t.steps.iter().map(|(_, s)| s).sum();
-            println!("\n{} on {}: per layer (fused steps)", t.model, t.backend);
+            println!(
+                "\n{} on {}: per layer (fused steps; {})",
+                t.model, t.backend, t.clock
+            );
             println!("| {:<48} | {:>9} | {:>6} |", "layer", "ms", "share");
             println!("|{:-<50}|{:-<11}|{:-<8}|", "", "", "");
             for (n, s) in &t.steps {

@@ -100,10 +100,13 @@ impl GpuContext {
         #[cfg(target_arch = "wasm32")]
         let (software, name) = browser_adapter().await;
         let limits = adapter.limits();
+        // Timestamps time each layer on the GPU for profiles; optional everywhere.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("webcnn"),
                 required_limits: limits.clone(),
+                required_features: features,
                 ..Default::default()
             })
             .await
@@ -188,6 +191,14 @@ impl GpuContext {
     /// lavapipe / llvmpipe / WARP; in browsers: a fallback adapter, or SwiftShader).
     pub fn is_software(&self) -> bool {
         self.shared.software
+    }
+
+    /// Whether the device writes timestamps (per-layer GPU times in profiles).
+    pub fn has_timestamps(&self) -> bool {
+        self.shared
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// The kernels plans on this device use.

@@ -38,6 +38,16 @@ impl MemoryReport {
     }
 }
 
+/// How [`GpuModel::time_steps`] timed the steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepClock {
+    /// The GPU's timestamps at the start and end of each step's compute pass.
+    Timestamps,
+    /// The host's clock around a submit of the step alone (the adapter has no timestamp
+    /// queries): includes submit and wake-up overhead.
+    WallTime,
+}
+
 struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
@@ -254,12 +264,18 @@ impl GpuModel {
         pollster::block_on(self.run(input))
     }
 
-    /// Seconds per pass of each program step on the device: the step's dispatches
-    /// encoded `iters` times in one submit (for `bench --profile`). Inputs are whatever
-    /// the buffers hold, which does not change the work.
+    /// Seconds per pass of each program step on the device (for `bench --profile`), and
+    /// how they were measured. With timestamp queries: whole forward passes with each
+    /// step's dispatches in a compute pass of their own, timed by the GPU between the
+    /// pass's start and end, median of `iters`. Without: each step's dispatches encoded
+    /// `iters` times in one submit, timed by the host. Inputs are whatever the buffers
+    /// hold, which does not change the work.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn time_steps(&self, iters: usize) -> Result<Vec<(String, f64)>> {
+    pub fn time_steps(&self, iters: usize) -> Result<(Vec<(String, f64)>, StepClock)> {
         self.check_alive()?;
+        if self.context().has_timestamps() {
+            return Ok((self.time_steps_on_device(iters)?, StepClock::Timestamps));
+        }
         let s = &self.context().shared;
         let mut out = vec![];
         for (i, name) in self.step_names.iter().enumerate() {
@@ -287,7 +303,96 @@ impl GpuModel {
                 t.elapsed().as_secs_f64() / iters.max(1) as f64,
             ));
         }
-        Ok(out)
+        Ok((out, StepClock::WallTime))
+    }
+
+    /// [`Self::time_steps`] with timestamp queries.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn time_steps_on_device(&self, iters: usize) -> Result<Vec<(String, f64)>> {
+        let s = &self.context().shared;
+        // Runs of consecutive dispatches of one step: a timed pass each.
+        let runs: Vec<&[Dispatch]> = self
+            .cmds
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::Pass(ds) => Some(ds.chunk_by(|a, b| a.step == b.step)),
+                Cmd::Copy(_) => None,
+            })
+            .flatten()
+            .collect();
+        // A query set holds at most 4096 queries: passes in batches of 2048.
+        const PASSES: usize = wgpu::QUERY_SET_MAX_QUERIES as usize / 2;
+        let period = s.queue.get_timestamp_period() as f64 * 1e-9;
+        let mut samples = vec![vec![]; self.step_names.len()];
+        for _ in 0..iters.max(1) {
+            let mut per_step = vec![0f64; self.step_names.len()];
+            for batch in runs.chunks(PASSES) {
+                let queries = (2 * batch.len()) as u32;
+                let set = s.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("step timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: queries,
+                });
+                let bytes = queries as u64 * 8;
+                let resolve = s.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("timestamps"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let read = s.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("timestamps read-back"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut enc = s.device.create_command_encoder(&Default::default());
+                for (i, run) in batch.iter().enumerate() {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &set,
+                            beginning_of_pass_write_index: Some(2 * i as u32),
+                            end_of_pass_write_index: Some(2 * i as u32 + 1),
+                        }),
+                    });
+                    for d in *run {
+                        pass.set_pipeline(&d.pipeline);
+                        pass.set_bind_group(0, &d.bind_group, &[]);
+                        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                    }
+                }
+                enc.resolve_query_set(&set, 0..queries, &resolve, 0);
+                enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+                s.queue.submit([enc.finish()]);
+                read.slice(..).map_async(wgpu::MapMode::Read, |_| ());
+                s.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                let ticks: Vec<u64> = {
+                    let view = read
+                        .slice(..)
+                        .get_mapped_range()
+                        .map_err(|e| Error::Gpu(format!("reading timestamps: {e}")))?;
+                    bytemuck::cast_slice(&view).to_vec()
+                };
+                for (run, t) in batch.iter().zip(ticks.chunks_exact(2)) {
+                    per_step[run[0].step] += t[1].saturating_sub(t[0]) as f64 * period;
+                }
+            }
+            for (v, t) in samples.iter_mut().zip(per_step) {
+                v.push(t);
+            }
+        }
+        Ok(self
+            .step_names
+            .iter()
+            .zip(samples)
+            .map(|(n, mut v)| {
+                v.sort_by(f64::total_cmp);
+                (n.clone(), v[v.len() / 2])
+            })
+            .collect())
     }
 
     /// Seconds per forward pass on the device alone: `iters` passes encoded in one
