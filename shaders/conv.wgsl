@@ -92,12 +92,14 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
 // kernel taps are the outer loop, so each pixel's input offset and bounds are worked out
 // once per tap, and the input channels the inner one (one load per pixel and weight).
 @compute @workgroup_size(RB_WG, 1, 1)
-fn conv2d_rb(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn conv2d_rb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let p0 = gid.x * RB_P;
-    let m0 = gid.y * RB_M;
+    // From the workgroup id, not the invocation's: the same in every lane, so compilers
+    // that track uniformity load each weight once for the whole workgroup.
+    let m0 = wid.y * RB_M;
     if (p0 >= prm.p || m0 >= prm.m_count) { return; }
-    let img = gid.z / prm.g_count;
-    let gl = gid.z % prm.g_count;
+    let img = wid.z / prm.g_count;
+    let gl = wid.z % prm.g_count;
     let g = prm.g_base + gl;
     let khw = prm.kh * prm.kw;
     let hw = prm.h * prm.w;
