@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 use webcnn::backend::cpu::CpuModel;
-use webcnn::backend::gpu::{GpuModel, GpuOptions, StepClock};
+use webcnn::backend::gpu::{GpuModel, GpuOptions, Kernels, StepClock, Tuning};
 use webcnn::graph::{Conv2d, GraphBuilder, Pool2d};
 use webcnn::lower::Program;
 use webcnn::prng::{synth, synth_params};
@@ -302,6 +302,78 @@ fn gpu_profiles_time_every_step_on_the_device_where_it_can() {
         "{steps:?}"
     );
     assert!(steps.iter().map(|(_, t)| t).sum::<f64>() > 0.0, "{steps:?}");
+}
+
+#[test]
+fn measured_conv_kernels_are_used_remembered_and_survive_a_bad_cache() {
+    let dir = std::env::temp_dir().join(format!("webcnn-tuning-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = dir.join("gpu-tuning.json");
+    let opts = |tuning| GpuOptions {
+        tuning,
+        tuning_file: Some(file.clone()),
+        ..Default::default()
+    };
+    let g = residual_graph(2);
+    let w = synth_params(&g, 3).unwrap();
+    let x = synth("input", &[2, 8, 9, 9], 5).unwrap();
+    let reference = run_cpu(&g, &w, &x, true);
+    let check = |ctx: &webcnn::backend::gpu::GpuContext, what: &str| {
+        let outs = run_gpu(ctx, &g, &w, &x, true);
+        for (o, r) in outs.iter().zip(&reference) {
+            let e = rel_l2(o.data(), &f64s(r));
+            assert!(e <= 1e-5, "{what}: rel L2 {e:e}");
+        }
+    };
+    // The graph's convolutions come in 4 shapes (3x3 8>8, 3x3 s2 8>16, 1x1 s2 8>16, 3x3 16>16).
+    let shapes = 4;
+
+    // Measured: every shape once, the model still right, the choices written down.
+    let ctx = common::gpu_with(opts(Tuning::Measure));
+    check(&ctx, "measured kernels");
+    assert_eq!(ctx.measured_shapes(), shapes, "{:?}", ctx.conv_kernels());
+    let chosen = ctx.conv_kernels();
+    assert_eq!(chosen.len(), shapes);
+    assert!(
+        chosen
+            .iter()
+            .any(|(k, _)| k == "n2 c8 h9 w9 oc8 k3x3 s1x1 p1x1 d1x1 g1"),
+        "{chosen:?}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let entries = saved.as_object().unwrap().values().next().unwrap();
+    assert_eq!(entries.as_object().unwrap().len(), shapes, "{saved}");
+    // Prepared again, nothing is measured twice.
+    check(&ctx, "measured kernels, again");
+    assert_eq!(ctx.measured_shapes(), shapes);
+
+    // A new device on the same adapter reads them back instead of measuring.
+    let again = common::gpu_with(opts(Tuning::Measure));
+    check(&again, "cached kernels");
+    assert_eq!(again.measured_shapes(), 0);
+    assert_eq!(again.conv_kernels(), chosen);
+
+    // The static table ignores the cache; forced kernels ignore both.
+    let table = common::gpu_with(opts(Tuning::Table));
+    check(&table, "table kernels");
+    assert!(table.conv_kernels().is_empty());
+    let forced = common::gpu_with(GpuOptions {
+        kernels: Some(Kernels::Tiled),
+        ..opts(Tuning::Measure)
+    });
+    check(&forced, "forced kernels");
+    assert_eq!(forced.measured_shapes(), 0);
+
+    // A corrupt cache is ignored and rewritten.
+    std::fs::write(&file, b"{not json").unwrap();
+    let fresh = common::gpu_with(opts(Tuning::Measure));
+    check(&fresh, "after a corrupt cache");
+    assert_eq!(fresh.measured_shapes(), shapes);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(saved.is_object());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -7,7 +7,9 @@ use clap::ValueEnum;
 use std::sync::Arc;
 use std::time::Instant;
 use webcnn::backend::cpu::{CpuModel, CpuWeights};
-use webcnn::backend::gpu::{GpuContext, GpuModel, GpuOptions, GpuWeights, Kernels, StepClock};
+use webcnn::backend::gpu::{
+    GpuContext, GpuModel, GpuOptions, GpuWeights, Kernels, StepClock, Tuning,
+};
 use webcnn::graph::{Conv2d, GraphBuilder};
 use webcnn::models::Model;
 use webcnn::prng::{synth, synth_params};
@@ -47,8 +49,10 @@ pub struct Args {
     /// With --layers: only layers whose name contains this.
     #[arg(long)]
     filter: Option<String>,
-    /// The GPU's conv and linear kernels: `auto` picks per adapter (register-blocked on
-    /// software adapters, tiled elsewhere).
+    /// The GPU's conv and linear kernels: `auto` takes the static table for known adapter
+    /// kinds (register-blocked on software adapters, tiled on GPUs) or what was measured
+    /// before, and measures per layer shape on unknown adapters; `tune` measures any
+    /// layer shape not yet measured on this adapter.
     #[arg(long, value_enum, default_value = "auto")]
     gpu_kernels: GpuKernels,
 }
@@ -58,15 +62,22 @@ enum GpuKernels {
     Auto,
     Tiled,
     RegisterBlocked,
+    /// Time both convolution kernels on each layer shape not yet measured on this adapter
+    /// and keep the faster (remembered in the cache folder).
+    Tune,
 }
 
 impl Args {
     fn gpu_options(&self) -> GpuOptions {
         GpuOptions {
             kernels: match self.gpu_kernels {
-                GpuKernels::Auto => None,
+                GpuKernels::Auto | GpuKernels::Tune => None,
                 GpuKernels::Tiled => Some(Kernels::Tiled),
                 GpuKernels::RegisterBlocked => Some(Kernels::RegisterBlocked),
+            },
+            tuning: match self.gpu_kernels {
+                GpuKernels::Tune => Tuning::Measure,
+                _ => Tuning::Auto,
             },
             ..Default::default()
         }
@@ -336,6 +347,18 @@ pub fn run(a: Args) -> R<()> {
             if !t.steps.is_empty() {
                 profiles.push(t);
             }
+        }
+    }
+    if let Some(ctx) = ctx.as_ref().filter(|_| !a.json) {
+        let chosen = ctx.conv_kernels();
+        if !chosen.is_empty() {
+            let tiled = chosen.iter().filter(|(_, k)| *k == Kernels::Tiled).count();
+            println!(
+                "\nGPU conv kernels per layer shape, measured on this adapter ({} now, the rest cached): {} shapes, tiled on {tiled}, register-blocked on {}",
+                ctx.measured_shapes(),
+                chosen.len(),
+                chosen.len() - tiled
+            );
         }
     }
     if !a.json {

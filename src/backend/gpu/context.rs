@@ -1,6 +1,8 @@
 //! Adapter, device and the pipeline cache.
 
+use super::kernels::conv::Variant;
 use super::kernels::Family;
+use super::tuning::{self, Tuner, Tuning};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +14,22 @@ pub struct GpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Prefer the low-power adapter instead of the high-performance one.
     pub low_power: bool,
-    /// The kernels for convolutions and linear layers; `None` picks per adapter
-    /// ([`Kernels::for_adapter`]).
+    /// The kernels for convolutions and linear layers; `None` picks per adapter and per
+    /// layer shape ([`Tuning`]).
     pub kernels: Option<Kernels>,
+    /// When to time the convolution kernels per layer shape instead of taking the static
+    /// table for the adapter's kind.
+    pub tuning: Tuning,
+    /// Where measured choices are kept across processes (natively; default
+    /// `gpu-tuning.json` in the cache folder, which `WEBCNN_CACHE` moves).
+    pub tuning_file: Option<std::path::PathBuf>,
+}
+
+/// How a convolution's kernel is decided.
+pub(crate) enum ConvChoice {
+    Use(Variant),
+    /// Time the kernels on this layer shape (natively).
+    Measure,
 }
 
 /// The two kernel sets for convolutions and linear layers (`shaders/conv.wgsl`,
@@ -56,6 +71,8 @@ pub(crate) struct Shared {
     pub lost: Arc<Mutex<Option<String>>>,
     /// What the device was opened with, to open another like it.
     pub opts: GpuOptions,
+    /// Kernel choices per layer shape, measured or cached.
+    pub tuner: Tuner,
     /// Per kernel family: its module and the bind-group layout its entries share.
     families: Mutex<HashMap<&'static str, (wgpu::ShaderModule, wgpu::BindGroupLayout)>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
@@ -124,8 +141,18 @@ impl GpuContext {
         if let Some(m) = opts.max_binding_bytes {
             binding_limit = binding_limit.min(m.max(4));
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        let tuning_file = Some(
+            opts.tuning_file
+                .clone()
+                .unwrap_or_else(|| crate::weights::hub::cache_dir().join("gpu-tuning.json")),
+        );
+        #[cfg(target_arch = "wasm32")]
+        let tuning_file = None;
+        let tuner = Tuner::new(&info, tuning_file);
         Ok(GpuContext {
             shared: Arc::new(Shared {
+                tuner,
                 device,
                 queue,
                 info,
@@ -201,12 +228,46 @@ impl GpuContext {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    /// The kernels plans on this device use.
+    /// The kernels plans on this device use where nothing was measured: as forced, else
+    /// the static table's for the adapter's kind (tiled for kinds it does not know).
     pub fn kernels(&self) -> Kernels {
-        self.shared
-            .opts
+        let s = &self.shared;
+        s.opts
             .kernels
-            .unwrap_or(Kernels::for_adapter(self.shared.software))
+            .unwrap_or_else(|| tuning::table(s.software, s.info.vendor).unwrap_or(Kernels::Tiled))
+    }
+
+    /// How the convolution of shape `key` ([`tuning::shape_key`]) gets its kernel.
+    pub(crate) fn conv_choice(&self, key: &str) -> ConvChoice {
+        let s = &self.shared;
+        let cached = || s.tuner.get(key);
+        match tuning::decide(
+            s.opts.kernels,
+            s.opts.tuning,
+            cached,
+            tuning::table(s.software, s.info.vendor),
+            cfg!(not(target_arch = "wasm32")),
+        ) {
+            tuning::Decision::Use(v) => ConvChoice::Use(v),
+            tuning::Decision::Set(k) => ConvChoice::Use(Variant::choose(k, &s.limits)),
+            tuning::Decision::Measure => ConvChoice::Measure,
+        }
+    }
+
+    /// The convolution kernel chosen for each layer shape measured or read from the
+    /// cache on this device (`n c h w oc k s p d g` keys).
+    pub fn conv_kernels(&self) -> Vec<(String, Kernels)> {
+        self.shared
+            .tuner
+            .choices()
+            .into_iter()
+            .map(|(k, v)| (k, v.kernels()))
+            .collect()
+    }
+
+    /// Layer shapes whose kernels were timed on this device so far.
+    pub fn measured_shapes(&self) -> usize {
+        self.shared.tuner.measured()
     }
 
     /// The adapter's name (browsers too, where wgpu's `AdapterInfo` has none).

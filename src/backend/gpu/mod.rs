@@ -7,12 +7,14 @@
 mod context;
 mod kernels;
 mod model;
+mod tuning;
 mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::list_adapters;
 pub use context::{GpuContext, GpuOptions, Kernels};
 pub use model::{GpuModel, MemoryReport, StepClock};
+pub use tuning::Tuning;
 pub use weights::GpuWeights;
 
 use std::future::Future;

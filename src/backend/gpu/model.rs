@@ -1,8 +1,9 @@
 //! A graph prepared for one input shape: every buffer, uniform and bind group made once,
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
-use super::context::GpuContext;
+use super::context::{ConvChoice, GpuContext};
 use super::kernels::{self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Uniform};
+use super::tuning;
 use super::weights::{upload, Chunk, GpuWeights};
 use super::OneShot;
 use crate::error::{Error, Result};
@@ -151,10 +152,23 @@ impl GpuModel {
     }
 
     async fn build(program: Program, weights: &Arc<GpuWeights>) -> Result<Self> {
+        #[cfg(not(target_arch = "wasm32"))]
+        tune(weights.context(), &program)?;
+        Self::build_with(program, weights, None).await
+    }
+
+    /// [`Self::build`] with every convolution on `force`, if given (no tuning).
+    async fn build_with(
+        program: Program,
+        weights: &Arc<GpuWeights>,
+        force: Option<conv::Variant>,
+    ) -> Result<Self> {
         let ctx = weights.context();
         let params = program.params(weights.as_ref())?;
         ctx.scoped("preparing the graph", || {
-            Builder::new(ctx, weights).build(&program, &params)
+            let mut b = Builder::new(ctx, weights);
+            b.force = force;
+            b.build(&program, &params)
         })
         .await
     }
@@ -438,9 +452,11 @@ struct Builder<'a> {
     weights: &'a Arc<GpuWeights>,
     limit: u64,
     max_groups: u32,
-    /// The conv and linear kernels (per adapter, or as the context's options force, where
-    /// the device can run them).
+    /// The linear kernels (per adapter, or as the context's options force, where the
+    /// device can run them); convolutions choose per layer shape.
     variant: conv::Variant,
+    /// Every convolution on this kernel (when timing them).
+    force: Option<conv::Variant>,
     pending: Vec<PendingCmd>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
@@ -462,6 +478,7 @@ impl<'a> Builder<'a> {
             limit: ctx.binding_limit(),
             max_groups: ctx.shared.limits.max_compute_workgroups_per_dimension,
             variant: conv::Variant::choose(ctx.kernels(), &ctx.shared.limits),
+            force: None,
             pending: vec![],
             dummy,
             report: MemoryReport::default(),
@@ -715,7 +732,12 @@ impl<'a> Builder<'a> {
                 let g = cfg.groups;
                 let (icg, ocg) = (c / g, oc / g);
                 let affine = up.bias.clone().expect("conv bias");
-                let v = self.variant;
+                let key = tuning::shape_key(cfg, [nb, c, h, w]);
+                let v = match (self.force, self.ctx.conv_choice(&key)) {
+                    (Some(v), _) | (None, ConvChoice::Use(v)) => v,
+                    // Not measured (wasm, or timing failed): the table's choice.
+                    (None, ConvChoice::Measure) => self.variant,
+                };
                 for ch in &up.chunks {
                     let prm = conv::Params {
                         c: u(c),
@@ -992,4 +1014,69 @@ impl<'a> Builder<'a> {
         }
         cmds
     }
+}
+
+/// Time both convolution kernels on each layer shape of `program` that its context wants
+/// measured, and remember the faster (see [`super::Tuning`]). A kernel that cannot run a
+/// shape is skipped; a shape neither runs is left to the table (and to the real build's
+/// error).
+#[cfg(not(target_arch = "wasm32"))]
+fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
+    let nb = batch_chunk(program, ctx.binding_limit())?;
+    let mut measured = false;
+    for step in &program.steps {
+        let Kernel::Conv { cfg, .. } = &step.kernel else {
+            continue;
+        };
+        let xs = program.shape(step.inputs[0]);
+        let shape = [nb, xs[1], xs[2], xs[3]];
+        let key = tuning::shape_key(cfg, shape);
+        if !matches!(ctx.conv_choice(&key), ConvChoice::Measure) {
+            continue;
+        }
+        if let Some(v) = fastest_conv(ctx, cfg, shape) {
+            ctx.shared.tuner.remember(key, v);
+            measured = true;
+        }
+    }
+    if measured {
+        ctx.shared.tuner.save();
+    }
+    Ok(())
+}
+
+/// The faster kernel on one convolution (synthetic weights and input: the work does not
+/// depend on the values), by the best of a few timed passes after a warm-up.
+#[cfg(not(target_arch = "wasm32"))]
+fn fastest_conv(
+    ctx: &GpuContext,
+    cfg: &crate::graph::Conv2d,
+    shape: [usize; 4],
+) -> Option<conv::Variant> {
+    let graph = {
+        let mut b = crate::graph::GraphBuilder::new();
+        let x = b.input("x", &shape).ok()?;
+        let y = b.conv2d("conv", x, cfg.clone()).ok()?;
+        b.build(&[y]).ok()?
+    };
+    let w = crate::prng::synth_params(&graph, 1).ok()?;
+    let weights = Arc::new(pollster::block_on(GpuWeights::upload(ctx, &graph, &w)).ok()?);
+    let mut best: Option<(f64, conv::Variant)> = None;
+    for v in conv::Variant::ALL {
+        if !v.supports(&ctx.shared.limits) {
+            continue;
+        }
+        let program = Program::new(&graph, true);
+        let Ok(m) = pollster::block_on(GpuModel::build_with(program, &weights, Some(v))) else {
+            continue;
+        };
+        let Ok(_) = m.time_device(1) else { continue };
+        let t = (0..2)
+            .filter_map(|_| m.time_device(1).ok())
+            .fold(f64::INFINITY, f64::min);
+        if t.is_finite() && best.is_none_or(|(b, _)| t < b) {
+            best = Some((t, v));
+        }
+    }
+    best.map(|(_, v)| v)
 }

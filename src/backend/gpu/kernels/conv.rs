@@ -52,7 +52,7 @@ pub(crate) static FAMILY: Family = Family {
 };
 
 /// The convolution kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Variant {
     Tiled,
     RegisterBlocked,
@@ -87,6 +87,31 @@ impl Variant {
                 limits.max_compute_invocations_per_workgroup as usize >= RB_WG
                     && limits.max_compute_workgroup_size_x as usize >= RB_WG
             }
+        }
+    }
+
+    // Measuring and its cache are native-only.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub const ALL: [Variant; 2] = [Variant::Tiled, Variant::RegisterBlocked];
+
+    /// The kernel set's name (as `--gpu-kernels` spells it).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Tiled => "tiled",
+            Variant::RegisterBlocked => "register-blocked",
+        }
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn from_name(name: &str) -> Option<Variant> {
+        Variant::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    pub fn kernels(self) -> Kernels {
+        match self {
+            Variant::Tiled => Kernels::Tiled,
+            Variant::RegisterBlocked => Kernels::RegisterBlocked,
         }
     }
 
