@@ -36,8 +36,16 @@ pub struct Args {
     max_growth: f64,
 }
 
-/// Resident memory now, in bytes (Linux; 0 elsewhere).
+/// Resident memory now, in bytes (Linux; 0 elsewhere), after the allocator has handed its
+/// free pages back. glibc keeps freed memory in per-thread arenas, and how much depends on
+/// which thread allocated and freed what (the CPU backend runs on pool threads): that is
+/// allocator caching, not growth; a leak stays resident after the trim.
 fn rss() -> u64 {
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
     webcnn::weights::proc_kb("/proc/self/status", "VmRSS:").unwrap_or(0)
 }
 
