@@ -377,6 +377,57 @@ fn measured_conv_kernels_are_used_remembered_and_survive_a_bad_cache() {
 }
 
 #[test]
+fn cpu_batches_too_big_for_the_cache_run_in_sub_batches_with_the_same_answers() {
+    // 3 MB of one image's activations per conv step: 5 images per sub-batch, so a batch of
+    // 7 runs as 5 + 2; the small classifier does not stop the split.
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[7, 16, 128, 128]).unwrap();
+    let c1 = b
+        .conv2d("c1", x, Conv2d::new(16, 16, 3).padding(1))
+        .unwrap();
+    let r1 = b.relu("r1", c1).unwrap();
+    let c2 = b
+        .conv2d("c2", r1, Conv2d::new(16, 16, 3).padding(1))
+        .unwrap();
+    let a = b.add("add", c2, x).unwrap();
+    let p = b.adaptive_avg_pool2d("pool", a, [2, 2]).unwrap();
+    let f = b.flatten("flatten", p, 1).unwrap();
+    let fc = b.linear("fc", f, 64, 10, true).unwrap();
+    let g = b.build(&[fc, r1]).unwrap();
+    let w = synth_params(&g, 4).unwrap();
+    let x = synth("input", &[7, 16, 128, 128], 6).unwrap();
+    let m = CpuModel::prepare(&g, &w).unwrap();
+    assert_eq!(m.sub_batch(), 5);
+    let (outs, times) = m.run_profiled(&x).unwrap();
+    assert_eq!(times.len(), Program::new(&g, true).steps.len(), "{times:?}");
+    // Each image alone (a batch of 1 is never split) gives the same answers.
+    let one = CpuModel::prepare(&g.with_batch(1).unwrap(), &w).unwrap();
+    let per = 16 * 128 * 128;
+    for i in 0..7 {
+        let xi = Tensor::new(
+            vec![1, 16, 128, 128],
+            x.data()[i * per..(i + 1) * per].to_vec(),
+        )
+        .unwrap();
+        let want = one.run(&xi).unwrap();
+        for (o, w1) in outs.iter().zip(&want) {
+            let n = w1.len();
+            assert_eq!(&o.data()[i * n..(i + 1) * n], w1.data(), "image {i}");
+        }
+    }
+    // A big classifier wants the whole batch: streaming its 35 MB once per sub-batch
+    // would cost more than the cache saves.
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[7, 16, 128, 128]).unwrap();
+    let c = b.conv2d("c", x, Conv2d::new(16, 16, 3).padding(1)).unwrap();
+    let f = b.flatten("flatten", c, 1).unwrap();
+    let fc = b.linear("fc", f, 16 * 128 * 128, 33, true).unwrap();
+    let g = b.build(&[fc]).unwrap();
+    let w = synth_params(&g, 4).unwrap();
+    assert_eq!(CpuModel::prepare(&g, &w).unwrap().sub_batch(), 7);
+}
+
+#[test]
 fn bad_weights_and_inputs_are_errors_on_both_backends() {
     let ctx = common::gpu();
     let g = split_graph(1);

@@ -343,6 +343,21 @@ impl Graph {
             .collect()
     }
 
+    /// The same graph for batches of `n` images. Graphs are batch-major (the builder keeps
+    /// dimension 0 the batch through every op: no flatten or softmax over it), so only the
+    /// batch dimension changes; `None` for `n` = 0.
+    pub fn with_batch(&self, n: usize) -> Option<Graph> {
+        let batch = self.input_shape().first().copied()?;
+        if n == 0 || self.nodes.iter().any(|node| node.shape.first() != Some(&batch)) {
+            return None;
+        }
+        let mut g = self.clone();
+        for node in &mut g.nodes {
+            node.shape[0] = n;
+        }
+        Some(g)
+    }
+
     /// The same graph returning the named nodes' outputs instead (feature extraction),
     /// with the nodes no output needs removed.
     pub fn with_outputs(&self, names: &[&str]) -> Result<Graph, GraphError> {

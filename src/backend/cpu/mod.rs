@@ -101,6 +101,48 @@ pub struct CpuModel {
     /// Activation slots and the direct convolutions' input buffer, made at prepare and
     /// reused by every run (no allocation per run but the outputs).
     arena: Mutex<Arena>,
+    /// Where the batch runs in sub-batches: the plans that run them (then this one's own
+    /// steps are empty).
+    split: Option<Split>,
+}
+
+/// A batch run as consecutive sub-batches of `size` images (the last of `rest`'s size).
+struct Split {
+    size: usize,
+    part: Box<CpuModel>,
+    rest: Option<Box<CpuModel>>,
+}
+
+/// Bytes of one image's activations a step may touch (inputs, residual, output) times the
+/// sub-batch, kept under this so that a layer's data stays in the last-level cache.
+const SUB_BATCH_BYTES: usize = 16 << 20;
+/// Linear weights beyond this want the whole batch: streaming them once per sub-batch
+/// would cost more than the cache saves (VGG's and AlexNet's classifiers hold 200-500 MB).
+const SUB_BATCH_MAX_LINEAR_BYTES: usize = 32 << 20;
+
+/// Images per sub-batch for `program` at batch `n`: `n` where splitting does not pay.
+fn sub_batch(program: &Program) -> usize {
+    let n = program.shape(program.input)[0];
+    let per_image = |v: Value| numel(&program.shape(v)[1..]) * 4;
+    let mut linear = 0;
+    let mut widest = 1;
+    for step in &program.steps {
+        if let Kernel::Linear { cfg, .. } = &step.kernel {
+            linear += cfg.in_features * cfg.out_features * 4;
+        }
+        let touched: usize = step
+            .inputs
+            .iter()
+            .chain(&step.residual)
+            .chain([&step.output])
+            .map(|&v| per_image(v))
+            .sum();
+        widest = widest.max(touched);
+    }
+    if linear > SUB_BATCH_MAX_LINEAR_BYTES {
+        return n;
+    }
+    (SUB_BATCH_BYTES / widest).clamp(1, n)
 }
 
 struct Arena {
@@ -138,6 +180,29 @@ impl CpuModel {
         isa: Option<Isa>,
     ) -> Result<Self> {
         let program = Program::new(graph, fuse);
+        let n = program.shape(program.input)[0];
+        let size = sub_batch(&program);
+        if size < n {
+            if let (Some(g), rest) = (graph.with_batch(size), graph.with_batch(n % size)) {
+                let part = Box::new(Self::prepare_isa(&g, weights, fuse, isa)?);
+                let rest = match rest {
+                    Some(r) => Some(Box::new(Self::prepare_isa(&r, weights, fuse, isa)?)),
+                    None => None,
+                };
+                return Ok(CpuModel {
+                    plan: MemoryPlan::new(&program, n),
+                    program,
+                    params: vec![],
+                    weights: weights.clone(),
+                    direct: vec![],
+                    arena: Mutex::new(Arena {
+                        slots: vec![],
+                        scratch: vec![],
+                    }),
+                    split: Some(Split { size, part, rest }),
+                });
+            }
+        }
         let params = program.params(weights.as_ref())?;
         let batch = program.shape(program.input)[0];
         let plan = MemoryPlan::new(&program, batch);
@@ -169,11 +234,20 @@ impl CpuModel {
             plan,
             direct,
             arena: Mutex::new(arena),
+            split: None,
         })
     }
 
     pub fn input_shape(&self) -> &[usize] {
         self.program.shape(self.program.input)
+    }
+
+    /// Images per sub-batch: a batch whose layers would not fit the last-level cache runs
+    /// as consecutive sub-batches (the whole batch where that does not pay).
+    pub fn sub_batch(&self) -> usize {
+        self.split
+            .as_ref()
+            .map_or(self.input_shape()[0], |s| s.size)
     }
 
     /// Run on `input`; returns the graph's outputs in order.
@@ -189,8 +263,6 @@ impl CpuModel {
         Ok((out, times))
     }
 
-    // Instant is native-only: wasm never asks for times.
-    #[cfg_attr(target_arch = "wasm32", allow(unused_mut, unused_variables))]
     fn run_timed(&self, input: &Tensor, mut times: Option<&mut StepTimes>) -> Result<Vec<Tensor>> {
         let p = &self.program;
         if input.shape() != self.input_shape() {
@@ -199,21 +271,70 @@ impl CpuModel {
                 got: input.shape().to_vec(),
             });
         }
+        // The outputs: the one allocation of a steady-state run.
+        let mut results: Vec<Vec<f32>> = p
+            .outputs
+            .iter()
+            .map(|(_, s)| vec![0f32; numel(s)])
+            .collect();
+        match &self.split {
+            None => self.run_into(input.data(), &mut results, 0, times)?,
+            Some(Split { size, part, rest }) => {
+                let n = self.input_shape()[0];
+                let per_image = input.len() / n;
+                for b0 in (0..n).step_by(*size) {
+                    let m = if b0 + size <= n {
+                        part
+                    } else {
+                        rest.as_ref().expect("a plan for the rest")
+                    };
+                    let x = &input.data()[b0 * per_image..(b0 + m.input_shape()[0]) * per_image];
+                    // Steps are the same in every part: their times add up.
+                    let mut t = times.as_ref().map(|_| StepTimes::new());
+                    m.run_into(x, &mut results, b0, t.as_mut())?;
+                    if let (Some(all), Some(t)) = (times.as_deref_mut(), t) {
+                        if all.is_empty() {
+                            *all = t;
+                        } else {
+                            all.iter_mut().zip(t).for_each(|(a, (_, s))| a.1 += s);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(p.outputs
+            .iter()
+            .zip(results)
+            .map(|((_, shape), data)| Tensor::new(shape.clone(), data).expect("planned shapes"))
+            .collect())
+    }
+
+    /// Run this plan's batch on `input`, writing output `i` at image `b0` of `results[i]`.
+    // Instant is native-only: wasm never asks for times.
+    #[cfg_attr(target_arch = "wasm32", allow(unused_mut, unused_variables))]
+    fn run_into(
+        &self,
+        input: &[f32],
+        results: &mut [Vec<f32>],
+        b0: usize,
+        mut times: Option<&mut StepTimes>,
+    ) -> Result<()> {
+        let p = &self.program;
         let mut guard = self.arena.lock().unwrap_or_else(|e| e.into_inner());
         let Arena { slots, scratch } = &mut *guard;
         let slot = &self.plan.slot_of;
         let len = |v: Value| numel(p.shape(v));
-        slots[slot[&p.input]][..input.len()].copy_from_slice(input.data());
+        slots[slot[&p.input]][..input.len()].copy_from_slice(input);
         // Each output is copied out as soon as it is made (the plan does not pin outputs).
-        let mut results: Vec<Vec<f32>> = vec![vec![]; p.outputs.len()];
-        let copy_out = |results: &mut Vec<Vec<f32>>, slots: &[Vec<f32>], v: Value| {
+        let copy_out = |results: &mut [Vec<f32>], slots: &[Vec<f32>], v: Value| {
             for (r, (ov, shape)) in results.iter_mut().zip(&p.outputs) {
                 if *ov == v {
-                    *r = slots[slot[ov]][..numel(shape)].to_vec();
+                    let n = numel(shape);
+                    r[b0 * n / shape[0]..][..n].copy_from_slice(&slots[slot[ov]][..n]);
                 }
             }
         };
-        copy_out(&mut results, slots, p.input);
+        copy_out(results, slots, p.input);
         for ((step, params), direct) in p.steps.iter().zip(&self.params).zip(&self.direct) {
             // The direct convolutions hold their weights packed: no lookup for them.
             let weight = match params.weight.as_ref().filter(|_| direct.is_none()) {
@@ -266,13 +387,9 @@ impl CpuModel {
                 t.push((step.nodes.join("+"), t0.elapsed().as_secs_f64()));
             }
             slots[o] = out;
-            copy_out(&mut results, slots, step.output);
+            copy_out(results, slots, step.output);
         }
-        Ok(p.outputs
-            .iter()
-            .zip(results)
-            .map(|((_, shape), data)| Tensor::new(shape.clone(), data).expect("planned shapes"))
-            .collect())
+        Ok(())
     }
 }
 
