@@ -348,7 +348,12 @@ impl Graph {
     /// batch dimension changes; `None` for `n` = 0.
     pub fn with_batch(&self, n: usize) -> Option<Graph> {
         let batch = self.input_shape().first().copied()?;
-        if n == 0 || self.nodes.iter().any(|node| node.shape.first() != Some(&batch)) {
+        if n == 0
+            || self
+                .nodes
+                .iter()
+                .any(|node| node.shape.first() != Some(&batch))
+        {
             return None;
         }
         let mut g = self.clone();

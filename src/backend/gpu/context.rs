@@ -440,9 +440,18 @@ pub fn list_adapters() -> Vec<String> {
         .iter()
         .map(|a| {
             let i = a.get_info();
+            // The optional features the backend would use.
+            let f = a.features();
+            let has = |x: wgpu::Features| if f.contains(x) { "yes" } else { "no" };
             format!(
-                "{} ({:?}, {:?}, driver {} {})",
-                i.name, i.backend, i.device_type, i.driver, i.driver_info
+                "{} ({:?}, {:?}, driver {} {}; timestamp queries: {}, shader-f16: {})",
+                i.name,
+                i.backend,
+                i.device_type,
+                i.driver,
+                i.driver_info,
+                has(wgpu::Features::TIMESTAMP_QUERY),
+                has(wgpu::Features::SHADER_F16)
             )
         })
         .collect()
