@@ -128,23 +128,6 @@ pub(crate) struct Family {
     pub consts: &'static [(&'static str, usize)],
 }
 
-impl PartialEq for Family {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-impl Eq for Family {}
-impl std::hash::Hash for Family {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.name.hash(h)
-    }
-}
-impl std::fmt::Debug for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
-    }
-}
-
 impl Family {
     /// The module's WGSL: generated header, the shared helpers, then the file.
     pub fn source(&self) -> String {
