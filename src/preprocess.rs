@@ -36,6 +36,9 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage, DecodeError> {
         .into_decoder()
         .map_err(|e| DecodeError(e.to_string()))?;
     let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(DecodeError(format!("the image is empty ({w}x{h} pixels)")));
+    }
     if w as u64 * h as u64 > MAX_DECODED_PIXELS {
         return Err(DecodeError(format!(
             "{w}x{h} pixels is more than the {} megapixels webcnn decodes",
@@ -47,6 +50,13 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage, DecodeError> {
         .map_err(|e| DecodeError(e.to_string()))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| DecodeError(e.to_string()))?;
     img.apply_orientation(orientation);
+    if img.width() == 0 || img.height() == 0 {
+        return Err(DecodeError(format!(
+            "the image is empty ({}x{} pixels)",
+            img.width(),
+            img.height()
+        )));
+    }
     Ok(img)
 }
 
@@ -101,7 +111,12 @@ const MAX_RESIZED_PIXELS: u64 = 16 << 20;
 /// a `[3, crop, crop]` tensor, as one image of a batch. Working memory follows the output:
 /// past `MAX_RESIZED_PIXELS` only the part of the source the crop sees is resized.
 pub fn to_chw(img: &DynamicImage, p: &Preprocess) -> Vec<f32> {
-    let rgb = img.to_rgb8();
+    let mut rgb = img.to_rgb8();
+    // An empty image (which `decode` refuses, but a caller can build one) is one black
+    // pixel: no size to scale from.
+    if rgb.width() == 0 || rgb.height() == 0 {
+        rgb = image::RgbImage::new(1, 1);
+    }
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     // Shorter side to `resize`, the longer one scaled and truncated, as torchvision does.
     let (nw, nh) = if w <= h {
@@ -175,6 +190,25 @@ mod tests {
             [0.5, 1.5, 2.5, -0.5, 2.4, 2.6].map(round_half_even),
             [0, 2, 2, 0, 2, 3]
         );
+    }
+
+    #[test]
+    fn empty_images_are_refused_or_black() {
+        // A GIF whose screen is 1801 x 0 pixels (found by the fuzzer: the resize
+        // arithmetic overflowed on it).
+        let gif = include_bytes!(
+            "../tests/fixtures/fuzz/image/crash-ced2c7219c5f653e58466bba0f32a6a9140d3179"
+        );
+        let e = decode(gif).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let p = Preprocess {
+            resize: 8,
+            crop: 4,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let x = to_chw(&DynamicImage::new_rgb8(0, 3), &p);
+        assert_eq!(x, vec![-1.0; 3 * 4 * 4]);
     }
 
     #[test]
