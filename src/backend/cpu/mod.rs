@@ -190,7 +190,11 @@ impl CpuModel {
                     None => None,
                 };
                 return Ok(CpuModel {
-                    plan: MemoryPlan::new(&program, n),
+                    // The parts own the plans and slots; this one only splits the batch.
+                    plan: MemoryPlan {
+                        slot_of: HashMap::new(),
+                        slot_len: vec![],
+                    },
                     program,
                     params: vec![],
                     weights: weights.clone(),
@@ -204,8 +208,7 @@ impl CpuModel {
             }
         }
         let params = program.params(weights.as_ref())?;
-        let batch = program.shape(program.input)[0];
-        let plan = MemoryPlan::new(&program, batch);
+        let plan = MemoryPlan::new(&program, n);
         let slots = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
         let mut direct = Vec::with_capacity(program.steps.len());
         for step in &program.steps {

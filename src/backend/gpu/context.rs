@@ -25,13 +25,6 @@ pub struct GpuOptions {
     pub tuning_file: Option<std::path::PathBuf>,
 }
 
-/// How a convolution's kernel is decided.
-pub(crate) enum ConvChoice {
-    Use(Variant),
-    /// Time the kernels on this layer shape (natively).
-    Measure,
-}
-
 /// The two kernel sets for convolutions and linear layers (`shaders/conv.wgsl`,
 /// `shaders/linear.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,16 +222,18 @@ impl GpuContext {
     }
 
     /// The kernels plans on this device use where nothing was measured: as forced, else
-    /// the static table's for the adapter's kind (tiled for kinds it does not know).
+    /// per adapter ([`Kernels::for_adapter`], which is the static table's choice, tiled
+    /// for kinds it does not know).
     pub fn kernels(&self) -> Kernels {
-        let s = &self.shared;
-        s.opts
+        self.shared
+            .opts
             .kernels
-            .unwrap_or_else(|| tuning::table(s.software, s.info.vendor).unwrap_or(Kernels::Tiled))
+            .unwrap_or(Kernels::for_adapter(self.shared.software))
     }
 
-    /// How the convolution of shape `key` ([`tuning::shape_key`]) gets its kernel.
-    pub(crate) fn conv_choice(&self, key: &str) -> ConvChoice {
+    /// The kernel for the convolution of shape `key` ([`tuning::shape_key`]); `None`:
+    /// time the kernels on it (natively).
+    pub(crate) fn conv_choice(&self, key: &str) -> Option<Variant> {
         let s = &self.shared;
         let cached = || s.tuner.get(key);
         match tuning::decide(
@@ -248,9 +243,9 @@ impl GpuContext {
             tuning::table(s.software, s.info.vendor),
             cfg!(not(target_arch = "wasm32")),
         ) {
-            tuning::Decision::Use(v) => ConvChoice::Use(v),
-            tuning::Decision::Set(k) => ConvChoice::Use(Variant::choose(k, &s.limits)),
-            tuning::Decision::Measure => ConvChoice::Measure,
+            tuning::Decision::Use(v) => Some(v),
+            tuning::Decision::Set(k) => Some(Variant::choose(k, &s.limits)),
+            tuning::Decision::Measure => None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! A graph prepared for one input shape: every buffer, uniform and bind group made once,
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
-use super::context::{ConvChoice, GpuContext};
+use super::context::GpuContext;
 use super::kernels::{self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Uniform};
 use super::tuning;
 use super::weights::{upload, Chunk, GpuWeights};
@@ -733,11 +733,11 @@ impl<'a> Builder<'a> {
                 let (icg, ocg) = (c / g, oc / g);
                 let affine = up.bias.clone().expect("conv bias");
                 let key = tuning::shape_key(cfg, [nb, c, h, w]);
-                let v = match (self.force, self.ctx.conv_choice(&key)) {
-                    (Some(v), _) | (None, ConvChoice::Use(v)) => v,
-                    // Not measured (wasm, or timing failed): the table's choice.
-                    (None, ConvChoice::Measure) => self.variant,
-                };
+                // Not measured (wasm, or timing failed): the table's choice.
+                let v = self
+                    .force
+                    .or_else(|| self.ctx.conv_choice(&key))
+                    .unwrap_or(self.variant);
                 for ch in &up.chunks {
                     let prm = conv::Params {
                         c: u(c),
@@ -1031,7 +1031,7 @@ fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         let xs = program.shape(step.inputs[0]);
         let shape = [nb, xs[1], xs[2], xs[3]];
         let key = tuning::shape_key(cfg, shape);
-        if !matches!(ctx.conv_choice(&key), ConvChoice::Measure) {
+        if ctx.conv_choice(&key).is_some() {
             continue;
         }
         if let Some(v) = fastest_conv(ctx, cfg, shape) {

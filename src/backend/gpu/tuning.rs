@@ -36,15 +36,10 @@ const KNOWN_VENDORS: [u32; 9] = [
     0x144d, // Samsung
 ];
 
-/// The static table's kernels for an adapter, `None` for an adapter kind it does not know.
+/// The static table's kernels for an adapter ([`Kernels::for_adapter`]'s), `None` for an
+/// adapter kind it does not know.
 pub(crate) fn table(software: bool, vendor: u32) -> Option<Kernels> {
-    if software {
-        Some(Kernels::RegisterBlocked)
-    } else if KNOWN_VENDORS.contains(&vendor) {
-        Some(Kernels::Tiled)
-    } else {
-        None
-    }
+    (software || KNOWN_VENDORS.contains(&vendor)).then(|| Kernels::for_adapter(software))
 }
 
 /// How one convolution gets its kernel.
