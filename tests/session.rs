@@ -162,6 +162,44 @@ fn models_run_at_once_from_threads_as_they_run_alone() {
 }
 
 #[test]
+fn a_shared_cpu_model_run_from_pool_threads_at_once_never_deadlocks() {
+    // Runs execute on pool threads; a pool thread waiting in a join may be handed another
+    // run's job. A run that held its arena's lock while it waited then deadlocked against
+    // itself (CI hung here). Four runs at once in a pool of four, with a watchdog.
+    let vgg = Model::get("vgg11_cifar")
+        .unwrap()
+        .graph(&[2, 3, 32, 32])
+        .unwrap();
+    let w = synth_params(&vgg, 2).unwrap();
+    let x = Arc::new(synth("input", &[2, 3, 32, 32], 4).unwrap());
+    let m = Arc::new(webcnn::backend::cpu::CpuModel::prepare(&vgg, &w).unwrap());
+    let want = m.run(&x).unwrap().remove(0);
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..4 {
+        let (m, x, pool, tx) = (m.clone(), x.clone(), pool.clone(), tx.clone());
+        // Detached: a deadlocked thread must not keep the test from failing.
+        std::thread::spawn(move || {
+            for _ in 0..5 {
+                let y = pool.install(|| m.run(&x).unwrap().remove(0));
+                tx.send(y).unwrap();
+            }
+        });
+    }
+    for i in 0..20 {
+        let y = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("runs at once stalled after {i} of 20 results"));
+        assert_eq!(y.data(), want.data());
+    }
+}
+
+#[test]
 fn a_lost_gpu_device_is_a_typed_error_and_the_next_run_makes_a_new_one() {
     let model = Model::get("resnet18_caffe").unwrap();
     let graph = model.graph(&[1, 3, 32, 32]).unwrap();

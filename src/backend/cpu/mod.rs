@@ -99,8 +99,12 @@ pub struct CpuModel {
     /// Per step: the direct convolution planned for it, where the CPU has a microkernel.
     direct: Vec<Option<DirectConv>>,
     /// Activation slots and the direct convolutions' input buffer, made at prepare and
-    /// reused by every run (no allocation per run but the outputs).
-    arena: Mutex<Arena>,
+    /// reused by every run (no allocation per run but the outputs). Runs at once take one
+    /// each, made when none is free: a run never waits on another's, since a pool thread
+    /// that waits in a join may be handed the other run's job, which would then wait on
+    /// the arena that this very thread holds.
+    arenas: Mutex<Vec<Arena>>,
+    scratch_len: usize,
     /// Where the batch runs in sub-batches: the plans that run them (then this one's own
     /// steps are empty).
     split: Option<Split>,
@@ -148,6 +152,36 @@ fn sub_batch(program: &Program) -> usize {
 struct Arena {
     slots: Vec<Vec<f32>>,
     scratch: Vec<f32>,
+}
+
+/// An arena taken from a model's free list for one run, given back when dropped.
+struct ArenaLoan<'a> {
+    model: &'a CpuModel,
+    arena: Arena,
+}
+
+impl<'a> ArenaLoan<'a> {
+    fn take(model: &'a CpuModel) -> Self {
+        let free = model.free_arenas().pop();
+        let arena = free.unwrap_or_else(|| Arena {
+            slots: model.plan.slot_len.iter().map(|&n| vec![0f32; n]).collect(),
+            scratch: vec![0f32; model.scratch_len],
+        });
+        ArenaLoan { model, arena }
+    }
+}
+
+impl Drop for ArenaLoan<'_> {
+    fn drop(&mut self) {
+        let arena = std::mem::replace(
+            &mut self.arena,
+            Arena {
+                slots: vec![],
+                scratch: vec![],
+            },
+        );
+        self.model.free_arenas().push(arena);
+    }
 }
 
 impl CpuModel {
@@ -199,10 +233,8 @@ impl CpuModel {
                     params: vec![],
                     weights: weights.clone(),
                     direct: vec![],
-                    arena: Mutex::new(Arena {
-                        slots: vec![],
-                        scratch: vec![],
-                    }),
+                    arenas: Mutex::new(vec![]),
+                    scratch_len: 0,
                     split: Some(Split { size, part, rest }),
                 });
             }
@@ -225,10 +257,15 @@ impl CpuModel {
             };
             direct.push(d);
         }
-        let scratch_len = direct.iter().flatten().map(|d| d.scratch_len()).max();
+        let scratch_len = direct
+            .iter()
+            .flatten()
+            .map(|d| d.scratch_len())
+            .max()
+            .unwrap_or(0);
         let arena = Arena {
             slots,
-            scratch: vec![0f32; scratch_len.unwrap_or(0)],
+            scratch: vec![0f32; scratch_len],
         };
         Ok(CpuModel {
             program,
@@ -236,9 +273,14 @@ impl CpuModel {
             weights: weights.clone(),
             plan,
             direct,
-            arena: Mutex::new(arena),
+            arenas: Mutex::new(vec![arena]),
+            scratch_len,
             split: None,
         })
+    }
+
+    fn free_arenas(&self) -> std::sync::MutexGuard<'_, Vec<Arena>> {
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn input_shape(&self) -> &[usize] {
@@ -323,8 +365,8 @@ impl CpuModel {
         mut times: Option<&mut StepTimes>,
     ) -> Result<()> {
         let p = &self.program;
-        let mut guard = self.arena.lock().unwrap_or_else(|e| e.into_inner());
-        let Arena { slots, scratch } = &mut *guard;
+        let mut arena = ArenaLoan::take(self);
+        let Arena { slots, scratch } = &mut arena.arena;
         let slot = &self.plan.slot_of;
         let len = |v: Value| numel(p.shape(v));
         slots[slot[&p.input]][..input.len()].copy_from_slice(input);
