@@ -154,3 +154,182 @@ fn conv2d_rb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_i
         }
     }
 }
+
+// A 1x1, stride-1, unpadded convolution is a plain GEMM per image and group: Y[oc, p] =
+// W[oc, ci] X[ci, p]. For software adapters, where every load of every lane is a gather:
+// whole vectors of 4 input channels of a weight row and of 4 pixels of an input row, so
+// each step loads 8 vectors for 64 FMAs (the general kernel: 8 scalars for 16). Needs
+// input channels and pixels in multiples of 4. With `plain` it stores the sums alone: the
+// Winograd products, 16 GEMMs (one per transform element) run as 16 groups.
+@compute @workgroup_size(RB_WG, 1, 1)
+fn conv1x1_rb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let p0 = gid.x * 4u;
+    let m0 = wid.y * 4u;
+    if (p0 >= prm.p || m0 >= prm.m_count) { return; }
+    let img = wid.z / prm.g_count;
+    let gl = wid.z % prm.g_count;
+    let g = prm.g_base + gl;
+    let p4 = prm.p / 4u;
+    var xi = (img * prm.c + g * prm.icg) * p4 + gid.x;
+    let w_base = gl * prm.m_count * prm.k;
+    var wi: vec4<u32>;
+    for (var i = 0u; i < 4u; i++) {
+        wi[i] = (w_base + min(m0 + i, prm.m_count - 1u) * prm.k) / 4u;
+    }
+    var acc: array<vec4<f32>, 4>;
+    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+    for (var k4 = 0u; k4 < prm.k / 4u; k4++) {
+        let b0 = x4[xi];
+        let b1 = x4[xi + p4];
+        let b2 = x4[xi + 2u * p4];
+        let b3 = x4[xi + 3u * p4];
+        xi += 4u * p4;
+        for (var i = 0u; i < 4u; i++) {
+            let a = wt4[wi[i] + k4];
+            acc[i] = fma(vec4<f32>(a.x), b0, acc[i]);
+            acc[i] = fma(vec4<f32>(a.y), b1, acc[i]);
+            acc[i] = fma(vec4<f32>(a.z), b2, acc[i]);
+            acc[i] = fma(vec4<f32>(a.w), b3, acc[i]);
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + i;
+        if (m >= prm.m_count) { continue; }
+        let oc = g * prm.ocg + prm.m_base + m;
+        let row = (img * prm.oc + oc) * prm.p;
+        if (prm.plain != 0u) {
+            for (var j = 0u; j < 4u; j++) { y[row + p0 + j] = acc[i][j]; }
+            continue;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            var v = acc[i][j] * affine[oc] + affine[prm.oc + oc];
+            if (prm.has_res != 0u) { v += res[row + p0 + j]; }
+            if (prm.relu != 0u) { v = relu_f(v); }
+            y[row + p0 + j] = v;
+        }
+    }
+}
+
+// Winograd F(2x2, 3x3) for 3x3, stride-1 convolutions on software adapters: 16 products
+// per 2x2 output tile instead of 36, and the products are plain GEMMs (conv1x1_rb). Each
+// image's tiles run row by row, `tiles` of them padded to `t4` (a multiple of 4).
+// Transformed input V[img][e][ci][t4], weights U[e][oc][ci], products M[img][e][oc][t4],
+// for the 16 elements e of a 4x4 transform.
+
+// (tiles per row, tiles, t4) of the layer.
+fn wino_tiles() -> vec3<u32> {
+    let tw = (prm.ow + 1u) / 2u;
+    let t = ((prm.oh + 1u) / 2u) * tw;
+    return vec3<u32>(tw, t, (t + 3u) / 4u * 4u);
+}
+
+// U = G g G^T for each 3x3 kernel g (one per output and input channel), once per model.
+@compute @workgroup_size(WG, 1, 1)
+fn wino_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg); // oc * c + ci
+    let n = prm.m_count * prm.c;
+    if (i >= n) { return; }
+    let r0 = vec3<f32>(wt[i * 9u], wt[i * 9u + 1u], wt[i * 9u + 2u]);
+    let r1 = vec3<f32>(wt[i * 9u + 3u], wt[i * 9u + 4u], wt[i * 9u + 5u]);
+    let r2 = vec3<f32>(wt[i * 9u + 6u], wt[i * 9u + 7u], wt[i * 9u + 8u]);
+    // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2.
+    let t = array<vec3<f32>, 4>(r0, 0.5 * (r0 + r1 + r2), 0.5 * (r0 - r1 + r2), r2);
+    for (var r = 0u; r < 4u; r++) {
+        let v = t[r];
+        let u = vec4<f32>(v.x, 0.5 * (v.x + v.y + v.z), 0.5 * (v.x - v.y + v.z), v.z);
+        for (var j = 0u; j < 4u; j++) { y[(r * 4u + j) * n + i] = u[j]; }
+    }
+}
+
+// B^T d applied to a row vector's four entries (d's columns): the input transform's rows.
+fn wino_bt(v: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(v.x - v.z, v.y + v.z, v.z - v.y, v.y - v.w);
+}
+
+// V = B^T d B for each 4x4 input patch d (zero outside the input); one invocation per
+// image, input channel and tile (padding tiles write zeros).
+@compute @workgroup_size(WG, 1, 1)
+fn wino_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let tl = wino_tiles();
+    let i = out_index(gid, nwg);
+    let per_img = prm.c * tl.z;
+    if (i >= prm.batch * per_img) { return; }
+    let img = i / per_img;
+    let ci = (i % per_img) / tl.z;
+    let t = i % tl.z;
+    let e_stride = per_img;
+    let out = img * 16u * per_img + ci * tl.z + t;
+    var d: array<vec4<f32>, 4>;
+    if (t < tl.y) {
+        let y0 = i32((t / tl.x) * 2u) - i32(prm.ph);
+        let x0 = i32((t % tl.x) * 2u) - i32(prm.pw);
+        let h = i32(prm.h);
+        let w = i32(prm.w);
+        let xb = (img * prm.c + ci) * prm.h * prm.w;
+        for (var r = 0; r < 4; r++) {
+            let yy = y0 + r;
+            var row = vec4<f32>(0.0);
+            if (yy >= 0 && yy < h) {
+                for (var c = 0; c < 4; c++) {
+                    let xx = x0 + c;
+                    if (xx >= 0 && xx < w) { row[c] = x[xb + u32(yy * w + xx)]; }
+                }
+            }
+            d[r] = row;
+        }
+    }
+    let v = array<vec4<f32>, 4>(
+        wino_bt(d[0] - d[2]),
+        wino_bt(d[1] + d[2]),
+        wino_bt(d[2] - d[1]),
+        wino_bt(d[1] - d[3]),
+    );
+    for (var r = 0u; r < 4u; r++) {
+        for (var c = 0u; c < 4u; c++) { y[out + (r * 4u + c) * e_stride] = v[r][c]; }
+    }
+}
+
+// A^T applied to a row vector's four entries: the output transform's two columns.
+fn wino_at(v: vec4<f32>) -> vec2<f32> {
+    return vec2<f32>(v.x + v.y + v.z, v.y - v.z - v.w);
+}
+
+// Y = A^T M A for each tile's 16 products, then the epilogue; one invocation per image,
+// output channel and tile. `x` holds the products.
+@compute @workgroup_size(WG, 1, 1)
+fn wino_output(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let tl = wino_tiles();
+    let i = out_index(gid, nwg);
+    let per_img = prm.oc * tl.y;
+    if (i >= prm.batch * per_img) { return; }
+    let img = i / per_img;
+    let oc = (i % per_img) / tl.y;
+    let t = i % tl.y;
+    let e_stride = prm.oc * tl.z;
+    let src = img * 16u * e_stride + oc * tl.z + t;
+    var m: array<vec4<f32>, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        let b = src + r * 4u * e_stride;
+        m[r] = vec4<f32>(x[b], x[b + e_stride], x[b + 2u * e_stride], x[b + 3u * e_stride]);
+    }
+    let top = wino_at(m[0] + m[1] + m[2]);
+    let bottom = wino_at(m[1] - m[2] - m[3]);
+    let oy = (t / tl.x) * 2u;
+    let ox = (t % tl.x) * 2u;
+    let scale = affine[oc];
+    let shift = affine[prm.oc + oc];
+    let plane = (img * prm.oc + oc) * prm.p;
+    for (var r = 0u; r < 2u; r++) {
+        if (oy + r >= prm.oh) { continue; }
+        var v2 = top;
+        if (r == 1u) { v2 = bottom; }
+        for (var c = 0u; c < 2u; c++) {
+            if (ox + c >= prm.ow) { continue; }
+            let o = plane + (oy + r) * prm.ow + ox + c;
+            var v = v2[c] * scale + shift;
+            if (prm.has_res != 0u) { v += res[o]; }
+            if (prm.relu != 0u) { v = relu_f(v); }
+            y[o] = v;
+        }
+    }
+}

@@ -109,6 +109,8 @@ const MAX_PLANS: usize = 6;
 pub struct WeightBytes {
     pub device: u64,
     pub host: u64,
+    /// Weights the device also keeps in a kernel's form (Winograd's), once per model.
+    pub derived: u64,
 }
 
 /// Where a session gets its weights again when its GPU device is lost.
@@ -294,10 +296,12 @@ impl Session {
                         })
                         .sum::<u64>(),
                 host: w.host_bytes(),
+                derived: w.derived_bytes(),
             },
             Store::Cpu(w) => WeightBytes {
                 device: 0,
                 host: w.bytes(),
+                derived: 0,
             },
         }
     }

@@ -482,7 +482,9 @@ fn liveness_plan_shares_activation_buffers() {
     let per_tensor = 16 * 32 * 32 * 4;
     // Input, output and one ping-pong buffer instead of nine tensors.
     assert_eq!(m.memory().activations, 3 * per_tensor, "{:?}", m.memory());
-    assert_eq!(m.memory().dispatches, 8);
+    // One dispatch per fused conv + ReLU; Winograd layers take three (transforms).
+    let r = m.memory();
+    assert_eq!(r.dispatches, 8 + 2 * r.winograd_layers, "{r:?}");
 }
 
 #[test]
@@ -603,5 +605,51 @@ fn relu_keeps_nan_like_pytorch_in_every_fused_form() {
                 got[1].data()
             );
         }
+    }
+}
+
+#[test]
+fn winograd_and_1x1_gemm_kernels_match_the_cpu_on_awkward_shapes() {
+    // The register-blocked set runs 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) and
+    // 1x1 ones as a plain GEMM where channels come in fours. Odd sizes leave partial
+    // tiles and tile counts that are not multiples of 4; padding 0-2; the second conv
+    // takes the residual and ReLU; batches of 1-3.
+    let ctx = common::gpu_with(GpuOptions {
+        kernels: Some(Kernels::RegisterBlocked),
+        ..Default::default()
+    });
+    // (batch, in, out, h, w, kernel, padding, Winograd layers, GEMM layers)
+    let cases = [
+        (2, 8, 12, 7, 5, 3, 1, 2, 0),
+        (1, 4, 8, 9, 9, 3, 0, 2, 0),
+        (3, 12, 8, 6, 11, 3, 2, 2, 0),
+        (2, 8, 4, 5, 4, 1, 0, 1, 1),
+        (1, 16, 4, 3, 3, 1, 0, 1, 0),
+        (2, 3, 8, 6, 6, 3, 1, 1, 0),
+    ];
+    for (n, c, oc, h, w, k, pad, wino, gemm) in cases {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[n, c, h, w]).unwrap();
+        let c1 = b
+            .conv2d("c1", x, Conv2d::new(c, oc, k).padding(pad))
+            .unwrap();
+        // Same size out as in: 3x3 padded by 1 (Winograd where oc is a multiple of 4).
+        let c2 = b
+            .conv2d("c2", c1, Conv2d::new(oc, oc, 3).padding(1).bias(false))
+            .unwrap();
+        let a = b.add("add", c2, c1).unwrap();
+        let y = b.relu("relu", a).unwrap();
+        let g = b.build(&[y]).unwrap();
+        let wts = synth_params(&g, 5).unwrap();
+        let xt = synth("input", &[n, c, h, w], 6).unwrap();
+        let m = GpuModel::prepare_blocking(&ctx, &g, &wts).unwrap();
+        let r = m.memory();
+        let what = format!("{n}x{c}x{h}x{w} k{k} p{pad} -> {oc}");
+        assert_eq!((r.winograd_layers, r.gemm_layers), (wino, gemm), "{what}");
+        let mut m = m;
+        let got = m.run_blocking(&xt).unwrap().remove(0);
+        let want = run_cpu(&g, &wts, &xt, true).remove(0);
+        let err = rel_l2(got.data(), &f64s(&want));
+        assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
     }
 }

@@ -54,6 +54,21 @@ fn gpu_weights_are_uploaded_once_for_every_plan() {
         "host keeps {} bytes of {one_copy}",
         b.host
     );
+    // Winograd's transformed 3x3 kernels (16 floats for 9): at most one set for all plans.
+    let conv_bytes: u64 = Model::get("vgg16")
+        .unwrap()
+        .graph(&[1, 3, 64, 64])
+        .unwrap()
+        .params()
+        .iter()
+        .filter(|p| p.name.starts_with("features.") && p.shape.len() == 4)
+        .map(|p| p.shape.iter().product::<usize>() as u64 * 4)
+        .sum();
+    assert!(
+        b.derived * 9 <= conv_bytes * 16,
+        "{} bytes in Winograd form for {conv_bytes} of conv weights",
+        b.derived
+    );
 }
 
 #[test]

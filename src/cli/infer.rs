@@ -142,13 +142,18 @@ pub fn run(a: RunArgs) -> R<()> {
         );
         if let Some(m) = s.memory() {
             eprintln!(
-                "peak GPU memory: {:.1} MiB activations + workspace ({:.1} + {:.1}), {:.1} MiB weights, batch chunk {}, {} dispatches",
+                "peak GPU memory: {:.1} MiB activations + workspace ({:.1} + {:.1}), {:.1} MiB weights (+{:.1} MiB in Winograd form), batch chunk {}, {} dispatches",
                 m.peak() as f64 / 1048576.0,
                 m.activations as f64 / 1048576.0,
                 m.workspace as f64 / 1048576.0,
                 s.weight_bytes().device as f64 / 1048576.0,
+                s.weight_bytes().derived as f64 / 1048576.0,
                 m.batch_chunk,
                 m.dispatches
+            );
+            eprintln!(
+                "convolutions: {} by Winograd F(2x2, 3x3), {} 1x1 as a plain GEMM",
+                m.winograd_layers, m.gemm_layers
             );
         }
     }

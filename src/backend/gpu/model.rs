@@ -30,6 +30,9 @@ pub struct MemoryReport {
     pub dispatches: usize,
     /// Layers whose weights were split across several bindings.
     pub split_layers: usize,
+    /// Convolutions run by Winograd F(2x2, 3x3), and 1x1 ones as a plain GEMM.
+    pub winograd_layers: usize,
+    pub gemm_layers: usize,
 }
 
 impl MemoryReport {
@@ -105,6 +108,8 @@ enum PendingCmd {
 /// A step's parameters on the device: the shared weight chunks (whole rows or whole conv
 /// groups), and the plan's own per-channel vectors.
 struct Uploaded {
+    /// The conv or linear weight's name.
+    key: Option<String>,
     chunks: Vec<Chunk>,
     bias: Option<wgpu::Buffer>,
     scale: Option<wgpu::Buffer>,
@@ -186,21 +191,7 @@ impl GpuModel {
     }
 
     fn encode(&self, enc: &mut wgpu::CommandEncoder) {
-        for c in &self.cmds {
-            match c {
-                Cmd::Copy(c) => {
-                    enc.copy_buffer_to_buffer(&c.src, c.src_off, &c.dst, c.dst_off, c.size)
-                }
-                Cmd::Pass(ds) => {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                    for d in ds {
-                        pass.set_pipeline(&d.pipeline);
-                        pass.set_bind_group(0, &d.bind_group, &[]);
-                        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                    }
-                }
-            }
-        }
+        encode(&self.cmds, enc)
     }
 
     fn check_alive(&self) -> Result<()> {
@@ -447,6 +438,22 @@ fn batch_chunk(program: &Program, limit: u64) -> Result<usize> {
     Ok(((limit / biggest) as usize).clamp(1, n))
 }
 
+fn encode(cmds: &[Cmd], enc: &mut wgpu::CommandEncoder) {
+    for c in cmds {
+        match c {
+            Cmd::Copy(c) => enc.copy_buffer_to_buffer(&c.src, c.src_off, &c.dst, c.dst_off, c.size),
+            Cmd::Pass(ds) => {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                for d in ds {
+                    pass.set_pipeline(&d.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
+            }
+        }
+    }
+}
+
 struct Builder<'a> {
     ctx: &'a GpuContext,
     weights: &'a Arc<GpuWeights>,
@@ -458,6 +465,12 @@ struct Builder<'a> {
     /// Every convolution on this kernel (when timing them).
     force: Option<conv::Variant>,
     pending: Vec<PendingCmd>,
+    /// Dispatches run once, when the plan is made: weights into a kernel's form.
+    prologue: Vec<PendingCmd>,
+    /// The derived weights the prologue makes, shared once it is queued.
+    derived: Vec<(String, wgpu::Buffer)>,
+    /// The Winograd layers' transformed input and products, shared by all of them.
+    wino_scratch: Option<(wgpu::Buffer, wgpu::Buffer)>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
     /// The step whose dispatches are being planned.
@@ -480,6 +493,9 @@ impl<'a> Builder<'a> {
             variant: conv::Variant::choose(ctx.kernels(), &ctx.shared.limits),
             force: None,
             pending: vec![],
+            prologue: vec![],
+            derived: vec![],
+            wino_scratch: None,
             dummy,
             report: MemoryReport::default(),
             step: 0,
@@ -531,6 +547,7 @@ impl<'a> Builder<'a> {
             .collect();
         self.report.activations = plan.bytes();
         self.report.batch_chunk = chunk;
+        self.plan_special(program, chunk);
 
         let uploaded = program
             .steps
@@ -630,7 +647,18 @@ impl<'a> Builder<'a> {
                 copy_out(&mut self.pending, step.output);
             }
         }
-        let cmds = self.finish_pending();
+        let pending = std::mem::take(&mut self.pending);
+        let cmds = self.finish(pending);
+        let prologue = std::mem::take(&mut self.prologue);
+        if !prologue.is_empty() {
+            let once = self.finish(prologue);
+            let mut enc = self.device().create_command_encoder(&Default::default());
+            encode(&once, &mut enc);
+            self.ctx.shared.queue.submit([enc.finish()]);
+            // Queued before any run of any plan: later plans may bind them.
+            self.weights
+                .remember_derived(std::mem::take(&mut self.derived));
+        }
         Ok(GpuModel {
             weights: self.weights.clone(),
             input_shape,
@@ -646,6 +674,7 @@ impl<'a> Builder<'a> {
     fn upload_step(&mut self, step: &Step, p: &StepParams) -> Result<Uploaded> {
         let name = &step.nodes[0];
         let mut up = Uploaded {
+            key: p.weight.clone(),
             chunks: vec![],
             bias: None,
             scale: None,
@@ -684,6 +713,21 @@ impl<'a> Builder<'a> {
         grid: [usize; 3],
         what: &str,
     ) -> Result<()> {
+        let d = self.pending_dispatch(family, entry, params, buffers, grid, what)?;
+        self.report.dispatches += 1;
+        self.pending.push(PendingCmd::Dispatch(d));
+        Ok(())
+    }
+
+    fn pending_dispatch<P: Uniform, B: Buffers>(
+        &self,
+        family: &'static Family,
+        entry: &'static str,
+        params: &P,
+        buffers: B,
+        grid: [usize; 3],
+        what: &str,
+    ) -> Result<Pending> {
         let m = self.max_groups as usize;
         if grid.iter().any(|&g| g > m) {
             let [x, y, z] = grid;
@@ -691,16 +735,14 @@ impl<'a> Builder<'a> {
                 "'{what}': {entry} grid {x}x{y}x{z} exceeds {m} per dimension"
             )));
         }
-        self.report.dispatches += 1;
-        self.pending.push(PendingCmd::Dispatch(Pending {
+        Ok(Pending {
             family,
             entry,
             params: kernels::words(params),
             binds: buffers.into_binds(),
             groups: grid.map(|g| g as u32),
             step: self.step,
-        }));
-        Ok(())
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -732,12 +774,12 @@ impl<'a> Builder<'a> {
                 let g = cfg.groups;
                 let (icg, ocg) = (c / g, oc / g);
                 let affine = up.bias.clone().expect("conv bias");
-                let key = tuning::shape_key(cfg, [nb, c, h, w]);
-                // Not measured (wasm, or timing failed): the table's choice.
-                let v = self
-                    .force
-                    .or_else(|| self.ctx.conv_choice(&key))
-                    .unwrap_or(self.variant);
+                let (v, special) = self.conv_kernel(program, step, nb);
+                if let Some(conv::Special::Winograd(wd)) = special {
+                    let res = (has_res != 0).then_some(res);
+                    return self.winograd(program, step, up, wd, nb, (x, res), out);
+                }
+                let gemm = special == Some(conv::Special::Gemm1x1);
                 for ch in &up.chunks {
                     let prm = conv::Params {
                         c: u(c),
@@ -764,16 +806,28 @@ impl<'a> Builder<'a> {
                         relu,
                         m_base: u(ch.row),
                         m_count: u(ch.rows),
+                        batch: u(nb),
+                        ..Default::default()
                     };
+                    let dummy = Bind::whole(&self.dummy);
                     let bufs = conv::Buffers {
                         x: x.clone(),
                         wt: Bind::whole(&ch.buf),
                         affine: Bind::whole(&affine),
                         res: res.clone(),
                         y: out.clone(),
+                        x4: if gemm { x.clone() } else { dummy.clone() },
+                        wt4: if gemm { Bind::whole(&ch.buf) } else { dummy },
                     };
-                    let grid = v.grid(oh * ow, ch.rows, nb * ch.groups);
-                    self.push(&conv::FAMILY, v.entry(), &prm, bufs, grid, &what)?;
+                    let (entry, grid) = if gemm {
+                        (
+                            "conv1x1_rb",
+                            conv::gemm_grid(oh * ow, ch.rows, nb * ch.groups),
+                        )
+                    } else {
+                        (v.entry(), v.grid(oh * ow, ch.rows, nb * ch.groups))
+                    };
+                    self.push(&conv::FAMILY, entry, &prm, bufs, grid, &what)?;
                 }
             }
             Kernel::Linear { cfg, .. } => {
@@ -936,8 +990,194 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// The kernel a convolution step runs on at `nb` images: the variant (forced, else
+    /// measured, else the table's), and on the register-blocked set the special kernel
+    /// for its shape, where the device can hold what that needs.
+    fn conv_kernel(
+        &self,
+        program: &Program,
+        step: &Step,
+        nb: usize,
+    ) -> (conv::Variant, Option<conv::Special>) {
+        let Kernel::Conv { cfg, .. } = &step.kernel else {
+            unreachable!("a convolution step")
+        };
+        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
+        let key = tuning::shape_key(cfg, [nb, xs[1], xs[2], xs[3]]);
+        // Not measured (wasm, or timing failed): the table's choice.
+        let v = self
+            .force
+            .or_else(|| self.ctx.conv_choice(&key))
+            .unwrap_or(self.variant);
+        if v != conv::Variant::RegisterBlocked {
+            return (v, None);
+        }
+        let special = conv::special(cfg, xs[1], os[2], os[3]).filter(|s| match s {
+            conv::Special::Gemm1x1 => true,
+            // Its buffers within one binding, and the weights in one chunk.
+            conv::Special::Winograd(wd) => {
+                let fits = |floats: usize| floats as u64 * 4 <= self.limit;
+                let whole = step.inputs.len() == 1
+                    && self
+                        .weights
+                        .chunks(&format!("{}.weight", step.nodes[0]))
+                        .is_ok_and(|c| c.len() == 1);
+                whole && fits(wd.input_len(nb)) && fits(wd.product_len(nb)) && fits(wd.weight_len())
+            }
+        });
+        (v, special)
+    }
+
+    /// Count the special convolutions of `program` at `nb` images, and make the
+    /// transformed input and products buffers for its Winograd layers (none if it has
+    /// none): one pair, as large as the largest needs.
+    fn plan_special(&mut self, program: &Program, nb: usize) {
+        let (mut vl, mut ml) = (0, 0);
+        for step in &program.steps {
+            if !matches!(step.kernel, Kernel::Conv { .. }) {
+                continue;
+            }
+            match self.conv_kernel(program, step, nb).1 {
+                Some(conv::Special::Winograd(wd)) => {
+                    self.report.winograd_layers += 1;
+                    vl = vl.max(wd.input_len(nb));
+                    ml = ml.max(wd.product_len(nb));
+                }
+                Some(conv::Special::Gemm1x1) => self.report.gemm_layers += 1,
+                None => {}
+            }
+        }
+        if vl > 0 {
+            self.report.workspace += (vl + ml) as u64 * 4;
+            let v = self.storage("winograd input", vl, wgpu::BufferUsages::empty());
+            let m = self.storage("winograd products", ml, wgpu::BufferUsages::empty());
+            self.wino_scratch = Some((v, m));
+        }
+    }
+
+    /// A 3x3 stride-1 convolution by Winograd F(2x2, 3x3): input transform, 16 GEMMs on
+    /// the 1x1 kernel, output transform with the epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn winograd(
+        &mut self,
+        program: &Program,
+        step: &Step,
+        up: &Uploaded,
+        wd: conv::Winograd,
+        nb: usize,
+        ins: (Bind, Option<Bind>),
+        out: Bind,
+    ) -> Result<()> {
+        let what = step.nodes.join("+");
+        let Kernel::Conv { cfg, .. } = &step.kernel else {
+            unreachable!("a convolution step")
+        };
+        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
+        let key = up.key.as_deref().expect("a conv weight");
+        let weights = self.winograd_weights(key, &up.chunks[0], wd, &what)?;
+        let (v_buf, m_buf) = self.wino_scratch.clone().expect("sized for every layer");
+        let (v, m) = (
+            Bind::floats(&v_buf, wd.input_len(nb)),
+            Bind::floats(&m_buf, wd.product_len(nb)),
+        );
+        let dummy = Bind::whole(&self.dummy);
+        let u = |v: usize| v as u32;
+        let (x, res) = ins;
+        let has_res = res.is_some() as u32;
+        let layer = conv::Params {
+            c: u(wd.c),
+            h: u(xs[2]),
+            w: u(xs[3]),
+            oc: u(wd.oc),
+            oh: u(os[2]),
+            ow: u(os[3]),
+            ph: u(cfg.padding[0]),
+            pw: u(cfg.padding[1]),
+            p: u(os[2] * os[3]),
+            has_res,
+            relu: step.relu as u32,
+            batch: u(nb),
+            ..Default::default()
+        };
+        let bufs = |x: Bind, wt: Bind, res: Bind, y: Bind, vectors: bool| conv::Buffers {
+            x4: if vectors { x.clone() } else { dummy.clone() },
+            wt4: if vectors { wt.clone() } else { dummy.clone() },
+            x,
+            wt,
+            affine: Bind::whole(up.bias.as_ref().expect("conv bias")),
+            res,
+            y,
+        };
+        let per_element = |b: &Self, n: usize| b.fold(n.div_ceil(kernels::WG), &what);
+        let grid = per_element(self, nb * wd.c * wd.t4)?;
+        let b = bufs(x, dummy.clone(), dummy.clone(), v.clone(), false);
+        self.push(&conv::FAMILY, "wino_input", &layer, b, grid, &what)?;
+        // The products: per image, 16 "groups" (transform elements) of a 1x1 GEMM over
+        // the tiles.
+        let products = conv::Params {
+            c: u(16 * wd.c),
+            oc: u(16 * wd.oc),
+            icg: u(wd.c),
+            ocg: u(wd.oc),
+            g_count: 16,
+            k: u(wd.c),
+            p: u(wd.t4),
+            m_count: u(wd.oc),
+            plain: 1,
+            ..Default::default()
+        };
+        let grid = conv::gemm_grid(wd.t4, wd.oc, nb * 16);
+        let b = bufs(v, Bind::whole(&weights), dummy.clone(), m.clone(), true);
+        self.push(&conv::FAMILY, "conv1x1_rb", &products, b, grid, &what)?;
+        let grid = per_element(self, nb * wd.oc * wd.tiles)?;
+        let b = bufs(m, dummy.clone(), res.unwrap_or(dummy.clone()), out, false);
+        self.push(&conv::FAMILY, "wino_output", &layer, b, grid, &what)
+    }
+
+    /// The Winograd form of conv weight `key` (in one chunk): the model's, else made by a
+    /// dispatch in this plan's prologue.
+    fn winograd_weights(
+        &mut self,
+        key: &str,
+        chunk: &Chunk,
+        wd: conv::Winograd,
+        what: &str,
+    ) -> Result<wgpu::Buffer> {
+        if let Some(b) = self.weights.derived(key) {
+            return Ok(b);
+        }
+        if let Some((_, b)) = self.derived.iter().find(|(k, _)| k == key) {
+            return Ok(b.clone());
+        }
+        let buf = self.storage(
+            "winograd weights",
+            wd.weight_len(),
+            wgpu::BufferUsages::empty(),
+        );
+        let prm = conv::Params {
+            c: wd.c as u32,
+            m_count: wd.oc as u32,
+            ..Default::default()
+        };
+        let dummy = Bind::whole(&self.dummy);
+        let bufs = conv::Buffers {
+            x: dummy.clone(),
+            wt: Bind::whole(&chunk.buf),
+            affine: dummy.clone(),
+            res: dummy.clone(),
+            y: Bind::whole(&buf),
+            x4: dummy.clone(),
+            wt4: dummy,
+        };
+        let grid = self.fold((wd.oc * wd.c).div_ceil(kernels::WG), what)?;
+        let d = self.pending_dispatch(&conv::FAMILY, "wino_weights", &prm, bufs, grid, what)?;
+        self.prologue.push(PendingCmd::Dispatch(d));
+        self.derived.push((key.to_string(), buf.clone()));
+        Ok(buf)
+    }
+
     /// Write every dispatch's uniforms into one buffer and make the bind groups.
-    fn finish_pending(&mut self) -> Vec<Cmd> {
+    fn finish(&mut self, pending: Vec<PendingCmd>) -> Vec<Cmd> {
         let align = self
             .ctx
             .shared
@@ -947,7 +1187,7 @@ impl<'a> Builder<'a> {
             / 4;
         let mut words: Vec<u32> = vec![];
         let mut offsets = vec![];
-        for p in &self.pending {
+        for p in &pending {
             if let PendingCmd::Dispatch(d) = p {
                 offsets.push(words.len() * 4);
                 words.extend(&d.params);
@@ -966,7 +1206,7 @@ impl<'a> Builder<'a> {
             });
         let mut cmds: Vec<Cmd> = vec![];
         let mut offsets = offsets.into_iter();
-        for p in std::mem::take(&mut self.pending) {
+        for p in pending {
             match p {
                 PendingCmd::Copy(c) => cmds.push(Cmd::Copy(c)),
                 PendingCmd::Dispatch(d) => {

@@ -11,6 +11,7 @@ use crate::lower::{is_matrix, param, Weights};
 use crate::tensor::Tensor;
 use crate::weights::TensorMap;
 use std::collections::HashMap;
+use std::sync::Mutex;
 use wgpu::util::DeviceExt;
 
 /// Part of a weight tensor in one buffer: `groups` conv groups from `group`, and in each
@@ -32,6 +33,9 @@ pub struct GpuWeights {
     small: TensorMap,
     shapes: HashMap<String, Vec<usize>>,
     device_bytes: u64,
+    /// Weights in the form a kernel wants (Winograd's transformed kernels), made on the
+    /// device by the first plan that needs them and shared by the others.
+    derived: Mutex<HashMap<String, wgpu::Buffer>>,
 }
 
 impl Weights for GpuWeights {
@@ -60,6 +64,7 @@ impl GpuWeights {
             small: TensorMap::new(),
             shapes: HashMap::new(),
             device_bytes: 0,
+            derived: Mutex::new(HashMap::new()),
         };
         for p in graph.params() {
             let t = param(weights, &p)?;
@@ -194,6 +199,26 @@ impl GpuWeights {
     /// Bytes of weights in device buffers.
     pub fn device_bytes(&self) -> u64 {
         self.device_bytes
+    }
+
+    /// The derived form of `key`, if a plan made it.
+    pub(crate) fn derived(&self, key: &str) -> Option<wgpu::Buffer> {
+        self.derived.lock().unwrap().get(key).cloned()
+    }
+
+    /// Keep derived weights that a plan made (and has filled: its commands are queued).
+    pub(crate) fn remember_derived(&self, made: Vec<(String, wgpu::Buffer)>) {
+        self.derived.lock().unwrap().extend(made);
+    }
+
+    /// Bytes of derived weights on the device (at most one form of each weight).
+    pub fn derived_bytes(&self) -> u64 {
+        self.derived
+            .lock()
+            .unwrap()
+            .values()
+            .map(|b| b.size())
+            .sum()
     }
 
     /// Bytes of weights kept on the host (the rank-1 tensors).

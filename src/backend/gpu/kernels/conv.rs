@@ -7,6 +7,8 @@ use crate::backend::gpu::Kernels;
 params! {
     /// One dispatch: a layer's shape, and the weight chunk it covers (groups
     /// `g_base..g_base + g_count`, and in each the output channels `m_base..m_base + m_count`).
+    /// `batch` counts images (Winograd transforms); `plain` skips the epilogue (the
+    /// Winograd products).
     struct Params {
         c: u32, h: u32, w: u32, oc: u32,
         oh: u32, ow: u32, kh: u32, kw: u32,
@@ -14,13 +16,18 @@ params! {
         dh: u32, dw: u32, icg: u32, ocg: u32,
         g_count: u32, g_base: u32, k: u32, p: u32,
         has_res: u32, relu: u32, m_base: u32, m_count: u32,
+        batch: u32, plain: u32, _pad0: u32, _pad1: u32,
     }
 }
 
 buffers! {
     /// `affine[oc]` is the scale, `affine[oc_total + oc]` the shift; `res` is any buffer
-    /// when `has_res` is 0.
-    struct Buffers { x: Read, wt: Read, affine: Read, res: Read, y: ReadWrite }
+    /// when `has_res` is 0. `x4` and `wt4` are `x` and `wt` again as vectors, for the
+    /// 1x1 kernel (any 16-byte buffer for the others).
+    struct Buffers {
+        x: Read, wt: Read, affine: Read, res: Read, y: ReadWrite,
+        x4: Read vec4<f32>, wt4: Read vec4<f32>,
+    }
 }
 
 /// The tiled kernel's output tile (channels by pixels) and reduction slice; its 256
@@ -56,6 +63,73 @@ pub(crate) static FAMILY: Family = Family {
 pub(crate) enum Variant {
     Tiled,
     RegisterBlocked,
+}
+
+/// How a layer runs on the register-blocked set: a 1x1, stride-1 convolution as a plain
+/// GEMM, a 3x3 stride-1 one by Winograd, the others by the direct kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Special {
+    Gemm1x1,
+    Winograd(Winograd),
+}
+
+/// A Winograd F(2x2, 3x3) layer: 2x2 output tiles, `tiles_w` per row, `tiles` per image,
+/// padded to `t4` (the products' vector loads take 4 tiles at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Winograd {
+    pub tiles: usize,
+    pub t4: usize,
+    pub c: usize,
+    pub oc: usize,
+}
+
+impl Winograd {
+    /// Floats of the transformed input and of the products for `n` images, and of the
+    /// transformed weights.
+    pub fn input_len(&self, n: usize) -> usize {
+        n * 16 * self.c * self.t4
+    }
+    pub fn product_len(&self, n: usize) -> usize {
+        n * 16 * self.oc * self.t4
+    }
+    pub fn weight_len(&self) -> usize {
+        16 * self.oc * self.c
+    }
+}
+
+/// The special kernel for a convolution with `c` input and `oc` output channels and an
+/// `oh` x `ow` output, where one applies. Both take whole vectors of 4 input channels
+/// from a weight row, so they need channels in multiples of 4 (and one group).
+pub(crate) fn special(
+    cfg: &crate::graph::Conv2d,
+    c: usize,
+    oh: usize,
+    ow: usize,
+) -> Option<Special> {
+    let unit =
+        cfg.stride == [1, 1] && cfg.dilation == [1, 1] && cfg.groups == 1 && c.is_multiple_of(4);
+    if !unit {
+        return None;
+    }
+    if cfg.kernel == [1, 1] && cfg.padding == [0, 0] && (oh * ow).is_multiple_of(4) {
+        return Some(Special::Gemm1x1);
+    }
+    if cfg.kernel == [3, 3] {
+        let tiles = oh.div_ceil(2) * ow.div_ceil(2);
+        return Some(Special::Winograd(Winograd {
+            tiles,
+            t4: tiles.next_multiple_of(4),
+            c,
+            oc: cfg.out_channels,
+        }));
+    }
+    None
+}
+
+/// Workgroups of `conv1x1_rb` for `pixels` (a multiple of 4) by `rows` channels, per
+/// each of `planes` (image, group) pairs.
+pub(crate) fn gemm_grid(pixels: usize, rows: usize, planes: usize) -> [usize; 3] {
+    [(pixels / RB_P).div_ceil(RB_WG), rows.div_ceil(RB_M), planes]
 }
 
 impl Variant {

@@ -66,7 +66,7 @@ pub(crate) trait Uniform: bytemuck::Pod {
 /// A family's storage buffers in binding order (binding 0 is the uniform `prm`).
 pub(crate) trait Buffers {
     /// Each buffer's WGSL name and access, in binding order.
-    const DECL: &'static [(&'static str, Access)];
+    const DECL: &'static [(&'static str, Access, &'static str)];
     fn into_binds(self) -> Vec<Bind>;
 }
 
@@ -95,21 +95,34 @@ macro_rules! params {
 }
 
 /// Declares a family's storage buffers, `name: Read | ReadWrite`, in binding order
-/// (bindings 1, 2, ..).
+/// (bindings 1, 2, ..). A buffer is an `array<f32>` unless a WGSL element type follows
+/// its access (`x4: Read vec4<f32>`: the same data as whole vectors).
 macro_rules! buffers {
-    ($(#[$m:meta])* struct $name:ident { $($f:ident: $acc:ident),* $(,)? }) => {
+    ($(#[$m:meta])* struct $name:ident { $($f:ident: $acc:ident $($ty:ident<$inner:ident>)?),* $(,)? }) => {
         $(#[$m])*
         pub(crate) struct $name {
             $(pub $f: $crate::backend::gpu::kernels::Bind),*
         }
         impl $crate::backend::gpu::kernels::Buffers for $name {
-            const DECL: &'static [(&'static str, $crate::backend::gpu::kernels::Access)] =
-                &[$((stringify!($f), $crate::backend::gpu::kernels::Access::$acc)),*];
+            const DECL: &'static [(&'static str, $crate::backend::gpu::kernels::Access, &'static str)] =
+                &[$((
+                    stringify!($f),
+                    $crate::backend::gpu::kernels::Access::$acc,
+                    $crate::backend::gpu::kernels::elem_type(&[$(concat!(stringify!($ty), "<", stringify!($inner), ">"))?]),
+                )),*];
             fn into_binds(self) -> Vec<$crate::backend::gpu::kernels::Bind> {
                 vec![$(self.$f),*]
             }
         }
     };
+}
+
+/// The element type a [`buffers!`] declaration gives, `f32` by default.
+pub(crate) const fn elem_type(given: &[&'static str]) -> &'static str {
+    match given {
+        [t] => t,
+        _ => "f32",
+    }
 }
 pub(crate) use {buffers, params};
 
@@ -123,7 +136,7 @@ pub(crate) struct Family {
     pub params: &'static str,
     pub params_size: u64,
     /// [`Buffers::DECL`] of its buffers.
-    pub buffers: &'static [(&'static str, Access)],
+    pub buffers: &'static [(&'static str, Access, &'static str)],
     /// Constants the code uses, as `const NAME: u32`.
     pub consts: &'static [(&'static str, usize)],
 }
@@ -140,14 +153,14 @@ impl Family {
         }
         s.push_str(self.params);
         s.push_str("@group(0) @binding(0) var<uniform> prm: Params;\n");
-        for (i, (name, access)) in self.buffers.iter().enumerate() {
+        for (i, (name, access, ty)) in self.buffers.iter().enumerate() {
             let access = match access {
                 Access::Read => "read",
                 Access::ReadWrite => "read_write",
             };
             writeln!(
                 s,
-                "@group(0) @binding({}) var<storage, {access}> {name}: array<f32>;",
+                "@group(0) @binding({}) var<storage, {access}> {name}: array<{ty}>;",
                 i + 1
             )
             .unwrap();
@@ -174,7 +187,7 @@ impl Family {
             self.buffers
                 .iter()
                 .enumerate()
-                .map(|(i, (_, access))| wgpu::BindGroupLayoutEntry {
+                .map(|(i, (_, access, _))| wgpu::BindGroupLayoutEntry {
                     binding: i as u32 + 1,
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
