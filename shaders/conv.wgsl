@@ -86,18 +86,28 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     }
 }
 
+// The register-blocked kernels' block: (first pixel, first channel) of this invocation's
+// RB_P x RB_M outputs. Blocks are numbered pixel-block-fastest over the x-y grid (folded
+// past the per-dimension limit), so a 7x7 layer fills whole workgroups with channel
+// blocks instead of idling most of their lanes.
+fn rb_block(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let i = (wid.y * nwg.x + wid.x) * RB_WG + lid.x;
+    let pb = (prm.p + RB_P - 1u) / RB_P;
+    return vec2<u32>((i % pb) * RB_P, (i / pb) * RB_M);
+}
+
 // The same convolution for software adapters (lavapipe, SwiftShader), which run a
 // workgroup's invocations as CPU vector lanes and pay dearly for barriers: no workgroup
 // memory. Each invocation keeps 4 output channels x 4 consecutive pixels in registers; the
 // kernel taps are the outer loop, so each pixel's input offset and bounds are worked out
 // once per tap, and the input channels the inner one (one load per pixel and weight).
 @compute @workgroup_size(RB_WG, 1, 1)
-fn conv2d_rb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let p0 = gid.x * RB_P;
-    // From the workgroup id, not the invocation's: the same in every lane, so compilers
-    // that track uniformity load each weight once for the whole workgroup.
-    let m0 = wid.y * RB_M;
-    if (p0 >= prm.p || m0 >= prm.m_count) { return; }
+fn conv2d_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let blk = rb_block(lid, wid, nwg);
+    let p0 = blk.x;
+    let m0 = blk.y;
+    if (m0 >= prm.m_count) { return; }
     let img = wid.z / prm.g_count;
     let gl = wid.z % prm.g_count;
     let g = prm.g_base + gl;
@@ -155,65 +165,101 @@ fn conv2d_rb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_i
     }
 }
 
-// A 1x1, stride-1, unpadded convolution is a plain GEMM per image and group: Y[oc, p] =
-// W[oc, ci] X[ci, p]. For software adapters, where every load of every lane is a gather:
-// whole vectors of 4 input channels of a weight row and of 4 pixels of an input row, so
-// each step loads 8 vectors for 64 FMAs (the general kernel: 8 scalars for 16). Needs
-// input channels and pixels in multiples of 4. With `plain` it stores the sums alone: the
-// Winograd products, 16 GEMMs (one per transform element) run as 16 groups.
+// Convolutions as plain GEMMs for software adapters: Y[plane][m][p] = sum_k
+// W[k][m] X[plane][k][p], on the input itself (1x1, stride 1, unpadded), on its im2col
+// copy (other shapes), or on Winograd's transformed input (16 planes per image, one per
+// transform element, `g_count` = 16). The weights are a derived copy, k-major with the
+// channels padded to `oc4`, so each step loads one vector of 4 channels and one of 4
+// pixels for 16 FMAs and keeps few registers live (lavapipe holds one scalar of all
+// lanes per register, and turns every per-lane load into a gather). X rows are `p4`
+// apart (a multiple of 4); `plain` stores the sums alone (Winograd's products).
 @compute @workgroup_size(RB_WG, 1, 1)
-fn conv1x1_rb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let p0 = gid.x * 4u;
-    let m0 = wid.y * 4u;
-    if (p0 >= prm.p || m0 >= prm.m_count) { return; }
-    let img = wid.z / prm.g_count;
-    let gl = wid.z % prm.g_count;
-    let g = prm.g_base + gl;
-    let p4 = prm.p / 4u;
-    var xi = (img * prm.c + g * prm.icg) * p4 + gid.x;
-    let w_base = gl * prm.m_count * prm.k;
-    var wi: vec4<u32>;
-    for (var i = 0u; i < 4u; i++) {
-        wi[i] = (w_base + min(m0 + i, prm.m_count - 1u) * prm.k) / 4u;
-    }
+fn gemm_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let blk = rb_block(lid, wid, nwg);
+    let p0 = blk.x;
+    let m0 = blk.y;
+    if (m0 >= prm.m_count) { return; }
+    let plane = wid.z;
+    let e = plane % prm.g_count;
+    let xs = prm.p4 / 4u;
+    let oc4 = (prm.m_count + 3u) / 4u;
+    var xi = plane * prm.k * xs + p0 / 4u;
+    var wi = e * prm.k * oc4 + m0 / 4u;
     var acc: array<vec4<f32>, 4>;
     for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
-    for (var k4 = 0u; k4 < prm.k / 4u; k4++) {
-        let b0 = x4[xi];
-        let b1 = x4[xi + p4];
-        let b2 = x4[xi + 2u * p4];
-        let b3 = x4[xi + 3u * p4];
-        xi += 4u * p4;
-        for (var i = 0u; i < 4u; i++) {
-            let a = wt4[wi[i] + k4];
-            acc[i] = fma(vec4<f32>(a.x), b0, acc[i]);
-            acc[i] = fma(vec4<f32>(a.y), b1, acc[i]);
-            acc[i] = fma(vec4<f32>(a.z), b2, acc[i]);
-            acc[i] = fma(vec4<f32>(a.w), b3, acc[i]);
-        }
+    for (var k = 0u; k < prm.k; k++) {
+        let b = x4[xi];
+        let a = wt4[wi];
+        xi += xs;
+        wi += oc4;
+        acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
+        acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
+        acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
+        acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
     }
     for (var i = 0u; i < 4u; i++) {
         let m = m0 + i;
         if (m >= prm.m_count) { continue; }
-        let oc = g * prm.ocg + prm.m_base + m;
-        let row = (img * prm.oc + oc) * prm.p;
-        if (prm.plain != 0u) {
-            for (var j = 0u; j < 4u; j++) { y[row + p0 + j] = acc[i][j]; }
-            continue;
-        }
+        let row = (plane * prm.m_count + m) * prm.p;
         for (var j = 0u; j < 4u; j++) {
-            var v = acc[i][j] * affine[oc] + affine[prm.oc + oc];
-            if (prm.has_res != 0u) { v += res[row + p0 + j]; }
+            let p = p0 + j;
+            if (p >= prm.p) { continue; }
+            if (prm.plain != 0u) {
+                y[row + p] = acc[i][j];
+                continue;
+            }
+            var v = acc[i][j] * affine[m] + affine[prm.m_count + m];
+            if (prm.has_res != 0u) { v += res[row + p]; }
             if (prm.relu != 0u) { v = relu_f(v); }
-            y[row + p0 + j] = v;
+            y[row + p] = v;
         }
     }
 }
 
+// The GEMM's weights from a conv weight [oc][k]: W[k][oc4], channels past oc left zero.
+@compute @workgroup_size(WG, 1, 1)
+fn gemm_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg); // oc * k + k
+    if (i >= prm.m_count * prm.k) { return; }
+    let oc4 = (prm.m_count + 3u) / 4u * 4u;
+    y[(i % prm.k) * oc4 + i / prm.k] = wt[i];
+}
+
+// The im2col copy of the input, col[img][k][p4] for k = (ci, ky, kx): zero outside the
+// input and past the last pixel. One invocation per output row of one k: integer
+// division is scalar on CPU-backed adapters, so it is paid per row, not per element.
+@compute @workgroup_size(WG, 1, 1)
+fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg);
+    if (i >= prm.batch * prm.k * prm.oh) { return; }
+    let oy = i % prm.oh;
+    let k = (i / prm.oh) % prm.k;
+    let img = i / (prm.oh * prm.k);
+    let khw = prm.kh * prm.kw;
+    let ci = k / khw;
+    let rk = k % khw;
+    let iy = i32(oy * prm.sh + (rk / prm.kw) * prm.dh) - i32(prm.ph);
+    let ix0 = i32((rk % prm.kw) * prm.dw) - i32(prm.pw);
+    let out = (img * prm.k + k) * prm.p4 + oy * prm.ow;
+    let row_in = iy >= 0 && u32(iy) < prm.h;
+    let src = ((img * prm.c + ci) * prm.h + u32(max(iy, 0))) * prm.w;
+    for (var ox = 0u; ox < prm.ow; ox++) {
+        let ix = ix0 + i32(ox * prm.sw);
+        var v = 0.0;
+        if (row_in && ix >= 0 && u32(ix) < prm.w) { v = x[src + u32(ix)]; }
+        y[out + ox] = v;
+    }
+    // The last row pads its k's pixels to p4.
+    if (oy + 1u == prm.oh) {
+        for (var p = prm.p; p < prm.p4; p++) { y[(img * prm.k + k) * prm.p4 + p] = 0.0; }
+    }
+}
+
 // Winograd F(2x2, 3x3) for 3x3, stride-1 convolutions on software adapters: 16 products
-// per 2x2 output tile instead of 36, and the products are plain GEMMs (conv1x1_rb). Each
+// per 2x2 output tile instead of 36, and the products are plain GEMMs. Each
 // image's tiles run row by row, `tiles` of them padded to `t4` (a multiple of 4).
-// Transformed input V[img][e][ci][t4], weights U[e][oc][ci], products M[img][e][oc][t4],
+// Transformed input V[img][e][ci][t4], weights U[e][ci][oc4], products M[img][e][oc][t4],
 // for the 16 elements e of a 4x4 transform.
 
 // (tiles per row, tiles, t4) of the layer.
@@ -227,8 +273,12 @@ fn wino_tiles() -> vec3<u32> {
 @compute @workgroup_size(WG, 1, 1)
 fn wino_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg); // oc * c + ci
-    let n = prm.m_count * prm.c;
-    if (i >= n) { return; }
+    if (i >= prm.m_count * prm.c) { return; }
+    let oc = i / prm.c;
+    let ci = i % prm.c;
+    let oc4 = (prm.m_count + 3u) / 4u * 4u;
+    let n = prm.c * oc4;
+    let o = ci * oc4 + oc;
     let r0 = vec3<f32>(wt[i * 9u], wt[i * 9u + 1u], wt[i * 9u + 2u]);
     let r1 = vec3<f32>(wt[i * 9u + 3u], wt[i * 9u + 4u], wt[i * 9u + 5u]);
     let r2 = vec3<f32>(wt[i * 9u + 6u], wt[i * 9u + 7u], wt[i * 9u + 8u]);
@@ -237,7 +287,7 @@ fn wino_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     for (var r = 0u; r < 4u; r++) {
         let v = t[r];
         let u = vec4<f32>(v.x, 0.5 * (v.x + v.y + v.z), 0.5 * (v.x - v.y + v.z), v.z);
-        for (var j = 0u; j < 4u; j++) { y[(r * 4u + j) * n + i] = u[j]; }
+        for (var j = 0u; j < 4u; j++) { y[(r * 4u + j) * n + o] = u[j]; }
     }
 }
 

@@ -609,31 +609,42 @@ fn relu_keeps_nan_like_pytorch_in_every_fused_form() {
 }
 
 #[test]
-fn winograd_and_1x1_gemm_kernels_match_the_cpu_on_awkward_shapes() {
+fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
     // The register-blocked set runs 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) and
-    // 1x1 ones as a plain GEMM where channels come in fours. Odd sizes leave partial
-    // tiles and tile counts that are not multiples of 4; padding 0-2; the second conv
-    // takes the residual and ReLU; batches of 1-3.
+    // 1x1 ones as a GEMM (on the input for stride 1, no padding and pixels in fours, else
+    // on an im2col copy). Odd sizes leave partial tiles and rows that are not multiples
+    // of 4; padding 0-3; strides 1-3; the second conv takes the residual and ReLU;
+    // batches of 1-3; grouped layers and larger kernels keep the direct kernel.
     let ctx = common::gpu_with(GpuOptions {
         kernels: Some(Kernels::RegisterBlocked),
         ..Default::default()
     });
-    // (batch, in, out, h, w, kernel, padding, Winograd layers, GEMM layers)
+    // (batch, in, out, h, w, kernel, stride, padding, groups, Winograd layers, GEMM layers)
     let cases = [
-        (2, 8, 12, 7, 5, 3, 1, 2, 0),
-        (1, 4, 8, 9, 9, 3, 0, 2, 0),
-        (3, 12, 8, 6, 11, 3, 2, 2, 0),
-        (2, 8, 4, 5, 4, 1, 0, 1, 1),
-        (1, 16, 4, 3, 3, 1, 0, 1, 0),
-        (2, 3, 8, 6, 6, 3, 1, 1, 0),
+        (2, 8, 12, 7, 5, 3, 1, 1, 1, 2, 0),
+        (1, 4, 8, 9, 9, 3, 1, 0, 1, 2, 0),
+        (3, 12, 8, 6, 11, 3, 1, 2, 1, 2, 0),
+        (2, 3, 7, 6, 6, 3, 1, 1, 1, 2, 0),
+        (2, 8, 4, 5, 4, 1, 1, 0, 1, 1, 1),
+        (1, 16, 4, 3, 3, 1, 1, 0, 1, 1, 1),
+        (1, 3, 8, 6, 6, 1, 1, 0, 1, 1, 1),
+        (2, 3, 8, 13, 11, 7, 2, 3, 1, 1, 0),
+        (1, 6, 5, 9, 10, 3, 2, 1, 1, 1, 0),
+        (1, 8, 8, 6, 6, 1, 2, 0, 1, 1, 1),
+        (2, 5, 6, 7, 7, 1, 3, 1, 1, 1, 1),
+        (2, 8, 8, 6, 6, 3, 1, 1, 2, 1, 0),
     ];
-    for (n, c, oc, h, w, k, pad, wino, gemm) in cases {
+    for (n, c, oc, h, w, k, st, pad, groups, wino, gemm) in cases {
         let mut b = GraphBuilder::new();
         let x = b.input("x", &[n, c, h, w]).unwrap();
         let c1 = b
-            .conv2d("c1", x, Conv2d::new(c, oc, k).padding(pad))
+            .conv2d(
+                "c1",
+                x,
+                Conv2d::new(c, oc, k).stride(st).padding(pad).groups(groups),
+            )
             .unwrap();
-        // Same size out as in: 3x3 padded by 1 (Winograd where oc is a multiple of 4).
+        // Same size out as in: 3x3 padded by 1.
         let c2 = b
             .conv2d("c2", c1, Conv2d::new(oc, oc, 3).padding(1).bias(false))
             .unwrap();
@@ -642,11 +653,10 @@ fn winograd_and_1x1_gemm_kernels_match_the_cpu_on_awkward_shapes() {
         let g = b.build(&[y]).unwrap();
         let wts = synth_params(&g, 5).unwrap();
         let xt = synth("input", &[n, c, h, w], 6).unwrap();
-        let m = GpuModel::prepare_blocking(&ctx, &g, &wts).unwrap();
+        let mut m = GpuModel::prepare_blocking(&ctx, &g, &wts).unwrap();
         let r = m.memory();
-        let what = format!("{n}x{c}x{h}x{w} k{k} p{pad} -> {oc}");
+        let what = format!("{n}x{c}x{h}x{w} k{k} s{st} p{pad} g{groups} -> {oc}");
         assert_eq!((r.winograd_layers, r.gemm_layers), (wino, gemm), "{what}");
-        let mut m = m;
         let got = m.run_blocking(&xt).unwrap().remove(0);
         let want = run_cpu(&g, &wts, &xt, true).remove(0);
         let err = rel_l2(got.data(), &f64s(&want));

@@ -469,8 +469,9 @@ struct Builder<'a> {
     prologue: Vec<PendingCmd>,
     /// The derived weights the prologue makes, shared once it is queued.
     derived: Vec<(String, wgpu::Buffer)>,
-    /// The Winograd layers' transformed input and products, shared by all of them.
-    wino_scratch: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// The special convolutions' scratch: the GEMM's input (im2col copies, Winograd's
+    /// transformed input) and Winograd's products, shared by all of them.
+    scratch: Option<(wgpu::Buffer, wgpu::Buffer)>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
     /// The step whose dispatches are being planned.
@@ -495,7 +496,7 @@ impl<'a> Builder<'a> {
             pending: vec![],
             prologue: vec![],
             derived: vec![],
-            wino_scratch: None,
+            scratch: None,
             dummy,
             report: MemoryReport::default(),
             step: 0,
@@ -775,11 +776,11 @@ impl<'a> Builder<'a> {
                 let (icg, ocg) = (c / g, oc / g);
                 let affine = up.bias.clone().expect("conv bias");
                 let (v, special) = self.conv_kernel(program, step, nb);
-                if let Some(conv::Special::Winograd(wd)) = special {
+                if let Some(sp) = special {
                     let res = (has_res != 0).then_some(res);
-                    return self.winograd(program, step, up, wd, nb, (x, res), out);
+                    return self.special_conv(program, step, up, sp, nb, (x, res), out);
                 }
-                let gemm = special == Some(conv::Special::Gemm1x1);
+                let max = self.max_groups as usize;
                 for ch in &up.chunks {
                     let prm = conv::Params {
                         c: u(c),
@@ -816,18 +817,11 @@ impl<'a> Builder<'a> {
                         affine: Bind::whole(&affine),
                         res: res.clone(),
                         y: out.clone(),
-                        x4: if gemm { x.clone() } else { dummy.clone() },
-                        wt4: if gemm { Bind::whole(&ch.buf) } else { dummy },
+                        x4: dummy.clone(),
+                        wt4: dummy,
                     };
-                    let (entry, grid) = if gemm {
-                        (
-                            "conv1x1_rb",
-                            conv::gemm_grid(oh * ow, ch.rows, nb * ch.groups),
-                        )
-                    } else {
-                        (v.entry(), v.grid(oh * ow, ch.rows, nb * ch.groups))
-                    };
-                    self.push(&conv::FAMILY, entry, &prm, bufs, grid, &what)?;
+                    let grid = v.grid(oh * ow, ch.rows, nb * ch.groups, max);
+                    self.push(&conv::FAMILY, v.entry(), &prm, bufs, grid, &what)?;
                 }
             }
             Kernel::Linear { cfg, .. } => {
@@ -1012,60 +1006,60 @@ impl<'a> Builder<'a> {
         if v != conv::Variant::RegisterBlocked {
             return (v, None);
         }
-        let special = conv::special(cfg, xs[1], os[2], os[3]).filter(|s| match s {
-            conv::Special::Gemm1x1 => true,
+        let shape = |s: &[usize]| [s[1], s[2], s[3]];
+        let special = conv::special(cfg, shape(xs), [os[2], os[3]]).filter(|sp| {
             // Its buffers within one binding, and the weights in one chunk.
-            conv::Special::Winograd(wd) => {
-                let fits = |floats: usize| floats as u64 * 4 <= self.limit;
-                let whole = step.inputs.len() == 1
-                    && self
-                        .weights
-                        .chunks(&format!("{}.weight", step.nodes[0]))
-                        .is_ok_and(|c| c.len() == 1);
-                whole && fits(wd.input_len(nb)) && fits(wd.product_len(nb)) && fits(wd.weight_len())
-            }
+            let fits = |floats: usize| floats as u64 * 4 <= self.limit;
+            let (a, b) = sp.scratch_len(nb);
+            let whole = self
+                .weights
+                .chunks(&format!("{}.weight", step.nodes[0]))
+                .is_ok_and(|c| c.len() == 1);
+            whole && fits(a) && fits(b) && fits(sp.weight_len())
         });
         (v, special)
     }
 
-    /// Count the special convolutions of `program` at `nb` images, and make the
-    /// transformed input and products buffers for its Winograd layers (none if it has
-    /// none): one pair, as large as the largest needs.
+    /// Count the special convolutions of `program` at `nb` images, and make the scratch
+    /// they share (the GEMM's input: im2col copies or Winograd's transformed input; and
+    /// Winograd's products), as large as the largest needs.
     fn plan_special(&mut self, program: &Program, nb: usize) {
-        let (mut vl, mut ml) = (0, 0);
+        let (mut al, mut bl) = (0, 0);
         for step in &program.steps {
             if !matches!(step.kernel, Kernel::Conv { .. }) {
                 continue;
             }
-            match self.conv_kernel(program, step, nb).1 {
-                Some(conv::Special::Winograd(wd)) => {
-                    self.report.winograd_layers += 1;
-                    vl = vl.max(wd.input_len(nb));
-                    ml = ml.max(wd.product_len(nb));
-                }
-                Some(conv::Special::Gemm1x1) => self.report.gemm_layers += 1,
-                None => {}
+            let Some(sp) = self.conv_kernel(program, step, nb).1 else {
+                continue;
+            };
+            match sp {
+                conv::Special::Winograd(_) => self.report.winograd_layers += 1,
+                conv::Special::Gemm(_) => self.report.gemm_layers += 1,
             }
+            let (a, b) = sp.scratch_len(nb);
+            al = al.max(a);
+            bl = bl.max(b);
         }
-        if vl > 0 {
-            self.report.workspace += (vl + ml) as u64 * 4;
-            let v = self.storage("winograd input", vl, wgpu::BufferUsages::empty());
-            let m = self.storage("winograd products", ml, wgpu::BufferUsages::empty());
-            self.wino_scratch = Some((v, m));
+        if al + bl > 0 {
+            self.report.workspace += (al + bl) as u64 * 4;
+            let a = self.storage("gemm input", al, wgpu::BufferUsages::empty());
+            let b = self.storage("winograd products", bl, wgpu::BufferUsages::empty());
+            self.scratch = Some((a, b));
         }
     }
 
-    /// A 3x3 stride-1 convolution by Winograd F(2x2, 3x3): input transform, 16 GEMMs on
-    /// the 1x1 kernel, output transform with the epilogue.
+    /// A convolution on a special kernel: Winograd F(2x2, 3x3) (input transform, 16
+    /// GEMMs, output transform with the epilogue), or a GEMM with the epilogue (on the
+    /// input, or on its im2col copy).
     #[allow(clippy::too_many_arguments)]
-    fn winograd(
+    fn special_conv(
         &mut self,
         program: &Program,
         step: &Step,
         up: &Uploaded,
-        wd: conv::Winograd,
+        sp: conv::Special,
         nb: usize,
-        ins: (Bind, Option<Bind>),
+        (x, res): (Bind, Option<Bind>),
         out: Bind,
     ) -> Result<()> {
         let what = step.nodes.join("+");
@@ -1074,89 +1068,130 @@ impl<'a> Builder<'a> {
         };
         let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
         let key = up.key.as_deref().expect("a conv weight");
-        let weights = self.winograd_weights(key, &up.chunks[0], wd, &what)?;
-        let (v_buf, m_buf) = self.wino_scratch.clone().expect("sized for every layer");
-        let (v, m) = (
-            Bind::floats(&v_buf, wd.input_len(nb)),
-            Bind::floats(&m_buf, wd.product_len(nb)),
-        );
+        let weights = Bind::whole(&self.derived_weights(key, &up.chunks[0], sp, &what)?);
         let dummy = Bind::whole(&self.dummy);
+        let (a, b) = match sp.scratch_len(nb) {
+            (0, 0) => (dummy.clone(), dummy.clone()),
+            (a_len, b_len) => {
+                let (a, b) = self.scratch.as_ref().expect("sized for every layer");
+                (Bind::floats(a, a_len), Bind::floats(b, b_len))
+            }
+        };
         let u = |v: usize| v as u32;
-        let (x, res) = ins;
         let has_res = res.is_some() as u32;
+        let oc = os[1];
         let layer = conv::Params {
-            c: u(wd.c),
+            c: u(xs[1]),
             h: u(xs[2]),
             w: u(xs[3]),
-            oc: u(wd.oc),
+            oc: u(oc),
             oh: u(os[2]),
             ow: u(os[3]),
+            kh: u(cfg.kernel[0]),
+            kw: u(cfg.kernel[1]),
+            sh: u(cfg.stride[0]),
+            sw: u(cfg.stride[1]),
             ph: u(cfg.padding[0]),
             pw: u(cfg.padding[1]),
+            dh: u(cfg.dilation[0]),
+            dw: u(cfg.dilation[1]),
             p: u(os[2] * os[3]),
             has_res,
             relu: step.relu as u32,
+            m_count: u(oc),
             batch: u(nb),
             ..Default::default()
         };
-        let bufs = |x: Bind, wt: Bind, res: Bind, y: Bind, vectors: bool| conv::Buffers {
-            x4: if vectors { x.clone() } else { dummy.clone() },
-            wt4: if vectors { wt.clone() } else { dummy.clone() },
+        let affine = Bind::whole(up.bias.as_ref().expect("conv bias"));
+        let bufs = |x: Bind, affine: Bind, res: Bind, y: Bind, gemm: bool| conv::Buffers {
+            x4: if gemm { x.clone() } else { dummy.clone() },
+            wt4: if gemm { weights.clone() } else { dummy.clone() },
             x,
-            wt,
-            affine: Bind::whole(up.bias.as_ref().expect("conv bias")),
+            wt: dummy.clone(),
+            affine,
             res,
             y,
         };
         let per_element = |b: &Self, n: usize| b.fold(n.div_ceil(kernels::WG), &what);
-        let grid = per_element(self, nb * wd.c * wd.t4)?;
-        let b = bufs(x, dummy.clone(), dummy.clone(), v.clone(), false);
-        self.push(&conv::FAMILY, "wino_input", &layer, b, grid, &what)?;
-        // The products: per image, 16 "groups" (transform elements) of a 1x1 GEMM over
-        // the tiles.
-        let products = conv::Params {
-            c: u(16 * wd.c),
-            oc: u(16 * wd.oc),
-            icg: u(wd.c),
-            ocg: u(wd.oc),
-            g_count: 16,
-            k: u(wd.c),
-            p: u(wd.t4),
-            m_count: u(wd.oc),
-            plain: 1,
-            ..Default::default()
-        };
-        let grid = conv::gemm_grid(wd.t4, wd.oc, nb * 16);
-        let b = bufs(v, Bind::whole(&weights), dummy.clone(), m.clone(), true);
-        self.push(&conv::FAMILY, "conv1x1_rb", &products, b, grid, &what)?;
-        let grid = per_element(self, nb * wd.oc * wd.tiles)?;
-        let b = bufs(m, dummy.clone(), res.unwrap_or(dummy.clone()), out, false);
-        self.push(&conv::FAMILY, "wino_output", &layer, b, grid, &what)
+        let max = self.max_groups as usize;
+        match sp {
+            conv::Special::Winograd(wd) => {
+                let grid = per_element(self, nb * wd.c * wd.t4)?;
+                let bs = bufs(x, dummy.clone(), dummy.clone(), a.clone(), false);
+                self.push(&conv::FAMILY, "wino_input", &layer, bs, grid, &what)?;
+                let products = conv::Params {
+                    k: u(wd.c),
+                    p: u(wd.t4),
+                    p4: u(wd.t4),
+                    m_count: u(oc),
+                    g_count: 16,
+                    plain: 1,
+                    ..Default::default()
+                };
+                let grid = conv::rb_grid(wd.t4, oc, nb * 16, max);
+                let bs = bufs(a, dummy.clone(), dummy.clone(), b.clone(), true);
+                self.push(&conv::FAMILY, "gemm_rb", &products, bs, grid, &what)?;
+                let grid = per_element(self, nb * oc * wd.tiles)?;
+                let bs = bufs(b, affine, res.unwrap_or(dummy.clone()), out, false);
+                self.push(&conv::FAMILY, "wino_output", &layer, bs, grid, &what)
+            }
+            conv::Special::Gemm(g) => {
+                let input = if g.im2col {
+                    let prm = conv::Params {
+                        k: u(g.k),
+                        p4: u(g.p4),
+                        ..layer
+                    };
+                    let grid = per_element(self, nb * g.k * os[2])?;
+                    let bs = bufs(x, dummy.clone(), dummy.clone(), a.clone(), false);
+                    self.push(&conv::FAMILY, "im2col", &prm, bs, grid, &what)?;
+                    a
+                } else {
+                    x
+                };
+                let prm = conv::Params {
+                    k: u(g.k),
+                    p: u(g.p),
+                    p4: u(g.p4),
+                    m_count: u(oc),
+                    g_count: 1,
+                    has_res,
+                    relu: step.relu as u32,
+                    ..Default::default()
+                };
+                let grid = conv::rb_grid(g.p4, oc, nb, max);
+                let bs = bufs(input, affine, res.unwrap_or(dummy.clone()), out, true);
+                self.push(&conv::FAMILY, "gemm_rb", &prm, bs, grid, &what)
+            }
+        }
     }
 
-    /// The Winograd form of conv weight `key` (in one chunk): the model's, else made by a
-    /// dispatch in this plan's prologue.
-    fn winograd_weights(
+    /// The form of conv weight `key` (in one chunk) that `sp` reads: the model's, else
+    /// made by a dispatch in this plan's prologue.
+    fn derived_weights(
         &mut self,
         key: &str,
         chunk: &Chunk,
-        wd: conv::Winograd,
+        sp: conv::Special,
         what: &str,
     ) -> Result<wgpu::Buffer> {
-        if let Some(b) = self.weights.derived(key) {
+        let (entry, form) = sp.weight_form();
+        let name = format!("{key}#{form}");
+        if let Some(b) = self.weights.derived(&name) {
             return Ok(b);
         }
-        if let Some((_, b)) = self.derived.iter().find(|(k, _)| k == key) {
+        if let Some((_, b)) = self.derived.iter().find(|(k, _)| *k == name) {
             return Ok(b.clone());
         }
-        let buf = self.storage(
-            "winograd weights",
-            wd.weight_len(),
-            wgpu::BufferUsages::empty(),
-        );
+        let buf = self.storage(&name, sp.weight_len(), wgpu::BufferUsages::empty());
+        let (c, oc, k) = match sp {
+            conv::Special::Gemm(g) => (0, g.oc, g.k),
+            conv::Special::Winograd(w) => (w.c, w.oc, 0),
+        };
         let prm = conv::Params {
-            c: wd.c as u32,
-            m_count: wd.oc as u32,
+            c: c as u32,
+            k: k as u32,
+            m_count: oc as u32,
             ..Default::default()
         };
         let dummy = Bind::whole(&self.dummy);
@@ -1169,10 +1204,11 @@ impl<'a> Builder<'a> {
             x4: dummy.clone(),
             wt4: dummy,
         };
-        let grid = self.fold((wd.oc * wd.c).div_ceil(kernels::WG), what)?;
-        let d = self.pending_dispatch(&conv::FAMILY, "wino_weights", &prm, bufs, grid, what)?;
+        let n = oc * c.max(k);
+        let grid = self.fold(n.div_ceil(kernels::WG), what)?;
+        let d = self.pending_dispatch(&conv::FAMILY, entry, &prm, bufs, grid, what)?;
         self.prologue.push(PendingCmd::Dispatch(d));
-        self.derived.push((key.to_string(), buf.clone()));
+        self.derived.push((name, buf.clone()));
         Ok(buf)
     }
 

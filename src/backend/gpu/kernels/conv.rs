@@ -7,8 +7,9 @@ use crate::backend::gpu::Kernels;
 params! {
     /// One dispatch: a layer's shape, and the weight chunk it covers (groups
     /// `g_base..g_base + g_count`, and in each the output channels `m_base..m_base + m_count`).
-    /// `batch` counts images (Winograd transforms); `plain` skips the epilogue (the
-    /// Winograd products).
+    /// The GEMM path: `batch` counts images (transforms, im2col), `p4` is the row length
+    /// of the GEMM's input (pixels or tiles rounded up to 4), `plain` skips the epilogue
+    /// (Winograd's products).
     struct Params {
         c: u32, h: u32, w: u32, oc: u32,
         oh: u32, ow: u32, kh: u32, kw: u32,
@@ -16,7 +17,7 @@ params! {
         dh: u32, dw: u32, icg: u32, ocg: u32,
         g_count: u32, g_base: u32, k: u32, p: u32,
         has_res: u32, relu: u32, m_base: u32, m_count: u32,
-        batch: u32, plain: u32, _pad0: u32, _pad1: u32,
+        batch: u32, plain: u32, p4: u32, _pad: u32,
     }
 }
 
@@ -65,16 +66,39 @@ pub(crate) enum Variant {
     RegisterBlocked,
 }
 
-/// How a layer runs on the register-blocked set: a 1x1, stride-1 convolution as a plain
-/// GEMM, a 3x3 stride-1 one by Winograd, the others by the direct kernel.
+/// How a layer runs on the register-blocked set: an ungrouped 3x3 stride-1 convolution by
+/// Winograd, an ungrouped 1x1 one as a GEMM (on the input itself where it has stride 1,
+/// no padding and pixels in fours, else on an im2col copy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Special {
-    Gemm1x1,
+    Gemm(Gemm),
     Winograd(Winograd),
 }
 
-/// A Winograd F(2x2, 3x3) layer: 2x2 output tiles, `tiles_w` per row, `tiles` per image,
-/// padded to `t4` (the products' vector loads take 4 tiles at once).
+/// A convolution as a GEMM: `k` products per output, `oc` channels, `p` pixels per image
+/// in rows of `p4`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Gemm {
+    pub k: usize,
+    pub oc: usize,
+    pub p: usize,
+    pub p4: usize,
+    pub im2col: bool,
+}
+
+impl Gemm {
+    /// Floats of the im2col copy for `n` images (none on the input itself).
+    pub fn col_len(&self, n: usize) -> usize {
+        if self.im2col {
+            n * self.k * self.p4
+        } else {
+            0
+        }
+    }
+}
+
+/// A Winograd F(2x2, 3x3) layer: 2x2 output tiles, `tiles` per image, padded to `t4`
+/// (the products' vector loads take 4 tiles at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Winograd {
     pub tiles: usize,
@@ -84,37 +108,54 @@ pub(crate) struct Winograd {
 }
 
 impl Winograd {
-    /// Floats of the transformed input and of the products for `n` images, and of the
-    /// transformed weights.
+    /// Floats of the transformed input and of the products for `n` images.
     pub fn input_len(&self, n: usize) -> usize {
         n * 16 * self.c * self.t4
     }
     pub fn product_len(&self, n: usize) -> usize {
         n * 16 * self.oc * self.t4
     }
+}
+
+impl Special {
+    /// Floats of the derived weights: k-major, channels padded to 4 (Winograd: one such
+    /// matrix per transform element).
     pub fn weight_len(&self) -> usize {
-        16 * self.oc * self.c
+        match self {
+            Special::Gemm(g) => g.k * g.oc.next_multiple_of(4),
+            Special::Winograd(w) => 16 * w.c * w.oc.next_multiple_of(4),
+        }
+    }
+
+    /// Floats of the two scratch buffers (the GEMM's input, Winograd's products) for `n`
+    /// images.
+    pub fn scratch_len(&self, n: usize) -> (usize, usize) {
+        match self {
+            Special::Gemm(g) => (g.col_len(n), 0),
+            Special::Winograd(w) => (w.input_len(n), w.product_len(n)),
+        }
+    }
+
+    /// The entry that makes the derived weights, and the name they are kept under.
+    pub fn weight_form(&self) -> (&'static str, &'static str) {
+        match self {
+            Special::Gemm(_) => ("gemm_weights", "gemm"),
+            Special::Winograd(_) => ("wino_weights", "winograd"),
+        }
     }
 }
 
-/// The special kernel for a convolution with `c` input and `oc` output channels and an
-/// `oh` x `ow` output, where one applies. Both take whole vectors of 4 input channels
-/// from a weight row, so they need channels in multiples of 4 (and one group).
+/// The special kernel for an ungrouped convolution from `c` x `h` x `w` to `oh` x `ow`.
 pub(crate) fn special(
     cfg: &crate::graph::Conv2d,
-    c: usize,
-    oh: usize,
-    ow: usize,
+    [c, h, w]: [usize; 3],
+    [oh, ow]: [usize; 2],
 ) -> Option<Special> {
-    let unit =
-        cfg.stride == [1, 1] && cfg.dilation == [1, 1] && cfg.groups == 1 && c.is_multiple_of(4);
-    if !unit {
+    if cfg.groups != 1 {
         return None;
     }
-    if cfg.kernel == [1, 1] && cfg.padding == [0, 0] && (oh * ow).is_multiple_of(4) {
-        return Some(Special::Gemm1x1);
-    }
-    if cfg.kernel == [3, 3] {
+    let unit = cfg.stride == [1, 1] && cfg.dilation == [1, 1];
+    if unit && cfg.kernel == [3, 3] {
         let tiles = oh.div_ceil(2) * ow.div_ceil(2);
         return Some(Special::Winograd(Winograd {
             tiles,
@@ -123,13 +164,32 @@ pub(crate) fn special(
             oc: cfg.out_channels,
         }));
     }
-    None
+    // Larger kernels keep the direct kernel: their im2col copy cost more than it saved
+    // on lavapipe (ResNet-50's stem: 80 against 39 ms; its stride-2 3x3 layers: 31
+    // against 28).
+    if cfg.kernel != [1, 1] {
+        return None;
+    }
+    let p = oh * ow;
+    let direct = unit && cfg.padding == [0, 0] && p.is_multiple_of(4);
+    debug_assert!(!direct || p == h * w);
+    Some(Special::Gemm(Gemm {
+        k: c * cfg.kernel[0] * cfg.kernel[1],
+        oc: cfg.out_channels,
+        p,
+        p4: p.next_multiple_of(4),
+        im2col: !direct,
+    }))
 }
 
-/// Workgroups of `conv1x1_rb` for `pixels` (a multiple of 4) by `rows` channels, per
-/// each of `planes` (image, group) pairs.
-pub(crate) fn gemm_grid(pixels: usize, rows: usize, planes: usize) -> [usize; 3] {
-    [(pixels / RB_P).div_ceil(RB_WG), rows.div_ceil(RB_M), planes]
+/// Workgroups of the register-blocked kernels for `pixels` outputs by `rows` channels,
+/// per each of `planes` (image, group) pairs: blocks of RB_P x RB_M, numbered flat and
+/// folded into x-y past `max` per dimension (see `rb_block` in the WGSL).
+pub(crate) fn rb_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
+    let blocks = pixels.div_ceil(RB_P) * rows.div_ceil(RB_M);
+    // Beyond max x max: the push reports the grid as over the limit.
+    let [x, y, _] = super::fold(blocks.div_ceil(RB_WG), max).unwrap_or([max + 1, 1, 1]);
+    [x, y, planes]
 }
 
 impl Variant {
@@ -197,13 +257,11 @@ impl Variant {
     }
 
     /// Workgroups for `pixels` outputs by `rows` channels, per each of `planes` (image,
-    /// group) pairs.
-    pub fn grid(self, pixels: usize, rows: usize, planes: usize) -> [usize; 3] {
+    /// group) pairs, with at most `max` per dimension.
+    pub fn grid(self, pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
         match self {
             Variant::Tiled => [pixels.div_ceil(TN), rows.div_ceil(TM), planes],
-            Variant::RegisterBlocked => {
-                [pixels.div_ceil(RB_P * RB_WG), rows.div_ceil(RB_M), planes]
-            }
+            Variant::RegisterBlocked => rb_grid(pixels, rows, planes, max),
         }
     }
 }
