@@ -35,7 +35,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             let k = k0 + kk;
             var v = 0.0;
             if (m < prm.m_count && k < prm.k) {
-                v = wt[w_base + m * prm.k + k];
+                v = f32(wt[w_base + m * prm.k + k]);
             }
             a_tile[kk * 16u + mm / 4u][mm % 4u] = v;
         }
@@ -53,7 +53,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                 let iy = i32((p / prm.ow) * prm.sh + (rk / prm.kw) * prm.dh) - i32(prm.ph);
                 let ix = i32((p % prm.ow) * prm.sw + (rk % prm.kw) * prm.dw) - i32(prm.pw);
                 if (iy >= 0 && ix >= 0 && u32(iy) < prm.h && u32(ix) < prm.w) {
-                    v = x[x_base + (ci * prm.h + u32(iy)) * prm.w + u32(ix)];
+                    v = f32(x[x_base + (ci * prm.h + u32(iy)) * prm.w + u32(ix)]);
                 }
             }
             b_tile[kk * 16u + nn / 4u][nn % 4u] = v;
@@ -78,10 +78,10 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         for (var j = 0u; j < 4u; j++) {
             let p = n0 + 4u * lid.x + j;
             if (p >= prm.p) { continue; }
-            var v = acc[i][j] * affine[oc] + affine[prm.oc + oc];
-            if (prm.has_res != 0u) { v += res[row + p]; }
+            var v = acc[i][j] * f32(affine[oc]) + f32(affine[prm.oc + oc]);
+            if (prm.has_res != 0u) { v += f32(res[row + p]); }
             if (prm.relu != 0u) { v = relu_f(v); }
-            y[row + p] = v;
+            y[row + p] = S(v);
         }
     }
 }
@@ -139,11 +139,11 @@ fn conv2d_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
             var xi = x_base;
             var wi = wrow + vec4<u32>(ky * prm.kw + kx);
             for (var ci = 0u; ci < prm.icg; ci++) {
-                let xv = select(vec4<f32>(0.0), vec4<f32>(x[xi + off.x], x[xi + off.y], x[xi + off.z], x[xi + off.w]), inside);
-                acc[0] = fma(vec4<f32>(wt[wi.x]), xv, acc[0]);
-                acc[1] = fma(vec4<f32>(wt[wi.y]), xv, acc[1]);
-                acc[2] = fma(vec4<f32>(wt[wi.z]), xv, acc[2]);
-                acc[3] = fma(vec4<f32>(wt[wi.w]), xv, acc[3]);
+                let xv = select(vec4<f32>(0.0), vec4<f32>(f32(x[xi + off.x]), f32(x[xi + off.y]), f32(x[xi + off.z]), f32(x[xi + off.w])), inside);
+                acc[0] = fma(vec4<f32>(f32(wt[wi.x])), xv, acc[0]);
+                acc[1] = fma(vec4<f32>(f32(wt[wi.y])), xv, acc[1]);
+                acc[2] = fma(vec4<f32>(f32(wt[wi.z])), xv, acc[2]);
+                acc[3] = fma(vec4<f32>(f32(wt[wi.w])), xv, acc[3]);
                 xi += hw;
                 wi += vec4<u32>(khw);
             }
@@ -157,10 +157,10 @@ fn conv2d_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
         for (var j = 0u; j < 4u; j++) {
             let p = p0 + j;
             if (p >= prm.p) { continue; }
-            var v = acc[i][j] * affine[oc] + affine[prm.oc + oc];
-            if (prm.has_res != 0u) { v += res[row + p]; }
+            var v = acc[i][j] * f32(affine[oc]) + f32(affine[prm.oc + oc]);
+            if (prm.has_res != 0u) { v += f32(res[row + p]); }
             if (prm.relu != 0u) { v = relu_f(v); }
-            y[row + p] = v;
+            y[row + p] = S(v);
         }
     }
 }
@@ -189,8 +189,8 @@ fn gemm_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
     var acc: array<vec4<f32>, 4>;
     for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
     for (var k = 0u; k < prm.k; k++) {
-        let b = x4[xi];
-        let a = wt4[wi];
+        let b = vec4<f32>(x4[xi]);
+        let a = vec4<f32>(wt4[wi]);
         xi += xs;
         wi += oc4;
         acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
@@ -206,13 +206,13 @@ fn gemm_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
             let p = p0 + j;
             if (p >= prm.p) { continue; }
             if (prm.plain != 0u) {
-                y[row + p] = acc[i][j];
+                y[row + p] = S(acc[i][j]);
                 continue;
             }
-            var v = acc[i][j] * affine[m] + affine[prm.m_count + m];
-            if (prm.has_res != 0u) { v += res[row + p]; }
+            var v = acc[i][j] * f32(affine[m]) + f32(affine[prm.m_count + m]);
+            if (prm.has_res != 0u) { v += f32(res[row + p]); }
             if (prm.relu != 0u) { v = relu_f(v); }
-            y[row + p] = v;
+            y[row + p] = S(v);
         }
     }
 }
@@ -223,7 +223,7 @@ fn gemm_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let i = out_index(gid, nwg); // oc * k + k
     if (i >= prm.m_count * prm.k) { return; }
     let oc4 = (prm.m_count + 3u) / 4u * 4u;
-    y[(i % prm.k) * oc4 + i / prm.k] = wt[i];
+    y[(i % prm.k) * oc4 + i / prm.k] = S(f32(wt[i]));
 }
 
 // The im2col copy of the input, col[img][k][p4] for k = (ci, ky, kx): zero outside the
@@ -247,12 +247,12 @@ fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     for (var ox = 0u; ox < prm.ow; ox++) {
         let ix = ix0 + i32(ox * prm.sw);
         var v = 0.0;
-        if (row_in && ix >= 0 && u32(ix) < prm.w) { v = x[src + u32(ix)]; }
-        y[out + ox] = v;
+        if (row_in && ix >= 0 && u32(ix) < prm.w) { v = f32(x[src + u32(ix)]); }
+        y[out + ox] = S(v);
     }
     // The last row pads its k's pixels to p4.
     if (oy + 1u == prm.oh) {
-        for (var p = prm.p; p < prm.p4; p++) { y[(img * prm.k + k) * prm.p4 + p] = 0.0; }
+        for (var p = prm.p; p < prm.p4; p++) { y[(img * prm.k + k) * prm.p4 + p] = S(0.0); }
     }
 }
 
@@ -279,15 +279,15 @@ fn wino_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let oc4 = (prm.m_count + 3u) / 4u * 4u;
     let n = prm.c * oc4;
     let o = ci * oc4 + oc;
-    let r0 = vec3<f32>(wt[i * 9u], wt[i * 9u + 1u], wt[i * 9u + 2u]);
-    let r1 = vec3<f32>(wt[i * 9u + 3u], wt[i * 9u + 4u], wt[i * 9u + 5u]);
-    let r2 = vec3<f32>(wt[i * 9u + 6u], wt[i * 9u + 7u], wt[i * 9u + 8u]);
+    let r0 = vec3<f32>(f32(wt[i * 9u]), f32(wt[i * 9u + 1u]), f32(wt[i * 9u + 2u]));
+    let r1 = vec3<f32>(f32(wt[i * 9u + 3u]), f32(wt[i * 9u + 4u]), f32(wt[i * 9u + 5u]));
+    let r2 = vec3<f32>(f32(wt[i * 9u + 6u]), f32(wt[i * 9u + 7u]), f32(wt[i * 9u + 8u]));
     // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2.
     let t = array<vec3<f32>, 4>(r0, 0.5 * (r0 + r1 + r2), 0.5 * (r0 - r1 + r2), r2);
     for (var r = 0u; r < 4u; r++) {
         let v = t[r];
         let u = vec4<f32>(v.x, 0.5 * (v.x + v.y + v.z), 0.5 * (v.x - v.y + v.z), v.z);
-        for (var j = 0u; j < 4u; j++) { y[(r * 4u + j) * n + o] = u[j]; }
+        for (var j = 0u; j < 4u; j++) { y[(r * 4u + j) * n + o] = S(u[j]); }
     }
 }
 
@@ -322,7 +322,7 @@ fn wino_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             if (yy >= 0 && yy < h) {
                 for (var c = 0; c < 4; c++) {
                     let xx = x0 + c;
-                    if (xx >= 0 && xx < w) { row[c] = x[xb + u32(yy * w + xx)]; }
+                    if (xx >= 0 && xx < w) { row[c] = f32(x[xb + u32(yy * w + xx)]); }
                 }
             }
             d[r] = row;
@@ -335,7 +335,7 @@ fn wino_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         wino_bt(d[1] - d[3]),
     );
     for (var r = 0u; r < 4u; r++) {
-        for (var c = 0u; c < 4u; c++) { y[out + (r * 4u + c) * e_stride] = v[r][c]; }
+        for (var c = 0u; c < 4u; c++) { y[out + (r * 4u + c) * e_stride] = S(v[r][c]); }
     }
 }
 
@@ -360,14 +360,14 @@ fn wino_output(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     var m: array<vec4<f32>, 4>;
     for (var r = 0u; r < 4u; r++) {
         let b = src + r * 4u * e_stride;
-        m[r] = vec4<f32>(x[b], x[b + e_stride], x[b + 2u * e_stride], x[b + 3u * e_stride]);
+        m[r] = vec4<f32>(f32(x[b]), f32(x[b + e_stride]), f32(x[b + 2u * e_stride]), f32(x[b + 3u * e_stride]));
     }
     let top = wino_at(m[0] + m[1] + m[2]);
     let bottom = wino_at(m[1] - m[2] - m[3]);
     let oy = (t / tl.x) * 2u;
     let ox = (t % tl.x) * 2u;
-    let scale = affine[oc];
-    let shift = affine[prm.oc + oc];
+    let scale = f32(affine[oc]);
+    let shift = f32(affine[prm.oc + oc]);
     let plane = (img * prm.oc + oc) * prm.p;
     for (var r = 0u; r < 2u; r++) {
         if (oy + r >= prm.oh) { continue; }
@@ -377,9 +377,9 @@ fn wino_output(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
             if (ox + c >= prm.ow) { continue; }
             let o = plane + (oy + r) * prm.ow + ox + c;
             var v = v2[c] * scale + shift;
-            if (prm.has_res != 0u) { v += res[o]; }
+            if (prm.has_res != 0u) { v += f32(res[o]); }
             if (prm.relu != 0u) { v = relu_f(v); }
-            y[o] = v;
+            y[o] = S(v);
         }
     }
 }

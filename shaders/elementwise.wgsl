@@ -7,16 +7,16 @@
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
-    var v = a[i] + b[i];
+    var v = f32(a[i]) + f32(b[i]);
     if (prm.relu != 0u) { v = relu_f(v); }
-    y[i] = v;
+    y[i] = S(v);
 }
 
 @compute @workgroup_size(WG, 1, 1)
 fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
-    y[i] = relu_f(a[i]);
+    y[i] = S(relu_f(f32(a[i])));
 }
 
 // `total` counts rows: (outer, inner) positions; the softmax runs over `dim_len`.
@@ -26,10 +26,10 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if (r >= prm.total) { return; }
     let base = (r / prm.inner) * prm.dim_len * prm.inner + r % prm.inner;
     var m = bitcast<f32>(0xff7fffffu); // -FLT_MAX
-    for (var k = 0u; k < prm.dim_len; k++) { m = max(m, a[base + k * prm.inner]); }
+    for (var k = 0u; k < prm.dim_len; k++) { m = max(m, f32(a[base + k * prm.inner])); }
     var s = 0.0;
-    for (var k = 0u; k < prm.dim_len; k++) { s += exp(a[base + k * prm.inner] - m); }
+    for (var k = 0u; k < prm.dim_len; k++) { s += exp(f32(a[base + k * prm.inner]) - m); }
     for (var k = 0u; k < prm.dim_len; k++) {
-        y[base + k * prm.inner] = exp(a[base + k * prm.inner] - m) / s;
+        y[base + k * prm.inner] = S(exp(f32(a[base + k * prm.inner]) - m) / s);
     }
 }

@@ -18,10 +18,10 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     for (var b0 = 0u; b0 < prm.batch; b0 += 4u) {
         var acc = vec4<f32>(0.0);
         for (var k = t; k < prm.k; k += 256u) {
-            let wv = wt[w_row + k];
+            let wv = f32(wt[w_row + k]);
             for (var j = 0u; j < 4u; j++) {
                 if (b0 + j < prm.batch) {
-                    acc[j] = fma(wv, x[(b0 + j) * prm.k + k], acc[j]);
+                    acc[j] = fma(wv, f32(x[(b0 + j) * prm.k + k]), acc[j]);
                 }
             }
         }
@@ -34,9 +34,9 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             workgroupBarrier();
         }
         if (t < 4u && b0 + t < prm.batch) {
-            var v = red[t * 256u] + bias[n];
+            var v = red[t * 256u] + f32(bias[n]);
             if (prm.relu != 0u) { v = relu_f(v); }
-            y[(b0 + t) * prm.n_total + n] = v;
+            y[(b0 + t) * prm.n_total + n] = S(v);
         }
         workgroupBarrier();
     }
@@ -58,14 +58,14 @@ fn linear_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
         let xr = vec4<u32>(b0, min(b0 + 1u, last), min(b0 + 2u, last), min(b0 + 3u, last)) * prm.k;
         var acc = vec4<f32>(0.0);
         for (var k = 0u; k < prm.k; k++) {
-            let wv = wt[w_row + k];
-            acc = fma(vec4<f32>(wv), vec4<f32>(x[xr.x + k], x[xr.y + k], x[xr.z + k], x[xr.w + k]), acc);
+            let wv = f32(wt[w_row + k]);
+            acc = fma(vec4<f32>(wv), vec4<f32>(f32(x[xr.x + k]), f32(x[xr.y + k]), f32(x[xr.z + k]), f32(x[xr.w + k])), acc);
         }
         for (var j = 0u; j < 4u; j++) {
             if (b0 + j < prm.batch) {
-                var v = acc[j] + bias[n];
+                var v = acc[j] + f32(bias[n]);
                 if (prm.relu != 0u) { v = relu_f(v); }
-                y[(b0 + j) * prm.n_total + n] = v;
+                y[(b0 + j) * prm.n_total + n] = S(v);
             }
         }
     }

@@ -7,7 +7,7 @@
 
 fn finish(i: u32, v: f32) -> f32 {
     var o = v;
-    if (prm.has_res != 0u) { o += res[i]; }
+    if (prm.has_res != 0u) { o += f32(res[i]); }
     if (prm.relu != 0u) { o = relu_f(o); }
     return o;
 }
@@ -22,10 +22,10 @@ fn lrn(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let hi = min(i32(ch) + i32((prm.size - 1u) / 2u), i32(prm.c) - 1);
     var s = 0.0;
     for (var k = max(lo, 0); k <= hi; k++) {
-        let v = x[first + u32(k) * prm.hw];
+        let v = f32(x[first + u32(k) * prm.hw]);
         s = fma(v, v, s);
     }
-    y[i] = x[i] / pow(prm.k + prm.alpha / f32(prm.size) * s, prm.beta);
+    y[i] = S(f32(x[i]) / pow(prm.k + prm.alpha / f32(prm.size) * s, prm.beta));
 }
 
 @compute @workgroup_size(WG, 1, 1)
@@ -33,7 +33,7 @@ fn batch_norm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let i = out_index(gid, nwg);
     if (i >= prm.total) { return; }
     let ch = (i / prm.hw) % prm.c;
-    y[i] = finish(i, fma(x[i], scale[ch], shift[ch]));
+    y[i] = S(finish(i, fma(f32(x[i]), f32(scale[ch]), f32(shift[ch]))));
 }
 
 var<workgroup> part: array<f32, 256>;
@@ -59,16 +59,16 @@ fn group_norm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let base = wid.x * len;
     let g = wid.x % prm.groups;
     var s = 0.0;
-    for (var i = t; i < len; i += 256u) { s += x[base + i]; }
+    for (var i = t; i < len; i += 256u) { s += f32(x[base + i]); }
     let mean = reduce_sum(t, s) / f32(len);
     var q = 0.0;
     for (var i = t; i < len; i += 256u) {
-        let d = x[base + i] - mean;
+        let d = f32(x[base + i]) - mean;
         q = fma(d, d, q);
     }
     let rstd = inverseSqrt(reduce_sum(t, q) / f32(len) + prm.eps);
     for (var i = t; i < len; i += 256u) {
         let ch = g * cg + i / prm.hw;
-        y[base + i] = finish(base + i, fma((x[base + i] - mean) * rstd, scale[ch], shift[ch]));
+        y[base + i] = S(finish(base + i, fma((f32(x[base + i]) - mean) * rstd, f32(scale[ch]), f32(shift[ch]))));
     }
 }

@@ -30,7 +30,7 @@ fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     var nan_value = 0.0;
     for (var yy = win.h0; yy < win.h1; yy++) {
         for (var xx = win.w0; xx < win.w1; xx++) {
-            let v = x[base + u32(yy) * prm.w + u32(xx)];
+            let v = f32(x[base + u32(yy) * prm.w + u32(xx)]);
             // Tested on the bits: compilers may fold `v != v` to false (fast math).
             let bits = bitcast<u32>(v);
             if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0u && !nan) {
@@ -41,7 +41,7 @@ fn max_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         }
     }
     if (nan) { m = nan_value; }
-    y[i] = m;
+    y[i] = S(m);
 }
 
 @compute @workgroup_size(WG, 1, 1)
@@ -53,12 +53,12 @@ fn avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     var s = 0.0;
     for (var yy = win.h0; yy < win.h1; yy++) {
         for (var xx = win.w0; xx < win.w1; xx++) {
-            s += x[base + u32(yy) * prm.w + u32(xx)];
+            s += f32(x[base + u32(yy) * prm.w + u32(xx)]);
         }
     }
     var div = win.size;
     if (prm.count_include_pad == 0u) { div = f32((win.h1 - win.h0) * (win.w1 - win.w0)); }
-    y[i] = s / div;
+    y[i] = S(s / div);
 }
 
 @compute @workgroup_size(WG, 1, 1)
@@ -77,8 +77,8 @@ fn adaptive_avg_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     var s = 0.0;
     for (var yy = h0; yy < h1; yy++) {
         for (var xx = w0; xx < w1; xx++) {
-            s += x[base + yy * prm.w + xx];
+            s += f32(x[base + yy * prm.w + xx]);
         }
     }
-    y[i] = s / f32((h1 - h0) * (w1 - w0));
+    y[i] = S(s / f32((h1 - h0) * (w1 - w0)));
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 use webcnn::backend::cpu::CpuModel;
-use webcnn::backend::gpu::{GpuModel, GpuOptions, Kernels, StepClock, Tuning};
+use webcnn::backend::gpu::{GpuModel, GpuOptions, Kernels, Precision, StepClock, Tuning};
 use webcnn::graph::{Conv2d, GraphBuilder, Pool2d};
 use webcnn::lower::Program;
 use webcnn::prng::{synth, synth_params};
@@ -662,4 +662,82 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
         let err = rel_l2(got.data(), &f64s(&want));
         assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
     }
+}
+
+#[test]
+fn half_precision_handles_odd_sizes_split_weights_and_batch_chunks() {
+    // f16 values take 2 bytes, while copies and bindings move whole 4-byte words.
+    let half = |max_binding_bytes| {
+        common::gpu_with(GpuOptions {
+            precision: Precision::F16,
+            max_binding_bytes,
+            ..Default::default()
+        })
+    };
+    let close = |got: &Tensor, want: &Tensor, what: &str| {
+        assert_eq!(got.shape(), want.shape(), "{what}");
+        let e = rel_l2(got.data(), &f64s(want));
+        assert!(e <= 1e-2, "{what}: rel L2 {e:e}");
+    };
+    // Weights split across 1 KiB bindings (half the bytes: the same split as f32 at
+    // 2 KiB), batches in chunks of one image.
+    let g = split_graph(3);
+    let w = synth_params(&g, 1).unwrap();
+    let x = synth("input", &[3, 16, 4, 4], 2).unwrap();
+    let mut m = GpuModel::prepare_blocking(&half(Some(1024)), &g, &w).unwrap();
+    let r = m.memory().clone();
+    assert_eq!((r.split_layers, r.batch_chunk), (4, 1), "{r:?}");
+    close(
+        &m.run_blocking(&x).unwrap()[0],
+        &run_cpu(&g, &w, &x, true)[0],
+        "split and chunked",
+    );
+    // Odd input, output and intermediate sizes (75, 27 and 7 values per image), on both
+    // kernel sets, with the feature map as a second output.
+    let mut b = GraphBuilder::new();
+    let xi = b.input("x", &[1, 3, 5, 5]).unwrap();
+    let c = b
+        .conv2d("conv", xi, Conv2d::new(3, 3, 3).stride(2).padding(1))
+        .unwrap();
+    let f = b.flatten("flatten", c, 1).unwrap();
+    let fc = b.linear("fc", f, 27, 7, true).unwrap();
+    let g = b.build(&[fc, c]).unwrap();
+    let w = synth_params(&g, 3).unwrap();
+    let x = synth("input", &[1, 3, 5, 5], 4).unwrap();
+    let want = run_cpu(&g, &w, &x, true);
+    for kernels in [Kernels::Tiled, Kernels::RegisterBlocked] {
+        let ctx = common::gpu_with(GpuOptions {
+            precision: Precision::F16,
+            kernels: Some(kernels),
+            ..Default::default()
+        });
+        let got = GpuModel::prepare_blocking(&ctx, &g, &w)
+            .unwrap()
+            .run_blocking(&x)
+            .unwrap();
+        close(&got[0], &want[0], &format!("odd logits, {kernels:?}"));
+        close(&got[1], &want[1], &format!("odd feature map, {kernels:?}"));
+    }
+    // Chunks of images with odd sizes each start on a word.
+    let g = odd_batch();
+    let w = synth_params(&g, 1).unwrap();
+    let x = synth("input", &[3, 7, 5, 5], 5).unwrap();
+    let mut m = GpuModel::prepare_blocking(&half(Some(1024)), &g, &w).unwrap();
+    assert_eq!(m.memory().batch_chunk, 2);
+    close(
+        &m.run_blocking(&x).unwrap()[0],
+        &run_cpu(&g, &w, &x, true)[0],
+        "odd images in chunks",
+    );
+}
+
+/// Three images of 7x5x5 in and out (175 values, 350 bytes in f16): chunks of 2 and 1
+/// at 1 KiB per binding.
+fn odd_batch() -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[3, 7, 5, 5]).unwrap();
+    let c = b
+        .conv2d("conv", x, Conv2d::new(7, 7, 3).padding(1))
+        .unwrap();
+    b.build(&[c]).unwrap()
 }

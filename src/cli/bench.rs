@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use webcnn::backend::cpu::{CpuModel, CpuWeights};
 use webcnn::backend::gpu::{
-    GpuContext, GpuModel, GpuOptions, GpuWeights, Kernels, StepClock, Tuning,
+    GpuContext, GpuModel, GpuOptions, GpuWeights, Kernels, Precision, StepClock, Tuning,
 };
 use webcnn::graph::{Conv2d, GraphBuilder};
 use webcnn::models::Model;
@@ -55,6 +55,16 @@ pub struct Args {
     /// layer shape not yet measured on this adapter.
     #[arg(long, value_enum, default_value = "auto")]
     gpu_kernels: GpuKernels,
+    /// What the GPU stores activations and weights as (f16 needs the adapter's
+    /// shader-f16; kernels compute in f32 either way).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: BenchPrecision,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchPrecision {
+    F32,
+    F16,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +88,10 @@ impl Args {
             tuning: match self.gpu_kernels {
                 GpuKernels::Tune => Tuning::Measure,
                 _ => Tuning::Auto,
+            },
+            precision: match self.precision {
+                BenchPrecision::F32 => Precision::F32,
+                BenchPrecision::F16 => Precision::F16,
             },
             ..Default::default()
         }

@@ -1,7 +1,7 @@
 //! Adapter, device and the pipeline cache.
 
 use super::kernels::conv::Variant;
-use super::kernels::Family;
+use super::kernels::{Family, Precision};
 use super::tuning::{self, Tuner, Tuning};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -23,6 +23,9 @@ pub struct GpuOptions {
     /// Where measured choices are kept across processes (natively; default
     /// `gpu-tuning.json` in the cache folder, which `WEBCNN_CACHE` moves).
     pub tuning_file: Option<std::path::PathBuf>,
+    /// What activations and weights are stored as. F16 needs the adapter's `shader-f16`
+    /// (opening the device fails without it).
+    pub precision: Precision,
 }
 
 /// The two kernel sets for convolutions and linear layers (`shaders/conv.wgsl`,
@@ -111,7 +114,16 @@ impl GpuContext {
         let (software, name) = browser_adapter().await;
         let limits = adapter.limits();
         // Timestamps time each layer on the GPU for profiles; optional everywhere.
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let mut features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        if opts.precision == Precision::F16 {
+            if !adapter.features().contains(wgpu::Features::SHADER_F16) {
+                return Err(Error::DeviceLimit(format!(
+                    "f16 precision needs the adapter's shader-f16 feature, which '{}' lacks",
+                    if name.is_empty() { &info.name } else { &name }
+                )));
+            }
+            features |= wgpu::Features::SHADER_F16;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("webcnn"),
@@ -283,6 +295,16 @@ impl GpuContext {
         self.shared.binding_limit
     }
 
+    /// What activations and weights are stored as.
+    pub fn precision(&self) -> Precision {
+        self.shared.opts.precision
+    }
+
+    /// Bytes per stored value.
+    pub fn elem_bytes(&self) -> usize {
+        self.precision().bytes()
+    }
+
     /// A one-line description: adapter name, backend and device type.
     pub fn describe(&self) -> String {
         let i = &self.shared.info;
@@ -302,7 +324,7 @@ impl GpuContext {
             .or_insert_with(|| {
                 let module = s.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(family.name),
-                    source: wgpu::ShaderSource::Wgsl(family.source().into()),
+                    source: wgpu::ShaderSource::Wgsl(family.source(s.opts.precision).into()),
                 });
                 let layout = s
                     .device

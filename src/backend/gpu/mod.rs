@@ -13,6 +13,7 @@ mod weights;
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::list_adapters;
 pub use context::{GpuContext, GpuOptions, Kernels};
+pub use kernels::Precision;
 pub use model::{GpuModel, MemoryReport, StepClock};
 pub use tuning::Tuning;
 pub use weights::GpuWeights;

@@ -4,7 +4,7 @@
 use super::context::GpuContext;
 use super::kernels::{self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Uniform};
 use super::tuning;
-use super::weights::{upload, Chunk, GpuWeights};
+use super::weights::{from_device, to_device, upload, Chunk, GpuWeights};
 use super::OneShot;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Value};
@@ -141,7 +141,7 @@ impl GpuModel {
     ) -> Result<Self> {
         let program = Program::new(graph, fuse);
         // A plan that cannot fit fails before any weight is uploaded.
-        batch_chunk(&program, ctx.binding_limit())?;
+        batch_chunk(&program, ctx.binding_limit(), ctx.elem_bytes())?;
         let shared = Arc::new(GpuWeights::upload(ctx, graph, weights).await?);
         Self::build(program, &shared).await
     }
@@ -194,6 +194,12 @@ impl GpuModel {
         encode(&self.cmds, enc)
     }
 
+    /// The batch chunks: (first image, images).
+    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (n, chunk) = (self.input_shape[0], self.report.batch_chunk.max(1));
+        (0..n).step_by(chunk).map(move |b0| (b0, chunk.min(n - b0)))
+    }
+
     fn check_alive(&self) -> Result<()> {
         match self.context().lost() {
             Some(why) => Err(Error::DeviceLost(why)),
@@ -212,8 +218,16 @@ impl GpuModel {
         self.check_alive()?;
         let s = &self.context().shared;
         let scope = s.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        s.queue
-            .write_buffer(&self.upload, 0, bytemuck::cast_slice(input.data()));
+        let precision = self.context().precision();
+        let elem = precision.bytes();
+        // Chunk by chunk, each from a 4-byte word (see `Builder::build`).
+        let per_image = numel(&self.input_shape[1..]);
+        for (c, (b0, nb)) in self.chunks().enumerate() {
+            let off = (c * self.report.batch_chunk * per_image * elem).next_multiple_of(4);
+            let x = &input.data()[b0 * per_image..(b0 + nb) * per_image];
+            s.queue
+                .write_buffer(&self.upload, off as u64, &to_device(precision, x));
+        }
         let mut enc = s
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -242,25 +256,35 @@ impl GpuModel {
             self.check_alive()?;
             return Err(Error::Gpu(format!("running the graph: {e}")));
         }
-        let data: Vec<f32> = {
+        let outputs: Vec<Vec<f32>> = {
             let view = self
                 .readback
                 .slice(..)
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+            // Each output's chunks, each from a 4-byte word.
+            let mut off = 0;
+            self.output_shapes
+                .iter()
+                .map(|shape| {
+                    let pi = numel(&shape[1..]) * elem;
+                    let stride = (self.report.batch_chunk * pi).next_multiple_of(4);
+                    let mut v = Vec::with_capacity(numel(shape));
+                    for (_, nb) in self.chunks() {
+                        v.extend(from_device(precision, &view[off..off + nb * pi]));
+                        off += stride;
+                    }
+                    v
+                })
+                .collect()
         };
         self.readback.unmap();
         self.check_alive()?;
-        let mut off = 0;
         Ok(self
             .output_shapes
             .iter()
-            .map(|shape| {
-                let n = numel(shape);
-                off += n;
-                Tensor::new(shape.clone(), data[off - n..off].to_vec()).expect("planned shapes")
-            })
+            .zip(outputs)
+            .map(|(shape, data)| Tensor::new(shape.clone(), data).expect("planned shapes"))
             .collect())
     }
 
@@ -420,9 +444,9 @@ impl GpuModel {
 }
 
 /// The largest batch chunk whose every activation fits one binding of `limit` bytes.
-fn batch_chunk(program: &Program, limit: u64) -> Result<usize> {
+fn batch_chunk(program: &Program, limit: u64, elem: usize) -> Result<usize> {
     let n = program.shape(program.input)[0];
-    let per_image = |v| numel(&program.shape(v)[1..]) as u64 * 4;
+    let per_image = |v| (numel(&program.shape(v)[1..]) * elem) as u64;
     let (biggest, big_v) = program
         .steps
         .iter()
@@ -510,15 +534,16 @@ impl<'a> Builder<'a> {
     fn storage(&self, label: &str, len: usize, extra: wgpu::BufferUsages) -> wgpu::Buffer {
         self.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: (len.max(1) * 4) as u64,
+            size: (len.max(1) * self.ctx.elem_bytes()).next_multiple_of(4) as u64,
             usage: wgpu::BufferUsages::STORAGE | extra,
             mapped_at_creation: false,
         })
     }
 
     fn upload(&mut self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        self.report.params += (data.len() * 4) as u64;
-        upload(self.ctx, label, data)
+        let buf = upload(self.ctx, label, data);
+        self.report.params += buf.size();
+        buf
     }
 
     /// Workgroup grid for `count` workgroups, folded into 2D past the per-dimension limit.
@@ -531,8 +556,9 @@ impl<'a> Builder<'a> {
     fn build(mut self, program: &Program, params: &[StepParams]) -> Result<GpuModel> {
         let input_shape = program.shape(program.input).to_vec();
         let n = input_shape[0];
-        let per_image = |v| numel(&program.shape(v)[1..]) as u64 * 4;
-        let chunk = batch_chunk(program, self.limit)?;
+        let elem = self.ctx.elem_bytes();
+        let per_image = |v| (numel(&program.shape(v)[1..]) * elem) as u64;
+        let chunk = batch_chunk(program, self.limit, elem)?;
         let plan = MemoryPlan::new(program, chunk);
         let slots: Vec<wgpu::Buffer> = plan
             .slot_len
@@ -559,11 +585,14 @@ impl<'a> Builder<'a> {
 
         let in_slot = &slots[plan.slot_of[&program.input]];
         let chunks = n.div_ceil(chunk);
+        // Chunks are copied in and out whole: each starts on a 4-byte word (copies move
+        // whole words; at half precision an image may hold an odd number of values).
+        let chunk_bytes = |v| (chunk as u64 * per_image(v)).next_multiple_of(4);
         let max_buf = self.ctx.shared.limits.max_buffer_size;
         let upload = if chunks == 1 {
             in_slot.clone()
         } else {
-            let bytes = per_image(program.input) * n as u64;
+            let bytes = chunk_bytes(program.input) * chunks as u64;
             if bytes > max_buf {
                 return Err(Error::DeviceLimit(format!(
                     "input of {bytes} bytes exceeds the {max_buf}-byte buffer limit"
@@ -580,7 +609,7 @@ impl<'a> Builder<'a> {
         let out_bytes: Vec<u64> = program
             .outputs
             .iter()
-            .map(|(_, s)| numel(s) as u64 * 4)
+            .map(|(v, _)| chunk_bytes(*v) * chunks as u64)
             .collect();
         let total_out: u64 = out_bytes.iter().sum();
         if total_out > max_buf {
@@ -611,10 +640,10 @@ impl<'a> Builder<'a> {
                 let pi = per_image(program.input);
                 self.pending.push(PendingCmd::Copy(Copy {
                     src: upload.clone(),
-                    src_off: b0 as u64 * pi,
+                    src_off: c as u64 * chunk_bytes(program.input),
                     dst: in_slot.clone(),
                     dst_off: 0,
-                    size: nb as u64 * pi,
+                    size: (nb as u64 * pi).next_multiple_of(4),
                 }));
             }
             // Each output is copied out as soon as it is made, so its slot can be reused
@@ -624,13 +653,13 @@ impl<'a> Builder<'a> {
                     if *ov != v {
                         continue;
                     }
-                    let pi = numel(&shape[1..]) as u64 * 4;
+                    let pi = (numel(&shape[1..]) * elem) as u64;
                     pending.push(PendingCmd::Copy(Copy {
                         src: slots[plan.slot_of[ov]].clone(),
                         src_off: 0,
                         dst: readback.clone(),
-                        dst_off: out_off[k] + b0 as u64 * pi,
-                        size: nb as u64 * pi,
+                        dst_off: out_off[k] + c as u64 * chunk_bytes(*ov),
+                        size: (nb as u64 * pi).next_multiple_of(4),
                     }));
                 }
             };
@@ -639,7 +668,7 @@ impl<'a> Builder<'a> {
                 self.step = i;
                 let bind = |v| {
                     let len = numel(&program.shape(v)[1..]) * nb;
-                    Bind::floats(&slots[plan.slot_of[&v]], len)
+                    Bind::first(&slots[plan.slot_of[&v]], len, elem)
                 };
                 let ins: Vec<Bind> = step.inputs.iter().map(|&v| bind(v)).collect();
                 let res = step.residual.map(bind);
@@ -997,7 +1026,7 @@ impl<'a> Builder<'a> {
             unreachable!("a convolution step")
         };
         let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
-        let key = tuning::shape_key(cfg, [nb, xs[1], xs[2], xs[3]]);
+        let key = tuning::shape_key(cfg, [nb, xs[1], xs[2], xs[3]], self.ctx.precision());
         // Not measured (wasm, or timing failed): the table's choice.
         let v = self
             .force
@@ -1009,7 +1038,7 @@ impl<'a> Builder<'a> {
         let shape = |s: &[usize]| [s[1], s[2], s[3]];
         let special = conv::special(cfg, shape(xs), [os[2], os[3]]).filter(|sp| {
             // Its buffers within one binding, and the weights in one chunk.
-            let fits = |floats: usize| floats as u64 * 4 <= self.limit;
+            let fits = |n: usize| (n * self.ctx.elem_bytes()) as u64 <= self.limit;
             let (a, b) = sp.scratch_len(nb);
             let whole = self
                 .weights
@@ -1041,7 +1070,7 @@ impl<'a> Builder<'a> {
             bl = bl.max(b);
         }
         if al + bl > 0 {
-            self.report.workspace += (al + bl) as u64 * 4;
+            self.report.workspace += ((al + bl) * self.ctx.elem_bytes()) as u64;
             let a = self.storage("gemm input", al, wgpu::BufferUsages::empty());
             let b = self.storage("winograd products", bl, wgpu::BufferUsages::empty());
             self.scratch = Some((a, b));
@@ -1074,7 +1103,8 @@ impl<'a> Builder<'a> {
             (0, 0) => (dummy.clone(), dummy.clone()),
             (a_len, b_len) => {
                 let (a, b) = self.scratch.as_ref().expect("sized for every layer");
-                (Bind::floats(a, a_len), Bind::floats(b, b_len))
+                let elem = self.ctx.elem_bytes();
+                (Bind::first(a, a_len, elem), Bind::first(b, b_len, elem))
             }
         };
         let u = |v: usize| v as u32;
@@ -1298,7 +1328,7 @@ impl<'a> Builder<'a> {
 /// error).
 #[cfg(not(target_arch = "wasm32"))]
 fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
-    let nb = batch_chunk(program, ctx.binding_limit())?;
+    let nb = batch_chunk(program, ctx.binding_limit(), ctx.elem_bytes())?;
     let mut measured = false;
     for step in &program.steps {
         let Kernel::Conv { cfg, .. } = &step.kernel else {
@@ -1306,7 +1336,7 @@ fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         };
         let xs = program.shape(step.inputs[0]);
         let shape = [nb, xs[1], xs[2], xs[3]];
-        let key = tuning::shape_key(cfg, shape);
+        let key = tuning::shape_key(cfg, shape, ctx.precision());
         if ctx.conv_choice(&key).is_some() {
             continue;
         }

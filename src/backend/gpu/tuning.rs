@@ -5,6 +5,7 @@
 //! (natively) and the winner remembered per adapter, in memory and in the cache folder.
 
 use super::kernels::conv::Variant;
+use super::kernels::Precision;
 use super::Kernels;
 use crate::graph::Conv2d;
 use std::collections::HashMap;
@@ -84,12 +85,18 @@ pub(crate) fn decide(
     }
 }
 
-/// What a convolution's kernel choice depends on: its shape and the batch of a dispatch.
-pub(crate) fn shape_key(cfg: &Conv2d, [n, c, h, w]: [usize; 4]) -> String {
+/// What a convolution's kernel choice depends on: its shape, the batch of a dispatch and
+/// the storage precision (f32 keys keep their old form).
+pub(crate) fn shape_key(cfg: &Conv2d, [n, c, h, w]: [usize; 4], precision: Precision) -> String {
     let [kh, kw] = cfg.kernel;
     let ([sh, sw], [ph, pw], [dh, dw]) = (cfg.stride, cfg.padding, cfg.dilation);
+    let half = if precision == Precision::F16 {
+        " f16"
+    } else {
+        ""
+    };
     format!(
-        "n{n} c{c} h{h} w{w} oc{} k{kh}x{kw} s{sh}x{sw} p{ph}x{pw} d{dh}x{dw} g{}",
+        "n{n} c{c} h{h} w{w} oc{} k{kh}x{kw} s{sh}x{sw} p{ph}x{pw} d{dh}x{dw} g{}{half}",
         cfg.out_channels, cfg.groups
     )
 }
@@ -276,10 +283,12 @@ mod tests {
     #[test]
     fn shape_keys_tell_every_parameter_apart() {
         let a = Conv2d::new(64, 64, 3).padding(1);
-        let k = shape_key(&a, [1, 64, 56, 56]);
+        let f32 = Precision::F32;
+        let k = shape_key(&a, [1, 64, 56, 56], f32);
         assert_eq!(k, "n1 c64 h56 w56 oc64 k3x3 s1x1 p1x1 d1x1 g1");
-        assert_ne!(k, shape_key(&a, [2, 64, 56, 56]));
-        assert_ne!(k, shape_key(&a.clone().stride(2), [1, 64, 56, 56]));
-        assert_ne!(k, shape_key(&a.clone().groups(2), [1, 64, 56, 56]));
+        assert_ne!(k, shape_key(&a, [2, 64, 56, 56], f32));
+        assert_ne!(k, shape_key(&a.clone().stride(2), [1, 64, 56, 56], f32));
+        assert_ne!(k, shape_key(&a.clone().groups(2), [1, 64, 56, 56], f32));
+        assert_ne!(k, shape_key(&a, [1, 64, 56, 56], Precision::F16));
     }
 }

@@ -4,6 +4,7 @@
 //! host, where each plan folds them into the few floats it uploads itself.
 
 use super::context::GpuContext;
+use super::kernels::Precision;
 use super::OneShot;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Op};
@@ -86,8 +87,9 @@ impl GpuWeights {
     }
 
     fn buffer(&mut self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        self.device_bytes += (data.len() * 4) as u64;
-        upload(&self.ctx, label, data)
+        let buf = upload(&self.ctx, label, data);
+        self.device_bytes += buf.size();
+        buf
     }
 
     /// Upload `w` (`groups` x `rows` x `row_len`) in chunks that each fit one binding:
@@ -100,9 +102,9 @@ impl GpuWeights {
         rows: usize,
     ) -> Result<Vec<Chunk>> {
         let limit = self.ctx.binding_limit();
-        let row_bytes = (w.len() / (groups * rows).max(1)) as u64 * 4;
+        let row_len = w.len() / (groups * rows).max(1);
+        let row_bytes = (row_len * self.ctx.elem_bytes()) as u64;
         let group_bytes = row_bytes * rows as u64;
-        let row_len = row_bytes as usize / 4;
         let slice =
             |g: usize, r: usize, n: usize| (g * rows + r) * row_len..(g * rows + r + n) * row_len;
         let mut chunks = vec![];
@@ -164,7 +166,9 @@ impl GpuWeights {
             .find(|c| c.group == 0 && c.groups == 1 && (c.row..c.row + c.rows).contains(&row))
             .ok_or_else(|| Error::MissingWeight(format!("{key} row {row}")))?;
         let row_len = self.shapes[key][1..].iter().product::<usize>();
-        let bytes = (row_len * 4) as u64;
+        let elem = self.ctx.elem_bytes();
+        // Copies move whole 4-byte words: at half precision an odd row takes the next value.
+        let (off, bytes) = word_range((row - chunk.row) * row_len * elem, row_len * elem);
         let s = &self.ctx.shared;
         let staging = s.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("weight row"),
@@ -173,8 +177,8 @@ impl GpuWeights {
             mapped_at_creation: false,
         });
         let mut enc = s.device.create_command_encoder(&Default::default());
-        let off = (row - chunk.row) as u64 * bytes;
         enc.copy_buffer_to_buffer(&chunk.buf, off, &staging, 0, bytes);
+        let skip = (row - chunk.row) * row_len * elem - off as usize;
         s.queue.submit([enc.finish()]);
         let done = OneShot::new();
         staging
@@ -191,7 +195,7 @@ impl GpuWeights {
             .slice(..)
             .get_mapped_range()
             .map_err(|e| Error::Gpu(format!("reading a weight row: {e}")))
-            .map(|view| bytemuck::cast_slice::<u8, f32>(&view).to_vec())?;
+            .map(|view| from_device(self.ctx.precision(), &view[skip..skip + row_len * elem]))?;
         staging.unmap();
         Ok(v)
     }
@@ -227,7 +231,38 @@ impl GpuWeights {
     }
 }
 
-/// A storage buffer holding `data` (one float when empty: bindings cannot be empty).
+/// The 4-byte words that hold bytes `start..start + len`: (offset, size).
+fn word_range(start: usize, len: usize) -> (u64, u64) {
+    let s = start / 4 * 4;
+    (s as u64, ((start + len).next_multiple_of(4) - s) as u64)
+}
+
+/// `data` as the device stores it (f32, or f16 at half precision), padded to whole 4-byte
+/// words (what buffer copies and bindings move).
+pub(crate) fn to_device(precision: Precision, data: &[f32]) -> Vec<u8> {
+    let mut b = match precision {
+        Precision::F32 => bytemuck::cast_slice(data).to_vec(),
+        Precision::F16 => data
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+    };
+    b.resize(b.len().next_multiple_of(4), 0);
+    b
+}
+
+/// Stored values back as f32.
+pub(crate) fn from_device(precision: Precision, bytes: &[u8]) -> Vec<f32> {
+    match precision {
+        Precision::F32 => bytemuck::pod_collect_to_vec(bytes),
+        Precision::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    }
+}
+
+/// A storage buffer holding `data` (one value when empty: bindings cannot be empty).
 pub(crate) fn upload(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
     let zero = [0f32];
     let data = if data.is_empty() { &zero[..] } else { data };
@@ -235,7 +270,7 @@ pub(crate) fn upload(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffe
         .device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
-            contents: bytemuck::cast_slice(data),
+            contents: &to_device(ctx.precision(), data),
             // COPY_SRC: a weight row can be read back (class activation maps).
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         })

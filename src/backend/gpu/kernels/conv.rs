@@ -27,7 +27,7 @@ buffers! {
     /// 1x1 kernel (any 16-byte buffer for the others).
     struct Buffers {
         x: Read, wt: Read, affine: Read, res: Read, y: ReadWrite,
-        x4: Read vec4<f32>, wt4: Read vec4<f32>,
+        x4: Read vec4<S>, wt4: Read vec4<S>,
     }
 }
 

@@ -4,7 +4,8 @@
 //! - its uniform `Params`, a `#[repr(C)]` struct whose WGSL declaration is generated from
 //!   the Rust one ([`params!`]);
 //! - its storage buffers, in binding order, as a struct of [`Bind`]s whose WGSL
-//!   declarations and bind-group layout are generated from it ([`buffers!`]);
+//!   declarations and bind-group layout are generated from it ([`buffers!`]), arrays of
+//!   the storage type `S` ([`Precision`]);
 //! - its tile and workgroup constants, injected into the WGSL as a generated header;
 //! - its entry points, their dispatch grids and what each supports.
 //!
@@ -40,12 +41,12 @@ impl Bind {
         }
     }
 
-    /// The first `len` floats of `buf`.
-    pub fn floats(buf: &wgpu::Buffer, len: usize) -> Bind {
+    /// The first `len` values of `elem` bytes of `buf`, in whole 4-byte words.
+    pub fn first(buf: &wgpu::Buffer, len: usize, elem: usize) -> Bind {
         Bind {
             buf: buf.clone(),
             offset: 0,
-            size: (len.max(1) * 4) as u64,
+            size: (len.max(1) * elem).next_multiple_of(4) as u64,
         }
     }
 }
@@ -95,8 +96,8 @@ macro_rules! params {
 }
 
 /// Declares a family's storage buffers, `name: Read | ReadWrite`, in binding order
-/// (bindings 1, 2, ..). A buffer is an `array<f32>` unless a WGSL element type follows
-/// its access (`x4: Read vec4<f32>`: the same data as whole vectors).
+/// (bindings 1, 2, ..). A buffer is an `array<S>` (the storage type) unless a WGSL element
+/// type follows its access (`x4: Read vec4<S>`: the same data as whole vectors).
 macro_rules! buffers {
     ($(#[$m:meta])* struct $name:ident { $($f:ident: $acc:ident $($ty:ident<$inner:ident>)?),* $(,)? }) => {
         $(#[$m])*
@@ -117,11 +118,31 @@ macro_rules! buffers {
     };
 }
 
-/// The element type a [`buffers!`] declaration gives, `f32` by default.
+/// The element type a [`buffers!`] declaration gives, the storage type `S` by default.
 pub(crate) const fn elem_type(given: &[&'static str]) -> &'static str {
     match given {
         [t] => t,
-        _ => "f32",
+        _ => "S",
+    }
+}
+
+/// What activations and weights are stored as on the device; kernels compute in f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Half floats (the adapter's `shader-f16`): half the memory and bandwidth, about
+    /// 1e-3 relative error per value.
+    F16,
+}
+
+impl Precision {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
     }
 }
 pub(crate) use {buffers, params};
@@ -142,12 +163,18 @@ pub(crate) struct Family {
 }
 
 impl Family {
-    /// The module's WGSL: generated header, the shared helpers, then the file.
-    pub fn source(&self) -> String {
+    /// The module's WGSL: generated header, the shared helpers, then the file. Storage
+    /// holds `S` (f32, or f16 at half precision); the code computes in f32, converting
+    /// as it loads and stores.
+    pub fn source(&self, precision: Precision) -> String {
         let mut s = format!(
             "// Generated from src/backend/gpu/kernels/{}.rs.\n",
             self.name
         );
+        s.push_str(match precision {
+            Precision::F32 => "alias S = f32;\n",
+            Precision::F16 => "enable f16;\nalias S = f16;\n",
+        });
         for (name, v) in self.consts.iter().chain([&("WG", WG)]) {
             writeln!(s, "const {name}: u32 = {v}u;").unwrap();
         }
@@ -230,21 +257,22 @@ mod tests {
 
     #[test]
     fn every_family_parses_as_wgsl_and_declares_its_entries() {
-        for f in FAMILIES {
-            let src = f.source();
+        let caps = |p| match p {
+            Precision::F32 => naga::valid::Capabilities::empty(),
+            Precision::F16 => naga::valid::Capabilities::SHADER_FLOAT16,
+        };
+        for (f, p) in FAMILIES
+            .into_iter()
+            .flat_map(|f| [(f, Precision::F32), (f, Precision::F16)])
+        {
+            let src = f.source(p);
+            let what = format!("{} ({p:?})", f.name);
             let module = naga::front::wgsl::parse_str(&src)
-                .unwrap_or_else(|e| panic!("{}: {}", f.name, e.emit_to_string(&src)));
-            let mut v = naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::empty(),
-            );
+                .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&src)));
+            let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps(p));
             v.validate(&module)
-                .unwrap_or_else(|e| panic!("{}: {}", f.name, e.emit_to_string(&src)));
-            assert!(
-                !module.entry_points.is_empty(),
-                "{}: no entry point",
-                f.name
-            );
+                .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&src)));
+            assert!(!module.entry_points.is_empty(), "{what}: no entry point");
         }
     }
 
