@@ -45,10 +45,15 @@ impl Target {
     /// none or it is a software renderer (which the CPU backend outruns 10-20x), and then
     /// runs on the CPU with a notice saying why.
     pub async fn open(device: Device) -> Result<Target> {
+        Self::open_with(device, GpuOptions::default()).await
+    }
+
+    /// [`Target::open`] with the GPU opened with `opts` (on the CPU they do not apply).
+    pub async fn open_with(device: Device, opts: GpuOptions) -> Result<Target> {
         match device {
             Device::Cpu => Ok(Target::cpu()),
-            Device::Gpu => Ok(Target::gpu(GpuContext::new(GpuOptions::default()).await?)),
-            Device::Auto => match GpuContext::new(GpuOptions::default()).await {
+            Device::Gpu => Ok(Target::gpu(GpuContext::new(opts).await?)),
+            Device::Auto => match GpuContext::new(opts).await {
                 Ok(c) if c.is_software() => Ok(Target {
                     gpu: None,
                     notice: Some(format!(

@@ -402,12 +402,14 @@ pub struct Engine {
 #[wasm_bindgen]
 impl Engine {
     /// Load `model_id` with safetensors `weights` (synthetic weights of `seed` when
-    /// absent) on `device`: "auto" (WebGPU, else the CPU with a notice), "webgpu" or "cpu".
+    /// absent) on `device`: "auto" (WebGPU, else the CPU with a notice), "webgpu" or "cpu";
+    /// WebGPU stores values at `precision`, "f32" or "f16" (the adapter's shader-f16).
     pub fn load(
         model_id: String,
         weights: Option<Vec<u8>>,
         seed: u32,
         device: String,
+        precision: String,
     ) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
             let model = Model::get(&model_id).map_err(|e| js_err(e.into()))?;
@@ -421,6 +423,11 @@ impl Engine {
                     )))
                 }
             };
+            let precision = match precision.as_str() {
+                "f32" => crate::backend::gpu::Precision::F32,
+                "f16" => crate::backend::gpu::Precision::F16,
+                p => return Err(bad(format!("unknown precision '{p}': use f32 or f16"))),
+            };
             let graph = model.default_graph(1);
             let (tensors, warnings) = match weights {
                 Some(bytes) => {
@@ -428,7 +435,11 @@ impl Engine {
                 }
                 None => (crate::weights::synthetic(&graph, seed as u64), vec![]),
             };
-            let target = Target::open(device).await.map_err(js_err)?;
+            let opts = crate::backend::gpu::GpuOptions {
+                precision,
+                ..Default::default()
+            };
+            let target = Target::open_with(device, opts).await.map_err(js_err)?;
             // The tensors move in: on WebGPU they are dropped once uploaded.
             let session = Session::load(&graph, tensors, &target)
                 .await
@@ -442,6 +453,14 @@ impl Engine {
                     if gpu.is_some() { "webgpu" } else { "cpu" }.into(),
                 ),
                 ("adapter", adapter.map_or(JsValue::NULL, |a| a.into())),
+                (
+                    "precision",
+                    match &gpu {
+                        Some(c) if c.precision() == crate::backend::gpu::Precision::F16 => "f16",
+                        _ => "f32",
+                    }
+                    .into(),
+                ),
                 (
                     "threads",
                     if gpu.is_some() { 1 } else { cpu_threads() }.into(),

@@ -175,6 +175,37 @@ test('WebGPU (SwiftShader): the example page equals the CLI; a golden case; devi
     assert.match(lost.failure.message, /new device failed: .*404/);
     assert.equal(lost.backend, 'webgpu');
     assert.deepEqual(lost.after, lost.before);
+
+    // f16 storage where the adapter has shader-f16 (within 1e-2 of f32); else loading
+    // says so, as DEVICE_LIMIT.
+    const half = await page.evaluate(async () => {
+      const { load } = await import('webcnn');
+      const x = new Float32Array(3 * 32 * 32).map((_, i) => Math.sin(i));
+      const full = await load({ model: 'resnet18_caffe', weights: 'synthetic:1', device: 'webgpu' });
+      const want = Array.from((await full.forward(x, [1, 3, 32, 32])).data);
+      const fullPrecision = full.info.precision;
+      full.dispose();
+      try {
+        const m = await load({ model: 'resnet18_caffe', weights: 'synthetic:1', device: 'webgpu', precision: 'f16' });
+        const got = Array.from((await m.forward(x, [1, 3, 32, 32])).data);
+        const precision = m.info.precision;
+        m.dispose();
+        return { want, got, precision, fullPrecision };
+      } catch (e) {
+        return { code: e.code, message: e.message, fullPrecision };
+      }
+    });
+    assert.equal(half.fullPrecision, 'f32');
+    if (half.code) {
+      assert.equal(half.code, 'DEVICE_LIMIT', half.message);
+      assert.match(half.message, /shader-f16/);
+      console.log(`f16 not run: ${half.message}`);
+    } else {
+      assert.equal(half.precision, 'f16');
+      const e = relL2(half.got, half.want);
+      assert.ok(e <= 1e-2, `f16 against f32 on WebGPU: relative L2 ${e}`);
+      console.log(`f16 on WebGPU: relative L2 ${e} against f32`);
+    }
   } finally {
     await browser.close();
   }

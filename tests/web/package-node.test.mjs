@@ -103,6 +103,7 @@ for (const name of ['resnet18-s1', 'resnet18-s1-2x3x96x128', 'resnet50_gn-s1', '
     const weights = new Uint8Array(fs.readFileSync(exportWeights(c.model, c.weights_seed)));
     const m = await pkg.load({ model: c.model, weights, device: 'cpu' });
     assert.equal(m.info.backend, 'cpu');
+    assert.equal(m.info.precision, 'f32');
     assert.equal(m.info.threads, 1, 'Node runs the single-threaded build');
     const y = await m.forward(synthInput(c.input_shape, c.input_seed), c.input_shape);
     assert.deepEqual(y.shape, c.output_shape);
@@ -211,6 +212,7 @@ test('every error code, with the model usable afterwards', async () => {
   await rejects(pkg.load({ model: 'resnet18', weights: path.join(app, 'nope.safetensors'), device: 'cpu' }), 'IO');
   await rejects(pkg.load({ model: 'resnet18', weights: 'synthetic:1', device: 'webgpu' }), 'NO_WEBGPU');
   await rejects(pkg.load({ model: 'resnet18', weights: 'synthetic:1', device: 'tpu' }), 'BAD_ARGUMENT');
+  await rejects(pkg.load({ model: 'resnet18', weights: 'synthetic:1', precision: 'f8' }), 'BAD_ARGUMENT', /precision/);
   await rejects(pkg.load({ model: 'resnet18' }), 'BAD_ARGUMENT', /weights/);
   await rejects(pkg.load({ model: 'resnet18', weights: 42 }), 'BAD_ARGUMENT');
   await rejects(pkg.load({ model: 'resnet18', weights: 'hf:not-a-repo' }), 'BAD_ARGUMENT');

@@ -77,6 +77,12 @@ export interface LoadOptions {
   weights: WeightsSource;
   /** 'auto' (default): WebGPU on a hardware adapter, else the CPU (wasm); 'webgpu' forces WebGPU. */
   device?: Device;
+  /**
+   * What WebGPU stores weights and activations as: 'f32' (default) or 'f16' (half the
+   * memory; within 1e-2 of f32, computed in f32; needs the adapter's shader-f16, else
+   * loading on 'webgpu' fails with DEVICE_LIMIT). The CPU backend always uses f32.
+   */
+  precision?: 'f32' | 'f16';
   onProgress?: (p: Progress) => void;
   /** Keep downloads in the Cache API (browsers) or $WEBCNN_CACHE / ~/.cache/webcnn (Node). Default true. */
   cache?: boolean;
@@ -98,6 +104,8 @@ export interface ModelInfo {
   backend: 'webgpu' | 'cpu';
   /** The WebGPU adapter's name, or null on the CPU. */
   adapter: string | null;
+  /** What the device stores values as ('f32' on the CPU). */
+  precision: 'f32' | 'f16';
   /** Threads the CPU backend computes on (1 on WebGPU and without cross-origin isolation). */
   threads: number;
   /** Why the CPU runs although 'auto' was asked for, else null. */

@@ -149,6 +149,7 @@ export function models() {
 }
 
 const DEVICES = new Set(['auto', 'webgpu', 'cpu']);
+const PRECISIONS = new Set(['f32', 'f16']);
 
 /** Where the weights come from; `read` gives the bytes (again, after a device loss). */
 function weightsSource(weights, opts) {
@@ -229,7 +230,7 @@ async function download(url, key, onProgress, useCache) {
  */
 export async function load(options) {
   if (!options || typeof options !== 'object') fail('BAD_ARGUMENT', 'load() takes an options object: { model, weights, device }');
-  const { model, weights, device = 'auto', onProgress } = options;
+  const { model, weights, device = 'auto', precision = 'f32', onProgress } = options;
   if (typeof model !== 'string' || !MODELS.some((m) => m.id === model)) {
     fail('UNKNOWN_MODEL', `unknown model '${model}'; known: ${MODELS.map((m) => m.id).join(', ')}`);
   }
@@ -237,6 +238,7 @@ export async function load(options) {
     fail('BAD_ARGUMENT', "weights are required: a URL, 'hf:OWNER/NAME', bytes, a Blob, or 'synthetic:SEED' for untrained weights");
   }
   if (!DEVICES.has(device)) fail('BAD_ARGUMENT', `unknown device '${device}': use auto, webgpu or cpu`);
+  if (!PRECISIONS.has(precision)) fail('BAD_ARGUMENT', `unknown precision '${precision}': use f32 or f16`);
   checkThreads(options.threads);
   if (onProgress !== undefined && typeof onProgress !== 'function') fail('BAD_ARGUMENT', 'onProgress must be a function');
   const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
@@ -254,7 +256,7 @@ export async function load(options) {
     const gen = generation;
     try {
       progress({ phase: 'prepare', loaded: 0, total: 1 });
-      const engine = await Promise.race([wasmModule.Engine.load(model, bytes, source.seed ?? 1, device), panicOf(gen).promise]);
+      const engine = await Promise.race([wasmModule.Engine.load(model, bytes, source.seed ?? 1, device, precision), panicOf(gen).promise]);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
       return { engine, gen };
     } catch (e) {
