@@ -275,6 +275,7 @@ function describe(engine) {
     id: raw.id,
     backend: raw.backend,
     adapter: raw.adapter,
+    precision: raw.precision,
     threads: raw.threads,
     notice: raw.notice,
     inputSize: raw.inputSize,
@@ -371,7 +372,7 @@ export class Model {
     this.#create = create;
   }
 
-  /** `{ id, backend, adapter, notice, inputSize, labels, numClasses, warnings }`. */
+  /** `{ id, backend, adapter, precision, threads, notice, inputSize, labels, numClasses, warnings }`. */
   get info() {
     return this.#info;
   }
