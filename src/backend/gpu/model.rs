@@ -799,7 +799,7 @@ impl<'a> Builder<'a> {
         let per_element = |b: &Self, n: usize| b.fold(n.div_ceil(kernels::WG), &what);
         match &step.kernel {
             Kernel::Conv { cfg, .. } => {
-                let (c, h, w) = (xs[1], xs[2], xs[3]);
+                let c = xs[1];
                 let (oc, oh, ow) = (os[1], os[2], os[3]);
                 let g = cfg.groups;
                 let (icg, ocg) = (c / g, oc / g);
@@ -812,32 +812,16 @@ impl<'a> Builder<'a> {
                 let max = self.max_groups as usize;
                 for ch in &up.chunks {
                     let prm = conv::Params {
-                        c: u(c),
-                        h: u(h),
-                        w: u(w),
-                        oc: u(oc),
-                        oh: u(oh),
-                        ow: u(ow),
-                        kh: u(cfg.kernel[0]),
-                        kw: u(cfg.kernel[1]),
-                        sh: u(cfg.stride[0]),
-                        sw: u(cfg.stride[1]),
-                        ph: u(cfg.padding[0]),
-                        pw: u(cfg.padding[1]),
-                        dh: u(cfg.dilation[0]),
-                        dw: u(cfg.dilation[1]),
                         icg: u(icg),
                         ocg: u(ocg),
                         g_count: u(ch.groups),
                         g_base: u(ch.group),
                         k: u(icg * cfg.kernel[0] * cfg.kernel[1]),
-                        p: u(oh * ow),
                         has_res,
                         relu,
                         m_base: u(ch.row),
                         m_count: u(ch.rows),
-                        batch: u(nb),
-                        ..Default::default()
+                        ..conv::Params::layer(cfg, xs, os, nb)
                     };
                     let dummy = Bind::whole(&self.dummy);
                     let bufs = conv::Buffers {
@@ -1111,26 +1095,10 @@ impl<'a> Builder<'a> {
         let has_res = res.is_some() as u32;
         let oc = os[1];
         let layer = conv::Params {
-            c: u(xs[1]),
-            h: u(xs[2]),
-            w: u(xs[3]),
-            oc: u(oc),
-            oh: u(os[2]),
-            ow: u(os[3]),
-            kh: u(cfg.kernel[0]),
-            kw: u(cfg.kernel[1]),
-            sh: u(cfg.stride[0]),
-            sw: u(cfg.stride[1]),
-            ph: u(cfg.padding[0]),
-            pw: u(cfg.padding[1]),
-            dh: u(cfg.dilation[0]),
-            dw: u(cfg.dilation[1]),
-            p: u(os[2] * os[3]),
             has_res,
             relu: step.relu as u32,
             m_count: u(oc),
-            batch: u(nb),
-            ..Default::default()
+            ..conv::Params::layer(cfg, xs, os, nb)
         };
         let affine = Bind::whole(up.bias.as_ref().expect("conv bias"));
         let bufs = |x: Bind, affine: Bind, res: Bind, y: Bind, gemm: bool| conv::Buffers {

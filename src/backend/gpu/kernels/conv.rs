@@ -59,6 +59,33 @@ pub(crate) static FAMILY: Family = Family {
     ],
 };
 
+impl Params {
+    /// A layer's shapes (`xs` in, `os` out, NCHW) at `nb` images; the chunk, epilogue and
+    /// GEMM fields are left zero.
+    pub fn layer(cfg: &crate::graph::Conv2d, xs: &[usize], os: &[usize], nb: usize) -> Params {
+        let u = |v: usize| v as u32;
+        Params {
+            c: u(xs[1]),
+            h: u(xs[2]),
+            w: u(xs[3]),
+            oc: u(os[1]),
+            oh: u(os[2]),
+            ow: u(os[3]),
+            kh: u(cfg.kernel[0]),
+            kw: u(cfg.kernel[1]),
+            sh: u(cfg.stride[0]),
+            sw: u(cfg.stride[1]),
+            ph: u(cfg.padding[0]),
+            pw: u(cfg.padding[1]),
+            dh: u(cfg.dilation[0]),
+            dw: u(cfg.dilation[1]),
+            p: u(os[2] * os[3]),
+            batch: u(nb),
+            ..Default::default()
+        }
+    }
+}
+
 /// The convolution kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Variant {
