@@ -1126,7 +1126,7 @@ impl<'a> Builder<'a> {
                     plain: 1,
                     ..Default::default()
                 };
-                let grid = conv::rb_grid(wd.t4, oc, nb * 16, max);
+                let grid = conv::gemm_grid(wd.t4, oc, nb * 16, max);
                 let bs = bufs(a, dummy.clone(), dummy.clone(), b.clone(), true);
                 self.push(&conv::FAMILY, "gemm_rb", &products, bs, grid, &what)?;
                 let grid = per_element(self, nb * oc * wd.tiles)?;
@@ -1157,7 +1157,7 @@ impl<'a> Builder<'a> {
                     relu: step.relu as u32,
                     ..Default::default()
                 };
-                let grid = conv::rb_grid(g.p4, oc, nb, max);
+                let grid = conv::gemm_grid(g.p4, oc, nb, max);
                 let bs = bufs(input, affine, res.unwrap_or(dummy.clone()), out, true);
                 self.push(&conv::FAMILY, "gemm_rb", &prm, bs, grid, &what)
             }

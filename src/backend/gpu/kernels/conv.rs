@@ -42,6 +42,8 @@ const TK: usize = 16;
 const RB_M: usize = 4;
 const RB_P: usize = 4;
 const RB_WG: usize = 64;
+/// The GEMM kernel's channels per invocation (by RB_P pixels).
+const GEMM_M: usize = 8;
 
 pub(crate) static FAMILY: Family = Family {
     name: "conv",
@@ -56,6 +58,7 @@ pub(crate) static FAMILY: Family = Family {
         ("RB_M", RB_M),
         ("RB_P", RB_P),
         ("RB_WG", RB_WG),
+        ("GEMM_M", GEMM_M),
     ],
 };
 
@@ -217,6 +220,13 @@ pub(crate) fn rb_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> 
     // Beyond max x max: the push reports the grid as over the limit.
     let [x, y, _] = super::fold(blocks.div_ceil(RB_WG), max).unwrap_or([max + 1, 1, 1]);
     [x, y, planes]
+}
+
+/// Workgroups of `gemm_rb` for `pixels` by `rows` channels per each of `planes`: blocks
+/// of RB_P pixels x GEMM_M channels, numbered as [`rb_grid`] numbers its blocks.
+pub(crate) fn gemm_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
+    // RB_M-channel blocks of a layer with rows / GEMM_M * RB_M channels.
+    rb_grid(pixels, rows.div_ceil(GEMM_M) * RB_M, planes, max)
 }
 
 impl Variant {
