@@ -718,17 +718,21 @@ fn half_precision_handles_odd_sizes_split_weights_and_batch_chunks() {
         close(&got[0], &want[0], &format!("odd logits, {kernels:?}"));
         close(&got[1], &want[1], &format!("odd feature map, {kernels:?}"));
     }
-    // Chunks of images with odd sizes each start on a word.
+    // Chunks of images with odd sizes each start on a word: chunks of 2 (700 bytes) and
+    // 1 at 1 KiB per binding, and three chunks of 1 (350 bytes each) at 512 bytes.
     let g = odd_batch();
     let w = synth_params(&g, 1).unwrap();
     let x = synth("input", &[3, 7, 5, 5], 5).unwrap();
-    let mut m = GpuModel::prepare_blocking(&half(Some(1024)), &g, &w).unwrap();
-    assert_eq!(m.memory().batch_chunk, 2);
-    close(
-        &m.run_blocking(&x).unwrap()[0],
-        &run_cpu(&g, &w, &x, true)[0],
-        "odd images in chunks",
-    );
+    let want = run_cpu(&g, &w, &x, true);
+    for (limit, chunk) in [(1024, 2), (512, 1)] {
+        let mut m = GpuModel::prepare_blocking(&half(Some(limit)), &g, &w).unwrap();
+        assert_eq!(m.memory().batch_chunk, chunk);
+        close(
+            &m.run_blocking(&x).unwrap()[0],
+            &want[0],
+            &format!("odd images in chunks of {chunk}"),
+        );
+    }
 }
 
 /// Three images of 7x5x5 in and out (175 values, 350 bytes in f16): chunks of 2 and 1

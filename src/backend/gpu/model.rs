@@ -220,10 +220,11 @@ impl GpuModel {
         let scope = s.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let precision = self.context().precision();
         let elem = precision.bytes();
-        // Chunk by chunk, each from a 4-byte word (see `Builder::build`).
+        // Chunk by chunk, as `Builder::build` lays them out.
         let per_image = numel(&self.input_shape[1..]);
+        let stride = chunk_stride(self.report.batch_chunk, per_image * elem);
         for (c, (b0, nb)) in self.chunks().enumerate() {
-            let off = (c * self.report.batch_chunk * per_image * elem).next_multiple_of(4);
+            let off = c * stride;
             let x = &input.data()[b0 * per_image..(b0 + nb) * per_image];
             s.queue
                 .write_buffer(&self.upload, off as u64, &to_device(precision, x));
@@ -262,13 +263,13 @@ impl GpuModel {
                 .slice(..)
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
-            // Each output's chunks, each from a 4-byte word.
+            // Each output's chunks, as `Builder::build` lays them out.
             let mut off = 0;
             self.output_shapes
                 .iter()
                 .map(|shape| {
                     let pi = numel(&shape[1..]) * elem;
-                    let stride = (self.report.batch_chunk * pi).next_multiple_of(4);
+                    let stride = chunk_stride(self.report.batch_chunk, pi);
                     let mut v = Vec::with_capacity(numel(shape));
                     for (_, nb) in self.chunks() {
                         v.extend(from_device(precision, &view[off..off + nb * pi]));
@@ -462,6 +463,13 @@ fn batch_chunk(program: &Program, limit: u64, elem: usize) -> Result<usize> {
     Ok(((limit / biggest) as usize).clamp(1, n))
 }
 
+/// Bytes between batch chunks of `images` images of `image_bytes` each in the upload and
+/// read-back buffers: every chunk starts on a 4-byte word (copies move whole words; at
+/// half precision an image may hold an odd number of values).
+fn chunk_stride(images: usize, image_bytes: usize) -> usize {
+    (images * image_bytes).next_multiple_of(4)
+}
+
 fn encode(cmds: &[Cmd], enc: &mut wgpu::CommandEncoder) {
     for c in cmds {
         match c {
@@ -585,9 +593,7 @@ impl<'a> Builder<'a> {
 
         let in_slot = &slots[plan.slot_of[&program.input]];
         let chunks = n.div_ceil(chunk);
-        // Chunks are copied in and out whole: each starts on a 4-byte word (copies move
-        // whole words; at half precision an image may hold an odd number of values).
-        let chunk_bytes = |v| (chunk as u64 * per_image(v)).next_multiple_of(4);
+        let chunk_bytes = |v| chunk_stride(chunk, per_image(v) as usize) as u64;
         let max_buf = self.ctx.shared.limits.max_buffer_size;
         let upload = if chunks == 1 {
             in_slot.clone()
