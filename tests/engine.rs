@@ -745,3 +745,29 @@ fn odd_batch() -> Graph {
         .unwrap();
     b.build(&[c]).unwrap()
 }
+
+#[test]
+fn a_remainder_chunk_runs_the_kernel_its_plan_chose() {
+    // Nine images in chunks of 8 and 1: Winograd's scratch for 8 images would not fit
+    // one 5000-byte binding, for the one left over it would. Every chunk must run what
+    // the plan sized its buffers for.
+    let ctx = common::gpu_with(GpuOptions {
+        kernels: Some(Kernels::RegisterBlocked),
+        max_binding_bytes: Some(5000),
+        ..Default::default()
+    });
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[9, 4, 6, 6]).unwrap();
+    let c = b
+        .conv2d("conv", x, Conv2d::new(4, 4, 3).padding(1))
+        .unwrap();
+    let g = b.build(&[c]).unwrap();
+    let w = synth_params(&g, 1).unwrap();
+    let xt = synth("input", &[9, 4, 6, 6], 2).unwrap();
+    let mut m = GpuModel::prepare_blocking(&ctx, &g, &w).unwrap();
+    let r = m.memory().clone();
+    assert_eq!((r.batch_chunk, r.winograd_layers), (8, 0), "{r:?}");
+    let got = m.run_blocking(&xt).unwrap().remove(0);
+    let e = rel_l2(got.data(), &f64s(&run_cpu(&g, &w, &xt, true)[0]));
+    assert!(e <= 1e-5, "rel L2 {e:e}");
+}

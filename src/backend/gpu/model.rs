@@ -504,6 +504,10 @@ struct Builder<'a> {
     /// The special convolutions' scratch: the GEMM's input (im2col copies, Winograd's
     /// transformed input) and Winograd's products, shared by all of them.
     scratch: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Per program step, a convolution's kernel, decided once at the batch chunk's size
+    /// for every chunk (a smaller last chunk must not pick a kernel whose scratch the
+    /// plan did not make).
+    conv_kernels: Vec<Option<(conv::Variant, Option<conv::Special>)>>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
     /// The step whose dispatches are being planned.
@@ -529,6 +533,7 @@ impl<'a> Builder<'a> {
             prologue: vec![],
             derived: vec![],
             scratch: None,
+            conv_kernels: vec![],
             dummy,
             report: MemoryReport::default(),
             step: 0,
@@ -582,7 +587,7 @@ impl<'a> Builder<'a> {
             .collect();
         self.report.activations = plan.bytes();
         self.report.batch_chunk = chunk;
-        self.plan_special(program, chunk);
+        self.plan_convs(program, chunk);
 
         let uploaded = program
             .steps
@@ -810,7 +815,7 @@ impl<'a> Builder<'a> {
                 let g = cfg.groups;
                 let (icg, ocg) = (c / g, oc / g);
                 let affine = up.bias.clone().expect("conv bias");
-                let (v, special) = self.conv_kernel(program, step, nb);
+                let (v, special) = self.conv_kernels[self.step].expect("planned for every conv");
                 if let Some(sp) = special {
                     let res = (has_res != 0).then_some(res);
                     return self.special_conv(program, step, up, sp, nb, (x, res), out);
@@ -1039,16 +1044,22 @@ impl<'a> Builder<'a> {
         (v, special)
     }
 
-    /// Count the special convolutions of `program` at `nb` images, and make the scratch
-    /// they share (the GEMM's input: im2col copies or Winograd's transformed input; and
-    /// Winograd's products), as large as the largest needs.
-    fn plan_special(&mut self, program: &Program, nb: usize) {
+    /// Choose every convolution's kernel for chunks of `nb` images, count the special
+    /// ones, and make the scratch they share (the GEMM's input: im2col copies or
+    /// Winograd's transformed input; and Winograd's products), as large as the largest
+    /// needs.
+    fn plan_convs(&mut self, program: &Program, nb: usize) {
+        self.conv_kernels = program
+            .steps
+            .iter()
+            .map(|step| {
+                matches!(step.kernel, Kernel::Conv { .. })
+                    .then(|| self.conv_kernel(program, step, nb))
+            })
+            .collect();
         let (mut al, mut bl) = (0, 0);
-        for step in &program.steps {
-            if !matches!(step.kernel, Kernel::Conv { .. }) {
-                continue;
-            }
-            let Some(sp) = self.conv_kernel(program, step, nb).1 else {
+        for &(_, sp) in self.conv_kernels.iter().flatten() {
+            let Some(sp) = sp else {
                 continue;
             };
             match sp {
