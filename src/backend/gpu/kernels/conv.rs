@@ -23,8 +23,8 @@ params! {
 
 buffers! {
     /// `affine[oc]` is the scale, `affine[oc_total + oc]` the shift; `res` is any buffer
-    /// when `has_res` is 0. `x4` and `wt4` are `x` and `wt` again as vectors, for the
-    /// 1x1 kernel (any 16-byte buffer for the others).
+    /// when `has_res` is 0. `x4` and `wt4` are the GEMM's input and derived weights as
+    /// vectors (any 16-byte buffer for the other entries).
     struct Buffers {
         x: Read, wt: Read, affine: Read, res: Read, y: ReadWrite,
         x4: Read vec4<S>, wt4: Read vec4<S>,
