@@ -749,35 +749,45 @@ fn pool_windows(
         .collect()
 }
 
-fn pool2d(
+fn pool2d(x: &[f32], xs: [usize; 4], pool: &Pool2d, os: [usize; 4], out: &mut [f32], max: bool) {
+    pool2d_on(x, xs, pool, os, out, max, false)
+}
+
+/// [`pool2d`], on the portable code only where `portable` (to test it on any CPU).
+fn pool2d_on(
     x: &[f32],
     [_, _, h, w]: [usize; 4],
     pool: &Pool2d,
     [_, _, oh, ow]: [usize; 4],
     out: &mut [f32],
     max: bool,
+    portable: bool,
 ) {
     let ([kh, kw], [sh, sw], [ph, pw]) = (pool.kernel, pool.stride, pool.padding);
     // The windows are the same for every plane: compute them once.
     let rows = pool_windows(h, oh, kh, sh, ph);
     let cols = pool_windows(w, ow, kw, sw, pw);
-    par_chunks_scratch(out, oh * ow, h * w, w, |nc, o, colmax| {
+    // Windows that fit inside a row: their maxima are one contiguous pass per tap, and
+    // the output columns whose windows are whole, `j0..j1`, pick theirs.
+    let whole = w.saturating_sub(kw - 1);
+    let j0 = cols.iter().position(|c| c.1 - c.0 == kw).unwrap_or(ow);
+    let j1 = j0 + cols[j0..].iter().take_while(|c| c.1 - c.0 == kw).count();
+    let first = cols.get(j0).map_or(0, |c| c.0);
+    par_chunks_scratch(out, oh * ow, h * w, w + whole, |nc, o, scratch| {
         let plane = &x[nc * h * w..(nc + 1) * h * w];
+        let (vm, wm) = scratch.split_at_mut(w);
         for (i, &(h0, h1, hk)) in rows.iter().enumerate() {
             let orow = &mut o[i * ow..(i + 1) * ow];
             if max {
-                // Separable: the window's rows reduced column by column (contiguous, so
-                // it vectorises), then each output's columns of that.
-                let vm = &mut colmax[..w];
-                vm.fill(f32::NEG_INFINITY);
-                for y in h0..h1 {
-                    let src = &plane[y * w..(y + 1) * w];
-                    vm.iter_mut()
-                        .zip(src)
-                        .for_each(|(m, &e)| *m = max_nan(*m, e));
-                }
-                for (v, &(w0, w1, _)) in orow.iter_mut().zip(&cols) {
-                    *v = vm[w0..w1]
+                let picks = Picks {
+                    first,
+                    stride: sw,
+                    out: &mut orow[j0..j1],
+                };
+                max_pool_row(plane, w, h0..h1, kw, vm, wm, picks, portable);
+                for j in (0..j0).chain(j1..ow) {
+                    let (w0, w1, _) = cols[j];
+                    orow[j] = vm[w0..w1]
                         .iter()
                         .fold(f32::NEG_INFINITY, |m, &e| max_nan(m, e));
                 }
@@ -800,6 +810,123 @@ fn pool2d(
             }
         }
     });
+}
+
+/// Whole windows' maxima wanted by one output row: `out[j]` takes the window that starts
+/// at column `first + j * stride`.
+struct Picks<'a> {
+    first: usize,
+    stride: usize,
+    out: &'a mut [f32],
+}
+
+/// Max pooling along one output row, separably: `vm` gets the column maxima of `plane`'s
+/// rows `ys`, `wm[i]` the maximum of every whole window `vm[i..i + kw]`, and the picks
+/// theirs (the caller folds the windows that padding cuts). Every pass is contiguous, in
+/// AVX-512 where the CPU has it (the crate's baseline is SSE2).
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn max_pool_row(
+    plane: &[f32],
+    w: usize,
+    ys: std::ops::Range<usize>,
+    kw: usize,
+    vm: &mut [f32],
+    wm: &mut [f32],
+    picks: Picks,
+    portable: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if !portable && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { max_pool_row_avx512(plane, w, ys, kw, vm, wm, picks) };
+    }
+    vm.fill(f32::NEG_INFINITY);
+    for y in ys {
+        let src = &plane[y * w..(y + 1) * w];
+        vm.iter_mut()
+            .zip(src)
+            .for_each(|(m, &e)| *m = max_nan(*m, e));
+    }
+    wm.copy_from_slice(&vm[..wm.len()]);
+    // No whole window (`wm` empty) where the kernel is wider than the row.
+    let taps = if wm.is_empty() { 1 } else { kw };
+    for d in 1..taps {
+        wm.iter_mut()
+            .zip(&vm[d..])
+            .for_each(|(m, &e)| *m = max_nan(*m, e));
+    }
+    let Picks { first, stride, out } = picks;
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = wm[first + j * stride];
+    }
+}
+
+/// [`max_pool_row`] in AVX-512 intrinsics: the compiler turns the portable loops into
+/// masked stores (slow here), and stride 2, ResNet's, picks 16 outputs per permute.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pool_row_avx512(
+    plane: &[f32],
+    w: usize,
+    ys: std::ops::Range<usize>,
+    kw: usize,
+    vm: &mut [f32],
+    wm: &mut [f32],
+    picks: Picks,
+) {
+    use std::arch::x86_64::*;
+    // MAXPS returns its second operand when either is NaN: the running maximum goes
+    // second, and a NaN in the new value is put back by the mask.
+    let max = |m: __m512, e: __m512| {
+        let r = _mm512_max_ps(e, m);
+        _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(e, e), e)
+    };
+    // The first `n` lanes (all for 16 and more).
+    let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
+    let Picks { first, stride, out } = picks;
+    let n = wm.len();
+    assert!(plane.len() >= ys.end * w && vm.len() == w && (n == 0 || n + kw <= w + 1));
+    assert!(out.is_empty() || first + (out.len() - 1) * stride < n);
+    let (vp, wp, xp) = (vm.as_mut_ptr(), wm.as_mut_ptr(), plane.as_ptr());
+    // SAFETY (every access below): masked to `i..w` of `vm` and of a row of `plane`,
+    // to `i..n` of `wm` and `i + d..n + d` (within `w`) of `vm`, and to `t..out.len()` of
+    // `out` and the `wm` lanes it picks, all asserted above.
+    for i in (0..w).step_by(16) {
+        let k = lanes(w - i);
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for y in ys.clone() {
+            m = max(m, _mm512_maskz_loadu_ps(k, xp.add(y * w + i)));
+        }
+        _mm512_mask_storeu_ps(vp.add(i), k, m);
+    }
+    for i in (0..n).step_by(16) {
+        let k = lanes(n - i);
+        let mut m = _mm512_maskz_loadu_ps(k, vp.add(i));
+        for d in 1..kw {
+            m = max(m, _mm512_maskz_loadu_ps(k, vp.add(i + d)));
+        }
+        _mm512_mask_storeu_ps(wp.add(i), k, m);
+    }
+    match stride {
+        1 => out.copy_from_slice(&wm[first..first + out.len()]),
+        2 => {
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let op = out.as_mut_ptr();
+            for t in (0..out.len()).step_by(16) {
+                let at = first + 2 * t;
+                let a = _mm512_maskz_loadu_ps(lanes(n - at), wp.add(at));
+                let b = _mm512_maskz_loadu_ps(lanes((n - at).saturating_sub(16)), wp.add(at + 16));
+                let r = _mm512_permutex2var_ps(a, even, b);
+                _mm512_mask_storeu_ps(op.add(t), lanes(out.len() - t), r);
+            }
+        }
+        _ => {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = wm[first + j * stride];
+            }
+        }
+    }
 }
 
 /// The larger of two floats, NaN if either is (PyTorch's max pooling propagates NaN;
@@ -837,6 +964,67 @@ fn lrn(x: &[f32], [_, c, h, w]: [usize; 4], l: &Lrn, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// PyTorch's max pooling of `[1, c, h, w]`, window by window (NaN wins).
+    fn naive_max_pool(
+        x: &[f32],
+        [c, h, w]: [usize; 3],
+        p: &Pool2d,
+        [oh, ow]: [usize; 2],
+    ) -> Vec<f32> {
+        let ([k, _], [s, _], [pad, _]) = (p.kernel, p.stride, p.padding);
+        let mut out = vec![f32::NEG_INFINITY; c * oh * ow];
+        for (i, o) in out.iter_mut().enumerate() {
+            let (ci, oy, ox) = (i / (oh * ow), i / ow % oh, i % ow);
+            for (dy, dx) in (0..k).flat_map(|dy| (0..k).map(move |dx| (dy, dx))) {
+                let y = (oy * s + dy).checked_sub(pad).filter(|&y| y < h);
+                let xx = (ox * s + dx).checked_sub(pad).filter(|&xx| xx < w);
+                if let (Some(y), Some(xx)) = (y, xx) {
+                    *o = max_nan(*o, x[(ci * h + y) * w + xx]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn max_pool_matches_a_naive_pool_on_every_width_and_stride() {
+        // Rows over one and several vectors with tails, strides 1-3 (2 takes the permute),
+        // padding, ceil mode, and NaN (which wins) and -inf in the data; the AVX-512 code
+        // where the CPU has it, and the portable code.
+        let h = 4;
+        for w in [1, 5, 16, 17, 33, 56, 113] {
+            let mut x: Vec<f32> = (0..2 * h * w)
+                .map(|i| ((i * 7919) % 101) as f32 - 50.0)
+                .collect();
+            let len = x.len();
+            x[(3 * w + 7) % len] = f32::NAN;
+            x[(5 * w + 2) % len] = f32::NEG_INFINITY;
+            for (k, s, ceil) in
+                (1..=3).flat_map(|k| (1..=3).flat_map(move |s| [(k, s, false), (k, s, true)]))
+            {
+                for pad in 0..=k / 2 {
+                    let pool = Pool2d::new(k).stride(s).padding(pad).ceil_mode(ceil);
+                    let out_len = |n| crate::graph::shape::pool_out(n, k, s, pad, ceil);
+                    let (Some(oh), Some(ow)) = (out_len(h), out_len(w)) else {
+                        continue;
+                    };
+                    let want = naive_max_pool(&x, [2, h, w], &pool, [oh, ow]);
+                    for portable in [false, true] {
+                        let mut out = vec![0f32; 2 * oh * ow];
+                        let (xs, os) = ([1, 2, h, w], [1, 2, oh, ow]);
+                        pool2d_on(&x, xs, &pool, os, &mut out, true, portable);
+                        for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                            let same = got == want || (got.is_nan() && want.is_nan());
+                            let case =
+                                format!("w{w} k{k} s{s} p{pad} ceil {ceil} portable {portable}");
+                            assert!(same, "{case}, output {i}: {got} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn gemv_matches_naive_products_for_every_tail() {
