@@ -18,22 +18,29 @@ impl MemoryPlan {
     /// run. Graph outputs live only until their last reader: the backends copy each one
     /// out as soon as it is made. `batch` replaces the shapes' batch dimension.
     pub fn new(program: &Program, batch: usize) -> MemoryPlan {
+        MemoryPlan::from_step(program, batch, 0, program.input)
+    }
+
+    /// The plan for steps `from..` only, which start from `seed` (a value made before
+    /// `from`, in place of the input; it keeps slot 0).
+    pub fn from_step(program: &Program, batch: usize, from: usize, seed: Value) -> MemoryPlan {
         let len = |v: Value| {
             let s = program.shape(v);
             numel(&s[1..]) * batch
         };
+        let steps = || program.steps.iter().enumerate().skip(from);
         let mut last_use: HashMap<Value, usize> = HashMap::new();
-        for (i, s) in program.steps.iter().enumerate() {
+        for (i, s) in steps() {
             for v in s.inputs.iter().chain(s.residual.iter()) {
                 last_use.insert(*v, i);
             }
         }
-        last_use.insert(program.input, usize::MAX);
+        last_use.insert(seed, usize::MAX);
         let mut slot_of = HashMap::new();
-        let mut slot_len: Vec<usize> = vec![len(program.input)];
-        slot_of.insert(program.input, 0);
+        let mut slot_len: Vec<usize> = vec![len(seed)];
+        slot_of.insert(seed, 0);
         let mut free: Vec<usize> = vec![];
-        for (i, s) in program.steps.iter().enumerate() {
+        for (i, s) in steps() {
             let need = len(s.output);
             // Smallest free slot that fits; else grow the largest free one; else a new slot.
             let fit = free

@@ -379,7 +379,8 @@ fn measured_conv_kernels_are_used_remembered_and_survive_a_bad_cache() {
 #[test]
 fn cpu_batches_too_big_for_the_cache_run_in_sub_batches_with_the_same_answers() {
     // 3 MB of one image's activations per conv step: 5 images per sub-batch, so a batch of
-    // 7 runs as 5 + 2; the small classifier does not stop the split.
+    // 7 runs as 5 + 2; the small classifier does not stop the split. From the pooling on
+    // (1 MB per image) the whole batch fits again, and runs at once.
     let mut b = GraphBuilder::new();
     let x = b.input("x", &[7, 16, 128, 128]).unwrap();
     let c1 = b
@@ -398,6 +399,8 @@ fn cpu_batches_too_big_for_the_cache_run_in_sub_batches_with_the_same_answers() 
     let x = synth("input", &[7, 16, 128, 128], 6).unwrap();
     let m = CpuModel::prepare(&g, &w).unwrap();
     assert_eq!(m.sub_batch(), 5);
+    // Steps: conv+relu, conv+add, pool, linear.
+    assert_eq!(m.whole_batch_from(), Some(2));
     let (outs, times) = m.run_profiled(&x).unwrap();
     assert_eq!(times.len(), Program::new(&g, true).steps.len(), "{times:?}");
     // Each image alone (a batch of 1 is never split) gives the same answers.

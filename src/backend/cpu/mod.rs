@@ -7,7 +7,7 @@ mod kernels;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Value};
-use crate::lower::{param, Kernel, Program, StepParams, Weights};
+use crate::lower::{param, Kernel, Program, Step, StepParams, Weights};
 use crate::plan::MemoryPlan;
 use crate::tensor::numel;
 use crate::tensor::Tensor;
@@ -110,11 +110,23 @@ pub struct CpuModel {
     split: Option<Split>,
 }
 
-/// A batch run as consecutive sub-batches of `size` images (the last of `rest`'s size).
+/// A batch run as consecutive sub-batches of `size` images (the last of `rest`'s size),
+/// up to where a `tail` takes the whole batch.
 struct Split {
     size: usize,
     part: Box<CpuModel>,
     rest: Option<Box<CpuModel>>,
+    tail: Option<Tail>,
+}
+
+/// The steps from `from` on, run once on the whole batch by `model` (planned for those
+/// steps only): past this cut, where `seed` is the one value that crosses it, the whole
+/// batch's activations fit the cache, and the weights (ResNet-50's last stage and
+/// classifier hold 68 MB) are streamed once instead of once per sub-batch.
+struct Tail {
+    from: usize,
+    seed: Value,
+    model: Box<CpuModel>,
 }
 
 /// Bytes of one image's activations a step may touch (inputs, residual, output) times the
@@ -127,26 +139,62 @@ const SUB_BATCH_MAX_LINEAR_BYTES: usize = 32 << 20;
 /// Images per sub-batch for `program` at batch `n`: `n` where splitting does not pay.
 fn sub_batch(program: &Program) -> usize {
     let n = program.shape(program.input)[0];
-    let per_image = |v: Value| numel(&program.shape(v)[1..]) * 4;
     let mut linear = 0;
     let mut widest = 1;
     for step in &program.steps {
         if let Kernel::Linear { cfg, .. } = &step.kernel {
             linear += cfg.in_features * cfg.out_features * 4;
         }
-        let touched: usize = step
-            .inputs
-            .iter()
-            .chain(&step.residual)
-            .chain([&step.output])
-            .map(|&v| per_image(v))
-            .sum();
-        widest = widest.max(touched);
+        widest = widest.max(touched(program, step));
     }
     if linear > SUB_BATCH_MAX_LINEAR_BYTES {
         return n;
     }
     (SUB_BATCH_BYTES / widest).clamp(1, n)
+}
+
+/// Bytes of one image's activations `step` touches: its inputs, residual and output.
+fn touched(program: &Program, step: &Step) -> usize {
+    let per_image = |v: Value| numel(&program.shape(v)[1..]) * 4;
+    let values = step
+        .inputs
+        .iter()
+        .chain(&step.residual)
+        .chain([&step.output]);
+    values.map(|&v| per_image(v)).sum()
+}
+
+/// Where a split batch may go back to the whole batch: the first step from which every
+/// step's activations for the whole batch fit [`SUB_BATCH_BYTES`], at a cut that one
+/// value (not the input) crosses; that value's step and the value.
+fn tail_cut(program: &Program) -> Option<(usize, Value)> {
+    let n = program.shape(program.input)[0];
+    let steps = &program.steps;
+    let mut from = steps.len();
+    while from > 0 && touched(program, &steps[from - 1]) * n <= SUB_BATCH_BYTES {
+        from -= 1;
+    }
+    let made: HashMap<Value, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.output, i))
+        .collect();
+    let mut last_read: HashMap<Value, usize> = HashMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        for &v in s.inputs.iter().chain(&s.residual) {
+            last_read.insert(v, i);
+        }
+    }
+    (from.max(1)..steps.len()).find_map(|cut| {
+        let mut crossing = last_read
+            .iter()
+            .filter(|&(v, &last)| last >= cut && made.get(v).is_none_or(|&m| m < cut))
+            .map(|(&v, _)| v);
+        match (crossing.next(), crossing.next()) {
+            (Some(v), None) if v != program.input => Some((cut, v)),
+            _ => None,
+        }
+    })
 }
 
 struct Arena {
@@ -223,6 +271,14 @@ impl CpuModel {
                     Some(r) => Some(Box::new(Self::prepare_isa(&r, weights, fuse, isa)?)),
                     None => None,
                 };
+                let tail = match tail_cut(&program) {
+                    Some((from, seed)) => {
+                        let p = Program::new(graph, fuse);
+                        let model = Box::new(Self::plan_steps(p, weights, isa, from, seed)?);
+                        Some(Tail { from, seed, model })
+                    }
+                    None => None,
+                };
                 return Ok(CpuModel {
                     // The parts own the plans and slots; this one only splits the batch.
                     plan: MemoryPlan {
@@ -235,17 +291,35 @@ impl CpuModel {
                     direct: vec![],
                     arenas: Mutex::new(vec![]),
                     scratch_len: 0,
-                    split: Some(Split { size, part, rest }),
+                    split: Some(Split {
+                        size,
+                        part,
+                        rest,
+                        tail,
+                    }),
                 });
             }
         }
+        let input = program.input;
+        Self::plan_steps(program, weights, isa, 0, input)
+    }
+
+    /// A model that runs `program`'s steps from `from` on, starting from `seed`.
+    fn plan_steps(
+        program: Program,
+        weights: &Arc<CpuWeights>,
+        isa: Option<Isa>,
+        from: usize,
+        seed: Value,
+    ) -> Result<Self> {
+        let n = program.shape(program.input)[0];
         let params = program.params(weights.as_ref())?;
-        let plan = MemoryPlan::new(&program, n);
+        let plan = MemoryPlan::from_step(&program, n, from, seed);
         let slots = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
         let mut direct = Vec::with_capacity(program.steps.len());
-        for step in &program.steps {
+        for (i, step) in program.steps.iter().enumerate() {
             let d = match (&step.kernel, isa) {
-                (Kernel::Conv { cfg, node, .. }, Some(isa)) => {
+                (Kernel::Conv { cfg, node, .. }, Some(isa)) if i >= from => {
                     let xs = program.shape(step.inputs[0]);
                     let os = program.shape(step.output);
                     let shape = DirectConv::choose(isa, cfg, [os[2], os[3]]);
@@ -295,6 +369,12 @@ impl CpuModel {
             .map_or(self.input_shape()[0], |s| s.size)
     }
 
+    /// Where a batch runs in sub-batches: the first step that then runs on the whole
+    /// batch, if any (see [`CpuModel::sub_batch`]).
+    pub fn whole_batch_from(&self) -> Option<usize> {
+        self.split.as_ref()?.tail.as_ref().map(|t| t.from)
+    }
+
     /// Run on `input`; returns the graph's outputs in order.
     pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>> {
         in_pool(|| self.run_timed(input, None))
@@ -322,21 +402,53 @@ impl CpuModel {
             .iter()
             .map(|(_, s)| vec![0f32; numel(s)])
             .collect();
+        let all = 0..p.steps.len();
         match &self.split {
-            None => self.run_into(input.data(), &mut results, 0, times)?,
-            Some(Split { size, part, rest }) => {
+            None => {
+                let mut arena = ArenaLoan::take(self);
+                let seed = (p.input, Some(input.data()));
+                self.run_into(&mut arena.arena, seed, all, None, &mut results, 0, times)?
+            }
+            Some(Split {
+                size,
+                part,
+                rest,
+                tail,
+            }) => {
                 let n = self.input_shape()[0];
                 let per_image = input.len() / n;
+                // The tail's arena takes each sub-batch's share of the seed.
+                let mut tail_arena = tail.as_ref().map(|t| ArenaLoan::take(&t.model));
+                let head = 0..tail.as_ref().map_or(all.end, |t| t.from);
                 for b0 in (0..n).step_by(*size) {
                     let m = if b0 + size <= n {
                         part
                     } else {
                         rest.as_ref().expect("a plan for the rest")
                     };
-                    let x = &input.data()[b0 * per_image..(b0 + m.input_shape()[0]) * per_image];
+                    let k = m.input_shape()[0];
+                    let x = &input.data()[b0 * per_image..(b0 + k) * per_image];
+                    let export = match (tail, tail_arena.as_mut()) {
+                        (Some(t), Some(a)) => {
+                            let per = numel(&p.shape(t.seed)[1..]);
+                            let slot = &mut a.arena.slots[t.model.plan.slot_of[&t.seed]];
+                            Some((t.seed, &mut slot[b0 * per..(b0 + k) * per]))
+                        }
+                        _ => None,
+                    };
                     // Steps are the same in every part: their times add up.
                     let mut t = times.as_ref().map(|_| StepTimes::new());
-                    m.run_into(x, &mut results, b0, t.as_mut())?;
+                    let mut arena = ArenaLoan::take(m);
+                    let seed = (p.input, Some(x));
+                    m.run_into(
+                        &mut arena.arena,
+                        seed,
+                        head.clone(),
+                        export,
+                        &mut results,
+                        b0,
+                        t.as_mut(),
+                    )?;
                     if let (Some(all), Some(t)) = (times.as_deref_mut(), t) {
                         if all.is_empty() {
                             *all = t;
@@ -344,6 +456,12 @@ impl CpuModel {
                             all.iter_mut().zip(t).for_each(|(a, (_, s))| a.1 += s);
                         }
                     }
+                }
+                if let (Some(t), Some(a)) = (tail, tail_arena.as_mut()) {
+                    let steps = t.from..all.end;
+                    let seed = (t.seed, None);
+                    t.model
+                        .run_into(&mut a.arena, seed, steps, None, &mut results, 0, times)?;
                 }
             }
         }
@@ -354,22 +472,29 @@ impl CpuModel {
             .collect())
     }
 
-    /// Run this plan's batch on `input`, writing output `i` at image `b0` of `results[i]`.
+    /// Run `steps` of this plan's batch in `arena`, from `seed` (its value, and the data
+    /// to put in its slot unless it is there already), writing output `i` at image `b0` of
+    /// `results[i]` and, at the end, `export`'s value into its buffer.
     // Instant is native-only: wasm never asks for times.
     #[cfg_attr(target_arch = "wasm32", allow(unused_mut, unused_variables))]
+    #[allow(clippy::too_many_arguments)]
     fn run_into(
         &self,
-        input: &[f32],
+        arena: &mut Arena,
+        (seed, data): (Value, Option<&[f32]>),
+        steps: std::ops::Range<usize>,
+        export: Option<(Value, &mut [f32])>,
         results: &mut [Vec<f32>],
         b0: usize,
         mut times: Option<&mut StepTimes>,
     ) -> Result<()> {
         let p = &self.program;
-        let mut arena = ArenaLoan::take(self);
-        let Arena { slots, scratch } = &mut arena.arena;
+        let Arena { slots, scratch } = arena;
         let slot = &self.plan.slot_of;
         let len = |v: Value| numel(p.shape(v));
-        slots[slot[&p.input]][..input.len()].copy_from_slice(input);
+        if let Some(data) = data {
+            slots[slot[&seed]][..data.len()].copy_from_slice(data);
+        }
         // Each output is copied out as soon as it is made (the plan does not pin outputs).
         let copy_out = |results: &mut [Vec<f32>], slots: &[Vec<f32>], v: Value| {
             for (r, (ov, shape)) in results.iter_mut().zip(&p.outputs) {
@@ -379,8 +504,10 @@ impl CpuModel {
                 }
             }
         };
-        copy_out(results, slots, p.input);
-        for ((step, params), direct) in p.steps.iter().zip(&self.params).zip(&self.direct) {
+        copy_out(results, slots, seed);
+        let (first, count) = (steps.start, steps.len());
+        let params = self.params.iter().zip(&self.direct).skip(first).take(count);
+        for (step, (params, direct)) in p.steps[steps].iter().zip(params) {
             // The direct convolutions hold their weights packed: no lookup for them.
             let weight = match params.weight.as_ref().filter(|_| direct.is_none()) {
                 Some(k) => self
@@ -433,6 +560,9 @@ impl CpuModel {
             }
             slots[o] = out;
             copy_out(results, slots, step.output);
+        }
+        if let Some((v, dst)) = export {
+            dst.copy_from_slice(&slots[slot[&v]][..len(v)]);
         }
         Ok(())
     }
