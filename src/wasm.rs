@@ -397,19 +397,26 @@ pub struct Engine {
     inner: Rc<RefCell<Option<Inner>>>,
     info: JsValue,
     gpu: Option<crate::backend::gpu::GpuContext>,
+    /// The tuning cache it was loaded with (other adapters' entries are kept).
+    tuning_base: Option<String>,
 }
 
 #[wasm_bindgen]
 impl Engine {
     /// Load `model_id` with safetensors `weights` (synthetic weights of `seed` when
     /// absent) on `device`: "auto" (WebGPU, else the CPU with a notice), "webgpu" or "cpu";
-    /// WebGPU stores values at `precision`, "f32" or "f16" (the adapter's shader-f16).
+    /// WebGPU stores values at `precision`, "f32" or "f16" (the adapter's shader-f16), and
+    /// picks each convolution's kernel by `tuning` ("auto": the static table for known
+    /// adapter kinds, else timed; "table"; "measure": timed unless remembered), starting
+    /// from the choices in `tuning_cache` (JSON from an earlier [`Engine::tuning_cache`]).
     pub fn load(
         model_id: String,
         weights: Option<Vec<u8>>,
         seed: u32,
         device: String,
         precision: String,
+        tuning: String,
+        tuning_cache: Option<String>,
     ) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
             let model = Model::get(&model_id).map_err(|e| js_err(e.into()))?;
@@ -428,6 +435,16 @@ impl Engine {
                 "f16" => crate::backend::gpu::Precision::F16,
                 p => return Err(bad(format!("unknown precision '{p}': use f32 or f16"))),
             };
+            let tuning = match tuning.as_str() {
+                "auto" => crate::backend::gpu::Tuning::Auto,
+                "table" => crate::backend::gpu::Tuning::Table,
+                "measure" => crate::backend::gpu::Tuning::Measure,
+                t => {
+                    return Err(bad(format!(
+                        "unknown tuning '{t}': use auto, table or measure"
+                    )))
+                }
+            };
             let graph = model.default_graph(1);
             let (tensors, warnings) = match weights {
                 Some(bytes) => {
@@ -437,9 +454,14 @@ impl Engine {
             };
             let opts = crate::backend::gpu::GpuOptions {
                 precision,
+                tuning,
                 ..Default::default()
             };
             let target = Target::open_with(device, opts).await.map_err(js_err)?;
+            // A cache that is not JSON is ignored: measured again, then written over.
+            if let (Some(ctx), Some(cache)) = (target.gpu_context(), &tuning_cache) {
+                ctx.import_tuning(cache);
+            }
             // The tensors move in: on WebGPU they are dropped once uploaded.
             let session = Session::load(&graph, tensors, &target)
                 .await
@@ -466,6 +488,12 @@ impl Engine {
                     if gpu.is_some() { 1 } else { cpu_threads() }.into(),
                 ),
                 (
+                    "tunedShapes",
+                    gpu.as_ref()
+                        .map_or(0, |c| c.measured_shapes() as u32)
+                        .into(),
+                ),
+                (
                     "notice",
                     target.notice.as_deref().map_or(JsValue::NULL, |n| n.into()),
                 ),
@@ -485,6 +513,7 @@ impl Engine {
                 inner: Rc::new(RefCell::new(Some(Inner { model, session }))),
                 info,
                 gpu,
+                tuning_base: tuning_cache,
             }
             .into())
         })
@@ -534,6 +563,20 @@ impl Engine {
             std::task::Poll::Ready(r) => r,
             std::task::Poll::Pending => Err(bad("a CPU call waited: a bug, please report it")),
         }
+    }
+
+    /// Layer shapes whose kernels were timed on this engine's device so far.
+    #[wasm_bindgen(js_name = tunedShapes)]
+    pub fn tuned_shapes(&self) -> u32 {
+        self.gpu.as_ref().map_or(0, |c| c.measured_shapes() as u32)
+    }
+
+    /// The tuning cache to keep for the next load (`null` on the CPU): the one it was
+    /// loaded with, this adapter's kernel choices as they are now.
+    #[wasm_bindgen(js_name = tuningCache)]
+    pub fn tuning_cache(&self) -> Option<String> {
+        let gpu = self.gpu.as_ref()?;
+        Some(gpu.export_tuning(self.tuning_base.as_deref()))
     }
 
     /// Destroys the GPU device, as a driver reset would: the package's tests use it to

@@ -206,6 +206,55 @@ test('WebGPU (SwiftShader): the example page equals the CLI; a golden case; devi
       assert.ok(e <= 1e-2, `f16 against f32 on WebGPU: relative L2 ${e}`);
       console.log(`f16 on WebGPU: relative L2 ${e} against f32`);
     }
+
+    // Kernel choices timed in the browser ('measure'; 'auto' does on adapters the table
+    // does not know) are kept in IndexedDB per adapter: the next load times nothing and
+    // runs the same kernels; a cache that is not JSON is timed again and written over.
+    const tuned = await page.evaluate(async () => {
+      const { load } = await import('webcnn');
+      const opts = { model: 'vgg11_cifar', weights: 'synthetic:2', device: 'webgpu' };
+      const x = new Float32Array(3 * 32 * 32).map((_, i) => Math.cos(i));
+      const idb = (mode, value) => new Promise((resolve, reject) => {
+        const open = indexedDB.open('webcnn');
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const store = open.result.transaction('gpu-tuning', mode).objectStore('gpu-tuning');
+          const req = mode === 'readwrite' ? store.put(value, 'choices') : store.get('choices');
+          req.onsuccess = () => { open.result.close(); resolve(req.result); };
+          req.onerror = () => reject(req.error);
+        };
+      });
+      const run = async (tuning) => {
+        const m = await load({ ...opts, tuning });
+        const y = Array.from((await m.forward(x, [1, 3, 32, 32])).data);
+        const shapes = m.info.tunedShapes;
+        m.dispose();
+        return { y, shapes };
+      };
+      const first = await run('measure');
+      const kept = await idb('readonly');
+      const second = await run('measure');
+      const table = await run('table');
+      await idb('readwrite', 'not json {');
+      const again = await run('measure');
+      const rewritten = await idb('readonly');
+      let bad = null;
+      try { await load({ ...opts, tuning: 'fast' }); } catch (e) { bad = e.code; }
+      return { first, kept, second, table, again, rewritten, bad };
+    });
+    assert.ok(tuned.first.shapes > 0, 'measure times the layer shapes');
+    const entries = Object.values(JSON.parse(tuned.kept));
+    assert.equal(entries.length, 1, tuned.kept);
+    assert.equal(Object.keys(entries[0]).length, tuned.first.shapes, tuned.kept);
+    assert.equal(tuned.second.shapes, 0, 'the kept choices are used');
+    assert.deepEqual(tuned.second.y, tuned.first.y);
+    assert.equal(tuned.table.shapes, 0);
+    assert.ok(relL2(tuned.table.y, tuned.first.y) <= 1e-4);
+    assert.equal(tuned.again.shapes, tuned.first.shapes, 'an unreadable cache is timed again');
+    const shapeKeys = (json) => Object.values(JSON.parse(json)).map((e) => Object.keys(e).sort());
+    assert.deepEqual(shapeKeys(tuned.rewritten), shapeKeys(tuned.kept));
+    assert.equal(tuned.bad, 'BAD_ARGUMENT');
+    console.log(`tuning on WebGPU: ${tuned.first.shapes} shapes timed, kept in IndexedDB`);
   } finally {
     await browser.close();
   }

@@ -53,3 +53,61 @@ export async function cachePut(key, bytes) {
     console.warn(`webcnn: could not cache ${key}: ${(e && e.message) || e}`);
   }
 }
+
+// GPU kernel choices measured on this browser's adapters (the JSON the wasm exports),
+// kept in IndexedDB so that a layer shape is timed once per adapter, not on every load.
+const TUNING_DB = 'webcnn';
+const TUNING_STORE = 'gpu-tuning';
+
+function tuningDb() {
+  return new Promise((resolve) => {
+    if (typeof indexedDB === 'undefined') return resolve(null);
+    let req;
+    try {
+      req = indexedDB.open(TUNING_DB, 1);
+    } catch {
+      return resolve(null); // e.g. an opaque origin
+    }
+    req.onupgradeneeded = () => req.result.createObjectStore(TUNING_STORE);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => resolve(null);
+    req.onblocked = () => resolve(null);
+  });
+}
+
+/** The kept tuning JSON, or null. */
+export async function tuningGet() {
+  const db = await tuningDb();
+  if (!db) return null;
+  return new Promise((resolve) => {
+    const done = (v) => { db.close(); resolve(v); };
+    try {
+      const req = db.transaction(TUNING_STORE).objectStore(TUNING_STORE).get('choices');
+      req.onsuccess = () => done(typeof req.result === 'string' ? req.result : null);
+      req.onerror = () => done(null);
+    } catch {
+      done(null);
+    }
+  });
+}
+
+/** Keep the tuning JSON; a failure only costs measuring again next time. */
+export async function tuningPut(json) {
+  const db = await tuningDb();
+  if (!db) return;
+  await new Promise((resolve) => {
+    const done = () => { db.close(); resolve(); };
+    try {
+      const tx = db.transaction(TUNING_STORE, 'readwrite');
+      tx.objectStore(TUNING_STORE).put(json, 'choices');
+      tx.oncomplete = done;
+      tx.onerror = tx.onabort = () => {
+        console.warn(`webcnn: could not keep the GPU tuning: ${tx.error && tx.error.message}`);
+        done();
+      };
+    } catch (e) {
+      console.warn(`webcnn: could not keep the GPU tuning: ${(e && e.message) || e}`);
+      done();
+    }
+  });
+}

@@ -71,3 +71,10 @@ export async function cachePut(key, bytes) {
     process.emitWarning(`webcnn: could not cache ${key} in ${path}: ${e.message}`);
   }
 }
+
+/** Node has no WebGPU here: nothing to keep. */
+export async function tuningGet() {
+  return null;
+}
+
+export async function tuningPut() {}

@@ -83,6 +83,14 @@ export interface LoadOptions {
    * loading on 'webgpu' fails with DEVICE_LIMIT). The CPU backend always uses f32.
    */
   precision?: 'f32' | 'f16';
+  /**
+   * How WebGPU picks each convolution's kernel: 'auto' (default) takes the static table
+   * for adapter kinds it knows (software renderers, the main GPU vendors) and times the
+   * kernels on other adapters; 'table' never times; 'measure' times every layer shape not
+   * yet remembered for this adapter. Timed choices are kept in IndexedDB (browsers), so
+   * each shape is timed once per adapter.
+   */
+  tuning?: 'auto' | 'table' | 'measure';
   onProgress?: (p: Progress) => void;
   /** Keep downloads in the Cache API (browsers) or $WEBCNN_CACHE / ~/.cache/webcnn (Node). Default true. */
   cache?: boolean;
@@ -108,6 +116,8 @@ export interface ModelInfo {
   precision: 'f32' | 'f16';
   /** Threads the CPU backend computes on (1 on WebGPU and without cross-origin isolation). */
   threads: number;
+  /** Layer shapes whose kernels this model timed on its adapter so far (its first run of an input size prepares a plan); 0 on the CPU, and where the table or kept choices decided. */
+  tunedShapes: number;
   /** Why the CPU runs although 'auto' was asked for, else null. */
   notice: string | null;
   inputSize: [number, number, number];

@@ -150,6 +150,7 @@ export function models() {
 
 const DEVICES = new Set(['auto', 'webgpu', 'cpu']);
 const PRECISIONS = new Set(['f32', 'f16']);
+const TUNINGS = new Set(['auto', 'table', 'measure']);
 
 /** Where the weights come from; `read` gives the bytes (again, after a device loss). */
 function weightsSource(weights, opts) {
@@ -230,7 +231,7 @@ async function download(url, key, onProgress, useCache) {
  */
 export async function load(options) {
   if (!options || typeof options !== 'object') fail('BAD_ARGUMENT', 'load() takes an options object: { model, weights, device }');
-  const { model, weights, device = 'auto', precision = 'f32', onProgress } = options;
+  const { model, weights, device = 'auto', precision = 'f32', tuning = 'auto', onProgress } = options;
   if (typeof model !== 'string' || !MODELS.some((m) => m.id === model)) {
     fail('UNKNOWN_MODEL', `unknown model '${model}'; known: ${MODELS.map((m) => m.id).join(', ')}`);
   }
@@ -239,6 +240,7 @@ export async function load(options) {
   }
   if (!DEVICES.has(device)) fail('BAD_ARGUMENT', `unknown device '${device}': use auto, webgpu or cpu`);
   if (!PRECISIONS.has(precision)) fail('BAD_ARGUMENT', `unknown precision '${precision}': use f32 or f16`);
+  if (!TUNINGS.has(tuning)) fail('BAD_ARGUMENT', `unknown tuning '${tuning}': use auto, table or measure`);
   checkThreads(options.threads);
   if (onProgress !== undefined && typeof onProgress !== 'function') fail('BAD_ARGUMENT', 'onProgress must be a function');
   const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
@@ -256,7 +258,11 @@ export async function load(options) {
     const gen = generation;
     try {
       progress({ phase: 'prepare', loaded: 0, total: 1 });
-      const engine = await Promise.race([wasmModule.Engine.load(model, bytes, source.seed ?? 1, device, precision), panicOf(gen).promise]);
+      const cache = device === 'cpu' ? null : await env.tuningGet();
+      const engine = await Promise.race([
+        wasmModule.Engine.load(model, bytes, source.seed ?? 1, device, precision, tuning, cache ?? undefined),
+        panicOf(gen).promise,
+      ]);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
       return { engine, gen };
     } catch (e) {
@@ -277,6 +283,7 @@ function describe(engine) {
     adapter: raw.adapter,
     precision: raw.precision,
     threads: raw.threads,
+    tunedShapes: raw.tunedShapes,
     notice: raw.notice,
     inputSize: raw.inputSize,
     labels: raw.labels,
@@ -372,7 +379,7 @@ export class Model {
     this.#create = create;
   }
 
-  /** `{ id, backend, adapter, precision, threads, notice, inputSize, labels, numClasses, warnings }`. */
+  /** `{ id, backend, adapter, precision, threads, tunedShapes, notice, inputSize, labels, numClasses, warnings }`. */
   get info() {
     return this.#info;
   }
@@ -384,6 +391,20 @@ export class Model {
   }
 
   async #call(f) {
+    const r = await this.#callOnce(f);
+    // Kernel choices the call timed on this adapter (its first run of an input size
+    // prepares a plan) are kept for the next load.
+    if (this.#info.backend === 'webgpu' && this.#engine) {
+      const n = this.#engine.tunedShapes();
+      if (n !== this.#info.tunedShapes) {
+        this.#info = Object.freeze({ ...this.#info, tunedShapes: n });
+        await env.tuningPut(this.#engine.tuningCache());
+      }
+    }
+    return r;
+  }
+
+  async #callOnce(f) {
     if (this.#disposed) fail('DISPOSED', 'this model was disposed');
     // A recovery that failed earlier is tried again; an engine of a retired (trapped)
     // instance is left to that instance and made again on the current one.

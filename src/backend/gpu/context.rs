@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub software: bool,
     /// The adapter's name (in browsers from `GPUAdapterInfo`: wgpu leaves it empty).
     pub name: String,
+    /// Made by one of the GPU makers the static table knows.
+    pub known_vendor: bool,
     pub lost: Arc<Mutex<Option<String>>>,
     /// What the device was opened with, to open another like it.
     pub opts: GpuOptions,
@@ -109,9 +111,13 @@ impl GpuContext {
             .map_err(no_adapter)?;
         let info = adapter.get_info();
         #[cfg(not(target_arch = "wasm32"))]
-        let (software, name) = (info.device_type == wgpu::DeviceType::Cpu, info.name.clone());
+        let (software, name, known_vendor) = (
+            info.device_type == wgpu::DeviceType::Cpu,
+            info.name.clone(),
+            tuning::known_vendor_id(info.vendor),
+        );
         #[cfg(target_arch = "wasm32")]
-        let (software, name) = browser_adapter().await;
+        let (software, name, known_vendor) = browser_adapter().await;
         let limits = adapter.limits();
         // Timestamps time each layer on the GPU for profiles; optional everywhere.
         let mut features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
@@ -154,7 +160,7 @@ impl GpuContext {
         );
         #[cfg(target_arch = "wasm32")]
         let tuning_file = None;
-        let tuner = Tuner::new(&info, tuning_file);
+        let tuner = Tuner::new(&info, &name, tuning_file);
         Ok(GpuContext {
             shared: Arc::new(Shared {
                 tuner,
@@ -165,6 +171,7 @@ impl GpuContext {
                 binding_limit,
                 software,
                 name,
+                known_vendor,
                 lost,
                 opts,
                 families: Mutex::new(HashMap::new()),
@@ -244,7 +251,7 @@ impl GpuContext {
     }
 
     /// The kernel for the convolution of shape `key` ([`tuning::shape_key`]); `None`:
-    /// time the kernels on it (natively).
+    /// time the kernels on it.
     pub(crate) fn conv_choice(&self, key: &str) -> Option<Variant> {
         let s = &self.shared;
         let cached = || s.tuner.get(key);
@@ -252,8 +259,8 @@ impl GpuContext {
             s.opts.kernels,
             s.opts.tuning,
             cached,
-            tuning::table(s.software, s.info.vendor),
-            cfg!(not(target_arch = "wasm32")),
+            tuning::table(s.software, s.known_vendor),
+            true,
         ) {
             tuning::Decision::Use(v) => Some(v),
             tuning::Decision::Set(k) => Some(Variant::choose(k, &s.limits)),
@@ -270,6 +277,19 @@ impl GpuContext {
             .into_iter()
             .map(|(k, v)| (k, v.kernels()))
             .collect()
+    }
+
+    /// Take this adapter's kernel choices from a tuning cache's JSON (what
+    /// [`Self::export_tuning`] made; browsers keep it, natively the cache file does):
+    /// whether it was readable.
+    pub fn import_tuning(&self, json: &str) -> bool {
+        self.shared.tuner.import(json)
+    }
+
+    /// The tuning cache's JSON `base` (other adapters' entries kept) with this adapter's
+    /// choices as they are now.
+    pub fn export_tuning(&self, base: Option<&str>) -> String {
+        self.shared.tuner.export(base)
     }
 
     /// Layer shapes whose kernels were timed on this device so far.
@@ -391,11 +411,11 @@ fn has_navigator_gpu() -> bool {
 }
 
 /// wgpu's browser backend reports no device type or name: ask `GPUAdapterInfo` itself.
-/// Returns (software renderer?, name).
+/// Returns (software renderer?, name, a vendor the static table knows?).
 #[cfg(target_arch = "wasm32")]
-async fn browser_adapter() -> (bool, String) {
+async fn browser_adapter() -> (bool, String, bool) {
     use wasm_bindgen::{JsCast, JsValue};
-    let unknown = || (false, "WebGPU adapter".to_string());
+    let unknown = || (false, "WebGPU adapter".to_string(), false);
     let get =
         |o: &JsValue, k: &str| js_sys::Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED);
     let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
@@ -428,10 +448,11 @@ async fn browser_adapter() -> (bool, String) {
             .collect::<Vec<_>>()
             .join(" "),
     };
+    let known = tuning::known_vendor_name(&text("vendor"));
     if name.is_empty() {
-        return (software, unknown().1);
+        return (software, unknown().1, known);
     }
-    (software, name)
+    (software, name, known)
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -157,8 +157,7 @@ impl GpuModel {
     }
 
     async fn build(program: Program, weights: &Arc<GpuWeights>) -> Result<Self> {
-        #[cfg(not(target_arch = "wasm32"))]
-        tune(weights.context(), &program)?;
+        tune(weights.context(), &program).await?;
         Self::build_with(program, weights, None).await
     }
 
@@ -423,6 +422,29 @@ impl GpuModel {
                 (n.clone(), v[v.len() / 2])
             })
             .collect())
+    }
+
+    /// Seconds of one forward pass on the device, from its submission until the device
+    /// is done (natively [`Self::time_device`]; in browsers by `performance.now()` around
+    /// the queue's work-done promise).
+    async fn time_pass(&self) -> Result<f64> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.time_device(1);
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.check_alive()?;
+            let s = &self.context().shared;
+            let mut enc = s.device.create_command_encoder(&Default::default());
+            self.encode(&mut enc);
+            let t = now_ms();
+            s.queue.submit([enc.finish()]);
+            let done = OneShot::new();
+            let tx = done.sender();
+            s.queue.on_submitted_work_done(move || tx(()));
+            done.await;
+            self.check_alive()?;
+            Ok((now_ms() - t) / 1e3)
+        }
     }
 
     /// Seconds per forward pass on the device alone: `iters` passes encoded in one
@@ -1311,8 +1333,7 @@ impl<'a> Builder<'a> {
 /// measured, and remember the faster (see [`super::Tuning`]). A kernel that cannot run a
 /// shape is skipped; a shape neither runs is left to the table (and to the real build's
 /// error).
-#[cfg(not(target_arch = "wasm32"))]
-fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
+async fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
     let nb = batch_chunk(program, ctx.binding_limit(), ctx.elem_bytes())?;
     let mut measured = false;
     for step in &program.steps {
@@ -1325,7 +1346,7 @@ fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         if ctx.conv_choice(&key).is_some() {
             continue;
         }
-        if let Some(v) = fastest_conv(ctx, cfg, shape) {
+        if let Some(v) = fastest_conv(ctx, cfg, shape).await {
             ctx.shared.tuner.remember(key, v);
             measured = true;
         }
@@ -1338,8 +1359,8 @@ fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
 
 /// The faster kernel on one convolution (synthetic weights and input: the work does not
 /// depend on the values), by the best of a few timed passes after a warm-up.
-#[cfg(not(target_arch = "wasm32"))]
-fn fastest_conv(
+#[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+async fn fastest_conv(
     ctx: &GpuContext,
     cfg: &crate::graph::Conv2d,
     shape: [usize; 4],
@@ -1351,23 +1372,37 @@ fn fastest_conv(
         b.build(&[y]).ok()?
     };
     let w = crate::prng::synth_params(&graph, 1).ok()?;
-    let weights = Arc::new(pollster::block_on(GpuWeights::upload(ctx, &graph, &w)).ok()?);
+    let weights = Arc::new(GpuWeights::upload(ctx, &graph, &w).await.ok()?);
     let mut best: Option<(f64, conv::Variant)> = None;
     for v in conv::Variant::ALL {
         if !v.supports(&ctx.shared.limits) {
             continue;
         }
         let program = Program::new(&graph, true);
-        let Ok(m) = pollster::block_on(GpuModel::build_with(program, &weights, Some(v))) else {
+        let Ok(m) = GpuModel::build_with(program, &weights, Some(v)).await else {
             continue;
         };
-        let Ok(_) = m.time_device(1) else { continue };
-        let t = (0..2)
-            .filter_map(|_| m.time_device(1).ok())
-            .fold(f64::INFINITY, f64::min);
+        let Ok(_) = m.time_pass().await else { continue };
+        let mut t = f64::INFINITY;
+        for _ in 0..2 {
+            t = t.min(m.time_pass().await.unwrap_or(f64::INFINITY));
+        }
         if t.is_finite() && best.is_none_or(|(b, _)| t < b) {
             best = Some((t, v));
         }
     }
     best.map(|(_, v)| v)
+}
+
+/// Milliseconds from the page's (or worker's) `performance.now()`, else the wall clock.
+#[cfg(target_arch = "wasm32")]
+fn now_ms() -> f64 {
+    use wasm_bindgen::JsCast;
+    let get = |o: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(o, &k.into()).ok();
+    get(&js_sys::global(), "performance")
+        .and_then(|p| {
+            let now: js_sys::Function = get(&p, "now")?.dyn_into().ok()?;
+            now.call0(&p).ok()?.as_f64()
+        })
+        .unwrap_or_else(js_sys::Date::now)
 }

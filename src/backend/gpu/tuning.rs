@@ -1,8 +1,10 @@
 //! Which convolution kernel each layer shape gets on an adapter. The adapter kinds we know
 //! have a static table (software renderers: register-blocked; GPUs of the known vendors:
 //! tiled), so a first run is never slow. On other adapters, or when asked
-//! ([`Tuning::Measure`]), each new layer shape is timed with both kernels at prepare
-//! (natively) and the winner remembered per adapter, in memory and in the cache folder.
+//! ([`Tuning::Measure`]), each new layer shape is timed with both kernels at prepare and
+//! the winner remembered per adapter: in memory, and natively in the cache folder; in
+//! browsers the package keeps [`Tuner::export`]'s JSON in IndexedDB and hands it back
+//! ([`Tuner::import`]) on the next load.
 
 use super::kernels::conv::Variant;
 use super::kernels::Precision;
@@ -14,17 +16,17 @@ use std::sync::Mutex;
 /// When to time the convolution kernels instead of taking the static table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Tuning {
-    /// The static table for known adapter kinds; unknown adapters are measured (natively;
-    /// in browsers they get the tiled kernels).
+    /// The static table for known adapter kinds; unknown adapters are measured.
     #[default]
     Auto,
     /// Only the static table (unknown adapters: tiled).
     Table,
-    /// Measure every layer shape not yet remembered for this adapter (natively).
+    /// Measure every layer shape not yet remembered for this adapter.
     Measure,
 }
 
 /// PCI vendor ids of the GPU makers whose cards reward the tiled kernels.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 const KNOWN_VENDORS: [u32; 9] = [
     0x10de, // NVIDIA
     0x1002, // AMD
@@ -37,10 +39,36 @@ const KNOWN_VENDORS: [u32; 9] = [
     0x144d, // Samsung
 ];
 
+/// Vendor names in browsers' `GPUAdapterInfo.vendor` of the same makers.
+const KNOWN_VENDOR_NAMES: [&str; 10] = [
+    "nvidia",
+    "amd",
+    "ati",
+    "intel",
+    "apple",
+    "qualcomm",
+    "arm",
+    "imagination",
+    "img-tec",
+    "samsung",
+];
+
+/// Whether a PCI vendor id (native adapters) is one of the known GPU makers'.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn known_vendor_id(vendor: u32) -> bool {
+    KNOWN_VENDORS.contains(&vendor)
+}
+
+/// Whether a browser's vendor string names one of the known GPU makers.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub(crate) fn known_vendor_name(vendor: &str) -> bool {
+    KNOWN_VENDOR_NAMES.contains(&vendor.trim().to_lowercase().as_str())
+}
+
 /// The static table's kernels for an adapter ([`Kernels::for_adapter`]'s), `None` for an
 /// adapter kind it does not know.
-pub(crate) fn table(software: bool, vendor: u32) -> Option<Kernels> {
-    (software || KNOWN_VENDORS.contains(&vendor)).then(|| Kernels::for_adapter(software))
+pub(crate) fn table(software: bool, known_vendor: bool) -> Option<Kernels> {
+    (software || known_vendor).then(|| Kernels::for_adapter(software))
 }
 
 /// How one convolution gets its kernel.
@@ -104,7 +132,6 @@ pub(crate) fn shape_key(cfg: &Conv2d, [n, c, h, w]: [usize; 4], precision: Preci
 /// The choices made on one device: measured ones, and those read from the cache file.
 pub(crate) struct Tuner {
     /// Adapter, backend and driver: what a cached choice is valid for.
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     adapter: String,
     #[cfg(not(target_arch = "wasm32"))]
     file: Option<std::path::PathBuf>,
@@ -121,14 +148,16 @@ struct State {
 }
 
 impl Tuner {
+    /// `name`: the adapter's (in browsers from `GPUAdapterInfo`, where wgpu has none).
     pub fn new(
         info: &wgpu::AdapterInfo,
+        name: &str,
         #[allow(unused)] file: Option<std::path::PathBuf>,
     ) -> Tuner {
         Tuner {
             adapter: format!(
                 "{} | {:?} | {} {}",
-                info.name, info.backend, info.driver, info.driver_info
+                name, info.backend, info.driver, info.driver_info
             ),
             #[cfg(not(target_arch = "wasm32"))]
             file,
@@ -150,7 +179,6 @@ impl Tuner {
     }
 
     /// Remember a measured choice (written to the cache file by [`Self::save`]).
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn remember(&self, key: String, v: Variant) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.choices.insert(key, v);
@@ -183,21 +211,13 @@ impl Tuner {
         let Ok(text) = std::fs::read_to_string(file) else {
             return HashMap::new();
         };
-        let Ok(all) = serde_json::from_str::<serde_json::Value>(&text) else {
+        self.parse(&text).unwrap_or_else(|| {
             log::warn!(
                 "ignoring the unreadable GPU tuning cache {}",
                 file.display()
             );
-            return HashMap::new();
-        };
-        all.get(&self.adapter)
-            .and_then(|a| a.as_object())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), Variant::from_name(v.as_str()?)?)))
-                    .collect()
-            })
-            .unwrap_or_default()
+            HashMap::new()
+        })
     }
 
     #[cfg(target_arch = "wasm32")]
@@ -205,14 +225,41 @@ impl Tuner {
         HashMap::new()
     }
 
-    /// Write this adapter's choices into the cache file, keeping other adapters' entries.
-    /// Failures are logged: the choices still hold for this process.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn save(&self) {
-        let Some(file) = &self.file else { return };
-        let mut all = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    /// This adapter's choices in a cache's JSON (`{adapter: {shape: kernel}}`); `None` if
+    /// it is not JSON. Entries it does not understand are skipped.
+    fn parse(&self, text: &str) -> Option<HashMap<String, Variant>> {
+        let all = serde_json::from_str::<serde_json::Value>(text).ok()?;
+        Some(
+            all.get(&self.adapter)
+                .and_then(|a| a.as_object())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), Variant::from_name(v.as_str()?)?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Take this adapter's choices from a cache's JSON (what [`Self::export`] made, kept
+    /// by the caller: the package keeps it in IndexedDB). Choices already made here win;
+    /// text that is not JSON is ignored. Whether it was readable.
+    pub fn import(&self, text: &str) -> bool {
+        let Some(cached) = self.parse(text) else {
+            return false;
+        };
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in cached {
+            s.choices.entry(k).or_insert(v);
+        }
+        true
+    }
+
+    /// `base` (a cache's JSON; other adapters' entries are kept) with this adapter's
+    /// choices in place of its old ones.
+    pub fn export(&self, base: Option<&str>) -> String {
+        let mut all = base
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
             .filter(|v| v.is_object())
             .unwrap_or_else(|| serde_json::json!({}));
         let mine: serde_json::Map<String, serde_json::Value> = self
@@ -221,13 +268,22 @@ impl Tuner {
             .map(|(k, v)| (k, v.name().into()))
             .collect();
         all[&self.adapter] = mine.into();
+        all.to_string()
+    }
+
+    /// Write this adapter's choices into the cache file, keeping other adapters' entries.
+    /// Failures are logged: the choices still hold for this process.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save(&self) {
+        let Some(file) = &self.file else { return };
+        let all = self.export(std::fs::read_to_string(file).ok().as_deref());
         let write = || -> std::io::Result<()> {
             if let Some(dir) = file.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             // Whole or not at all: a temporary file renamed over the old one.
             let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&all)?)?;
+            std::fs::write(&tmp, &all)?;
             std::fs::rename(&tmp, file)
         };
         if let Err(e) = write() {
@@ -245,10 +301,14 @@ mod tests {
 
     #[test]
     fn the_table_knows_software_renderers_and_gpu_vendors_only() {
-        assert_eq!(table(true, 0), Some(Kernels::RegisterBlocked));
-        assert_eq!(table(true, 0x10de), Some(Kernels::RegisterBlocked));
-        assert_eq!(table(false, 0x10de), Some(Kernels::Tiled));
-        assert_eq!(table(false, 0x1234), None);
+        let id = known_vendor_id;
+        assert_eq!(table(true, id(0)), Some(Kernels::RegisterBlocked));
+        assert_eq!(table(true, id(0x10de)), Some(Kernels::RegisterBlocked));
+        assert_eq!(table(false, id(0x10de)), Some(Kernels::Tiled));
+        assert_eq!(table(false, id(0x1234)), None);
+        // Browsers name the vendor instead.
+        assert!(known_vendor_name("nvidia") && known_vendor_name(" Apple"));
+        assert!(!known_vendor_name("") && !known_vendor_name("google"));
     }
 
     #[test]
@@ -291,4 +351,10 @@ mod tests {
         assert_ne!(k, shape_key(&a.clone().groups(2), [1, 64, 56, 56], f32));
         assert_ne!(k, shape_key(&a, [1, 64, 56, 56], Precision::F16));
     }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Tuner {
+    /// Nothing to write in a browser: the package stores [`Self::export`].
+    pub fn save(&self) {}
 }
