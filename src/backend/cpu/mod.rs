@@ -273,7 +273,7 @@ impl CpuModel {
                 };
                 let tail = match tail_cut(&program) {
                     Some((from, seed)) => {
-                        let p = Program::new(graph, fuse);
+                        let p = program.clone();
                         let model = Box::new(Self::plan_steps(p, weights, isa, from, seed)?);
                         Some(Tail { from, seed, model })
                     }
@@ -505,9 +505,9 @@ impl CpuModel {
             }
         };
         copy_out(results, slots, seed);
-        let (first, count) = (steps.start, steps.len());
-        let params = self.params.iter().zip(&self.direct).skip(first).take(count);
-        for (step, (params, direct)) in p.steps[steps].iter().zip(params) {
+        let params = self.params[steps.clone()].iter();
+        let direct = self.direct[steps.clone()].iter();
+        for (step, (params, direct)) in p.steps[steps].iter().zip(params.zip(direct)) {
             // The direct convolutions hold their weights packed: no lookup for them.
             let weight = match params.weight.as_ref().filter(|_| direct.is_none()) {
                 Some(k) => self
