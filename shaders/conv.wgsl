@@ -1,20 +1,36 @@
 // Convolution as an implicit GEMM: C[oc, p] = sum_k W[oc, k] * X_col[k, p] per image and
 // group, where k = (ci, ky, kx) and p = (oy, ox). The im2col matrix is never stored: each
-// 64x64 output tile gathers its 16-deep slices of X_col straight into workgroup memory.
-// Every 256-thread workgroup computes 64 output channels x 64 pixels; each thread a 4x4
-// block, read from workgroup memory as two vec4 per k step (vector loads, 16 FMAs).
+// output tile of `tm` channels x `tn` pixels gathers its `tk`-deep slices of X_col straight
+// into workgroup memory. Each invocation computes a 4x4 block of the tile, read from
+// workgroup memory as two vec4 per k step (vector loads, 16 FMAs). Two tile shapes share
+// the code: 64x64 (256 invocations, 16 deep) and, for maps too small to give a GPU enough
+// 64x64 tiles (7x7, 14x14), 32x32 (64 invocations, 32 deep: the same workgroup memory).
 // Epilogue: * scale + shift per output channel (bias and a folded BatchNorm), + residual, ReLU.
 
 // Params, the bindings and the constants come from the generated header (src/backend/gpu/kernels/conv.rs).
 
-var<workgroup> a_tile: array<vec4<f32>, TK * TM / 4u>; // [TK][TM / 4]
-var<workgroup> b_tile: array<vec4<f32>, TK * TN / 4u>; // [TK][TN / 4]
+var<workgroup> a_tile: array<vec4<f32>, TK * TM / 4u>; // [tk][tm / 4]
+var<workgroup> b_tile: array<vec4<f32>, TK * TN / 4u>; // [tk][tn / 4]
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(TN / 4u, TM / 4u, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tid = lid.y * 16u + lid.x;
-    let n0 = wid.x * TN;
-    let m0 = wid.y * TM;
+    conv_tiled(lid, wid, TM, TN, TK);
+}
+
+@compute @workgroup_size(TN_S / 4u, TM_S / 4u, 1)
+fn conv2d_small(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    conv_tiled(lid, wid, TM_S, TN_S, TK_S);
+}
+
+// The tiled kernel for `tm` x `tn` tiles, `tk` deep, on (tn / 4) x (tm / 4) invocations
+// (constants at every call: the compilers fold them).
+fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
+    let mv = tm / 4u;
+    let nv = tn / 4u;
+    let threads = mv * nv;
+    let tid = lid.y * nv + lid.x;
+    let n0 = wid.x * tn;
+    let m0 = wid.y * tm;
     let img = wid.z / prm.g_count;
     let gl = wid.z % prm.g_count;
     let g = prm.g_base + gl;
@@ -25,25 +41,23 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     var acc: array<vec4<f32>, 4>; // rows m0 + 4 * lid.y + i, columns n0 + 4 * lid.x ..
     for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
 
-    for (var k0 = 0u; k0 < prm.k; k0 += TK) {
-        // Weights: consecutive threads read consecutive k of one row.
-        for (var r = 0u; r < 4u; r++) {
-            let e = tid + r * 256u;
-            let mm = e / TK;
-            let kk = e % TK;
+    for (var k0 = 0u; k0 < prm.k; k0 += tk) {
+        // Weights: consecutive invocations read consecutive k of one row.
+        for (var e = tid; e < tk * tm; e += threads) {
+            let mm = e / tk;
+            let kk = e % tk;
             let m = m0 + mm;
             let k = k0 + kk;
             var v = 0.0;
             if (m < prm.m_count && k < prm.k) {
                 v = f32(wt[w_base + m * prm.k + k]);
             }
-            a_tile[kk * 16u + mm / 4u][mm % 4u] = v;
+            a_tile[kk * mv + mm / 4u][mm % 4u] = v;
         }
-        // Input patches: consecutive threads read consecutive output pixels.
-        for (var r = 0u; r < 4u; r++) {
-            let e = tid + r * 256u;
-            let kk = e / TN;
-            let nn = e % TN;
+        // Input patches: consecutive invocations read consecutive output pixels.
+        for (var e = tid; e < tk * tn; e += threads) {
+            let kk = e / tn;
+            let nn = e % tn;
             let p = n0 + nn;
             let k = k0 + kk;
             var v = 0.0;
@@ -56,12 +70,12 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                     v = f32(x[x_base + (ci * prm.h + u32(iy)) * prm.w + u32(ix)]);
                 }
             }
-            b_tile[kk * 16u + nn / 4u][nn % 4u] = v;
+            b_tile[kk * nv + nn / 4u][nn % 4u] = v;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            let a = a_tile[kk * 16u + lid.y];
-            let b = b_tile[kk * 16u + lid.x];
+        for (var kk = 0u; kk < tk; kk++) {
+            let a = a_tile[kk * mv + lid.y];
+            let b = b_tile[kk * nv + lid.x];
             acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
             acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
             acc[2] = fma(vec4<f32>(a.z), b, acc[2]);

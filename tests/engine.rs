@@ -708,7 +708,11 @@ fn half_precision_handles_odd_sizes_split_weights_and_batch_chunks() {
     let w = synth_params(&g, 3).unwrap();
     let x = synth("input", &[1, 3, 5, 5], 4).unwrap();
     let want = run_cpu(&g, &w, &x, true);
-    for kernels in [Kernels::Tiled, Kernels::RegisterBlocked] {
+    for kernels in [
+        Kernels::Tiled,
+        Kernels::TiledSmall,
+        Kernels::RegisterBlocked,
+    ] {
         let ctx = common::gpu_with(GpuOptions {
             precision: Precision::F16,
             kernels: Some(kernels),

@@ -83,8 +83,8 @@ enum Backend {
     CpuPortable,
     /// The GPU with the kernels its adapter gets.
     Gpu,
-    /// The GPU with the other kernel set than its adapter gets.
-    GpuOtherKernels,
+    /// The GPU with every convolution forced onto one kernel set.
+    GpuKernels(Kernels),
     /// The GPU storing activations and weights as f16: within 1e-2 and the same top-1.
     GpuF16,
 }
@@ -93,17 +93,10 @@ fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
     let ctx = match backend {
         Backend::Cpu | Backend::CpuPortable => None,
         Backend::Gpu => Some(common::gpu()),
-        Backend::GpuOtherKernels => {
-            let own = common::gpu().kernels();
-            let other = match own {
-                Kernels::Tiled => Kernels::RegisterBlocked,
-                Kernels::RegisterBlocked => Kernels::Tiled,
-            };
-            Some(common::gpu_with(GpuOptions {
-                kernels: Some(other),
-                ..Default::default()
-            }))
-        }
+        Backend::GpuKernels(k) => Some(common::gpu_with(GpuOptions {
+            kernels: Some(k),
+            ..Default::default()
+        })),
         Backend::GpuF16 => Some(common::gpu_with(GpuOptions {
             precision: Precision::F16,
             ..Default::default()
@@ -232,9 +225,20 @@ fn gpu_f16_every_model_within_1e_2_and_the_same_top1() {
 
 #[test]
 fn gpu_resnet18_and_alexnet_with_the_other_kernels() {
-    check(Backend::GpuOtherKernels, |m| {
-        m == "resnet18" || m == "alexnet"
-    })
+    // Those the adapter does not get: on a software adapter both tile sizes.
+    let own = common::gpu().kernels();
+    for k in [
+        Kernels::Tiled,
+        Kernels::TiledSmall,
+        Kernels::RegisterBlocked,
+    ] {
+        if k != own {
+            eprintln!("{k:?} kernels");
+            check(Backend::GpuKernels(k), |m| {
+                m == "resnet18" || m == "alexnet"
+            })
+        }
+    }
 }
 
 #[test]

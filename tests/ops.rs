@@ -49,8 +49,12 @@ fn cpu_portable_kernels_match_every_golden_op() {
 
 #[test]
 fn gpu_backend_matches_every_golden_op() {
-    // Both kernel sets, whichever this adapter would pick.
-    for k in [Kernels::Tiled, Kernels::RegisterBlocked] {
+    // Every kernel set, whichever this adapter would pick.
+    for k in [
+        Kernels::Tiled,
+        Kernels::TiledSmall,
+        Kernels::RegisterBlocked,
+    ] {
         let ctx = common::gpu_with(GpuOptions {
             kernels: Some(k),
             ..Default::default()

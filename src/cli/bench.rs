@@ -50,9 +50,11 @@ pub struct Args {
     #[arg(long)]
     filter: Option<String>,
     /// The GPU's conv and linear kernels: `auto` takes the static table for known adapter
-    /// kinds (register-blocked on software adapters, tiled on GPUs) or what was measured
-    /// before, and measures per layer shape on unknown adapters; `tune` measures any
-    /// layer shape not yet measured on this adapter.
+    /// kinds (register-blocked on software adapters, tiled on GPUs: 64x64 tiles, or
+    /// 32x32 where a layer makes too few) or what was measured before, and measures per
+    /// layer shape on unknown adapters; `tiled`, `tiled-small` and `register-blocked`
+    /// force one kernel on every layer; `tune` measures any layer shape not yet measured
+    /// on this adapter.
     #[arg(long, value_enum, default_value = "auto")]
     gpu_kernels: GpuKernels,
     /// What the GPU stores activations and weights as (f16 needs the adapter's
@@ -71,9 +73,10 @@ enum BenchPrecision {
 enum GpuKernels {
     Auto,
     Tiled,
+    TiledSmall,
     RegisterBlocked,
-    /// Time both convolution kernels on each layer shape not yet measured on this adapter
-    /// and keep the faster (remembered in the cache folder).
+    /// Time each convolution kernel on each layer shape not yet measured on this adapter
+    /// and keep the fastest (remembered in the cache folder).
     Tune,
 }
 
@@ -83,6 +86,7 @@ impl Args {
             kernels: match self.gpu_kernels {
                 GpuKernels::Auto | GpuKernels::Tune => None,
                 GpuKernels::Tiled => Some(Kernels::Tiled),
+                GpuKernels::TiledSmall => Some(Kernels::TiledSmall),
                 GpuKernels::RegisterBlocked => Some(Kernels::RegisterBlocked),
             },
             tuning: match self.gpu_kernels {
@@ -366,12 +370,14 @@ pub fn run(a: Args) -> R<()> {
     if let Some(ctx) = ctx.as_ref().filter(|_| !a.json) {
         let chosen = ctx.conv_kernels();
         if !chosen.is_empty() {
-            let tiled = chosen.iter().filter(|(_, k)| *k == Kernels::Tiled).count();
+            let on = |k| chosen.iter().filter(|(_, c)| *c == k).count();
             println!(
-                "\nGPU conv kernels per layer shape, measured on this adapter ({} now, the rest cached): {} shapes, tiled on {tiled}, register-blocked on {}",
+                "\nGPU conv kernels per layer shape, measured on this adapter ({} now, the rest cached): {} shapes, tiled on {}, tiled-small on {}, register-blocked on {}",
                 ctx.measured_shapes(),
                 chosen.len(),
-                chosen.len() - tiled
+                on(Kernels::Tiled),
+                on(Kernels::TiledSmall),
+                on(Kernels::RegisterBlocked),
             );
         }
     }

@@ -28,14 +28,19 @@ pub struct GpuOptions {
     pub precision: Precision,
 }
 
-/// The two kernel sets for convolutions and linear layers (`shaders/conv.wgsl`,
-/// `shaders/linear.wgsl`).
+/// The kernel sets for convolutions and linear layers (`shaders/conv.wgsl`,
+/// `shaders/linear.wgsl`). Forced ([`GpuOptions::kernels`]), a set runs every layer;
+/// the static table gives GPUs the tiled set with the tile size chosen per layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
     /// Convolutions in 64x64 output tiles staged through workgroup memory (4x4 per
     /// invocation), linear layers reduced by a workgroup per output: what hardware GPUs
-    /// reward.
+    /// reward. (The static table takes the small tiles where 64x64 ones are too few to
+    /// fill a GPU.)
     Tiled,
+    /// The tiled kernels with 32x32 output tiles (64 invocations, 32 deep) on every
+    /// convolution: four times the workgroups, for 7x7 and 14x14 maps.
+    TiledSmall,
     /// No workgroup memory or barriers: convolutions 4x4 per invocation straight from
     /// storage, linear layers one output per invocation. Software adapters run workgroups
     /// as CPU vector lanes, where barriers cost most.
@@ -50,6 +55,15 @@ impl Kernels {
             Kernels::RegisterBlocked
         } else {
             Kernels::Tiled
+        }
+    }
+
+    /// The set's name (as `--gpu-kernels` and the tuning cache spell it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Tiled => "tiled",
+            Kernels::TiledSmall => "tiled-small",
+            Kernels::RegisterBlocked => "register-blocked",
         }
     }
 }
@@ -250,9 +264,10 @@ impl GpuContext {
             .unwrap_or(Kernels::for_adapter(self.shared.software))
     }
 
-    /// The kernel for the convolution of shape `key` ([`tuning::shape_key`]); `None`:
-    /// time the kernels on it.
-    pub(crate) fn conv_choice(&self, key: &str) -> Option<Variant> {
+    /// The kernel for the convolution of shape `key` ([`tuning::shape_key`]) that makes
+    /// `work`: pixels by channels per each of (image, group) planes; `None`: time the
+    /// kernels on it.
+    pub(crate) fn conv_choice(&self, key: &str, work: [usize; 3]) -> Option<Variant> {
         let s = &self.shared;
         let cached = || s.tuner.get(key);
         match tuning::decide(
@@ -264,6 +279,7 @@ impl GpuContext {
         ) {
             tuning::Decision::Use(v) => Some(v),
             tuning::Decision::Set(k) => Some(Variant::choose(k, &s.limits)),
+            tuning::Decision::Table(k) => Some(Variant::for_layer(k, &s.limits, work)),
             tuning::Decision::Measure => None,
         }
     }

@@ -1047,7 +1047,7 @@ impl<'a> Builder<'a> {
         // Not measured (wasm, or timing failed): the table's choice.
         let v = self
             .force
-            .or_else(|| self.ctx.conv_choice(&key))
+            .or_else(|| self.ctx.conv_choice(&key, conv_work(cfg, os, nb)))
             .unwrap_or(self.variant);
         if v != conv::Variant::RegisterBlocked {
             return (v, None);
@@ -1329,7 +1329,7 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// Time both convolution kernels on each layer shape of `program` that its context wants
+/// Time every convolution kernel on each layer shape of `program` that its context wants
 /// measured, and remember the faster (see [`super::Tuning`]). A kernel that cannot run a
 /// shape is skipped; a shape neither runs is left to the table (and to the real build's
 /// error).
@@ -1340,10 +1340,10 @@ async fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         let Kernel::Conv { cfg, .. } = &step.kernel else {
             continue;
         };
-        let xs = program.shape(step.inputs[0]);
+        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
         let shape = [nb, xs[1], xs[2], xs[3]];
         let key = tuning::shape_key(cfg, shape, ctx.precision());
-        if ctx.conv_choice(&key).is_some() {
+        if ctx.conv_choice(&key, conv_work(cfg, os, nb)).is_some() {
             continue;
         }
         if let Some(v) = fastest_conv(ctx, cfg, shape).await {
@@ -1355,6 +1355,12 @@ async fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         ctx.shared.tuner.save();
     }
     Ok(())
+}
+
+/// What a convolution with output shape `os` makes at `nb` images: pixels by channels
+/// per each of its (image, group) planes.
+fn conv_work(cfg: &crate::graph::Conv2d, os: &[usize], nb: usize) -> [usize; 3] {
+    [os[2] * os[3], os[1] / cfg.groups, nb * cfg.groups]
 }
 
 /// The faster kernel on one convolution (synthetic weights and input: the work does not

@@ -1,7 +1,8 @@
 //! Which convolution kernel each layer shape gets on an adapter. The adapter kinds we know
 //! have a static table (software renderers: register-blocked; GPUs of the known vendors:
-//! tiled), so a first run is never slow. On other adapters, or when asked
-//! ([`Tuning::Measure`]), each new layer shape is timed with both kernels at prepare and
+//! tiled, in 64x64 tiles or in 32x32 ones where a layer makes too few), so a first run is
+//! never slow. On other adapters, or when asked ([`Tuning::Measure`]), each new layer
+//! shape is timed with each kernel (64x64 tiles, 32x32 tiles, register-blocked) at prepare and
 //! the winner remembered per adapter: in memory, and natively in the cache folder; in
 //! browsers the package keeps [`Tuner::export`]'s JSON in IndexedDB and hands it back
 //! ([`Tuner::import`]) on the next load.
@@ -76,8 +77,10 @@ pub(crate) fn table(software: bool, known_vendor: bool) -> Option<Kernels> {
 pub(crate) enum Decision {
     /// A measured (or cached) choice.
     Use(Variant),
-    /// A kernel set: forced, or the static table's.
+    /// A forced kernel set.
     Set(Kernels),
+    /// The static table's kernel set (its tile size chosen per layer).
+    Table(Kernels),
     /// Time the kernels on this shape.
     Measure,
 }
@@ -109,7 +112,7 @@ pub(crate) fn decide(
     if measure && can_measure {
         Decision::Measure
     } else {
-        Decision::Set(known.unwrap_or(Kernels::Tiled))
+        Decision::Table(known.unwrap_or(Kernels::Tiled))
     }
 }
 
@@ -327,12 +330,15 @@ mod tests {
             decide(None, Tuning::Auto, cached, Some(rb), true),
             Use(Variant::Tiled)
         );
-        assert_eq!(decide(None, Tuning::Table, cached, Some(rb), true), Set(rb));
+        assert_eq!(
+            decide(None, Tuning::Table, cached, Some(rb), true),
+            Table(rb)
+        );
         // Known kinds take the table under Auto; unknown ones are measured where possible.
-        assert_eq!(decide(None, Tuning::Auto, none, Some(rb), true), Set(rb));
+        assert_eq!(decide(None, Tuning::Auto, none, Some(rb), true), Table(rb));
         assert_eq!(decide(None, Tuning::Auto, none, None, true), Measure);
-        assert_eq!(decide(None, Tuning::Auto, none, None, false), Set(tiled));
-        assert_eq!(decide(None, Tuning::Table, none, None, true), Set(tiled));
+        assert_eq!(decide(None, Tuning::Auto, none, None, false), Table(tiled));
+        assert_eq!(decide(None, Tuning::Table, none, None, true), Table(tiled));
         // Measure measures known kinds too.
         assert_eq!(
             decide(None, Tuning::Measure, none, Some(tiled), true),

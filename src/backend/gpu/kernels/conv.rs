@@ -36,6 +36,16 @@ buffers! {
 const TM: usize = 64;
 const TN: usize = 64;
 const TK: usize = 16;
+/// The small-tile kernel's: 64 invocations of 4x4, twice as deep, so that its slices fill
+/// the same workgroup memory (the two entries share it).
+const TM_S: usize = 32;
+const TN_S: usize = 32;
+const TK_S: usize = 32;
+const _: () = assert!(TK_S * TM_S <= TK * TM && TK_S * TN_S <= TK * TN);
+/// The static table gives a GPU the small tiles where the 64x64 ones would make fewer
+/// workgroups than this: about two per compute unit of the largest GPUs, which the tiles
+/// of 7x7 and 14x14 maps (and 56x56 ones at batch 1) leave mostly idle.
+const SMALL_TILES_BELOW: usize = 256;
 /// The register-blocked kernel: channels by pixels per invocation (its `vec4`s fix both
 /// at 4; 8 channels measured slower on lavapipe, whose 16 AVX2 registers hold one
 /// scalar of every lane each), and invocations per workgroup.
@@ -55,6 +65,9 @@ pub(crate) static FAMILY: Family = Family {
         ("TM", TM),
         ("TN", TN),
         ("TK", TK),
+        ("TM_S", TM_S),
+        ("TN_S", TN_S),
+        ("TK_S", TK_S),
         ("RB_M", RB_M),
         ("RB_P", RB_P),
         ("RB_WG", RB_WG),
@@ -93,6 +106,7 @@ impl Params {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Variant {
     Tiled,
+    TiledSmall,
     RegisterBlocked,
 }
 
@@ -230,30 +244,54 @@ pub(crate) fn gemm_grid(pixels: usize, rows: usize, planes: usize, max: usize) -
 }
 
 impl Variant {
-    /// The variant for a kernel set, or the other one where the device cannot run it.
+    /// The variant for a forced kernel set, or the next one the device can run (large
+    /// tiles, small tiles, register-blocked).
     pub fn choose(kernels: Kernels, limits: &wgpu::Limits) -> Variant {
         let want = match kernels {
             Kernels::Tiled => Variant::Tiled,
+            Kernels::TiledSmall => Variant::TiledSmall,
             Kernels::RegisterBlocked => Variant::RegisterBlocked,
         };
-        if want.supports(limits) {
-            want
+        let from = Variant::ALL.iter().position(|&v| v == want).unwrap_or(0);
+        Variant::ALL[from..]
+            .iter()
+            .copied()
+            .find(|v| v.supports(limits))
+            .unwrap_or(Variant::RegisterBlocked)
+    }
+
+    /// The static table's variant for a layer of `pixels` outputs by `rows` channels per
+    /// each of `planes` (image, group) pairs: the set's, with the tiled set taking the
+    /// small tiles where 64x64 ones would be too few to fill a GPU.
+    pub fn for_layer(
+        kernels: Kernels,
+        limits: &wgpu::Limits,
+        [pixels, rows, planes]: [usize; 3],
+    ) -> Variant {
+        let v = Variant::choose(kernels, limits);
+        let tiles = pixels.div_ceil(TN) * rows.div_ceil(TM) * planes;
+        if v == Variant::Tiled && tiles < SMALL_TILES_BELOW && Variant::TiledSmall.supports(limits)
+        {
+            Variant::TiledSmall
         } else {
-            Variant::RegisterBlocked
+            v
         }
     }
 
-    /// Whether the device's limits allow the variant: the tiled kernel needs 256
-    /// invocations per workgroup and 8 KiB of workgroup memory, which downlevel
-    /// (WebGPU compatibility-mode, GLES) adapters may not give.
+    /// Whether the device's limits allow the variant: the tiled kernels need 256 (small
+    /// tiles: 64) invocations per workgroup and 8 KiB of workgroup memory, which
+    /// downlevel (WebGPU compatibility-mode, GLES) adapters may not give.
     pub fn supports(self, limits: &wgpu::Limits) -> bool {
+        let tiled = |tm: usize, tn: usize| {
+            let (x, y) = (tn / 4, tm / 4);
+            limits.max_compute_invocations_per_workgroup as usize >= x * y
+                && limits.max_compute_workgroup_size_x as usize >= x
+                && limits.max_compute_workgroup_size_y as usize >= y
+                && limits.max_compute_workgroup_storage_size as usize >= TK * (TM + TN) * 4
+        };
         match self {
-            Variant::Tiled => {
-                limits.max_compute_invocations_per_workgroup >= 256
-                    && limits.max_compute_workgroup_size_x >= 16
-                    && limits.max_compute_workgroup_size_y >= 16
-                    && limits.max_compute_workgroup_storage_size as usize >= 2 * TK * TM.max(TN) * 4
-            }
+            Variant::Tiled => tiled(TM, TN),
+            Variant::TiledSmall => tiled(TM_S, TN_S),
             Variant::RegisterBlocked => {
                 limits.max_compute_invocations_per_workgroup as usize >= RB_WG
                     && limits.max_compute_workgroup_size_x as usize >= RB_WG
@@ -263,15 +301,16 @@ impl Variant {
 
     // Measuring and its cache are native-only.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub const ALL: [Variant; 2] = [Variant::Tiled, Variant::RegisterBlocked];
+    pub const ALL: [Variant; 3] = [
+        Variant::Tiled,
+        Variant::TiledSmall,
+        Variant::RegisterBlocked,
+    ];
 
-    /// The kernel set's name (as `--gpu-kernels` spells it).
+    /// The kernel's name (as `--gpu-kernels` spells it).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn name(self) -> &'static str {
-        match self {
-            Variant::Tiled => "tiled",
-            Variant::RegisterBlocked => "register-blocked",
-        }
+        self.kernels().name()
     }
 
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -282,6 +321,7 @@ impl Variant {
     pub fn kernels(self) -> Kernels {
         match self {
             Variant::Tiled => Kernels::Tiled,
+            Variant::TiledSmall => Kernels::TiledSmall,
             Variant::RegisterBlocked => Kernels::RegisterBlocked,
         }
     }
@@ -289,6 +329,7 @@ impl Variant {
     pub fn entry(self) -> &'static str {
         match self {
             Variant::Tiled => "conv2d",
+            Variant::TiledSmall => "conv2d_small",
             Variant::RegisterBlocked => "conv2d_rb",
         }
     }
@@ -298,7 +339,46 @@ impl Variant {
     pub fn grid(self, pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
         match self {
             Variant::Tiled => [pixels.div_ceil(TN), rows.div_ceil(TM), planes],
+            Variant::TiledSmall => [pixels.div_ceil(TN_S), rows.div_ceil(TM_S), planes],
             Variant::RegisterBlocked => rb_grid(pixels, rows, planes, max),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_gives_small_tiles_to_layers_that_make_few_large_ones() {
+        let limits = wgpu::Limits::default();
+        let gpu = |work| Variant::for_layer(Kernels::Tiled, &limits, work);
+        // ResNet-50 at batch 1: 7x7 by 2048 channels makes 32 tiles of 64x64.
+        assert_eq!(gpu([49, 2048, 1]), Variant::TiledSmall);
+        // VGG-16's first layers at batch 8: thousands.
+        assert_eq!(gpu([224 * 224, 64, 8]), Variant::Tiled);
+        // Forced sets and the register-blocked one are taken as they are.
+        let forced = |k| Variant::choose(k, &limits);
+        assert_eq!(forced(Kernels::Tiled), Variant::Tiled);
+        assert_eq!(forced(Kernels::TiledSmall), Variant::TiledSmall);
+        let rb = Variant::for_layer(Kernels::RegisterBlocked, &limits, [49, 2048, 1]);
+        assert_eq!(rb, Variant::RegisterBlocked);
+        // Limits below 256 invocations per workgroup keep the small tiles.
+        let low = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 128,
+            ..limits.clone()
+        };
+        assert_eq!(Variant::choose(Kernels::Tiled, &low), Variant::TiledSmall);
+        let no_workgroup_memory = wgpu::Limits {
+            max_compute_workgroup_storage_size: 0,
+            ..limits.clone()
+        };
+        let v = Variant::for_layer(Kernels::Tiled, &no_workgroup_memory, [49, 2048, 1]);
+        assert_eq!(v, Variant::RegisterBlocked);
+        for v in Variant::ALL {
+            assert_eq!(Variant::from_name(v.name()), Some(v));
+            let g = v.grid(49, 2048, 1, 65535);
+            assert!(g.iter().all(|&d| d >= 1), "{v:?}: {g:?}");
         }
     }
 }

@@ -31,7 +31,7 @@ pub(crate) static FAMILY: Family = Family {
 /// kernels follow the convolution's choice (tiled: a 256-invocation reduction per row).
 pub(crate) fn plan(variant: Variant, rows: usize) -> (&'static str, usize) {
     match variant {
-        Variant::Tiled => ("linear", rows),
+        Variant::Tiled | Variant::TiledSmall => ("linear", rows),
         Variant::RegisterBlocked => ("linear_rb", rows.div_ceil(LINEAR_RB_ROWS)),
     }
 }
