@@ -1,7 +1,8 @@
 //! `webcnn bench`: whole models on the CPU and GPU backends (first, median and minimum run
 //! time, GFLOP/s, peak RSS; `--profile` per layer; `--json` for scripts), or with
-//! `--layers` each convolution shape of ResNet-50 and VGG-16 (at 224x224) as a one-layer
-//! graph. Tables, never assertions: compare ratios within one run.
+//! `--layers` each convolution shape of ResNet-50 and VGG-16 (at 224x224), or square
+//! matrix products, as a one-layer graph. Tables, never assertions: compare ratios within
+//! one run.
 
 use clap::ValueEnum;
 use std::sync::Arc;
@@ -43,7 +44,8 @@ pub struct Args {
     #[arg(long)]
     layer: Option<String>,
     /// Instead of models: each convolution shape of ResNet-50 and/or VGG-16 as a one-layer
-    /// graph, on the GPU (device time) and the CPU.
+    /// graph, on the GPU (device time) and the CPU; `matmul`: square matrix products as
+    /// 1x1 convolutions.
     #[arg(long, value_enum)]
     layers: Option<Which>,
     /// With --layers: only layers whose name contains this.
@@ -113,6 +115,9 @@ enum Which {
     Resnet50,
     Vgg16,
     All,
+    /// Square matrix products (1024 and 4096) as 1x1 convolutions: the rate the
+    /// convolutions' own kernels reach on plain GEMM, to set the layers' rates against.
+    Matmul,
 }
 
 /// (layer, in channels, out channels, kernel, stride, padding, input size)
@@ -154,6 +159,12 @@ const VGG16: &[Shape] = &[
     ("vgg16 features.17", 256, 512, 3, 1, 1, 28),
     ("vgg16 features.19", 512, 512, 3, 1, 1, 28),
     ("vgg16 features.24", 512, 512, 3, 1, 1, 14),
+];
+
+/// M = K = N: a 1x1 convolution from N channels to N on a sqrt(N) x sqrt(N) map.
+const MATMUL: &[Shape] = &[
+    ("matmul 1024", 1024, 1024, 1, 1, 0, 32),
+    ("matmul 4096", 4096, 4096, 1, 1, 0, 64),
 ];
 
 fn layer(s: &Shape, batch: usize) -> Result<(Graph, u64), webcnn::GraphError> {
@@ -408,6 +419,7 @@ fn run_layers(which: Which, a: &Args) -> R<()> {
         Which::Resnet50 => RESNET50.iter().collect(),
         Which::Vgg16 => VGG16.iter().collect(),
         Which::All => RESNET50.iter().chain(VGG16).collect(),
+        Which::Matmul => MATMUL.iter().collect(),
     };
     if let Some(f) = &a.filter {
         shapes.retain(|s| s.0.contains(f.as_str()));
@@ -442,7 +454,7 @@ fn run_layers(which: Which, a: &Args) -> R<()> {
         "|{:-<32}|{:-<24}|{:-<10}|{:-<12}|{:-<11}|{:-<12}|{:-<11}|{:-<11}|",
         "", "", "", "", "", "", "", ""
     );
-    let (mut gpu_total, mut cpu_total) = (0.0, 0.0);
+    let (mut gpu_total, mut cpu_total, mut macs_total) = (0.0, 0.0, 0);
     for s in shapes {
         let (g, macs) = layer(s, a.batch)?;
         let w = synth_params(&g, 1)?;
@@ -466,6 +478,7 @@ fn run_layers(which: Which, a: &Args) -> R<()> {
             }
             Some(t.elapsed().as_secs_f64() / iters as f64)
         };
+        macs_total += macs;
         gpu_total += gpu.unwrap_or(0.0);
         cpu_total += cpu.unwrap_or(0.0);
         let dash = || "-".to_string();
@@ -484,10 +497,13 @@ fn run_layers(which: Which, a: &Args) -> R<()> {
                 .unwrap_or_else(dash),
         );
     }
-    println!(
-        "\ntotal: GPU {} ms, CPU {} ms",
-        ms(gpu_total),
-        ms(cpu_total)
-    );
+    let total = |name: &str, t: f64| {
+        (t > 0.0).then(|| format!("{name} {} ms ({} GFLOP/s)", ms(t), gflops(macs_total, t)))
+    };
+    let totals: Vec<_> = [total("GPU", gpu_total), total("CPU", cpu_total)]
+        .into_iter()
+        .flatten()
+        .collect();
+    println!("\ntotal: {}", totals.join(", "));
     Ok(())
 }
