@@ -41,6 +41,16 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
     var acc: array<vec4<f32>, 4>; // rows m0 + 4 * lid.y + i, columns n0 + 4 * lid.x ..
     for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
 
+    // Each invocation loads the same pixel of the input tile at every k step (its
+    // invocations are a whole number of tile rows), so its coordinates are found once.
+    let nn = tid % tn;
+    let p = n0 + nn;
+    let p_in = p < prm.p;
+    let iy0 = i32((p / prm.ow) * prm.sh) - i32(prm.ph);
+    let ix0 = i32((p % prm.ow) * prm.sw) - i32(prm.pw);
+    let plane = prm.h * prm.w;
+    let pointwise = khw == 1u;
+
     for (var k0 = 0u; k0 < prm.k; k0 += tk) {
         // Weights: consecutive invocations read consecutive k of one row.
         for (var e = tid; e < tk * tm; e += threads) {
@@ -55,19 +65,22 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
             a_tile[kk * mv + mm / 4u][mm % 4u] = v;
         }
         // Input patches: consecutive invocations read consecutive output pixels.
-        for (var e = tid; e < tk * tn; e += threads) {
-            let kk = e / tn;
-            let nn = e % tn;
-            let p = n0 + nn;
+        for (var kk = tid / tn; kk < tk; kk += threads / tn) {
             let k = k0 + kk;
             var v = 0.0;
-            if (p < prm.p && k < prm.k) {
-                let ci = k / khw;
-                let rk = k % khw;
-                let iy = i32((p / prm.ow) * prm.sh + (rk / prm.kw) * prm.dh) - i32(prm.ph);
-                let ix = i32((p % prm.ow) * prm.sw + (rk % prm.kw) * prm.dw) - i32(prm.pw);
+            if (p_in && k < prm.k) {
+                var ci = k;
+                var iy = iy0;
+                var ix = ix0;
+                if (!pointwise) {
+                    ci = k / khw;
+                    let rk = k - ci * khw;
+                    let ky = rk / prm.kw;
+                    iy += i32(ky * prm.dh);
+                    ix += i32((rk - ky * prm.kw) * prm.dw);
+                }
                 if (iy >= 0 && ix >= 0 && u32(iy) < prm.h && u32(ix) < prm.w) {
-                    v = f32(x[x_base + (ci * prm.h + u32(iy)) * prm.w + u32(ix)]);
+                    v = f32(x[x_base + ci * plane + u32(iy) * prm.w + u32(ix)]);
                 }
             }
             b_tile[kk * nv + nn / 4u][nn % 4u] = v;
