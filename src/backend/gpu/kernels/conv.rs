@@ -43,7 +43,8 @@ const TN_S: usize = 32;
 const TK_S: usize = 32;
 const _: () = assert!(TK_S * TM_S <= TK * TM && TK_S * TN_S <= TK * TN);
 // Each invocation loads one pixel column of the input tile: invocations fill whole rows.
-const _: () = assert!((TM / 4 * TN / 4) % TN == 0 && (TM_S / 4 * TN_S / 4) % TN_S == 0);
+const _: () =
+    assert!((TM / 4 * TN / 4).is_multiple_of(TN) && (TM_S / 4 * TN_S / 4).is_multiple_of(TN_S));
 /// The static table gives a GPU the small tiles where the 64x64 ones would make fewer
 /// workgroups than this: about two per compute unit of the largest GPUs, which the tiles
 /// of 7x7 and 14x14 maps (and 56x56 ones at batch 1) leave mostly idle.
