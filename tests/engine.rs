@@ -668,6 +668,47 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
 }
 
 #[test]
+fn linear_kernels_match_the_cpu_on_awkward_shapes() {
+    // The register-blocked set reads whole vectors along k where k is a multiple of 4,
+    // four rows per invocation: batches past 4 and rows that are not multiples of 4,
+    // weights split across bindings, and k that is not a multiple of 4 (one float at a
+    // time); the tiled set reduces each row in a workgroup.
+    for kernels in [Kernels::RegisterBlocked, Kernels::Tiled] {
+        for limit in [None, Some(256)] {
+            let ctx = common::gpu_with(GpuOptions {
+                kernels: Some(kernels),
+                max_binding_bytes: limit,
+                ..Default::default()
+            });
+            // (batch, in, out, relu)
+            for (n, k, out, relu) in [
+                (1, 12, 10, true),
+                (3, 16, 5, false),
+                (6, 20, 9, true),
+                (9, 8, 1, false),
+                (5, 27, 6, true),
+                (2, 64, 7, false),
+            ] {
+                let mut b = GraphBuilder::new();
+                let x = b.input("x", &[n, k]).unwrap();
+                let mut y = b.linear("fc", x, k, out, true).unwrap();
+                if relu {
+                    y = b.relu("relu", y).unwrap();
+                }
+                let g = b.build(&[y]).unwrap();
+                let w = synth_params(&g, 7).unwrap();
+                let xt = synth("input", &[n, k], 8).unwrap();
+                let got = run_gpu(&ctx, &g, &w, &xt, true).remove(0);
+                let want = run_cpu(&g, &w, &xt, true).remove(0);
+                let err = rel_l2(got.data(), &f64s(&want));
+                let what = format!("{kernels:?}, limit {limit:?}: {n}x{k} -> {out}");
+                assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
 fn half_precision_handles_odd_sizes_split_weights_and_batch_chunks() {
     // f16 values take 2 bytes, while copies and bindings move whole 4-byte words.
     let half = |max_binding_bytes| {

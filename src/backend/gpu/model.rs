@@ -887,8 +887,10 @@ impl<'a> Builder<'a> {
                         wt: Bind::whole(&ch.buf),
                         bias: Bind::whole(&bias),
                         y: out.clone(),
+                        x4: x.clone(),
+                        wt4: Bind::whole(&ch.buf),
                     };
-                    let (entry, groups) = linear::plan(self.variant, ch.rows);
+                    let (entry, groups) = linear::plan(self.variant, ch.rows, cfg.in_features);
                     let grid = self.fold(groups, &what)?;
                     self.push(&linear::FAMILY, entry, &prm, bufs, grid, &what)?;
                 }

@@ -1,5 +1,5 @@
 //! `shaders/linear.wgsl`: fully connected layers (+ bias, ReLU), a workgroup reduction per
-//! output or one output per invocation.
+//! output, or one (four) outputs per invocation.
 
 use super::{buffers, conv::Variant, params, Family, Uniform};
 
@@ -12,10 +12,14 @@ params! {
 }
 
 buffers! {
-    struct Buffers { x: Read, wt: Read, bias: Read, y: ReadWrite }
+    /// `x4` and `wt4` are `x` and `wt` as vectors (`linear_rb4`).
+    struct Buffers {
+        x: Read, wt: Read, bias: Read, y: ReadWrite,
+        x4: Read vec4<S>, wt4: Read vec4<S>,
+    }
 }
 
-/// Output rows per workgroup of `linear_rb`, one per invocation.
+/// Invocations per workgroup of `linear_rb` (one output row each) and `linear_rb4` (four).
 const LINEAR_RB_ROWS: usize = 64;
 
 pub(crate) static FAMILY: Family = Family {
@@ -27,11 +31,16 @@ pub(crate) static FAMILY: Family = Family {
     consts: &[("LINEAR_RB_ROWS", LINEAR_RB_ROWS)],
 };
 
-/// The entry point and the workgroups (before folding) for `rows` outputs: the linear
-/// kernels follow the convolution's choice (tiled: a 256-invocation reduction per row).
-pub(crate) fn plan(variant: Variant, rows: usize) -> (&'static str, usize) {
+/// The entry point and the workgroups (before folding) for `rows` outputs of `k` inputs:
+/// the linear kernels follow the convolution's choice (tiled: a 256-invocation reduction
+/// per row; register-blocked: whole vectors along k, four rows per invocation, where k is
+/// a multiple of 4).
+pub(crate) fn plan(variant: Variant, rows: usize, k: usize) -> (&'static str, usize) {
     match variant {
         Variant::Tiled | Variant::TiledSmall => ("linear", rows),
+        Variant::RegisterBlocked if k.is_multiple_of(4) => {
+            ("linear_rb4", rows.div_ceil(4 * LINEAR_RB_ROWS))
+        }
         Variant::RegisterBlocked => ("linear_rb", rows.div_ceil(LINEAR_RB_ROWS)),
     }
 }
