@@ -38,8 +38,12 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
     let x_base = (img * prm.c + g * prm.icg) * prm.h * prm.w;
     let w_base = gl * prm.m_count * prm.k;
 
-    var acc: array<vec4<f32>, 4>; // rows m0 + 4 * lid.y + i, columns n0 + 4 * lid.x ..
-    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+    // Rows m0 + 4 * lid.y + i, columns n0 + 4 * lid.x ..: four vectors, not an array
+    // (software adapters keep an array that a loop indexes in memory).
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
 
     // Each invocation loads the same pixel of the input tile at every k step (its
     // invocations are a whole number of tile rows), so its coordinates are found once.
@@ -89,27 +93,37 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
         for (var kk = 0u; kk < tk; kk++) {
             let a = a_tile[kk * mv + lid.y];
             let b = b_tile[kk * nv + lid.x];
-            acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
-            acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
-            acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
-            acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
+            c0 = fma(vec4<f32>(a.x), b, c0);
+            c1 = fma(vec4<f32>(a.y), b, c1);
+            c2 = fma(vec4<f32>(a.z), b, c2);
+            c3 = fma(vec4<f32>(a.w), b, c3);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + 4u * lid.y + i;
-        if (m >= prm.m_count) { continue; }
-        let oc = g * prm.ocg + prm.m_base + m;
-        let row = (img * prm.oc + oc) * prm.p;
-        for (var j = 0u; j < 4u; j++) {
-            let p = n0 + 4u * lid.x + j;
-            if (p >= prm.p) { continue; }
-            var v = acc[i][j] * f32(affine[oc]) + f32(affine[prm.oc + oc]);
-            if (prm.has_res != 0u) { v += f32(res[row + p]); }
-            if (prm.relu != 0u) { v = relu_f(v); }
-            y[row + p] = S(v);
-        }
+    let m = m0 + 4u * lid.y;
+    let oc = g * prm.ocg + prm.m_base + m;
+    let p0 = n0 + 4u * lid.x;
+    conv_store(img, m, oc, p0, c0);
+    conv_store(img, m + 1u, oc + 1u, p0, c1);
+    conv_store(img, m + 2u, oc + 2u, p0, c2);
+    conv_store(img, m + 3u, oc + 3u, p0, c3);
+}
+
+// The epilogue for 4 consecutive pixels from p0 of output channel oc (chunk row m; rows
+// and pixels past the end are skipped): * scale + shift, + residual, ReLU.
+fn conv_store(img: u32, m: u32, oc: u32, p0: u32, acc: vec4<f32>) {
+    if (m >= prm.m_count) { return; }
+    let row = (img * prm.oc + oc) * prm.p;
+    let scale = f32(affine[oc]);
+    let shift = f32(affine[prm.oc + oc]);
+    for (var j = 0u; j < 4u; j++) {
+        let p = p0 + j;
+        if (p >= prm.p) { return; }
+        var v = acc[j] * scale + shift;
+        if (prm.has_res != 0u) { v += f32(res[row + p]); }
+        if (prm.relu != 0u) { v = relu_f(v); }
+        y[row + p] = S(v);
     }
 }
 
@@ -154,8 +168,11 @@ fn conv2d_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
     }
     let h = i32(prm.h);
     let w = i32(prm.w);
-    var acc: array<vec4<f32>, 4>; // acc[i][j]: channel m0 + i, pixel p0 + j
-    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+    // c<i>[j]: channel m0 + i, pixel p0 + j (vectors, not an array: see conv_tiled).
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
     for (var ky = 0u; ky < prm.kh; ky++) {
         let iy = oy + vec4<i32>(i32(ky * prm.dh));
         for (var kx = 0u; kx < prm.kw; kx++) {
@@ -167,29 +184,97 @@ fn conv2d_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
             var wi = wrow + vec4<u32>(ky * prm.kw + kx);
             for (var ci = 0u; ci < prm.icg; ci++) {
                 let xv = select(vec4<f32>(0.0), vec4<f32>(f32(x[xi + off.x]), f32(x[xi + off.y]), f32(x[xi + off.z]), f32(x[xi + off.w])), inside);
-                acc[0] = fma(vec4<f32>(f32(wt[wi.x])), xv, acc[0]);
-                acc[1] = fma(vec4<f32>(f32(wt[wi.y])), xv, acc[1]);
-                acc[2] = fma(vec4<f32>(f32(wt[wi.z])), xv, acc[2]);
-                acc[3] = fma(vec4<f32>(f32(wt[wi.w])), xv, acc[3]);
+                c0 = fma(vec4<f32>(f32(wt[wi.x])), xv, c0);
+                c1 = fma(vec4<f32>(f32(wt[wi.y])), xv, c1);
+                c2 = fma(vec4<f32>(f32(wt[wi.z])), xv, c2);
+                c3 = fma(vec4<f32>(f32(wt[wi.w])), xv, c3);
                 xi += hw;
                 wi += vec4<u32>(khw);
             }
         }
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + i;
-        if (m >= prm.m_count) { continue; }
-        let oc = g * prm.ocg + prm.m_base + m;
-        let row = (img * prm.oc + oc) * prm.p;
-        for (var j = 0u; j < 4u; j++) {
-            let p = p0 + j;
-            if (p >= prm.p) { continue; }
-            var v = acc[i][j] * f32(affine[oc]) + f32(affine[prm.oc + oc]);
-            if (prm.has_res != 0u) { v += f32(res[row + p]); }
-            if (prm.relu != 0u) { v = relu_f(v); }
-            y[row + p] = S(v);
+    let oc = g * prm.ocg + prm.m_base + m0;
+    conv_store(img, m0, oc, p0, c0);
+    conv_store(img, m0 + 1u, oc + 1u, p0, c1);
+    conv_store(img, m0 + 2u, oc + 2u, p0, c2);
+    conv_store(img, m0 + 3u, oc + 3u, p0, c3);
+}
+
+// The direct kernel for software adapters on the GEMM's k-major weights (ungrouped layers
+// that are neither 1x1 nor 3x3 stride 1: the stem, strided 3x3): blocks of RB_P pixels x
+// GEMM_M channels numbered as gemm_rb's, taps outer as in conv2d_rb, and each input
+// channel's step loads 4 pixels and two vectors of 4 channels for 32 FMAs (conv2d_rb: 8
+// loads for 16). Software adapters load storage lane by lane, one loop per load
+// instruction, so loads per FMA are what counts on the stem's 3 channels.
+@compute @workgroup_size(RB_WG, 1, 1)
+fn conv2d_rbk(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i0 = (wid.y * nwg.x + wid.x) * RB_WG + lid.x;
+    let pb = (prm.p + RB_P - 1u) / RB_P;
+    let p0 = (i0 % pb) * RB_P;
+    let m0 = (i0 / pb) * GEMM_M;
+    if (m0 >= prm.m_count) { return; }
+    let img = wid.z;
+    let khw = prm.kh * prm.kw;
+    let hw = prm.h * prm.w;
+    let x_base = img * prm.c * hw;
+    let oc4 = (prm.m_count + 3u) / 4u;
+    // The second vector of 4 channels, or the first again past the last channel.
+    let second = select(0u, 1u, m0 + 4u < prm.m_count);
+    // Pixels past the end repeat the last one; the store skips them.
+    var oy: vec4<i32>;
+    var ox: vec4<i32>;
+    for (var j = 0u; j < 4u; j++) {
+        let p = min(p0 + j, prm.p - 1u);
+        oy[j] = i32((p / prm.ow) * prm.sh) - i32(prm.ph);
+        ox[j] = i32((p % prm.ow) * prm.sw) - i32(prm.pw);
+    }
+    let h = i32(prm.h);
+    let w = i32(prm.w);
+    // c<i>[j]: channel m0 + i, pixel p0 + j (vectors, not an array: see conv_tiled).
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0);
+    var c5 = vec4<f32>(0.0);
+    var c6 = vec4<f32>(0.0);
+    var c7 = vec4<f32>(0.0);
+    for (var ky = 0u; ky < prm.kh; ky++) {
+        let iy = oy + vec4<i32>(i32(ky * prm.dh));
+        for (var kx = 0u; kx < prm.kw; kx++) {
+            let ix = ox + vec4<i32>(i32(kx * prm.dw));
+            let inside = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(h)) & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(w));
+            // Outside the input: read offset 0 (always there), then select zero.
+            let off = vec4<u32>(select(vec4<i32>(0), iy * w + ix, inside));
+            var xi = x_base;
+            // Row k = ci * khw + ky * kw + kx of W[k][oc4].
+            var wi = (ky * prm.kw + kx) * oc4 + m0 / 4u;
+            for (var ci = 0u; ci < prm.c; ci++) {
+                let b = select(vec4<f32>(0.0), vec4<f32>(f32(x[xi + off.x]), f32(x[xi + off.y]), f32(x[xi + off.z]), f32(x[xi + off.w])), inside);
+                let a = vec4<f32>(wt4[wi]);
+                let a2 = vec4<f32>(wt4[wi + second]);
+                c0 = fma(vec4<f32>(a.x), b, c0);
+                c1 = fma(vec4<f32>(a.y), b, c1);
+                c2 = fma(vec4<f32>(a.z), b, c2);
+                c3 = fma(vec4<f32>(a.w), b, c3);
+                c4 = fma(vec4<f32>(a2.x), b, c4);
+                c5 = fma(vec4<f32>(a2.y), b, c5);
+                c6 = fma(vec4<f32>(a2.z), b, c6);
+                c7 = fma(vec4<f32>(a2.w), b, c7);
+                xi += hw;
+                wi += khw * oc4;
+            }
         }
     }
+    conv_store(img, m0, m0, p0, c0);
+    conv_store(img, m0 + 1u, m0 + 1u, p0, c1);
+    conv_store(img, m0 + 2u, m0 + 2u, p0, c2);
+    conv_store(img, m0 + 3u, m0 + 3u, p0, c3);
+    conv_store(img, m0 + 4u, m0 + 4u, p0, c4);
+    conv_store(img, m0 + 5u, m0 + 5u, p0, c5);
+    conv_store(img, m0 + 6u, m0 + 6u, p0, c6);
+    conv_store(img, m0 + 7u, m0 + 7u, p0, c7);
 }
 
 // Convolutions as plain GEMMs for software adapters: Y[plane][m][p] = sum_k
@@ -218,39 +303,54 @@ fn gemm_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
     var wi = e * prm.k * oc4 + m0 / 4u;
     // The second vector of 4 channels, or the first again past the last channel.
     let second = select(0u, 1u, m0 + 4u < prm.m_count);
-    var acc: array<vec4<f32>, 8>;
-    for (var i = 0u; i < 8u; i++) { acc[i] = vec4<f32>(0.0); }
+    // c<i>[j]: channel m0 + i, pixel p0 + j (vectors, not an array: see conv_tiled).
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0);
+    var c5 = vec4<f32>(0.0);
+    var c6 = vec4<f32>(0.0);
+    var c7 = vec4<f32>(0.0);
     for (var k = 0u; k < prm.k; k++) {
         let b = vec4<f32>(x4[xi]);
         let a = vec4<f32>(wt4[wi]);
         let a2 = vec4<f32>(wt4[wi + second]);
         xi += xs;
         wi += oc4;
-        acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
-        acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
-        acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
-        acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
-        acc[4] = fma(vec4<f32>(a2.x), b, acc[4]);
-        acc[5] = fma(vec4<f32>(a2.y), b, acc[5]);
-        acc[6] = fma(vec4<f32>(a2.z), b, acc[6]);
-        acc[7] = fma(vec4<f32>(a2.w), b, acc[7]);
+        c0 = fma(vec4<f32>(a.x), b, c0);
+        c1 = fma(vec4<f32>(a.y), b, c1);
+        c2 = fma(vec4<f32>(a.z), b, c2);
+        c3 = fma(vec4<f32>(a.w), b, c3);
+        c4 = fma(vec4<f32>(a2.x), b, c4);
+        c5 = fma(vec4<f32>(a2.y), b, c5);
+        c6 = fma(vec4<f32>(a2.z), b, c6);
+        c7 = fma(vec4<f32>(a2.w), b, c7);
     }
-    for (var i = 0u; i < GEMM_M; i++) {
-        let m = m0 + i;
-        if (m >= prm.m_count) { continue; }
-        let row = (plane * prm.m_count + m) * prm.p;
-        for (var j = 0u; j < 4u; j++) {
-            let p = p0 + j;
-            if (p >= prm.p) { continue; }
-            if (prm.plain != 0u) {
-                y[row + p] = S(acc[i][j]);
-                continue;
-            }
-            var v = acc[i][j] * f32(affine[m]) + f32(affine[prm.m_count + m]);
-            if (prm.has_res != 0u) { v += f32(res[row + p]); }
-            if (prm.relu != 0u) { v = relu_f(v); }
-            y[row + p] = S(v);
+    gemm_store(plane, m0, p0, c0);
+    gemm_store(plane, m0 + 1u, p0, c1);
+    gemm_store(plane, m0 + 2u, p0, c2);
+    gemm_store(plane, m0 + 3u, p0, c3);
+    gemm_store(plane, m0 + 4u, p0, c4);
+    gemm_store(plane, m0 + 5u, p0, c5);
+    gemm_store(plane, m0 + 6u, p0, c6);
+    gemm_store(plane, m0 + 7u, p0, c7);
+}
+
+fn gemm_store(plane: u32, m: u32, p0: u32, acc: vec4<f32>) {
+    if (m >= prm.m_count) { return; }
+    let row = (plane * prm.m_count + m) * prm.p;
+    for (var j = 0u; j < 4u; j++) {
+        let p = p0 + j;
+        if (p >= prm.p) { continue; }
+        if (prm.plain != 0u) {
+            y[row + p] = S(acc[j]);
+            continue;
         }
+        var v = acc[j] * f32(affine[m]) + f32(affine[prm.m_count + m]);
+        if (prm.has_res != 0u) { v += f32(res[row + p]); }
+        if (prm.relu != 0u) { v = relu_f(v); }
+        y[row + p] = S(v);
     }
 }
 
@@ -346,34 +446,52 @@ fn wino_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let t = i % tl.z;
     let e_stride = per_img;
     let out = img * 16u * per_img + ci * tl.z + t;
-    var d: array<vec4<f32>, 4>;
+    // Local arrays would live in memory on software adapters (llvmpipe keeps an array
+    // that any loop indexes on the stack): four rows, each a vector.
+    var d0 = vec4<f32>(0.0);
+    var d1 = vec4<f32>(0.0);
+    var d2 = vec4<f32>(0.0);
+    var d3 = vec4<f32>(0.0);
     if (t < tl.y) {
         let y0 = i32((t / tl.x) * 2u) - i32(prm.ph);
         let x0 = i32((t % tl.x) * 2u) - i32(prm.pw);
-        let h = i32(prm.h);
-        let w = i32(prm.w);
         let xb = (img * prm.c + ci) * prm.h * prm.w;
-        for (var r = 0; r < 4; r++) {
-            let yy = y0 + r;
-            var row = vec4<f32>(0.0);
-            if (yy >= 0 && yy < h) {
-                for (var c = 0; c < 4; c++) {
-                    let xx = x0 + c;
-                    if (xx >= 0 && xx < w) { row[c] = f32(x[xb + u32(yy * w + xx)]); }
-                }
-            }
-            d[r] = row;
-        }
+        d0 = wino_patch_row(xb, y0, x0);
+        d1 = wino_patch_row(xb, y0 + 1, x0);
+        d2 = wino_patch_row(xb, y0 + 2, x0);
+        d3 = wino_patch_row(xb, y0 + 3, x0);
     }
-    let v = array<vec4<f32>, 4>(
-        wino_bt(d[0] - d[2]),
-        wino_bt(d[1] + d[2]),
-        wino_bt(d[2] - d[1]),
-        wino_bt(d[1] - d[3]),
-    );
-    for (var r = 0u; r < 4u; r++) {
-        for (var c = 0u; c < 4u; c++) { y[out + (r * 4u + c) * e_stride] = S(v[r][c]); }
-    }
+    wino_store_row(out, 0u, e_stride, wino_bt(d0 - d2));
+    wino_store_row(out, 1u, e_stride, wino_bt(d1 + d2));
+    wino_store_row(out, 2u, e_stride, wino_bt(d2 - d1));
+    wino_store_row(out, 3u, e_stride, wino_bt(d1 - d3));
+}
+
+// Four input values from column x0 of row yy of the plane at xb, zero outside the input
+// (out-of-range columns read offset 0, then select zero).
+fn wino_patch_row(xb: u32, yy: i32, x0: i32) -> vec4<f32> {
+    let h = i32(prm.h);
+    let w = i32(prm.w);
+    let xx = vec4<i32>(x0) + vec4<i32>(0, 1, 2, 3);
+    let inside = (xx >= vec4<i32>(0)) & (xx < vec4<i32>(w)) & vec4<bool>(yy >= 0 && yy < h);
+    let o = vec4<u32>(select(vec4<i32>(0), vec4<i32>(yy * w) + xx, inside)) + vec4<u32>(xb);
+    let v = vec4<f32>(f32(x[o.x]), f32(x[o.y]), f32(x[o.z]), f32(x[o.w]));
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+// Row r of a transformed tile: elements r * 4 .. r * 4 + 3, `e_stride` apart.
+fn wino_store_row(out: u32, r: u32, e_stride: u32, v: vec4<f32>) {
+    let o = out + r * 4u * e_stride;
+    y[o] = S(v.x);
+    y[o + e_stride] = S(v.y);
+    y[o + 2u * e_stride] = S(v.z);
+    y[o + 3u * e_stride] = S(v.w);
+}
+
+// Row r of a tile's products: elements r * 4 .. r * 4 + 3, `e_stride` apart.
+fn wino_load_row(src: u32, r: u32, e_stride: u32) -> vec4<f32> {
+    let b = src + r * 4u * e_stride;
+    return vec4<f32>(f32(x[b]), f32(x[b + e_stride]), f32(x[b + 2u * e_stride]), f32(x[b + 3u * e_stride]));
 }
 
 // A^T applied to a row vector's four entries: the output transform's two columns.
@@ -394,13 +512,12 @@ fn wino_output(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let t = i % tl.y;
     let e_stride = prm.oc * tl.z;
     let src = img * 16u * e_stride + oc * tl.z + t;
-    var m: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        let b = src + r * 4u * e_stride;
-        m[r] = vec4<f32>(f32(x[b]), f32(x[b + e_stride]), f32(x[b + 2u * e_stride]), f32(x[b + 3u * e_stride]));
-    }
-    let top = wino_at(m[0] + m[1] + m[2]);
-    let bottom = wino_at(m[1] - m[2] - m[3]);
+    let m0 = wino_load_row(src, 0u, e_stride);
+    let m1 = wino_load_row(src, 1u, e_stride);
+    let m2 = wino_load_row(src, 2u, e_stride);
+    let m3 = wino_load_row(src, 3u, e_stride);
+    let top = wino_at(m0 + m1 + m2);
+    let bottom = wino_at(m1 - m2 - m3);
     let oy = (t / tl.x) * 2u;
     let ox = (t % tl.x) * 2u;
     let scale = f32(affine[oc]);

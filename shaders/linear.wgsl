@@ -87,47 +87,56 @@ fn linear_rb4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     for (var b0 = 0u; b0 < prm.batch; b0 += 4u) {
         let last = prm.batch - 1u;
         let xr = vec4<u32>(b0, min(b0 + 1u, last), min(b0 + 2u, last), min(b0 + 3u, last)) * k4;
-        var acc: array<vec4<f32>, 4>; // [row][image]
+        // c<i>[j]: row r0 + i, image b0 + j (vectors, not an array: software adapters
+        // keep an array that a loop indexes in memory).
+        var c0 = vec4<f32>(0.0);
+        var c1 = vec4<f32>(0.0);
+        var c2 = vec4<f32>(0.0);
+        var c3 = vec4<f32>(0.0);
         if (prm.batch == 1u) {
-            var a0 = vec4<f32>(0.0);
-            var a1 = vec4<f32>(0.0);
-            var a2 = vec4<f32>(0.0);
-            var a3 = vec4<f32>(0.0);
             for (var k = 0u; k < k4; k++) {
                 let xv = vec4<f32>(x4[k]);
-                a0 = fma(vec4<f32>(wt4[wr.x + k]), xv, a0);
-                a1 = fma(vec4<f32>(wt4[wr.y + k]), xv, a1);
-                a2 = fma(vec4<f32>(wt4[wr.z + k]), xv, a2);
-                a3 = fma(vec4<f32>(wt4[wr.w + k]), xv, a3);
+                c0 = fma(vec4<f32>(wt4[wr.x + k]), xv, c0);
+                c1 = fma(vec4<f32>(wt4[wr.y + k]), xv, c1);
+                c2 = fma(vec4<f32>(wt4[wr.z + k]), xv, c2);
+                c3 = fma(vec4<f32>(wt4[wr.w + k]), xv, c3);
             }
-            acc[0] = vec4<f32>(dot(a0, vec4<f32>(1.0)));
-            acc[1] = vec4<f32>(dot(a1, vec4<f32>(1.0)));
-            acc[2] = vec4<f32>(dot(a2, vec4<f32>(1.0)));
-            acc[3] = vec4<f32>(dot(a3, vec4<f32>(1.0)));
+            let one = vec4<f32>(1.0);
+            c0 = vec4<f32>(dot(c0, one));
+            c1 = vec4<f32>(dot(c1, one));
+            c2 = vec4<f32>(dot(c2, one));
+            c3 = vec4<f32>(dot(c3, one));
         } else {
-            for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
             for (var k = 0u; k < k4; k++) {
                 let x0 = vec4<f32>(x4[xr.x + k]);
                 let x1 = vec4<f32>(x4[xr.y + k]);
                 let x2 = vec4<f32>(x4[xr.z + k]);
                 let x3 = vec4<f32>(x4[xr.w + k]);
-                for (var i = 0u; i < 4u; i++) {
-                    let wv = vec4<f32>(wt4[wr[i] + k]);
-                    acc[i] += vec4<f32>(dot(wv, x0), dot(wv, x1), dot(wv, x2), dot(wv, x3));
-                }
+                let w0 = vec4<f32>(wt4[wr.x + k]);
+                let w1 = vec4<f32>(wt4[wr.y + k]);
+                let w2 = vec4<f32>(wt4[wr.z + k]);
+                let w3 = vec4<f32>(wt4[wr.w + k]);
+                c0 += vec4<f32>(dot(w0, x0), dot(w0, x1), dot(w0, x2), dot(w0, x3));
+                c1 += vec4<f32>(dot(w1, x0), dot(w1, x1), dot(w1, x2), dot(w1, x3));
+                c2 += vec4<f32>(dot(w2, x0), dot(w2, x1), dot(w2, x2), dot(w2, x3));
+                c3 += vec4<f32>(dot(w3, x0), dot(w3, x1), dot(w3, x2), dot(w3, x3));
             }
         }
-        for (var i = 0u; i < 4u; i++) {
-            let row = r0 + i;
-            if (row >= prm.rows) { break; }
-            let n = prm.n_base + row;
-            for (var j = 0u; j < 4u; j++) {
-                if (b0 + j < prm.batch) {
-                    var v = acc[i][j] + f32(bias[n]);
-                    if (prm.relu != 0u) { v = relu_f(v); }
-                    y[(b0 + j) * prm.n_total + n] = S(v);
-                }
-            }
-        }
+        linear_store(r0, b0, c0);
+        linear_store(r0 + 1u, b0, c1);
+        linear_store(r0 + 2u, b0, c2);
+        linear_store(r0 + 3u, b0, c3);
+    }
+}
+
+// Row `row`'s outputs for images b0 .. b0 + 3 (rows and images past the end skipped).
+fn linear_store(row: u32, b0: u32, acc: vec4<f32>) {
+    if (row >= prm.rows) { return; }
+    let n = prm.n_base + row;
+    for (var j = 0u; j < 4u; j++) {
+        if (b0 + j >= prm.batch) { return; }
+        var v = acc[j] + f32(bias[n]);
+        if (prm.relu != 0u) { v = relu_f(v); }
+        y[(b0 + j) * prm.n_total + n] = S(v);
     }
 }

@@ -617,27 +617,31 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
     // 1x1 ones as a GEMM (on the input for stride 1, no padding and pixels in fours, else
     // on an im2col copy). Odd sizes leave partial tiles and rows that are not multiples
     // of 4; padding 0-3; strides 1-3; the second conv takes the residual and ReLU;
-    // batches of 1-3; grouped layers and larger kernels keep the direct kernel.
+    // batches of 1-3; other ungrouped layers run directly on the GEMM's k-major weights
+    // (channels not a multiple of 8), grouped ones keep the plain direct kernel.
     let ctx = common::gpu_with(GpuOptions {
         kernels: Some(Kernels::RegisterBlocked),
         ..Default::default()
     });
-    // (batch, in, out, h, w, kernel, stride, padding, groups, Winograd layers, GEMM layers)
+    // (batch, in, out, h, w, kernel, stride, padding, groups, Winograd layers, GEMM
+    // layers, direct layers on k-major weights)
     let cases = [
-        (2, 8, 12, 7, 5, 3, 1, 1, 1, 2, 0),
-        (1, 4, 8, 9, 9, 3, 1, 0, 1, 2, 0),
-        (3, 12, 8, 6, 11, 3, 1, 2, 1, 2, 0),
-        (2, 3, 7, 6, 6, 3, 1, 1, 1, 2, 0),
-        (2, 8, 4, 5, 4, 1, 1, 0, 1, 1, 1),
-        (1, 16, 4, 3, 3, 1, 1, 0, 1, 1, 1),
-        (1, 3, 8, 6, 6, 1, 1, 0, 1, 1, 1),
-        (2, 3, 8, 13, 11, 7, 2, 3, 1, 1, 0),
-        (1, 6, 5, 9, 10, 3, 2, 1, 1, 1, 0),
-        (1, 8, 8, 6, 6, 1, 2, 0, 1, 1, 1),
-        (2, 5, 6, 7, 7, 1, 3, 1, 1, 1, 1),
-        (2, 8, 8, 6, 6, 3, 1, 1, 2, 1, 0),
+        (2, 8, 12, 7, 5, 3, 1, 1, 1, 2, 0, 0),
+        (1, 4, 8, 9, 9, 3, 1, 0, 1, 2, 0, 0),
+        (3, 12, 8, 6, 11, 3, 1, 2, 1, 2, 0, 0),
+        (2, 3, 7, 6, 6, 3, 1, 1, 1, 2, 0, 0),
+        (2, 8, 4, 5, 4, 1, 1, 0, 1, 1, 1, 0),
+        (1, 16, 4, 3, 3, 1, 1, 0, 1, 1, 1, 0),
+        (1, 3, 8, 6, 6, 1, 1, 0, 1, 1, 1, 0),
+        (2, 3, 8, 13, 11, 7, 2, 3, 1, 1, 0, 1),
+        (1, 6, 5, 9, 10, 3, 2, 1, 1, 1, 0, 1),
+        (1, 8, 8, 6, 6, 1, 2, 0, 1, 1, 1, 0),
+        (2, 5, 6, 7, 7, 1, 3, 1, 1, 1, 1, 0),
+        (2, 8, 8, 6, 6, 3, 1, 1, 2, 1, 0, 0),
+        (3, 3, 13, 12, 9, 5, 2, 2, 1, 1, 0, 1),
+        (1, 7, 3, 8, 8, 2, 1, 0, 1, 1, 0, 1),
     ];
-    for (n, c, oc, h, w, k, st, pad, groups, wino, gemm) in cases {
+    for (n, c, oc, h, w, k, st, pad, groups, wino, gemm, direct) in cases {
         let mut b = GraphBuilder::new();
         let x = b.input("x", &[n, c, h, w]).unwrap();
         let c1 = b
@@ -659,7 +663,8 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
         let mut m = GpuModel::prepare_blocking(&ctx, &g, &wts).unwrap();
         let r = m.memory();
         let what = format!("{n}x{c}x{h}x{w} k{k} s{st} p{pad} g{groups} -> {oc}");
-        assert_eq!((r.winograd_layers, r.gemm_layers), (wino, gemm), "{what}");
+        let kinds = (r.winograd_layers, r.gemm_layers, r.direct_layers);
+        assert_eq!(kinds, (wino, gemm, direct), "{what}");
         let got = m.run_blocking(&xt).unwrap().remove(0);
         let want = run_cpu(&g, &wts, &xt, true).remove(0);
         let err = rel_l2(got.data(), &f64s(&want));

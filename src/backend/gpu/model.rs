@@ -30,9 +30,11 @@ pub struct MemoryReport {
     pub dispatches: usize,
     /// Layers whose weights were split across several bindings.
     pub split_layers: usize,
-    /// Convolutions run by Winograd F(2x2, 3x3), and 1x1 ones as a plain GEMM.
+    /// Convolutions run by Winograd F(2x2, 3x3), 1x1 ones as a plain GEMM, and others
+    /// directly on the GEMM's k-major weights (register-blocked set).
     pub winograd_layers: usize,
     pub gemm_layers: usize,
+    pub direct_layers: usize,
 }
 
 impl MemoryReport {
@@ -1089,6 +1091,7 @@ impl<'a> Builder<'a> {
             match sp {
                 conv::Special::Winograd(_) => self.report.winograd_layers += 1,
                 conv::Special::Gemm(_) => self.report.gemm_layers += 1,
+                conv::Special::Direct { .. } => self.report.direct_layers += 1,
             }
             let (a, b) = sp.scratch_len(nb);
             al = al.max(a);
@@ -1103,8 +1106,8 @@ impl<'a> Builder<'a> {
     }
 
     /// A convolution on a special kernel: Winograd F(2x2, 3x3) (input transform, 16
-    /// GEMMs, output transform with the epilogue), or a GEMM with the epilogue (on the
-    /// input, or on its im2col copy).
+    /// GEMMs, output transform with the epilogue), a GEMM with the epilogue (on the
+    /// input, or on its im2col copy), or the direct kernel on the GEMM's weights.
     #[allow(clippy::too_many_arguments)]
     fn special_conv(
         &mut self,
@@ -1202,6 +1205,14 @@ impl<'a> Builder<'a> {
                 let bs = bufs(input, affine, res.unwrap_or(dummy.clone()), out, true);
                 self.push(&conv::FAMILY, "gemm_rb", &prm, bs, grid, &what)
             }
+            conv::Special::Direct { .. } => {
+                let grid = conv::gemm_grid(os[2] * os[3], oc, nb, max);
+                let bs = conv::Buffers {
+                    wt4: weights.clone(),
+                    ..bufs(x, affine, res.unwrap_or(dummy.clone()), out, false)
+                };
+                self.push(&conv::FAMILY, "conv2d_rbk", &layer, bs, grid, &what)
+            }
         }
     }
 
@@ -1224,7 +1235,9 @@ impl<'a> Builder<'a> {
         }
         let buf = self.storage(&name, sp.weight_len(), wgpu::BufferUsages::empty());
         let (c, oc, k) = match sp {
-            conv::Special::Gemm(g) => (0, g.oc, g.k),
+            conv::Special::Gemm(conv::Gemm { k, oc, .. }) | conv::Special::Direct { k, oc } => {
+                (0, oc, k)
+            }
             conv::Special::Winograd(w) => (w.c, w.oc, 0),
         };
         let prm = conv::Params {

@@ -115,11 +115,17 @@ pub(crate) enum Variant {
 
 /// How a layer runs on the register-blocked set: an ungrouped 3x3 stride-1 convolution by
 /// Winograd, an ungrouped 1x1 one as a GEMM (on the input itself where it has stride 1,
-/// no padding and pixels in fours, else on an im2col copy).
+/// no padding and pixels in fours, else on an im2col copy), any other ungrouped one
+/// directly on the GEMM's k-major weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Special {
     Gemm(Gemm),
     Winograd(Winograd),
+    /// `conv2d_rbk`: `k` products per output, `oc` channels.
+    Direct {
+        k: usize,
+        oc: usize,
+    },
 }
 
 /// A convolution as a GEMM: `k` products per output, `oc` channels, `p` pixels per image
@@ -168,8 +174,10 @@ impl Special {
     /// Floats of the derived weights: k-major, channels padded to 4 (Winograd: one such
     /// matrix per transform element).
     pub fn weight_len(&self) -> usize {
-        match self {
-            Special::Gemm(g) => g.k * g.oc.next_multiple_of(4),
+        match *self {
+            Special::Gemm(Gemm { k, oc, .. }) | Special::Direct { k, oc } => {
+                k * oc.next_multiple_of(4)
+            }
             Special::Winograd(w) => 16 * w.c * w.oc.next_multiple_of(4),
         }
     }
@@ -180,13 +188,14 @@ impl Special {
         match self {
             Special::Gemm(g) => (g.col_len(n), 0),
             Special::Winograd(w) => (w.input_len(n), w.product_len(n)),
+            Special::Direct { .. } => (0, 0),
         }
     }
 
     /// The entry that makes the derived weights, and the name they are kept under.
     pub fn weight_form(&self) -> (&'static str, &'static str) {
         match self {
-            Special::Gemm(_) => ("gemm_weights", "gemm"),
+            Special::Gemm(_) | Special::Direct { .. } => ("gemm_weights", "gemm"),
             Special::Winograd(_) => ("wino_weights", "winograd"),
         }
     }
@@ -211,11 +220,13 @@ pub(crate) fn special(
             oc: cfg.out_channels,
         }));
     }
-    // Larger kernels keep the direct kernel: their im2col copy cost more than it saved
-    // on lavapipe (ResNet-50's stem: 80 against 39 ms; its stride-2 3x3 layers: 31
-    // against 28).
+    // Larger kernels run directly: an im2col copy cost more than it saved on lavapipe
+    // (ResNet-50's stem: 80 against 39 ms; its stride-2 3x3 layers: 31 against 28).
     if cfg.kernel != [1, 1] {
-        return None;
+        return Some(Special::Direct {
+            k: c * cfg.kernel[0] * cfg.kernel[1],
+            oc: cfg.out_channels,
+        });
     }
     let p = oh * ow;
     let direct = unit && cfg.padding == [0, 0] && p.is_multiple_of(4);
