@@ -640,6 +640,10 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
         (2, 8, 8, 6, 6, 3, 1, 1, 2, 1, 0, 0),
         (3, 3, 13, 12, 9, 5, 2, 2, 1, 1, 0, 1),
         (1, 7, 3, 8, 8, 2, 1, 0, 1, 1, 0, 1),
+        // Rows of 64 pixels and more: the GEMM's wide kernel (8 pixels per invocation).
+        (1, 5, 12, 17, 15, 3, 1, 1, 1, 2, 0, 0),
+        (2, 6, 10, 9, 9, 1, 1, 0, 1, 1, 1, 0),
+        (1, 8, 9, 10, 10, 1, 1, 0, 1, 1, 1, 0),
     ];
     for (n, c, oc, h, w, k, st, pad, groups, wino, gemm, direct) in cases {
         let mut b = GraphBuilder::new();

@@ -1170,9 +1170,9 @@ impl<'a> Builder<'a> {
                     plain: 1,
                     ..Default::default()
                 };
-                let grid = conv::gemm_grid(wd.t4, oc, nb * 16, max);
+                let (entry, grid) = conv::gemm_plan(wd.t4, oc, nb * 16, max);
                 let bs = bufs(a, dummy.clone(), dummy.clone(), b.clone(), true);
-                self.push(&conv::FAMILY, "gemm_rb", &products, bs, grid, &what)?;
+                self.push(&conv::FAMILY, entry, &products, bs, grid, &what)?;
                 let grid = per_element(self, nb * oc * wd.tiles)?;
                 let bs = bufs(b, affine, res.unwrap_or(dummy.clone()), out, false);
                 self.push(&conv::FAMILY, "wino_output", &layer, bs, grid, &what)
@@ -1201,12 +1201,12 @@ impl<'a> Builder<'a> {
                     relu: step.relu as u32,
                     ..Default::default()
                 };
-                let grid = conv::gemm_grid(g.p4, oc, nb, max);
+                let (entry, grid) = conv::gemm_plan(g.p4, oc, nb, max);
                 let bs = bufs(input, affine, res.unwrap_or(dummy.clone()), out, true);
-                self.push(&conv::FAMILY, "gemm_rb", &prm, bs, grid, &what)
+                self.push(&conv::FAMILY, entry, &prm, bs, grid, &what)
             }
             conv::Special::Direct { .. } => {
-                let grid = conv::gemm_grid(os[2] * os[3], oc, nb, max);
+                let grid = conv::direct_grid(os[2] * os[3], oc, nb, max);
                 let bs = conv::Buffers {
                     wt4: weights.clone(),
                     ..bufs(x, affine, res.unwrap_or(dummy.clone()), out, false)

@@ -57,6 +57,9 @@ const RB_P: usize = 4;
 const RB_WG: usize = 64;
 /// The GEMM kernel's channels per invocation (by RB_P pixels).
 const GEMM_M: usize = 8;
+/// Rows of at least this many pixels take the GEMM kernel with twice the pixels: below,
+/// too few invocations are left (a 7x7 map's 16 Winograd tiles ran 50% slower).
+const GEMM_WIDE_FROM: usize = 64;
 
 pub(crate) static FAMILY: Family = Family {
     name: "conv",
@@ -250,10 +253,29 @@ pub(crate) fn rb_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> 
     [x, y, planes]
 }
 
-/// Workgroups of `gemm_rb` for `pixels` by `rows` channels per each of `planes`: blocks
-/// of RB_P pixels x GEMM_M channels, numbered as [`rb_grid`] numbers its blocks.
-pub(crate) fn gemm_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
+/// The GEMM kernel for `pixels` (per row, a multiple of 4) by `rows` channels, per each
+/// of `planes`: `gemm_rb` (blocks of RB_P pixels x GEMM_M channels, numbered as
+/// [`rb_grid`] numbers its blocks), or `gemm_rb_wide` (twice the pixels) on rows of at
+/// least GEMM_WIDE_FROM pixels; its entry and workgroups.
+pub(crate) fn gemm_plan(
+    pixels: usize,
+    rows: usize,
+    planes: usize,
+    max: usize,
+) -> (&'static str, [usize; 3]) {
     // RB_M-channel blocks of a layer with rows / GEMM_M * RB_M channels.
+    let blocks = rows.div_ceil(GEMM_M) * RB_M;
+    if pixels >= GEMM_WIDE_FROM {
+        let wide = pixels.div_ceil(2 * RB_P) * RB_P;
+        ("gemm_rb_wide", rb_grid(wide, blocks, planes, max))
+    } else {
+        ("gemm_rb", rb_grid(pixels, blocks, planes, max))
+    }
+}
+
+/// Workgroups of `conv2d_rbk` for `pixels` outputs by `rows` channels per each of
+/// `planes` images: blocks of RB_P pixels x GEMM_M channels, as `gemm_rb`'s.
+pub(crate) fn direct_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
     rb_grid(pixels, rows.div_ceil(GEMM_M) * RB_M, planes, max)
 }
 
