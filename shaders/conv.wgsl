@@ -115,6 +115,14 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
 fn conv_store(img: u32, m: u32, oc: u32, p0: u32, acc: vec4<f32>) {
     if (m >= prm.m_count) { return; }
     let row = (img * prm.oc + oc) * prm.p;
+    if (prm.plain != 0u) {
+        // Winograd's products: the sums alone.
+        for (var j = 0u; j < 4u; j++) {
+            if (p0 + j >= prm.p) { return; }
+            y[row + p0 + j] = S(acc[j]);
+        }
+        return;
+    }
     let scale = f32(affine[oc]);
     let shift = f32(affine[prm.oc + oc]);
     for (var j = 0u; j < 4u; j++) {
@@ -492,9 +500,14 @@ fn wino_weights(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     if (i >= prm.m_count * prm.c) { return; }
     let oc = i / prm.c;
     let ci = i % prm.c;
-    let oc4 = (prm.m_count + 3u) / 4u * 4u;
+    // [element][c][oc4] for gemm_rb; `plain`: [element][oc][c] for the tiled kernel.
+    var oc4 = (prm.m_count + 3u) / 4u * 4u;
+    var o = ci * oc4 + oc;
+    if (prm.plain != 0u) {
+        oc4 = prm.m_count;
+        o = i;
+    }
     let n = prm.c * oc4;
-    let o = ci * oc4 + oc;
     let r0 = vec3<f32>(f32(wt[i * 9u]), f32(wt[i * 9u + 1u]), f32(wt[i * 9u + 2u]));
     let r1 = vec3<f32>(f32(wt[i * 9u + 3u]), f32(wt[i * 9u + 4u]), f32(wt[i * 9u + 5u]));
     let r2 = vec3<f32>(f32(wt[i * 9u + 6u]), f32(wt[i * 9u + 7u]), f32(wt[i * 9u + 8u]));

@@ -619,8 +619,13 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
     // of 4; padding 0-3; strides 1-3; the second conv takes the residual and ReLU;
     // batches of 1-3; other ungrouped layers run directly on the GEMM's k-major weights
     // (channels not a multiple of 8), grouped ones keep the plain direct kernel.
-    let ctx = common::gpu_with(GpuOptions {
+    let rb = common::gpu_with(GpuOptions {
         kernels: Some(Kernels::RegisterBlocked),
+        ..Default::default()
+    });
+    // The tiled set runs the same Winograd layers, its products on the tiled kernel.
+    let tiled = common::gpu_with(GpuOptions {
+        kernels: Some(Kernels::TiledWinograd),
         ..Default::default()
     });
     // (batch, in, out, h, w, kernel, stride, padding, groups, Winograd layers, GEMM
@@ -664,15 +669,20 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
         let g = b.build(&[y]).unwrap();
         let wts = synth_params(&g, 5).unwrap();
         let xt = synth("input", &[n, c, h, w], 6).unwrap();
-        let mut m = GpuModel::prepare_blocking(&ctx, &g, &wts).unwrap();
-        let r = m.memory();
-        let what = format!("{n}x{c}x{h}x{w} k{k} s{st} p{pad} g{groups} -> {oc}");
-        let kinds = (r.winograd_layers, r.gemm_layers, r.direct_layers);
-        assert_eq!(kinds, (wino, gemm, direct), "{what}");
-        let got = m.run_blocking(&xt).unwrap().remove(0);
         let want = run_cpu(&g, &wts, &xt, true).remove(0);
-        let err = rel_l2(got.data(), &f64s(&want));
-        assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
+        for (ctx, kinds) in [(&rb, (wino, gemm, direct)), (&tiled, (wino, 0, 0))] {
+            let mut m = GpuModel::prepare_blocking(ctx, &g, &wts).unwrap();
+            let r = m.memory();
+            let what = format!(
+                "{:?}: {n}x{c}x{h}x{w} k{k} s{st} p{pad} g{groups} -> {oc}",
+                ctx.kernels()
+            );
+            let got_kinds = (r.winograd_layers, r.gemm_layers, r.direct_layers);
+            assert_eq!(got_kinds, kinds, "{what}");
+            let got = m.run_blocking(&xt).unwrap().remove(0);
+            let err = rel_l2(got.data(), &f64s(&want));
+            assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
+        }
     }
 }
 

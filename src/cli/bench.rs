@@ -54,8 +54,8 @@ pub struct Args {
     /// The GPU's conv and linear kernels: `auto` takes the static table for known adapter
     /// kinds (register-blocked on software adapters, tiled on GPUs: 64x64 tiles, or
     /// 32x32 where a layer makes too few) or what was measured before, and measures per
-    /// layer shape on unknown adapters; `tiled`, `tiled-small` and `register-blocked`
-    /// force one kernel on every layer; `tune` measures any layer shape not yet measured
+    /// layer shape on unknown adapters; `tiled`, `tiled-small`, `tiled-winograd` and
+    /// `register-blocked` force one kernel set on every layer; `tune` measures any layer shape not yet measured
     /// on this adapter.
     #[arg(long, value_enum, default_value = "auto")]
     gpu_kernels: GpuKernels,
@@ -76,6 +76,7 @@ enum GpuKernels {
     Auto,
     Tiled,
     TiledSmall,
+    TiledWinograd,
     RegisterBlocked,
     /// Time each convolution kernel on each layer shape not yet measured on this adapter
     /// and keep the fastest (remembered in the cache folder).
@@ -89,6 +90,7 @@ impl Args {
                 GpuKernels::Auto | GpuKernels::Tune => None,
                 GpuKernels::Tiled => Some(Kernels::Tiled),
                 GpuKernels::TiledSmall => Some(Kernels::TiledSmall),
+                GpuKernels::TiledWinograd => Some(Kernels::TiledWinograd),
                 GpuKernels::RegisterBlocked => Some(Kernels::RegisterBlocked),
             },
             tuning: match self.gpu_kernels {
@@ -383,11 +385,12 @@ pub fn run(a: Args) -> R<()> {
         if !chosen.is_empty() {
             let on = |k| chosen.iter().filter(|(_, c)| *c == k).count();
             println!(
-                "\nGPU conv kernels per layer shape, measured on this adapter ({} now, the rest cached): {} shapes, tiled on {}, tiled-small on {}, register-blocked on {}",
+                "\nGPU conv kernels per layer shape, measured on this adapter ({} now, the rest cached): {} shapes, tiled on {}, tiled-small on {}, tiled-winograd on {}, register-blocked on {}",
                 ctx.measured_shapes(),
                 chosen.len(),
                 on(Kernels::Tiled),
                 on(Kernels::TiledSmall),
+                on(Kernels::TiledWinograd),
                 on(Kernels::RegisterBlocked),
             );
         }

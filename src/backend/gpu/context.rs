@@ -41,6 +41,10 @@ pub enum Kernels {
     /// The tiled kernels with 32x32 output tiles (64 invocations, 32 deep) on every
     /// convolution: four times the workgroups, for 7x7 and 14x14 maps.
     TiledSmall,
+    /// The tiled kernels with 3x3 stride-1 convolutions by Winograd F(2x2, 3x3), its 16
+    /// products per tile on the tiled kernel (a grouped 1x1 convolution); other layers as
+    /// the static table tiles them.
+    TiledWinograd,
     /// No workgroup memory or barriers: convolutions 4x4 per invocation straight from
     /// storage, linear layers one output per invocation. Software adapters run workgroups
     /// as CPU vector lanes, where barriers cost most.
@@ -63,6 +67,7 @@ impl Kernels {
         match self {
             Kernels::Tiled => "tiled",
             Kernels::TiledSmall => "tiled-small",
+            Kernels::TiledWinograd => "tiled-winograd",
             Kernels::RegisterBlocked => "register-blocked",
         }
     }

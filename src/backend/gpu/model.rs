@@ -1049,15 +1049,20 @@ impl<'a> Builder<'a> {
         let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
         let key = tuning::shape_key(cfg, [nb, xs[1], xs[2], xs[3]], self.ctx.precision());
         // Not measured (wasm, or timing failed): the table's choice.
+        let work = conv_work(cfg, os, nb);
         let v = self
             .force
-            .or_else(|| self.ctx.conv_choice(&key, conv_work(cfg, os, nb)))
+            .or_else(|| self.ctx.conv_choice(&key, work))
             .unwrap_or(self.variant);
-        if v != conv::Variant::RegisterBlocked {
-            return (v, None);
-        }
         let shape = |s: &[usize]| [s[1], s[2], s[3]];
-        let special = conv::special(cfg, shape(xs), [os[2], os[3]]).filter(|sp| {
+        let special = match v {
+            conv::Variant::Tiled | conv::Variant::TiledSmall => return (v, None),
+            conv::Variant::TiledWinograd => {
+                conv::tiled_winograd(cfg, xs[1], [os[2], os[3]]).map(conv::Special::Winograd)
+            }
+            conv::Variant::RegisterBlocked => conv::special(cfg, shape(xs), [os[2], os[3]]),
+        };
+        let special = special.filter(|sp| {
             // Its buffers within one binding, and the weights in one chunk.
             let fits = |n: usize| (n * self.ctx.elem_bytes()) as u64 <= self.limit;
             let (a, b) = sp.scratch_len(nb);
@@ -1067,6 +1072,14 @@ impl<'a> Builder<'a> {
                 .is_ok_and(|c| c.len() == 1);
             whole && fits(a) && fits(b) && fits(sp.weight_len())
         });
+        if v == conv::Variant::TiledWinograd && special.is_none() {
+            // Not a Winograd layer (or too large for it): tiled, as the table tiles it.
+            let limits = &self.ctx.shared.limits;
+            return (
+                conv::Variant::for_layer(super::Kernels::Tiled, limits, work),
+                None,
+            );
+        }
         (v, special)
     }
 
@@ -1170,9 +1183,49 @@ impl<'a> Builder<'a> {
                     plain: 1,
                     ..Default::default()
                 };
-                let (entry, grid) = conv::gemm_plan(wd.t4, oc, nb * 16, max);
-                let bs = bufs(a, dummy.clone(), dummy.clone(), b.clone(), true);
-                self.push(&conv::FAMILY, entry, &products, bs, grid, &what)?;
+                if wd.tiled {
+                    // A 1x1 convolution of 16 groups (one per transform element) from
+                    // [image][element][c][t4] to [image][element][oc][t4].
+                    let prm = conv::Params {
+                        c: u(16 * wd.c),
+                        h: 1,
+                        w: u(wd.t4),
+                        oc: u(16 * oc),
+                        oh: 1,
+                        ow: u(wd.t4),
+                        kh: 1,
+                        kw: 1,
+                        sh: 1,
+                        sw: 1,
+                        dh: 1,
+                        dw: 1,
+                        icg: u(wd.c),
+                        ocg: u(oc),
+                        g_count: 16,
+                        k: u(wd.c),
+                        p: u(wd.t4),
+                        m_count: u(oc),
+                        batch: u(nb),
+                        plain: 1,
+                        ..Default::default()
+                    };
+                    let limits = &self.ctx.shared.limits;
+                    let v = conv::Variant::for_layer(
+                        super::Kernels::Tiled,
+                        limits,
+                        [wd.t4, oc, nb * 16],
+                    );
+                    let bs = conv::Buffers {
+                        wt: weights.clone(),
+                        ..bufs(a, dummy.clone(), dummy.clone(), b.clone(), false)
+                    };
+                    let grid = v.grid(wd.t4, oc, nb * 16, max);
+                    self.push(&conv::FAMILY, v.entry(), &prm, bs, grid, &what)?;
+                } else {
+                    let (entry, grid) = conv::gemm_plan(wd.t4, oc, nb * 16, max);
+                    let bs = bufs(a, dummy.clone(), dummy.clone(), b.clone(), true);
+                    self.push(&conv::FAMILY, entry, &products, bs, grid, &what)?;
+                }
                 let grid = per_element(self, nb * oc * wd.tiles)?;
                 let bs = bufs(b, affine, res.unwrap_or(dummy.clone()), out, false);
                 self.push(&conv::FAMILY, "wino_output", &layer, bs, grid, &what)
@@ -1240,10 +1293,13 @@ impl<'a> Builder<'a> {
             }
             conv::Special::Winograd(w) => (w.c, w.oc, 0),
         };
+        let tiled = matches!(sp, conv::Special::Winograd(w) if w.tiled);
         let prm = conv::Params {
             c: c as u32,
             k: k as u32,
             m_count: oc as u32,
+            // Winograd's weights for the tiled kernel: [element][oc][c].
+            plain: tiled as u32,
             ..Default::default()
         };
         let dummy = Bind::whole(&self.dummy);
@@ -1396,7 +1452,7 @@ async fn fastest_conv(
     let weights = Arc::new(GpuWeights::upload(ctx, &graph, &w).await.ok()?);
     let mut best: Option<(f64, conv::Variant)> = None;
     for v in conv::Variant::ALL {
-        if !v.supports(&ctx.shared.limits) {
+        if !v.supports(&ctx.shared.limits) || !v.applies(cfg) {
             continue;
         }
         let program = Program::new(&graph, true);

@@ -113,6 +113,9 @@ impl Params {
 pub(crate) enum Variant {
     Tiled,
     TiledSmall,
+    /// 3x3 stride-1 layers by Winograd F(2x2, 3x3), the products on the tiled kernel
+    /// (others as `Tiled`, its tile size by the table's rule).
+    TiledWinograd,
     RegisterBlocked,
 }
 
@@ -161,6 +164,9 @@ pub(crate) struct Winograd {
     pub t4: usize,
     pub c: usize,
     pub oc: usize,
+    /// The products on the tiled kernel (weights [element][oc][c], a grouped 1x1
+    /// convolution of 16 groups), else on `gemm_rb` (weights [element][c][oc4]).
+    pub tiled: bool,
 }
 
 impl Winograd {
@@ -181,6 +187,7 @@ impl Special {
             Special::Gemm(Gemm { k, oc, .. }) | Special::Direct { k, oc } => {
                 k * oc.next_multiple_of(4)
             }
+            Special::Winograd(w) if w.tiled => 16 * w.c * w.oc,
             Special::Winograd(w) => 16 * w.c * w.oc.next_multiple_of(4),
         }
     }
@@ -199,12 +206,14 @@ impl Special {
     pub fn weight_form(&self) -> (&'static str, &'static str) {
         match self {
             Special::Gemm(_) | Special::Direct { .. } => ("gemm_weights", "gemm"),
+            Special::Winograd(w) if w.tiled => ("wino_weights", "winograd-tiled"),
             Special::Winograd(_) => ("wino_weights", "winograd"),
         }
     }
 }
 
-/// The special kernel for an ungrouped convolution from `c` x `h` x `w` to `oh` x `ow`.
+/// The special kernel for an ungrouped convolution from `c` x `h` x `w` to `oh` x `ow` on
+/// the register-blocked set.
 pub(crate) fn special(
     cfg: &crate::graph::Conv2d,
     [c, h, w]: [usize; 3],
@@ -214,13 +223,14 @@ pub(crate) fn special(
         return None;
     }
     let unit = cfg.stride == [1, 1] && cfg.dilation == [1, 1];
-    if unit && cfg.kernel == [3, 3] {
+    if winograd_shape(cfg) {
         let tiles = oh.div_ceil(2) * ow.div_ceil(2);
         return Some(Special::Winograd(Winograd {
             tiles,
             t4: tiles.next_multiple_of(4),
             c,
             oc: cfg.out_channels,
+            tiled: false,
         }));
     }
     // Larger kernels run directly: an im2col copy cost more than it saved on lavapipe
@@ -241,6 +251,31 @@ pub(crate) fn special(
         p4: p.next_multiple_of(4),
         im2col: !direct,
     }))
+}
+
+/// Whether Winograd F(2x2, 3x3) computes the convolution: ungrouped, 3x3, stride 1, no
+/// dilation.
+pub(crate) fn winograd_shape(cfg: &crate::graph::Conv2d) -> bool {
+    cfg.groups == 1 && cfg.kernel == [3, 3] && cfg.stride == [1, 1] && cfg.dilation == [1, 1]
+}
+
+/// The tiled set's Winograd layer, where the device can hold what it needs (checked by
+/// the caller).
+pub(crate) fn tiled_winograd(
+    cfg: &crate::graph::Conv2d,
+    c: usize,
+    [oh, ow]: [usize; 2],
+) -> Option<Winograd> {
+    winograd_shape(cfg).then(|| {
+        let tiles = oh.div_ceil(2) * ow.div_ceil(2);
+        Winograd {
+            tiles,
+            t4: tiles.next_multiple_of(4),
+            c,
+            oc: cfg.out_channels,
+            tiled: true,
+        }
+    })
 }
 
 /// Workgroups of the register-blocked kernels for `pixels` outputs by `rows` channels,
@@ -286,6 +321,7 @@ impl Variant {
         let want = match kernels {
             Kernels::Tiled => Variant::Tiled,
             Kernels::TiledSmall => Variant::TiledSmall,
+            Kernels::TiledWinograd => Variant::TiledWinograd,
             Kernels::RegisterBlocked => Variant::RegisterBlocked,
         };
         let from = Variant::ALL.iter().position(|&v| v == want).unwrap_or(0);
@@ -327,7 +363,7 @@ impl Variant {
         };
         match self {
             Variant::Tiled => tiled(TM, TN),
-            Variant::TiledSmall => tiled(TM_S, TN_S),
+            Variant::TiledSmall | Variant::TiledWinograd => tiled(TM_S, TN_S),
             Variant::RegisterBlocked => {
                 limits.max_compute_invocations_per_workgroup as usize >= RB_WG
                     && limits.max_compute_workgroup_size_x as usize >= RB_WG
@@ -337,11 +373,19 @@ impl Variant {
 
     // Measuring and its cache are native-only.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub const ALL: [Variant; 3] = [
+    pub const ALL: [Variant; 4] = [
         Variant::Tiled,
         Variant::TiledSmall,
+        Variant::TiledWinograd,
         Variant::RegisterBlocked,
     ];
+
+    /// Whether the variant is a kernel of its own on a convolution (Winograd only on 3x3
+    /// stride-1 ungrouped ones; elsewhere it is the tiled kernel, not worth timing twice).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn applies(self, cfg: &crate::graph::Conv2d) -> bool {
+        self != Variant::TiledWinograd || winograd_shape(cfg)
+    }
 
     /// The kernel's name (as `--gpu-kernels` spells it).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -358,6 +402,7 @@ impl Variant {
         match self {
             Variant::Tiled => Kernels::Tiled,
             Variant::TiledSmall => Kernels::TiledSmall,
+            Variant::TiledWinograd => Kernels::TiledWinograd,
             Variant::RegisterBlocked => Kernels::RegisterBlocked,
         }
     }
@@ -365,7 +410,8 @@ impl Variant {
     pub fn entry(self) -> &'static str {
         match self {
             Variant::Tiled => "conv2d",
-            Variant::TiledSmall => "conv2d_small",
+            // Where it does not apply, the chooser hands such layers a tiled variant.
+            Variant::TiledSmall | Variant::TiledWinograd => "conv2d_small",
             Variant::RegisterBlocked => "conv2d_rb",
         }
     }
@@ -375,7 +421,9 @@ impl Variant {
     pub fn grid(self, pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
         match self {
             Variant::Tiled => [pixels.div_ceil(TN), rows.div_ceil(TM), planes],
-            Variant::TiledSmall => [pixels.div_ceil(TN_S), rows.div_ceil(TM_S), planes],
+            Variant::TiledSmall | Variant::TiledWinograd => {
+                [pixels.div_ceil(TN_S), rows.div_ceil(TM_S), planes]
+            }
             Variant::RegisterBlocked => rb_grid(pixels, rows, planes, max),
         }
     }
