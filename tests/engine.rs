@@ -240,6 +240,14 @@ fn tensors_beyond_the_binding_limit_are_split_and_batches_chunked() {
         max_binding_bytes: Some(2048),
         ..Default::default()
     });
+    assert_eq!(small.binding_limit(), 2048);
+    // Limits are whole vectors of 4 floats (what the vector bindings and f16 chunks
+    // padded to words need).
+    let odd = common::gpu_with(GpuOptions {
+        max_binding_bytes: Some(2058),
+        ..Default::default()
+    });
+    assert_eq!(odd.binding_limit(), 2048);
     let g = split_graph(3);
     let w = synth_params(&g, 1).unwrap();
     let x = synth("input", &[3, 16, 4, 4], 2).unwrap();
@@ -771,6 +779,7 @@ fn half_precision_handles_odd_sizes_split_weights_and_batch_chunks() {
     for kernels in [
         Kernels::Tiled,
         Kernels::TiledSmall,
+        Kernels::TiledWinograd,
         Kernels::RegisterBlocked,
     ] {
         let ctx = common::gpu_with(GpuOptions {

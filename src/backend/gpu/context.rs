@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
-    /// Use at most this many bytes per storage binding (below the adapter's limit):
-    /// exercises the splitting of oversize tensors on any machine.
+    /// Use at most this many bytes per storage binding (below the adapter's limit; rounded
+    /// down to a multiple of 16, at least 16): exercises the splitting of oversize tensors
+    /// on any machine.
     pub max_binding_bytes: Option<u64>,
     /// Prefer the low-power adapter instead of the high-performance one.
     pub low_power: bool,
@@ -169,8 +170,11 @@ impl GpuContext {
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
         if let Some(m) = opts.max_binding_bytes {
-            binding_limit = binding_limit.min(m.max(4));
+            binding_limit = binding_limit.min(m);
         }
+        // Whole vectors of 4 floats: chunks padded to 4-byte words, and the vector
+        // bindings' elements, then still fit.
+        let binding_limit = (binding_limit & !15).max(16);
         #[cfg(not(target_arch = "wasm32"))]
         let tuning_file = Some(
             opts.tuning_file
