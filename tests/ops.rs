@@ -53,6 +53,7 @@ fn gpu_backend_matches_every_golden_op() {
     for k in [
         Kernels::Tiled,
         Kernels::TiledSmall,
+        Kernels::TiledWinograd,
         Kernels::RegisterBlocked,
     ] {
         let ctx = common::gpu_with(GpuOptions {
