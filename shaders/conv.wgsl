@@ -136,13 +136,37 @@ fn conv_store(img: u32, m: u32, oc: u32, p0: u32, acc: vec4<f32>) {
 }
 
 // The register-blocked kernels' block: (first pixel, first channel) of this invocation's
-// RB_P x RB_M outputs. Blocks are numbered pixel-block-fastest over the x-y grid (folded
+// `pixels` x `channels` outputs. Blocks are numbered pixel-block-fastest over the x-y grid (folded
 // past the per-dimension limit), so a 7x7 layer fills whole workgroups with channel
 // blocks instead of idling most of their lanes.
-fn rb_block(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+fn rb_block(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, pixels: u32, channels: u32) -> vec2<u32> {
     let i = (wid.y * nwg.x + wid.x) * RB_WG + lid.x;
-    let pb = (prm.p + RB_P - 1u) / RB_P;
-    return vec2<u32>((i % pb) * RB_P, (i / pb) * RB_M);
+    let pb = (prm.p + pixels - 1u) / pixels;
+    return vec2<u32>((i % pb) * pixels, (i / pb) * channels);
+}
+
+// The input row and column (before the kernel taps) of pixels p0 .. p0 + 3; pixels past
+// the end repeat the last one (their stores are skipped).
+struct Origins { y: vec4<i32>, x: vec4<i32> }
+
+fn rb_origins(p0: u32) -> Origins {
+    let p = min(vec4<u32>(p0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(prm.p - 1u));
+    let y = vec4<i32>((p / prm.ow) * prm.sh) - vec4<i32>(i32(prm.ph));
+    let x = vec4<i32>((p % prm.ow) * prm.sw) - vec4<i32>(i32(prm.pw));
+    return Origins(y, x);
+}
+
+// Tap (ky, kx) of those pixels: offsets in an input plane, and which are inside it
+// (outside: offset 0, always there, whose value the caller replaces by zero).
+struct Tap { off: vec4<u32>, inside: vec4<bool> }
+
+fn rb_tap(o: Origins, ky: u32, kx: u32) -> Tap {
+    let iy = o.y + vec4<i32>(i32(ky * prm.dh));
+    let ix = o.x + vec4<i32>(i32(kx * prm.dw));
+    let h = i32(prm.h);
+    let w = i32(prm.w);
+    let inside = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(h)) & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(w));
+    return Tap(vec4<u32>(select(vec4<i32>(0), iy * w + ix, inside)), inside);
 }
 
 // The same convolution for software adapters (lavapipe, SwiftShader), which run a
@@ -153,7 +177,7 @@ fn rb_block(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
 @compute @workgroup_size(RB_WG, 1, 1)
 fn conv2d_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let blk = rb_block(lid, wid, nwg);
+    let blk = rb_block(lid, wid, nwg, RB_P, RB_M);
     let p0 = blk.x;
     let m0 = blk.y;
     if (m0 >= prm.m_count) { return; }
@@ -164,30 +188,20 @@ fn conv2d_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
     let hw = prm.h * prm.w;
     let x_base = (img * prm.c + g * prm.icg) * hw;
     let w_base = gl * prm.m_count * prm.k;
-    // Rows and pixels past the end repeat the last one; the store skips them.
-    var wrow: vec4<u32>;
-    var oy: vec4<i32>;
-    var ox: vec4<i32>;
-    for (var i = 0u; i < 4u; i++) {
-        wrow[i] = w_base + min(m0 + i, prm.m_count - 1u) * prm.k;
-        let p = min(p0 + i, prm.p - 1u);
-        oy[i] = i32((p / prm.ow) * prm.sh) - i32(prm.ph);
-        ox[i] = i32((p % prm.ow) * prm.sw) - i32(prm.pw);
-    }
-    let h = i32(prm.h);
-    let w = i32(prm.w);
+    // Rows past the end repeat the last one; the store skips them.
+    let last = prm.m_count - 1u;
+    let wrow = vec4<u32>(w_base) + min(vec4<u32>(m0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)) * prm.k;
+    let origin = rb_origins(p0);
     // c<i>[j]: channel m0 + i, pixel p0 + j (vectors, not an array: see conv_tiled).
     var c0 = vec4<f32>(0.0);
     var c1 = vec4<f32>(0.0);
     var c2 = vec4<f32>(0.0);
     var c3 = vec4<f32>(0.0);
     for (var ky = 0u; ky < prm.kh; ky++) {
-        let iy = oy + vec4<i32>(i32(ky * prm.dh));
         for (var kx = 0u; kx < prm.kw; kx++) {
-            let ix = ox + vec4<i32>(i32(kx * prm.dw));
-            let inside = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(h)) & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(w));
-            // Outside the input: read offset 0 (always there), then select zero.
-            let off = vec4<u32>(select(vec4<i32>(0), iy * w + ix, inside));
+            let tap = rb_tap(origin, ky, kx);
+            let off = tap.off;
+            let inside = tap.inside;
             var xi = x_base;
             var wi = wrow + vec4<u32>(ky * prm.kw + kx);
             for (var ci = 0u; ci < prm.icg; ci++) {
@@ -217,10 +231,9 @@ fn conv2d_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
 @compute @workgroup_size(RB_WG, 1, 1)
 fn conv2d_rbk(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i0 = (wid.y * nwg.x + wid.x) * RB_WG + lid.x;
-    let pb = (prm.p + RB_P - 1u) / RB_P;
-    let p0 = (i0 % pb) * RB_P;
-    let m0 = (i0 / pb) * GEMM_M;
+    let blk = rb_block(lid, wid, nwg, RB_P, GEMM_M);
+    let p0 = blk.x;
+    let m0 = blk.y;
     if (m0 >= prm.m_count) { return; }
     let img = wid.z;
     let khw = prm.kh * prm.kw;
@@ -229,16 +242,7 @@ fn conv2d_rbk(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let oc4 = (prm.m_count + 3u) / 4u;
     // The second vector of 4 channels, or the first again past the last channel.
     let second = select(0u, 1u, m0 + 4u < prm.m_count);
-    // Pixels past the end repeat the last one; the store skips them.
-    var oy: vec4<i32>;
-    var ox: vec4<i32>;
-    for (var j = 0u; j < 4u; j++) {
-        let p = min(p0 + j, prm.p - 1u);
-        oy[j] = i32((p / prm.ow) * prm.sh) - i32(prm.ph);
-        ox[j] = i32((p % prm.ow) * prm.sw) - i32(prm.pw);
-    }
-    let h = i32(prm.h);
-    let w = i32(prm.w);
+    let origin = rb_origins(p0);
     // c<i>[j]: channel m0 + i, pixel p0 + j (vectors, not an array: see conv_tiled).
     var c0 = vec4<f32>(0.0);
     var c1 = vec4<f32>(0.0);
@@ -249,12 +253,10 @@ fn conv2d_rbk(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     var c6 = vec4<f32>(0.0);
     var c7 = vec4<f32>(0.0);
     for (var ky = 0u; ky < prm.kh; ky++) {
-        let iy = oy + vec4<i32>(i32(ky * prm.dh));
         for (var kx = 0u; kx < prm.kw; kx++) {
-            let ix = ox + vec4<i32>(i32(kx * prm.dw));
-            let inside = (iy >= vec4<i32>(0)) & (iy < vec4<i32>(h)) & (ix >= vec4<i32>(0)) & (ix < vec4<i32>(w));
-            // Outside the input: read offset 0 (always there), then select zero.
-            let off = vec4<u32>(select(vec4<i32>(0), iy * w + ix, inside));
+            let tap = rb_tap(origin, ky, kx);
+            let off = tap.off;
+            let inside = tap.inside;
             var xi = x_base;
             // Row k = ci * khw + ky * kw + kx of W[k][oc4].
             var wi = (ky * prm.kw + kx) * oc4 + m0 / 4u;
@@ -297,11 +299,9 @@ fn conv2d_rbk(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
 @compute @workgroup_size(RB_WG, 1, 1)
 fn gemm_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
-    // Blocks numbered as in rb_block, of GEMM_M channels.
-    let i0 = (wid.y * nwg.x + wid.x) * RB_WG + lid.x;
-    let pb = (prm.p + RB_P - 1u) / RB_P;
-    let p0 = (i0 % pb) * RB_P;
-    let m0 = (i0 / pb) * GEMM_M;
+    let blk = rb_block(lid, wid, nwg, RB_P, GEMM_M);
+    let p0 = blk.x;
+    let m0 = blk.y;
     if (m0 >= prm.m_count) { return; }
     let plane = wid.z;
     let e = plane % prm.g_count;
@@ -368,10 +368,9 @@ fn gemm_store(plane: u32, m: u32, p0: u32, acc: vec4<f32>) {
 @compute @workgroup_size(RB_WG, 1, 1)
 fn gemm_rb_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i0 = (wid.y * nwg.x + wid.x) * RB_WG + lid.x;
-    let pb = (prm.p + 2u * RB_P - 1u) / (2u * RB_P);
-    let p0 = (i0 % pb) * 2u * RB_P;
-    let m0 = (i0 / pb) * GEMM_M;
+    let blk = rb_block(lid, wid, nwg, 2u * RB_P, GEMM_M);
+    let p0 = blk.x;
+    let m0 = blk.y;
     if (m0 >= prm.m_count) { return; }
     let plane = wid.z;
     let e = plane % prm.g_count;
