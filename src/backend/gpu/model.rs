@@ -1401,8 +1401,8 @@ impl<'a> Builder<'a> {
 }
 
 /// Time every convolution kernel on each layer shape of `program` that its context wants
-/// measured, and remember the faster (see [`super::Tuning`]). A kernel that cannot run a
-/// shape is skipped; a shape neither runs is left to the table (and to the real build's
+/// measured, and remember the fastest (see [`super::Tuning`]). A kernel that cannot run a
+/// shape is skipped; a shape none runs is left to the table (and to the real build's
 /// error).
 async fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
     let nb = batch_chunk(program, ctx.binding_limit(), ctx.elem_bytes())?;
@@ -1434,7 +1434,7 @@ fn conv_work(cfg: &crate::graph::Conv2d, os: &[usize], nb: usize) -> [usize; 3] 
     [os[2] * os[3], os[1] / cfg.groups, nb * cfg.groups]
 }
 
-/// The faster kernel on one convolution (synthetic weights and input: the work does not
+/// The fastest kernel on one convolution (synthetic weights and input: the work does not
 /// depend on the values), by the best of a few timed passes after a warm-up.
 #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 async fn fastest_conv(

@@ -215,7 +215,8 @@ impl GpuWeights {
         self.derived.lock().unwrap().extend(made);
     }
 
-    /// Bytes of derived weights on the device (at most one form of each weight).
+    /// Bytes of derived weights on the device (one form per kernel that reads a weight:
+    /// usually one, two where plans for different batches chose different kernels).
     pub fn derived_bytes(&self) -> u64 {
         self.derived
             .lock()
