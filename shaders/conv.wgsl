@@ -4,13 +4,16 @@
 // into workgroup memory. Each invocation computes a 4x4 block of the tile, read from
 // workgroup memory as two vec4 per k step (vector loads, 16 FMAs). Two tile shapes share
 // the code: 64x64 (256 invocations, 16 deep) and, for maps too small to give a GPU enough
-// 64x64 tiles (7x7, 14x14), 32x32 (64 invocations, 32 deep: the same workgroup memory).
+// 64x64 tiles (7x7, 14x14), 32x32 (64 invocations, 32 deep: about the same workgroup memory).
 // Epilogue: * scale + shift per output channel (bias and a folded BatchNorm), + residual, ReLU.
 
 // Params, the bindings and the constants come from the generated header (src/backend/gpu/kernels/conv.rs).
 
-var<workgroup> a_tile: array<vec4<f32>, TK * TM / 4u>; // [tk][tm / 4]
-var<workgroup> b_tile: array<vec4<f32>, TK * TN / 4u>; // [tk][tn / 4]
+// The weights' rows are padded by one vector: consecutive invocations store consecutive k
+// of one channel, which unpadded rows of 16 vectors would put in one memory bank (a 16-way
+// conflict on GPUs with 32 banks of 4 bytes; padded, 2-way).
+var<workgroup> a_tile: array<vec4<f32>, A_TILE>; // [tk][tm / 4 + 1]
+var<workgroup> b_tile: array<vec4<f32>, B_TILE>; // [tk][tn / 4]
 
 @compute @workgroup_size(TN / 4u, TM / 4u, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -66,7 +69,7 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
             if (m < prm.m_count && k < prm.k) {
                 v = f32(wt[w_base + m * prm.k + k]);
             }
-            a_tile[kk * mv + mm / 4u][mm % 4u] = v;
+            a_tile[kk * (mv + 1u) + mm / 4u][mm % 4u] = v;
         }
         // Input patches: consecutive invocations read consecutive output pixels.
         for (var kk = tid / tn; kk < tk; kk += threads / tn) {
@@ -91,7 +94,7 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
         }
         workgroupBarrier();
         for (var kk = 0u; kk < tk; kk++) {
-            let a = a_tile[kk * mv + lid.y];
+            let a = a_tile[kk * (mv + 1u) + lid.y];
             let b = b_tile[kk * nv + lid.x];
             c0 = fma(vec4<f32>(a.x), b, c0);
             c1 = fma(vec4<f32>(a.y), b, c1);

@@ -37,11 +37,24 @@ const TM: usize = 64;
 const TN: usize = 64;
 const TK: usize = 16;
 /// The small-tile kernel's: 64 invocations of 4x4, twice as deep, so that its slices fill
-/// the same workgroup memory (the two entries share it).
+/// about the same workgroup memory (the two entries share it).
 const TM_S: usize = 32;
 const TN_S: usize = 32;
 const TK_S: usize = 32;
-const _: () = assert!(TK_S * TM_S <= TK * TM && TK_S * TN_S <= TK * TN);
+/// Vectors of workgroup memory for the weights' tile (rows padded by one vector against
+/// bank conflicts) and the input's, as large as either tile size needs.
+const A_TILE: usize = max(TK * (TM / 4 + 1), TK_S * (TM_S / 4 + 1));
+const B_TILE: usize = max(TK * TN / 4, TK_S * TN_S / 4);
+/// Bytes of workgroup memory the tiled kernels take.
+const TILE_BYTES: usize = (A_TILE + B_TILE) * 16;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 // Each invocation loads one pixel column of the input tile: invocations fill whole rows.
 const _: () =
     assert!((TM / 4 * TN / 4).is_multiple_of(TN) && (TM_S / 4 * TN_S / 4).is_multiple_of(TN_S));
@@ -74,6 +87,8 @@ pub(crate) static FAMILY: Family = Family {
         ("TM_S", TM_S),
         ("TN_S", TN_S),
         ("TK_S", TK_S),
+        ("A_TILE", A_TILE),
+        ("B_TILE", B_TILE),
         ("RB_M", RB_M),
         ("RB_P", RB_P),
         ("RB_WG", RB_WG),
@@ -351,7 +366,7 @@ impl Variant {
     }
 
     /// Whether the device's limits allow the variant: the tiled kernels need 256 (small
-    /// tiles: 64) invocations per workgroup and 8 KiB of workgroup memory, which
+    /// tiles: 64) invocations per workgroup and 8.5 KiB of workgroup memory, which
     /// downlevel (WebGPU compatibility-mode, GLES) adapters may not give.
     pub fn supports(self, limits: &wgpu::Limits) -> bool {
         let tiled = |tm: usize, tn: usize| {
@@ -359,7 +374,7 @@ impl Variant {
             limits.max_compute_invocations_per_workgroup as usize >= x * y
                 && limits.max_compute_workgroup_size_x as usize >= x
                 && limits.max_compute_workgroup_size_y as usize >= y
-                && limits.max_compute_workgroup_storage_size as usize >= TK * (TM + TN) * 4
+                && limits.max_compute_workgroup_storage_size as usize >= TILE_BYTES
         };
         match self {
             Variant::Tiled => tiled(TM, TN),
