@@ -114,7 +114,8 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
 }
 
 // The epilogue for 4 consecutive pixels from p0 of output channel oc (chunk row m; rows
-// and pixels past the end are skipped): * scale + shift, + residual, ReLU.
+// and pixels past the end are skipped): * scale + shift, + residual, ReLU. The GEMM
+// kernels pass their plane as `img` (with `oc` = `m_count`: whole layers).
 fn conv_store(img: u32, m: u32, oc: u32, p0: u32, acc: vec4<f32>) {
     if (m >= prm.m_count) { return; }
     let row = (img * prm.oc + oc) * prm.p;
@@ -338,31 +339,14 @@ fn gemm_rb(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
         c6 = fma(vec4<f32>(a2.z), b, c6);
         c7 = fma(vec4<f32>(a2.w), b, c7);
     }
-    gemm_store(plane, m0, p0, c0);
-    gemm_store(plane, m0 + 1u, p0, c1);
-    gemm_store(plane, m0 + 2u, p0, c2);
-    gemm_store(plane, m0 + 3u, p0, c3);
-    gemm_store(plane, m0 + 4u, p0, c4);
-    gemm_store(plane, m0 + 5u, p0, c5);
-    gemm_store(plane, m0 + 6u, p0, c6);
-    gemm_store(plane, m0 + 7u, p0, c7);
-}
-
-fn gemm_store(plane: u32, m: u32, p0: u32, acc: vec4<f32>) {
-    if (m >= prm.m_count) { return; }
-    let row = (plane * prm.m_count + m) * prm.p;
-    for (var j = 0u; j < 4u; j++) {
-        let p = p0 + j;
-        if (p >= prm.p) { continue; }
-        if (prm.plain != 0u) {
-            y[row + p] = S(acc[j]);
-            continue;
-        }
-        var v = acc[j] * f32(affine[m]) + f32(affine[prm.m_count + m]);
-        if (prm.has_res != 0u) { v += f32(res[row + p]); }
-        if (prm.relu != 0u) { v = relu_f(v); }
-        y[row + p] = S(v);
-    }
+    conv_store(plane, m0, m0, p0, c0);
+    conv_store(plane, m0 + 1u, m0 + 1u, p0, c1);
+    conv_store(plane, m0 + 2u, m0 + 2u, p0, c2);
+    conv_store(plane, m0 + 3u, m0 + 3u, p0, c3);
+    conv_store(plane, m0 + 4u, m0 + 4u, p0, c4);
+    conv_store(plane, m0 + 5u, m0 + 5u, p0, c5);
+    conv_store(plane, m0 + 6u, m0 + 6u, p0, c6);
+    conv_store(plane, m0 + 7u, m0 + 7u, p0, c7);
 }
 
 // gemm_rb for rows of at least GEMM_WIDE_FROM pixels: 8 channels x 8 pixels per
@@ -425,22 +409,22 @@ fn gemm_rb_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
         c7 = fma(vec4<f32>(a2.w), b, c7);
         d7 = fma(vec4<f32>(a2.w), b2, d7);
     }
-    gemm_store(plane, m0 + 0u, p0, c0);
-    gemm_store(plane, m0 + 0u, p0 + 4u, d0);
-    gemm_store(plane, m0 + 1u, p0, c1);
-    gemm_store(plane, m0 + 1u, p0 + 4u, d1);
-    gemm_store(plane, m0 + 2u, p0, c2);
-    gemm_store(plane, m0 + 2u, p0 + 4u, d2);
-    gemm_store(plane, m0 + 3u, p0, c3);
-    gemm_store(plane, m0 + 3u, p0 + 4u, d3);
-    gemm_store(plane, m0 + 4u, p0, c4);
-    gemm_store(plane, m0 + 4u, p0 + 4u, d4);
-    gemm_store(plane, m0 + 5u, p0, c5);
-    gemm_store(plane, m0 + 5u, p0 + 4u, d5);
-    gemm_store(plane, m0 + 6u, p0, c6);
-    gemm_store(plane, m0 + 6u, p0 + 4u, d6);
-    gemm_store(plane, m0 + 7u, p0, c7);
-    gemm_store(plane, m0 + 7u, p0 + 4u, d7);
+    conv_store(plane, m0 + 0u, m0 + 0u, p0, c0);
+    conv_store(plane, m0 + 0u, m0 + 0u, p0 + 4u, d0);
+    conv_store(plane, m0 + 1u, m0 + 1u, p0, c1);
+    conv_store(plane, m0 + 1u, m0 + 1u, p0 + 4u, d1);
+    conv_store(plane, m0 + 2u, m0 + 2u, p0, c2);
+    conv_store(plane, m0 + 2u, m0 + 2u, p0 + 4u, d2);
+    conv_store(plane, m0 + 3u, m0 + 3u, p0, c3);
+    conv_store(plane, m0 + 3u, m0 + 3u, p0 + 4u, d3);
+    conv_store(plane, m0 + 4u, m0 + 4u, p0, c4);
+    conv_store(plane, m0 + 4u, m0 + 4u, p0 + 4u, d4);
+    conv_store(plane, m0 + 5u, m0 + 5u, p0, c5);
+    conv_store(plane, m0 + 5u, m0 + 5u, p0 + 4u, d5);
+    conv_store(plane, m0 + 6u, m0 + 6u, p0, c6);
+    conv_store(plane, m0 + 6u, m0 + 6u, p0 + 4u, d6);
+    conv_store(plane, m0 + 7u, m0 + 7u, p0, c7);
+    conv_store(plane, m0 + 7u, m0 + 7u, p0 + 4u, d7);
 }
 
 // The GEMM's weights from a conv weight [oc][k]: W[k][oc4], channels past oc left zero.

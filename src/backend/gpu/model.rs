@@ -1174,10 +1174,12 @@ impl<'a> Builder<'a> {
                 let grid = per_element(self, nb * wd.c * wd.t4)?;
                 let bs = bufs(x, dummy.clone(), dummy.clone(), a.clone(), false);
                 self.push(&conv::FAMILY, "wino_input", &layer, bs, grid, &what)?;
+                // `oc` = `m_count`: the GEMM's rows are whole layers (conv_store's layout).
                 let products = conv::Params {
                     k: u(wd.c),
                     p: u(wd.t4),
                     p4: u(wd.t4),
+                    oc: u(oc),
                     m_count: u(oc),
                     g_count: 16,
                     plain: 1,
@@ -1248,6 +1250,7 @@ impl<'a> Builder<'a> {
                     k: u(g.k),
                     p: u(g.p),
                     p4: u(g.p4),
+                    oc: u(oc),
                     m_count: u(oc),
                     g_count: 1,
                     has_res,
@@ -1259,7 +1262,7 @@ impl<'a> Builder<'a> {
                 self.push(&conv::FAMILY, entry, &prm, bs, grid, &what)
             }
             conv::Special::Direct { .. } => {
-                let grid = conv::direct_grid(os[2] * os[3], oc, nb, max);
+                let grid = conv::gemm_grid(os[2] * os[3], oc, nb, max);
                 let bs = conv::Buffers {
                     wt4: weights.clone(),
                     ..bufs(x, affine, res.unwrap_or(dummy.clone()), out, false)

@@ -304,8 +304,7 @@ pub(crate) fn rb_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> 
 }
 
 /// The GEMM kernel for `pixels` (per row, a multiple of 4) by `rows` channels, per each
-/// of `planes`: `gemm_rb` (blocks of RB_P pixels x GEMM_M channels, numbered as
-/// [`rb_grid`] numbers its blocks), or `gemm_rb_wide` (twice the pixels) on rows of at
+/// of `planes`: `gemm_rb`, or `gemm_rb_wide` (twice the pixels per block) on rows of at
 /// least GEMM_WIDE_FROM pixels; its entry and workgroups.
 pub(crate) fn gemm_plan(
     pixels: usize,
@@ -313,19 +312,20 @@ pub(crate) fn gemm_plan(
     planes: usize,
     max: usize,
 ) -> (&'static str, [usize; 3]) {
-    // RB_M-channel blocks of a layer with rows / GEMM_M * RB_M channels.
-    let blocks = rows.div_ceil(GEMM_M) * RB_M;
     if pixels >= GEMM_WIDE_FROM {
+        // Blocks of 2 RB_P pixels: as many as RB_P blocks of half the pixels.
         let wide = pixels.div_ceil(2 * RB_P) * RB_P;
-        ("gemm_rb_wide", rb_grid(wide, blocks, planes, max))
+        ("gemm_rb_wide", gemm_grid(wide, rows, planes, max))
     } else {
-        ("gemm_rb", rb_grid(pixels, blocks, planes, max))
+        ("gemm_rb", gemm_grid(pixels, rows, planes, max))
     }
 }
 
-/// Workgroups of `conv2d_rbk` for `pixels` outputs by `rows` channels per each of
-/// `planes` images: blocks of RB_P pixels x GEMM_M channels, as `gemm_rb`'s.
-pub(crate) fn direct_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
+/// Workgroups for `pixels` outputs by `rows` channels per each of `planes`, in blocks of
+/// RB_P pixels x GEMM_M channels (`gemm_rb`, `conv2d_rbk`), numbered as [`rb_grid`]
+/// numbers its blocks.
+pub(crate) fn gemm_grid(pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
+    // RB_M-channel blocks of a layer with rows / GEMM_M * RB_M channels.
     rb_grid(pixels, rows.div_ceil(GEMM_M) * RB_M, planes, max)
 }
 
