@@ -394,6 +394,38 @@ pub fn run(a: Args) -> R<()> {
                 on(Kernels::RegisterBlocked),
             );
         }
+        let timed = ctx.conv_timings();
+        if !timed.is_empty() {
+            let sets = [
+                Kernels::Tiled,
+                Kernels::TiledSmall,
+                Kernels::TiledWinograd,
+                Kernels::RegisterBlocked,
+            ];
+            println!("\nconv kernels timed now (ms per pass; - where a kernel does not apply)");
+            print!("| {:<58} |", "layer shape");
+            for k in sets {
+                print!(" {:>16} |", k.name());
+            }
+            println!(" {:<16} |", "chosen");
+            print!("|{:-<60}|", "");
+            for _ in sets {
+                print!("{:-<18}|", "");
+            }
+            println!("{:-<18}|", "");
+            for (key, times) in timed {
+                print!("| {key:<58} |");
+                for k in sets {
+                    let t = times.iter().find(|(c, _)| *c == k);
+                    print!(
+                        " {:>16} |",
+                        t.map_or("-".into(), |(_, s)| format!("{:.4}", s * 1e3))
+                    );
+                }
+                let best = times.iter().min_by(|a, b| a.1.total_cmp(&b.1));
+                println!(" {:<16} |", best.map_or("-", |(k, _)| k.name()));
+            }
+        }
     }
     if !a.json {
         for t in profiles {

@@ -304,6 +304,17 @@ impl GpuContext {
             .collect()
     }
 
+    /// The seconds per pass of each convolution kernel on each layer shape timed by this
+    /// process, in the order timed.
+    pub fn conv_timings(&self) -> Vec<(String, Vec<(Kernels, f64)>)> {
+        self.shared
+            .tuner
+            .timings()
+            .into_iter()
+            .map(|(k, t)| (k, t.into_iter().map(|(v, s)| (v.kernels(), s)).collect()))
+            .collect()
+    }
+
     /// Take this adapter's kernel choices from a tuning cache's JSON (what
     /// [`Self::export_tuning`] made; browsers keep it, natively the cache file does):
     /// whether it was readable.

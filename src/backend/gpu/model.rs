@@ -426,18 +426,20 @@ impl GpuModel {
             .collect())
     }
 
-    /// Seconds of one forward pass on the device, from its submission until the device
-    /// is done (natively [`Self::time_device`]; in browsers by `performance.now()` around
-    /// the queue's work-done promise).
-    async fn time_pass(&self) -> Result<f64> {
+    /// Seconds per forward pass on the device, `iters` passes in one submission timed from
+    /// it until the device is done (natively [`Self::time_device`]; in browsers by
+    /// `performance.now()` around the queue's work-done promise).
+    async fn time_pass(&self, iters: usize) -> Result<f64> {
         #[cfg(not(target_arch = "wasm32"))]
-        return self.time_device(1);
+        return self.time_device(iters);
         #[cfg(target_arch = "wasm32")]
         {
             self.check_alive()?;
             let s = &self.context().shared;
             let mut enc = s.device.create_command_encoder(&Default::default());
-            self.encode(&mut enc);
+            for _ in 0..iters {
+                self.encode(&mut enc);
+            }
             let t = now_ms();
             s.queue.submit([enc.finish()]);
             let done = OneShot::new();
@@ -445,7 +447,7 @@ impl GpuModel {
             s.queue.on_submitted_work_done(move || tx(()));
             done.await;
             self.check_alive()?;
-            Ok((now_ms() - t) / 1e3)
+            Ok((now_ms() - t) / 1e3 / iters.max(1) as f64)
         }
     }
 
@@ -1420,8 +1422,8 @@ async fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         if ctx.conv_choice(&key, conv_work(cfg, os, nb)).is_some() {
             continue;
         }
-        if let Some(v) = fastest_conv(ctx, cfg, shape).await {
-            ctx.shared.tuner.remember(key, v);
+        if let Some((v, times)) = fastest_conv(ctx, cfg, shape).await {
+            ctx.shared.tuner.remember(key, v, times);
             measured = true;
         }
     }
@@ -1437,14 +1439,20 @@ fn conv_work(cfg: &crate::graph::Conv2d, os: &[usize], nb: usize) -> [usize; 3] 
     [os[2] * os[3], os[1] / cfg.groups, nb * cfg.groups]
 }
 
+/// Passes timed per submission while tuning: enough for about this many seconds, so that
+/// on fast GPUs (layers of tens of microseconds) the submission's own cost does not decide.
+const TUNE_SPAN_S: f64 = 2e-3;
+const TUNE_MAX_PASSES: usize = 64;
+
 /// The fastest kernel on one convolution (synthetic weights and input: the work does not
-/// depend on the values), by the best of a few timed passes after a warm-up.
+/// depend on the values), by the best of a few timed submissions after a warm-up, and
+/// every applicable kernel's seconds per pass.
 #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 async fn fastest_conv(
     ctx: &GpuContext,
     cfg: &crate::graph::Conv2d,
     shape: [usize; 4],
-) -> Option<conv::Variant> {
+) -> Option<(conv::Variant, Vec<(conv::Variant, f64)>)> {
     let graph = {
         let mut b = crate::graph::GraphBuilder::new();
         let x = b.input("x", &shape).ok()?;
@@ -1453,7 +1461,7 @@ async fn fastest_conv(
     };
     let w = crate::prng::synth_params(&graph, 1).ok()?;
     let weights = Arc::new(GpuWeights::upload(ctx, &graph, &w).await.ok()?);
-    let mut best: Option<(f64, conv::Variant)> = None;
+    let mut times = vec![];
     for v in conv::Variant::ALL {
         if !v.supports(&ctx.shared.limits) || !v.applies(cfg) {
             continue;
@@ -1462,16 +1470,20 @@ async fn fastest_conv(
         let Ok(m) = GpuModel::build_with(program, &weights, Some(v)).await else {
             continue;
         };
-        let Ok(_) = m.time_pass().await else { continue };
+        let Ok(first) = m.time_pass(1).await else {
+            continue;
+        };
+        let passes = ((TUNE_SPAN_S / first.max(1e-9)).ceil() as usize).clamp(1, TUNE_MAX_PASSES);
         let mut t = f64::INFINITY;
         for _ in 0..2 {
-            t = t.min(m.time_pass().await.unwrap_or(f64::INFINITY));
+            t = t.min(m.time_pass(passes).await.unwrap_or(f64::INFINITY));
         }
-        if t.is_finite() && best.is_none_or(|(b, _)| t < b) {
-            best = Some((t, v));
+        if t.is_finite() {
+            times.push((v, t));
         }
     }
-    best.map(|(_, v)| v)
+    let best = times.iter().min_by(|a, b| a.1.total_cmp(&b.1))?.0;
+    Some((best, times))
 }
 
 /// Milliseconds from the page's (or worker's) `performance.now()`, else the wall clock.

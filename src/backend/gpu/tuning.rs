@@ -148,6 +148,8 @@ struct State {
     choices: HashMap<String, Variant>,
     /// Shapes timed on this device (for tests and reports).
     measured: usize,
+    /// Each timed shape's seconds per kernel, in the order timed (for reports).
+    timings: Vec<(String, Vec<(Variant, f64)>)>,
 }
 
 impl Tuner {
@@ -181,11 +183,22 @@ impl Tuner {
         s.choices.get(key).copied()
     }
 
-    /// Remember a measured choice (written to the cache file by [`Self::save`]).
-    pub fn remember(&self, key: String, v: Variant) {
+    /// Remember a measured choice (written to the cache file by [`Self::save`]) and the
+    /// times it was chosen by.
+    pub fn remember(&self, key: String, v: Variant, times: Vec<(Variant, f64)>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.choices.insert(key, v);
+        s.choices.insert(key.clone(), v);
         s.measured += 1;
+        s.timings.push((key, times));
+    }
+
+    /// The seconds per kernel of every shape timed on this device so far.
+    pub fn timings(&self) -> Vec<(String, Vec<(Variant, f64)>)> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .timings
+            .clone()
     }
 
     /// Every choice known on this device, sorted by shape.
