@@ -34,8 +34,16 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
     let tid = lid.y * nv + lid.x;
     let n0 = wid.x * tn;
     let m0 = wid.y * tm;
-    let img = wid.z / prm.g_count;
-    let gl = wid.z % prm.g_count;
+    // Split along k (`splits` > 1): each of a tile's workgroups sums one slice of k and
+    // stores it plain, for conv_split_sum to add up (few tiles, long k: the tiles alone
+    // would leave most of a large GPU idle).
+    let splits = max(prm.splits, 1u);
+    let part = wid.z % splits;
+    let plane_id = wid.z / splits;
+    let k_begin = part * prm.k_chunk;
+    let k_end = select(prm.k, min(prm.k, k_begin + prm.k_chunk), splits > 1u);
+    let img = plane_id / prm.g_count;
+    let gl = plane_id % prm.g_count;
     let g = prm.g_base + gl;
     let khw = prm.kh * prm.kw;
     let x_base = (img * prm.c + g * prm.icg) * prm.h * prm.w;
@@ -58,7 +66,7 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
     let plane = prm.h * prm.w;
     let pointwise = khw == 1u;
 
-    for (var k0 = 0u; k0 < prm.k; k0 += tk) {
+    for (var k0 = k_begin; k0 < k_end; k0 += tk) {
         // Weights: consecutive invocations read consecutive k of one row.
         for (var e = tid; e < tk * tm; e += threads) {
             let mm = e / tk;
@@ -66,7 +74,7 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
             let m = m0 + mm;
             let k = k0 + kk;
             var v = 0.0;
-            if (m < prm.m_count && k < prm.k) {
+            if (m < prm.m_count && k < k_end) {
                 v = f32(wt[w_base + m * prm.k + k]);
             }
             a_tile[kk * (mv + 1u) + mm / 4u][mm % 4u] = v;
@@ -75,7 +83,7 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
         for (var kk = tid / tn; kk < tk; kk += threads / tn) {
             let k = k0 + kk;
             var v = 0.0;
-            if (p_in && k < prm.k) {
+            if (p_in && k < k_end) {
                 var ci = k;
                 var iy = iy0;
                 var ix = ix0;
@@ -107,10 +115,30 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
     let m = m0 + 4u * lid.y;
     let oc = g * prm.ocg + prm.m_base + m;
     let p0 = n0 + 4u * lid.x;
-    conv_store(img, m, oc, p0, c0);
-    conv_store(img, m + 1u, oc + 1u, p0, c1);
-    conv_store(img, m + 2u, oc + 2u, p0, c2);
-    conv_store(img, m + 3u, oc + 3u, p0, c3);
+    // A slice's sums go to its own copy of the output (`plain` is set).
+    let out_img = part * prm.batch + img;
+    conv_store(out_img, m, oc, p0, c0);
+    conv_store(out_img, m + 1u, oc + 1u, p0, c1);
+    conv_store(out_img, m + 2u, oc + 2u, p0, c2);
+    conv_store(out_img, m + 3u, oc + 3u, p0, c3);
+}
+
+// The sums of a split layer's `splits` slices (`x`: [slice][image][oc][p]), then the
+// epilogue; one invocation per output.
+@compute @workgroup_size(WG, 1, 1)
+fn conv_split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = out_index(gid, nwg);
+    let total = prm.batch * prm.oc * prm.p;
+    if (i >= total) { return; }
+    var v = 0.0;
+    for (var s = 0u; s < prm.splits; s++) {
+        v += f32(x[s * total + i]);
+    }
+    let oc = (i / prm.p) % prm.oc;
+    v = v * f32(affine[oc]) + f32(affine[prm.oc + oc]);
+    if (prm.has_res != 0u) { v += f32(res[i]); }
+    if (prm.relu != 0u) { v = relu_f(v); }
+    y[i] = S(v);
 }
 
 // The epilogue for 4 consecutive pixels from p0 of output channel oc (chunk row m; rows

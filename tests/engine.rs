@@ -695,6 +695,72 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
 }
 
 #[test]
+fn tiled_layers_with_few_tiles_split_k_and_match_the_cpu() {
+    // Few output tiles and long reductions (ResNet's last stages at batch 1) are split
+    // along k: each slice's sums into a scratch, then their sum with the epilogue. Odd k
+    // leaves a short last slice and partial tiles; the second conv adds the residual and
+    // ReLU; grouped layers split per group; batches of 1-3; the 32x32 tiles too.
+    // (batch, in, out, h, w, kernel, stride, padding, groups)
+    let cases = [
+        (1, 256, 64, 7, 7, 3, 1, 1, 1),
+        (2, 130, 40, 5, 6, 3, 2, 1, 1),
+        (1, 300, 24, 4, 4, 1, 1, 0, 1),
+        (3, 96, 32, 6, 5, 3, 1, 1, 2),
+        (1, 64, 16, 9, 9, 5, 2, 2, 1),
+    ];
+    for kernels in [Kernels::Tiled, Kernels::TiledSmall] {
+        let ctx = common::gpu_with(GpuOptions {
+            kernels: Some(kernels),
+            ..Default::default()
+        });
+        for (n, c, oc, h, w, k, st, pad, groups) in cases {
+            let mut b = GraphBuilder::new();
+            let x = b.input("x", &[n, c, h, w]).unwrap();
+            let c1 = b
+                .conv2d(
+                    "c1",
+                    x,
+                    Conv2d::new(c, oc, k).stride(st).padding(pad).groups(groups),
+                )
+                .unwrap();
+            let c2 = b
+                .conv2d("c2", c1, Conv2d::new(oc, oc, 3).padding(1).bias(false))
+                .unwrap();
+            let a = b.add("add", c2, c1).unwrap();
+            let y = b.relu("relu", a).unwrap();
+            let g = b.build(&[y]).unwrap();
+            let wts = synth_params(&g, 7).unwrap();
+            let xt = synth("input", &[n, c, h, w], 8).unwrap();
+            let want = run_cpu(&g, &wts, &xt, true).remove(0);
+            let what = format!("{kernels:?}: {n}x{c}x{h}x{w} k{k} s{st} p{pad} g{groups} -> {oc}");
+            let mut m = GpuModel::prepare_blocking(&ctx, &g, &wts).unwrap();
+            assert!(m.memory().k_split_layers >= 1, "{what}: {:?}", m.memory());
+            let got = m.run_blocking(&xt).unwrap().remove(0);
+            let err = rel_l2(got.data(), &f64s(&want));
+            assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
+        }
+    }
+    // f16 storage keeps the layers whole (f16 partial sums would lose the f32
+    // accumulation's precision).
+    let half = common::gpu_with(GpuOptions {
+        kernels: Some(Kernels::Tiled),
+        precision: Precision::F16,
+        ..Default::default()
+    });
+    if half.precision() == Precision::F16 {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[1, 256, 7, 7]).unwrap();
+        let y = b
+            .conv2d("c", x, Conv2d::new(256, 64, 3).padding(1))
+            .unwrap();
+        let g = b.build(&[y]).unwrap();
+        let wts = synth_params(&g, 7).unwrap();
+        let m = GpuModel::prepare_blocking(&half, &g, &wts).unwrap();
+        assert_eq!(m.memory().k_split_layers, 0);
+    }
+}
+
+#[test]
 fn linear_kernels_match_the_cpu_on_awkward_shapes() {
     // The register-blocked set reads whole vectors along k where k is a multiple of 4,
     // four rows per invocation: batches past 4 and rows that are not multiples of 4,

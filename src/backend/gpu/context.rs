@@ -31,20 +31,20 @@ pub struct GpuOptions {
 
 /// The kernel sets for convolutions and linear layers (`shaders/conv.wgsl`,
 /// `shaders/linear.wgsl`). Forced ([`GpuOptions::kernels`]), a set runs every layer;
-/// the static table gives GPUs the tiled set with the tile size chosen per layer.
+/// the static table gives GPUs the tiled set, with the register-blocked set's Winograd on
+/// 3x3 stride-1 layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
     /// Convolutions in 64x64 output tiles staged through workgroup memory (4x4 per
     /// invocation), linear layers reduced by a workgroup per output: what hardware GPUs
-    /// reward. (The static table takes the small tiles where 64x64 ones are too few to
-    /// fill a GPU.)
+    /// reward. Layers that make too few tiles to fill a GPU are split along k.
     Tiled,
     /// The tiled kernels with 32x32 output tiles (64 invocations, 32 deep) on every
     /// convolution: four times the workgroups, for 7x7 and 14x14 maps.
     TiledSmall,
     /// The tiled kernels with 3x3 stride-1 convolutions by Winograd F(2x2, 3x3), its 16
-    /// products per tile on the tiled kernel (a grouped 1x1 convolution); other layers as
-    /// the static table tiles them.
+    /// products per tile on the tiled kernel (a grouped 1x1 convolution); other layers in
+    /// 64x64 tiles.
     TiledWinograd,
     /// No workgroup memory or barriers: convolutions 4x4 per invocation straight from
     /// storage, linear layers one output per invocation. Software adapters run workgroups
@@ -273,10 +273,9 @@ impl GpuContext {
             .unwrap_or(Kernels::for_adapter(self.shared.software))
     }
 
-    /// The kernel for the convolution of shape `key` ([`tuning::shape_key`]) that makes
-    /// `work`: pixels by channels per each of (image, group) planes; `None`: time the
-    /// kernels on it.
-    pub(crate) fn conv_choice(&self, key: &str, work: [usize; 3]) -> Option<Variant> {
+    /// The kernel for the convolution `cfg` of shape `key` ([`tuning::shape_key`]);
+    /// `None`: time the kernels on it.
+    pub(crate) fn conv_choice(&self, key: &str, cfg: &crate::graph::Conv2d) -> Option<Variant> {
         let s = &self.shared;
         let cached = || s.tuner.get(key);
         match tuning::decide(
@@ -288,7 +287,7 @@ impl GpuContext {
         ) {
             tuning::Decision::Use(v) => Some(v),
             tuning::Decision::Set(k) => Some(Variant::choose(k, &s.limits)),
-            tuning::Decision::Table(k) => Some(Variant::for_layer(k, &s.limits, work)),
+            tuning::Decision::Table(k) => Some(Variant::for_layer(k, &s.limits, cfg)),
             tuning::Decision::Measure => None,
         }
     }
@@ -529,4 +528,34 @@ pub fn list_adapters() -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Seconds a native wait for the GPU may take before it is an error rather than a hang (a
+/// dispatch that never ends would otherwise block the caller for good: GPUs without a
+/// display have no watchdog). `WEBCNN_GPU_TIMEOUT_S` changes it.
+#[cfg(not(target_arch = "wasm32"))]
+const WAIT_LIMIT_S: u64 = 300;
+
+/// Block until the device has finished its submitted work, within the wait limit.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn wait(device: &wgpu::Device) -> Result<()> {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let limit = *LIMIT.get_or_init(|| {
+        std::env::var("WEBCNN_GPU_TIMEOUT_S")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&s| s > 0)
+            .unwrap_or(WAIT_LIMIT_S)
+    });
+    let poll = wgpu::PollType::Wait {
+        submission_index: None,
+        timeout: Some(std::time::Duration::from_secs(limit)),
+    };
+    match device.poll(poll) {
+        Ok(_) => Ok(()),
+        Err(wgpu::PollError::Timeout) => Err(Error::Gpu(format!(
+            "the GPU did not finish its work within {limit} s (WEBCNN_GPU_TIMEOUT_S sets the limit)"
+        ))),
+        Err(e) => Err(Error::Gpu(format!("waiting for the GPU: {e}"))),
+    }
 }

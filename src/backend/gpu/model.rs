@@ -2,7 +2,9 @@
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
 use super::context::GpuContext;
-use super::kernels::{self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Uniform};
+use super::kernels::{
+    self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Precision, Uniform,
+};
 use super::tuning;
 use super::weights::{from_device, to_device, upload, Chunk, GpuWeights};
 use super::OneShot;
@@ -35,6 +37,8 @@ pub struct MemoryReport {
     pub winograd_layers: usize,
     pub gemm_layers: usize,
     pub direct_layers: usize,
+    /// Tiled convolutions split along k (too few tiles to fill the device).
+    pub k_split_layers: usize,
 }
 
 impl MemoryReport {
@@ -241,9 +245,9 @@ impl GpuModel {
         let send = done.sender();
         self.readback.slice(..).map_async(wgpu::MapMode::Read, send);
         #[cfg(not(target_arch = "wasm32"))]
-        if let Err(e) = s.device.poll(wgpu::PollType::wait_indefinitely()) {
+        if let Err(e) = super::context::wait(&s.device) {
             self.check_alive()?;
-            return Err(Error::Gpu(format!("waiting for the GPU: {e}")));
+            return Err(e);
         }
         let mapped = done.await;
         let scope_err = scope.pop().await;
@@ -326,9 +330,7 @@ impl GpuModel {
             }
             let t = std::time::Instant::now();
             s.queue.submit([enc.finish()]);
-            s.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            super::context::wait(&s.device)?;
             out.push((
                 name.clone(),
                 t.elapsed().as_secs_f64() / iters.max(1) as f64,
@@ -397,9 +399,7 @@ impl GpuModel {
                 enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
                 s.queue.submit([enc.finish()]);
                 read.slice(..).map_async(wgpu::MapMode::Read, |_| ());
-                s.device
-                    .poll(wgpu::PollType::wait_indefinitely())
-                    .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                super::context::wait(&s.device)?;
                 let ticks: Vec<u64> = {
                     let view = read
                         .slice(..)
@@ -463,9 +463,7 @@ impl GpuModel {
         }
         let t = std::time::Instant::now();
         s.queue.submit([enc.finish()]);
-        s.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        super::context::wait(&s.device)?;
         Ok(t.elapsed().as_secs_f64() / iters.max(1) as f64)
     }
 }
@@ -534,6 +532,10 @@ struct Builder<'a> {
     /// for every chunk (a smaller last chunk must not pick a kernel whose scratch the
     /// plan did not make).
     conv_kernels: Vec<Option<(conv::Variant, Option<conv::Special>)>>,
+    /// Per program step, a tiled convolution's split along k: (slices, products each).
+    conv_splits: Vec<(usize, usize)>,
+    /// The split convolutions' partial sums, shared by all of them.
+    split_scratch: Option<wgpu::Buffer>,
     dummy: wgpu::Buffer,
     report: MemoryReport,
     /// The step whose dispatches are being planned.
@@ -560,6 +562,8 @@ impl<'a> Builder<'a> {
             derived: vec![],
             scratch: None,
             conv_kernels: vec![],
+            conv_splits: vec![],
+            split_scratch: None,
             dummy,
             report: MemoryReport::default(),
             step: 0,
@@ -847,6 +851,57 @@ impl<'a> Builder<'a> {
                     return self.special_conv(program, step, up, sp, nb, (x, res), out);
                 }
                 let max = self.max_groups as usize;
+                let (splits, k_chunk) = self.conv_splits[self.step];
+                if splits > 1 {
+                    // Each slice's sums into the scratch, then their sum with the epilogue.
+                    let ch = &up.chunks[0];
+                    let k = icg * cfg.kernel[0] * cfg.kernel[1];
+                    let prm = conv::Params {
+                        icg: u(icg),
+                        ocg: u(ocg),
+                        g_count: u(ch.groups),
+                        g_base: u(ch.group),
+                        k: u(k),
+                        m_base: u(ch.row),
+                        m_count: u(ch.rows),
+                        plain: 1,
+                        splits: u(splits),
+                        k_chunk: u(k_chunk),
+                        ..conv::Params::layer(cfg, xs, os, nb)
+                    };
+                    let scratch = self.split_scratch.as_ref().expect("sized for every split");
+                    let sums = Bind::first(scratch, splits * total, self.ctx.elem_bytes());
+                    let dummy = Bind::whole(&self.dummy);
+                    let bufs = conv::Buffers {
+                        x: x.clone(),
+                        wt: Bind::whole(&ch.buf),
+                        affine: dummy.clone(),
+                        res: dummy.clone(),
+                        y: sums.clone(),
+                        x4: dummy.clone(),
+                        wt4: dummy.clone(),
+                    };
+                    let [gx, gy, gz] = v.grid(oh * ow, ch.rows, nb * ch.groups, max);
+                    let grid = [gx, gy, gz * splits];
+                    self.push(&conv::FAMILY, v.entry(), &prm, bufs, grid, &what)?;
+                    let prm = conv::Params {
+                        has_res,
+                        relu,
+                        splits: u(splits),
+                        ..conv::Params::layer(cfg, xs, os, nb)
+                    };
+                    let bufs = conv::Buffers {
+                        x: sums,
+                        wt: dummy.clone(),
+                        affine: Bind::whole(&affine),
+                        res,
+                        y: out,
+                        x4: dummy.clone(),
+                        wt4: dummy,
+                    };
+                    let grid = per_element(self, total)?;
+                    return self.push(&conv::FAMILY, "conv_split_sum", &prm, bufs, grid, &what);
+                }
                 for ch in &up.chunks {
                     let prm = conv::Params {
                         icg: u(icg),
@@ -1051,10 +1106,9 @@ impl<'a> Builder<'a> {
         let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
         let key = tuning::shape_key(cfg, [nb, xs[1], xs[2], xs[3]], self.ctx.precision());
         // Not measured (wasm, or timing failed): the table's choice.
-        let work = conv_work(cfg, os, nb);
         let v = self
             .force
-            .or_else(|| self.ctx.conv_choice(&key, work))
+            .or_else(|| self.ctx.conv_choice(&key, cfg))
             .unwrap_or(self.variant);
         let shape = |s: &[usize]| [s[1], s[2], s[3]];
         let special = match v {
@@ -1075,12 +1129,9 @@ impl<'a> Builder<'a> {
             whole && fits(a) && fits(b) && fits(sp.weight_len())
         });
         if v == conv::Variant::TiledWinograd && special.is_none() {
-            // Not a Winograd layer (or too large for it): tiled, as the table tiles it.
+            // Not a Winograd layer (or too large for it): tiled.
             let limits = &self.ctx.shared.limits;
-            return (
-                conv::Variant::for_layer(super::Kernels::Tiled, limits, work),
-                None,
-            );
+            return (conv::Variant::choose(super::Kernels::Tiled, limits), None);
         }
         (v, special)
     }
@@ -1117,6 +1168,56 @@ impl<'a> Builder<'a> {
             let a = self.storage("gemm input", al, wgpu::BufferUsages::empty());
             let b = self.storage("winograd products", bl, wgpu::BufferUsages::empty());
             self.scratch = Some((a, b));
+        }
+        self.conv_splits = program
+            .steps
+            .iter()
+            .zip(&self.conv_kernels)
+            .map(|(step, k)| match k {
+                Some((v, None)) => self.conv_split(program, step, *v, nb),
+                _ => (1, 0),
+            })
+            .collect();
+        let partials = program
+            .steps
+            .iter()
+            .zip(&self.conv_splits)
+            .filter(|(_, &(s, _))| s > 1)
+            .map(|(step, &(s, _))| s * nb * numel(&program.shape(step.output)[1..]))
+            .max();
+        if let Some(len) = partials {
+            self.report.k_split_layers = self.conv_splits.iter().filter(|s| s.0 > 1).count();
+            self.report.workspace += (len * self.ctx.elem_bytes()) as u64;
+            self.split_scratch =
+                Some(self.storage("k-split sums", len, wgpu::BufferUsages::empty()));
+        }
+    }
+
+    /// A tiled convolution's split along k at `nb` images: the variant's rule, where the
+    /// partial sums are f32 (f16 ones would lose the accumulation's precision), the
+    /// weights are one chunk and the sums fit one binding.
+    fn conv_split(
+        &self,
+        program: &Program,
+        step: &Step,
+        v: conv::Variant,
+        nb: usize,
+    ) -> (usize, usize) {
+        let Kernel::Conv { cfg, .. } = &step.kernel else {
+            return (1, 0);
+        };
+        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
+        let k = xs[1] / cfg.groups * cfg.kernel[0] * cfg.kernel[1];
+        let (s, chunk) = v.split_k(conv_work(cfg, os, nb), k);
+        let one_chunk = self
+            .weights
+            .chunks(&format!("{}.weight", step.nodes[0]))
+            .is_ok_and(|c| c.len() == 1);
+        let bytes = (s * nb * numel(&os[1..]) * self.ctx.elem_bytes()) as u64;
+        if s > 1 && self.ctx.precision() == Precision::F32 && one_chunk && bytes <= self.limit {
+            (s, chunk)
+        } else {
+            (1, 0)
         }
     }
 
@@ -1214,11 +1315,7 @@ impl<'a> Builder<'a> {
                         ..Default::default()
                     };
                     let limits = &self.ctx.shared.limits;
-                    let v = conv::Variant::for_layer(
-                        super::Kernels::Tiled,
-                        limits,
-                        [wd.t4, oc, nb * 16],
-                    );
+                    let v = conv::Variant::product_tiles(limits, [wd.t4, oc, nb * 16]);
                     let bs = conv::Buffers {
                         wt: weights.clone(),
                         ..bufs(a, dummy.clone(), dummy.clone(), b.clone(), false)
@@ -1416,10 +1513,10 @@ async fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         let Kernel::Conv { cfg, .. } = &step.kernel else {
             continue;
         };
-        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
+        let xs = program.shape(step.inputs[0]);
         let shape = [nb, xs[1], xs[2], xs[3]];
         let key = tuning::shape_key(cfg, shape, ctx.precision());
-        if ctx.conv_choice(&key, conv_work(cfg, os, nb)).is_some() {
+        if ctx.conv_choice(&key, cfg).is_some() {
             continue;
         }
         if let Some((v, times)) = fastest_conv(ctx, cfg, shape).await {

@@ -1,8 +1,9 @@
 //! Which convolution kernel each layer shape gets on an adapter. The adapter kinds we know
 //! have a static table (software renderers: register-blocked; GPUs of the known vendors:
-//! tiled, in 64x64 tiles or in 32x32 ones where a layer makes too few), so a first run is
-//! never slow. On other adapters, or when asked ([`Tuning::Measure`]), each new layer
-//! shape is timed with each kernel (64x64 tiles, 32x32 tiles, register-blocked) at prepare and
+//! 64x64 tiles, split along k where a layer makes too few, and Winograd on the
+//! register-blocked set for 3x3 stride-1 layers), so a first run is never slow. On other
+//! adapters, or when asked ([`Tuning::Measure`]), each new layer shape is timed with each
+//! kernel (64x64 tiles, 32x32 tiles, tiled Winograd, register-blocked) at prepare and
 //! the winner remembered per adapter: in memory, and natively in the cache folder; in
 //! browsers the package keeps [`Tuner::export`]'s JSON in IndexedDB and hands it back
 //! ([`Tuner::import`]) on the next load.

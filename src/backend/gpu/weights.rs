@@ -185,9 +185,7 @@ impl GpuWeights {
             .slice(..)
             .map_async(wgpu::MapMode::Read, done.sender());
         #[cfg(not(target_arch = "wasm32"))]
-        s.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        super::context::wait(&s.device)?;
         // A failed map means the device went away (see `GpuModel::run`).
         done.await
             .map_err(|e| Error::DeviceLost(format!("reading a weight row: {e}")))?;

@@ -9,7 +9,7 @@ params! {
     /// `g_base..g_base + g_count`, and in each the output channels `m_base..m_base + m_count`).
     /// The GEMM path: `batch` counts images (transforms, im2col), `p4` is the row length
     /// of the GEMM's input (pixels or tiles rounded up to 4), `plain` skips the epilogue
-    /// (Winograd's products).
+    /// (Winograd's products). A tiled layer split along k runs `splits` slices of `k_chunk`.
     struct Params {
         c: u32, h: u32, w: u32, oc: u32,
         oh: u32, ow: u32, kh: u32, kw: u32,
@@ -17,7 +17,8 @@ params! {
         dh: u32, dw: u32, icg: u32, ocg: u32,
         g_count: u32, g_base: u32, k: u32, p: u32,
         has_res: u32, relu: u32, m_base: u32, m_count: u32,
-        batch: u32, plain: u32, p4: u32, _pad: u32,
+        batch: u32, plain: u32, p4: u32, splits: u32,
+        k_chunk: u32, _pad0: u32, _pad1: u32, _pad2: u32,
     }
 }
 
@@ -58,10 +59,20 @@ const fn max(a: usize, b: usize) -> usize {
 // Each invocation loads one pixel column of the input tile: invocations fill whole rows.
 const _: () =
     assert!((TM / 4 * TN / 4).is_multiple_of(TN) && (TM_S / 4 * TN_S / 4).is_multiple_of(TN_S));
-/// The static table gives a GPU the small tiles where the 64x64 ones would make fewer
-/// workgroups than this: about two per compute unit of the largest GPUs, which the tiles
-/// of 7x7 and 14x14 maps (and 56x56 ones at batch 1) leave mostly idle.
+/// The tiled set's Winograd products take the small tiles where the 64x64 ones would make
+/// fewer workgroups than this: about two per compute unit of the largest GPUs.
 const SMALL_TILES_BELOW: usize = 256;
+/// The static table runs 3x3 stride-1 layers of at least this many input channels per
+/// group by Winograd on GPUs (VGG's 3-channel first layer ran fastest on 64x64 tiles).
+const WINOGRAD_FROM_C: usize = 16;
+/// A tiled layer making fewer workgroups than SPLIT_BELOW is split along k into up to
+/// MAX_SPLITS slices of at least MIN_SPLIT_K, towards SPLIT_TARGET workgroups: at batch 1
+/// ResNet-50's last stages make 8-32 tiles of k = 1024-4608 products, and an H200 (132
+/// compute units) ran them at a few percent of its rate.
+const SPLIT_BELOW: usize = 256;
+const SPLIT_TARGET: usize = 512;
+const MIN_SPLIT_K: usize = 128;
+const MAX_SPLITS: usize = 32;
 /// The register-blocked kernel: channels by pixels per invocation (its `vec4`s fix both
 /// at 4; 8 channels measured slower on lavapipe, whose 16 AVX2 registers hold one
 /// scalar of every lane each), and invocations per workgroup.
@@ -347,15 +358,35 @@ impl Variant {
             .unwrap_or(Variant::RegisterBlocked)
     }
 
-    /// The static table's variant for a layer of `pixels` outputs by `rows` channels per
-    /// each of `planes` (image, group) pairs: the set's, with the tiled set taking the
-    /// small tiles where 64x64 ones would be too few to fill a GPU.
+    /// The static table's variant for a layer: the set's, except that on GPUs (the tiled
+    /// set) 3x3 stride-1 layers of WINOGRAD_FROM_C input channels or more take the
+    /// register-blocked set's Winograd, which an H200 ran 2-8x faster than 64x64 tiles
+    /// (and up to 25% faster than the tiled set's Winograd at 56x56 and below). Other
+    /// layers keep 64x64 tiles, split along k where they make few ([`Self::split_k`]):
+    /// small tiles were slower there on every shape but two.
     pub fn for_layer(
         kernels: Kernels,
         limits: &wgpu::Limits,
-        [pixels, rows, planes]: [usize; 3],
+        cfg: &crate::graph::Conv2d,
     ) -> Variant {
         let v = Variant::choose(kernels, limits);
+        let wide = cfg.in_channels / cfg.groups.max(1) >= WINOGRAD_FROM_C;
+        if v == Variant::Tiled
+            && winograd_shape(cfg)
+            && wide
+            && Variant::RegisterBlocked.supports(limits)
+        {
+            Variant::RegisterBlocked
+        } else {
+            v
+        }
+    }
+
+    /// The tile size for the Winograd products on the tiled kernel, a grouped 1x1
+    /// convolution of `pixels` (tiles) by `rows` per each of `planes`: 32x32 tiles where
+    /// 64x64 ones would make too few workgroups to fill a GPU.
+    pub fn product_tiles(limits: &wgpu::Limits, [pixels, rows, planes]: [usize; 3]) -> Variant {
+        let v = Variant::choose(Kernels::Tiled, limits);
         let tiles = pixels.div_ceil(TN) * rows.div_ceil(TM) * planes;
         if v == Variant::Tiled && tiles < SMALL_TILES_BELOW && Variant::TiledSmall.supports(limits)
         {
@@ -431,6 +462,37 @@ impl Variant {
         }
     }
 
+    /// The tile's output channels, pixels and reduction slice (tiled variants).
+    fn tile(self) -> Option<[usize; 3]> {
+        match self {
+            Variant::Tiled => Some([TM, TN, TK]),
+            Variant::TiledSmall => Some([TM_S, TN_S, TK_S]),
+            Variant::TiledWinograd | Variant::RegisterBlocked => None,
+        }
+    }
+
+    /// How a tiled layer of `pixels` by `rows` per each of `planes`, `k` products per
+    /// output, is split along k: (slices, products per slice); (1, k) unsplit.
+    pub fn split_k(self, [pixels, rows, planes]: [usize; 3], k: usize) -> (usize, usize) {
+        let Some([tm, tn, tk]) = self.tile() else {
+            return (1, k);
+        };
+        let tiles = pixels.div_ceil(tn) * rows.div_ceil(tm) * planes;
+        if tiles >= SPLIT_BELOW {
+            return (1, k);
+        }
+        let want = SPLIT_TARGET
+            .div_ceil(tiles)
+            .min(k / MIN_SPLIT_K)
+            .min(MAX_SPLITS);
+        if want < 2 {
+            return (1, k);
+        }
+        // Whole reduction slices per split; the last split may be shorter.
+        let chunk = k.div_ceil(want).next_multiple_of(tk);
+        (k.div_ceil(chunk), chunk)
+    }
+
     /// Workgroups for `pixels` outputs by `rows` channels, per each of `planes` (image,
     /// group) pairs, with at most `max` per dimension.
     pub fn grid(self, pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
@@ -449,18 +511,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_table_gives_small_tiles_to_layers_that_make_few_large_ones() {
+    fn the_table_gives_gpus_winograd_on_3x3_and_64x64_tiles_split_along_k_elsewhere() {
+        use crate::graph::Conv2d;
         let limits = wgpu::Limits::default();
-        let gpu = |work| Variant::for_layer(Kernels::Tiled, &limits, work);
-        // ResNet-50 at batch 1: 7x7 by 2048 channels makes 32 tiles of 64x64.
-        assert_eq!(gpu([49, 2048, 1]), Variant::TiledSmall);
-        // VGG-16's first layers at batch 8: thousands.
-        assert_eq!(gpu([224 * 224, 64, 8]), Variant::Tiled);
+        let gpu = |cfg: &Conv2d| Variant::for_layer(Kernels::Tiled, &limits, cfg);
+        let three = Conv2d::new(512, 512, 3).padding(1);
+        assert_eq!(gpu(&three), Variant::RegisterBlocked);
+        // VGG's first layer (3 channels), strided and 1x1 layers: tiled.
+        assert_eq!(gpu(&Conv2d::new(3, 64, 3).padding(1)), Variant::Tiled);
+        assert_eq!(
+            gpu(&Conv2d::new(256, 256, 3).stride(2).padding(1)),
+            Variant::Tiled
+        );
+        assert_eq!(gpu(&Conv2d::new(1024, 256, 1)), Variant::Tiled);
+        // ResNet-50's last 1x1 layers at batch 1: 7x7 by 512 makes 8 tiles of k 2048,
+        // split into 16 slices of 128.
+        assert_eq!(Variant::Tiled.split_k([49, 512, 1], 2048), (16, 128));
+        // 14x14 by 256, k = 2304: 16 tiles, 18 slices of 128.
+        assert_eq!(Variant::Tiled.split_k([196, 256, 1], 2304), (18, 128));
+        // Odd k: whole 16-deep slices, the last one shorter.
+        assert_eq!(Variant::Tiled.split_k([9, 40, 2], 1170), (9, 144));
+        // Enough tiles, or too short a k: whole.
+        assert_eq!(Variant::Tiled.split_k([224 * 224, 64, 8], 576), (1, 576));
+        assert_eq!(Variant::Tiled.split_k([49, 64, 1], 200), (1, 200));
+        assert_eq!(
+            Variant::RegisterBlocked.split_k([49, 512, 1], 2048),
+            (1, 2048)
+        );
+        // The Winograd products on the tiled kernel take small tiles where large ones
+        // would be few.
+        assert_eq!(
+            Variant::product_tiles(&limits, [16, 512, 16]),
+            Variant::TiledSmall
+        );
+        assert_eq!(
+            Variant::product_tiles(&limits, [3136, 64, 128]),
+            Variant::Tiled
+        );
         // Forced sets and the register-blocked one are taken as they are.
         let forced = |k| Variant::choose(k, &limits);
         assert_eq!(forced(Kernels::Tiled), Variant::Tiled);
         assert_eq!(forced(Kernels::TiledSmall), Variant::TiledSmall);
-        let rb = Variant::for_layer(Kernels::RegisterBlocked, &limits, [49, 2048, 1]);
+        let rb = Variant::for_layer(Kernels::RegisterBlocked, &limits, &Conv2d::new(64, 64, 1));
         assert_eq!(rb, Variant::RegisterBlocked);
         // Limits below 256 invocations per workgroup keep the small tiles.
         let low = wgpu::Limits {
@@ -472,7 +564,11 @@ mod tests {
             max_compute_workgroup_storage_size: 0,
             ..limits.clone()
         };
-        let v = Variant::for_layer(Kernels::Tiled, &no_workgroup_memory, [49, 2048, 1]);
+        let v = Variant::for_layer(
+            Kernels::Tiled,
+            &no_workgroup_memory,
+            &Conv2d::new(64, 64, 1),
+        );
         assert_eq!(v, Variant::RegisterBlocked);
         for v in Variant::ALL {
             assert_eq!(Variant::from_name(v.name()), Some(v));
