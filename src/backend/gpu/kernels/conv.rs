@@ -73,6 +73,19 @@ const SPLIT_BELOW: usize = 256;
 const SPLIT_TARGET: usize = 512;
 const MIN_SPLIT_K: usize = 128;
 const MAX_SPLITS: usize = 32;
+
+/// SPLIT_TARGET, or `WEBCNN_SPLIT_TARGET` (an experiment's knob, for measuring the
+/// target on a GPU).
+fn split_target() -> usize {
+    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("WEBCNN_SPLIT_TARGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(SPLIT_TARGET)
+    })
+}
 /// The register-blocked kernel: channels by pixels per invocation (its `vec4`s fix both
 /// at 4; 8 channels measured slower on lavapipe, whose 16 AVX2 registers hold one
 /// scalar of every lane each), and invocations per workgroup.
