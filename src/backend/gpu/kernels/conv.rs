@@ -494,7 +494,7 @@ impl Variant {
         if tiles >= SPLIT_BELOW {
             return (1, k);
         }
-        let want = SPLIT_TARGET
+        let want = split_target()
             .div_ceil(tiles)
             .min(k / MIN_SPLIT_K)
             .min(MAX_SPLITS);
