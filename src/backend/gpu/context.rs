@@ -273,9 +273,15 @@ impl GpuContext {
             .unwrap_or(Kernels::for_adapter(self.shared.software))
     }
 
-    /// The kernel for the convolution `cfg` of shape `key` ([`tuning::shape_key`]);
-    /// `None`: time the kernels on it.
-    pub(crate) fn conv_choice(&self, key: &str, cfg: &crate::graph::Conv2d) -> Option<Variant> {
+    /// The kernel for the convolution `cfg` of shape `key` ([`tuning::shape_key`]) that
+    /// makes `work`: pixels by channels per each of (image, group) planes; `None`: time
+    /// the kernels on it.
+    pub(crate) fn conv_choice(
+        &self,
+        key: &str,
+        cfg: &crate::graph::Conv2d,
+        work: [usize; 3],
+    ) -> Option<Variant> {
         let s = &self.shared;
         let cached = || s.tuner.get(key);
         match tuning::decide(
@@ -287,7 +293,11 @@ impl GpuContext {
         ) {
             tuning::Decision::Use(v) => Some(v),
             tuning::Decision::Set(k) => Some(Variant::choose(k, &s.limits)),
-            tuning::Decision::Table(k) => Some(Variant::for_layer(k, &s.limits, cfg)),
+            tuning::Decision::Table(k) => {
+                // Tiled layers split along k in f32 only.
+                let split = s.opts.precision == Precision::F32;
+                Some(Variant::for_layer(k, &s.limits, cfg, work, split))
+            }
             tuning::Decision::Measure => None,
         }
     }

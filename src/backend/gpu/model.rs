@@ -1108,7 +1108,7 @@ impl<'a> Builder<'a> {
         // Not measured (wasm, or timing failed): the table's choice.
         let v = self
             .force
-            .or_else(|| self.ctx.conv_choice(&key, cfg))
+            .or_else(|| self.ctx.conv_choice(&key, cfg, conv_work(cfg, os, nb)))
             .unwrap_or(self.variant);
         let shape = |s: &[usize]| [s[1], s[2], s[3]];
         let special = match v {
@@ -1513,10 +1513,10 @@ async fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         let Kernel::Conv { cfg, .. } = &step.kernel else {
             continue;
         };
-        let xs = program.shape(step.inputs[0]);
+        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
         let shape = [nb, xs[1], xs[2], xs[3]];
         let key = tuning::shape_key(cfg, shape, ctx.precision());
-        if ctx.conv_choice(&key, cfg).is_some() {
+        if ctx.conv_choice(&key, cfg, conv_work(cfg, os, nb)).is_some() {
             continue;
         }
         if let Some((v, times)) = fastest_conv(ctx, cfg, shape).await {

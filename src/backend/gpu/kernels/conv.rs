@@ -63,29 +63,21 @@ const _: () =
 /// fewer workgroups than this: about two per compute unit of the largest GPUs.
 const SMALL_TILES_BELOW: usize = 256;
 /// The static table runs 3x3 stride-1 layers of at least this many input channels per
-/// group by Winograd on GPUs (VGG's 3-channel first layer ran fastest on 64x64 tiles).
+/// group and multiply-adds per dispatch by Winograd on GPUs, on the tiled set's products
+/// for maps of TILED_WINOGRAD_FROM pixels or more (see [`Variant::for_layer`]).
 const WINOGRAD_FROM_C: usize = 16;
+const WINOGRAD_FROM_MACS: usize = 256 << 20;
+const TILED_WINOGRAD_FROM: usize = 112 * 112;
 /// A tiled layer making fewer workgroups than SPLIT_BELOW is split along k into up to
 /// MAX_SPLITS slices of at least MIN_SPLIT_K, towards SPLIT_TARGET workgroups: at batch 1
 /// ResNet-50's last stages make 8-32 tiles of k = 1024-4608 products, and an H200 (132
-/// compute units) ran them at a few percent of its rate.
+/// compute units) ran them at a few percent of its rate. (Targets of 128 to 2048 ran
+/// ResNet-18 and -50 there within the noise of each other.)
 const SPLIT_BELOW: usize = 256;
 const SPLIT_TARGET: usize = 512;
 const MIN_SPLIT_K: usize = 128;
 const MAX_SPLITS: usize = 32;
 
-/// SPLIT_TARGET, or `WEBCNN_SPLIT_TARGET` (an experiment's knob, for measuring the
-/// target on a GPU).
-fn split_target() -> usize {
-    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *T.get_or_init(|| {
-        std::env::var("WEBCNN_SPLIT_TARGET")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&t| t > 0)
-            .unwrap_or(SPLIT_TARGET)
-    })
-}
 /// The register-blocked kernel: channels by pixels per invocation (its `vec4`s fix both
 /// at 4; 8 channels measured slower on lavapipe, whose 16 AVX2 registers hold one
 /// scalar of every lane each), and invocations per workgroup.
@@ -371,28 +363,47 @@ impl Variant {
             .unwrap_or(Variant::RegisterBlocked)
     }
 
-    /// The static table's variant for a layer: the set's, except that on GPUs (the tiled
-    /// set) 3x3 stride-1 layers of WINOGRAD_FROM_C input channels or more take the
-    /// register-blocked set's Winograd, which an H200 ran 2-8x faster than 64x64 tiles
-    /// (and up to 25% faster than the tiled set's Winograd at 56x56 and below). Other
-    /// layers keep 64x64 tiles, split along k where they make few ([`Self::split_k`]):
-    /// small tiles were slower there on every shape but two.
+    /// The static table's variant for a layer making `work` (pixels by channels per each
+    /// of (image, group) planes): the set's, except on GPUs (the tiled set), by what an
+    /// H200 measured at batches 1 and 8:
+    /// - 3x3 stride-1 layers of WINOGRAD_FROM_C input channels or more by Winograd where
+    ///   they are heavy (WINOGRAD_FROM_MACS), or where no split along k can spread them
+    ///   (`split`: false for f16), on the tiled set's products for maps of
+    ///   TILED_WINOGRAD_FROM pixels or more, else on the register-blocked set's. Lighter
+    ///   ones (ResNet's at batch 1) ran fastest on 64x64 tiles split along k: 0.08 ms
+    ///   against 0.18 by Winograd at 7x7 by 512.
+    /// - Layers on 4 input channels or fewer (RGB stems) on 32x32 tiles: AlexNet's ran in
+    ///   0.11 ms against 0.41 on 64x64 tiles, VGG's first 0.35 against 0.58.
+    /// - Everything else on 64x64 tiles, split along k where they make few
+    ///   ([`Self::split_k`]).
     pub fn for_layer(
         kernels: Kernels,
         limits: &wgpu::Limits,
         cfg: &crate::graph::Conv2d,
+        [pixels, rows, planes]: [usize; 3],
+        split: bool,
     ) -> Variant {
         let v = Variant::choose(kernels, limits);
-        let wide = cfg.in_channels / cfg.groups.max(1) >= WINOGRAD_FROM_C;
-        if v == Variant::Tiled
-            && winograd_shape(cfg)
-            && wide
-            && Variant::RegisterBlocked.supports(limits)
-        {
-            Variant::RegisterBlocked
-        } else {
-            v
+        if v != Variant::Tiled {
+            return v;
         }
+        let c = cfg.in_channels / cfg.groups.max(1);
+        if winograd_shape(cfg) && c >= WINOGRAD_FROM_C {
+            let macs = pixels * rows * planes * c * 9;
+            if macs >= WINOGRAD_FROM_MACS || !split {
+                if pixels >= TILED_WINOGRAD_FROM {
+                    return Variant::TiledWinograd;
+                }
+                if Variant::RegisterBlocked.supports(limits) {
+                    return Variant::RegisterBlocked;
+                }
+            }
+            return v;
+        }
+        if c <= 4 && Variant::TiledSmall.supports(limits) {
+            return Variant::TiledSmall;
+        }
+        v
     }
 
     /// The tile size for the Winograd products on the tiled kernel, a grouped 1x1
@@ -494,7 +505,7 @@ impl Variant {
         if tiles >= SPLIT_BELOW {
             return (1, k);
         }
-        let want = split_target()
+        let want = SPLIT_TARGET
             .div_ceil(tiles)
             .min(k / MIN_SPLIT_K)
             .min(MAX_SPLITS);
@@ -527,16 +538,36 @@ mod tests {
     fn the_table_gives_gpus_winograd_on_3x3_and_64x64_tiles_split_along_k_elsewhere() {
         use crate::graph::Conv2d;
         let limits = wgpu::Limits::default();
-        let gpu = |cfg: &Conv2d| Variant::for_layer(Kernels::Tiled, &limits, cfg);
-        let three = Conv2d::new(512, 512, 3).padding(1);
-        assert_eq!(gpu(&three), Variant::RegisterBlocked);
-        // VGG's first layer (3 channels), strided and 1x1 layers: tiled.
-        assert_eq!(gpu(&Conv2d::new(3, 64, 3).padding(1)), Variant::Tiled);
+        let table = |cfg: &Conv2d, hw: usize, n: usize, split: bool| {
+            let work = [hw * hw, cfg.out_channels / cfg.groups, n * cfg.groups];
+            Variant::for_layer(Kernels::Tiled, &limits, cfg, work, split)
+        };
+        let gpu = |cfg: &Conv2d, hw: usize, n: usize| table(cfg, hw, n, true);
+        let three = |c: usize, oc: usize| Conv2d::new(c, oc, 3).padding(1);
+        // ResNet's 3x3 layers at batch 1 (116M multiply-adds): tiled, split along k; at
+        // batch 8, or in f16 (no split), by Winograd.
+        assert_eq!(gpu(&three(512, 512), 7, 1), Variant::Tiled);
+        assert_eq!(gpu(&three(64, 64), 56, 1), Variant::Tiled);
+        assert_eq!(gpu(&three(512, 512), 7, 8), Variant::RegisterBlocked);
         assert_eq!(
-            gpu(&Conv2d::new(256, 256, 3).stride(2).padding(1)),
+            table(&three(512, 512), 7, 1, false),
+            Variant::RegisterBlocked
+        );
+        // VGG's: Winograd, its products on the tiled set from 112x112.
+        assert_eq!(gpu(&three(512, 512), 14, 1), Variant::RegisterBlocked);
+        assert_eq!(gpu(&three(256, 512), 28, 1), Variant::RegisterBlocked);
+        assert_eq!(gpu(&three(64, 128), 112, 1), Variant::TiledWinograd);
+        // RGB stems on 32x32 tiles (VGG's 3x3 one too); strided and 1x1 layers tiled.
+        assert_eq!(gpu(&three(3, 64), 224, 1), Variant::TiledSmall);
+        assert_eq!(
+            gpu(&Conv2d::new(3, 64, 11).stride(4).padding(2), 55, 1),
+            Variant::TiledSmall
+        );
+        assert_eq!(
+            gpu(&Conv2d::new(256, 256, 3).stride(2).padding(1), 7, 1),
             Variant::Tiled
         );
-        assert_eq!(gpu(&Conv2d::new(1024, 256, 1)), Variant::Tiled);
+        assert_eq!(gpu(&Conv2d::new(1024, 256, 1), 14, 1), Variant::Tiled);
         // ResNet-50's last 1x1 layers at batch 1: 7x7 by 512 makes 8 tiles of k 2048,
         // split into 16 slices of 128.
         assert_eq!(Variant::Tiled.split_k([49, 512, 1], 2048), (16, 128));
@@ -565,7 +596,13 @@ mod tests {
         let forced = |k| Variant::choose(k, &limits);
         assert_eq!(forced(Kernels::Tiled), Variant::Tiled);
         assert_eq!(forced(Kernels::TiledSmall), Variant::TiledSmall);
-        let rb = Variant::for_layer(Kernels::RegisterBlocked, &limits, &Conv2d::new(64, 64, 1));
+        let rb = Variant::for_layer(
+            Kernels::RegisterBlocked,
+            &limits,
+            &three(64, 64),
+            [49, 64, 1],
+            true,
+        );
         assert_eq!(rb, Variant::RegisterBlocked);
         // Limits below 256 invocations per workgroup keep the small tiles.
         let low = wgpu::Limits {
@@ -581,6 +618,8 @@ mod tests {
             Kernels::Tiled,
             &no_workgroup_memory,
             &Conv2d::new(64, 64, 1),
+            [49, 64, 1],
+            true,
         );
         assert_eq!(v, Variant::RegisterBlocked);
         for v in Variant::ALL {
