@@ -152,8 +152,8 @@ pub fn run(a: RunArgs) -> R<()> {
                 m.dispatches
             );
             eprintln!(
-                "convolutions: {} by Winograd F(2x2, 3x3), {} 1x1 as a plain GEMM, {} direct on k-major weights",
-                m.winograd_layers, m.gemm_layers, m.direct_layers
+                "convolutions: {} by Winograd F(2x2, 3x3), {} 1x1 as a plain GEMM, {} direct on k-major weights, {} tiled split along k",
+                m.winograd_layers, m.gemm_layers, m.direct_layers, m.k_split_layers
             );
         }
     }
