@@ -123,6 +123,13 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
     conv_store(out_img, m + 3u, oc + 3u, p0, c3);
 }
 
+// Partial sum `i` of a split layer, in f32 (F32_SLOTS values of S each).
+fn part_store(i: u32, v: f32) {
+    let h = f32_pack(v);
+    y[i * F32_SLOTS] = h.x;
+    if (F32_SLOTS == 2u) { y[i * F32_SLOTS + 1u] = h.y; }
+}
+
 // The sums of a split layer's `splits` slices (`x`: [slice][image][oc][p]), then the
 // epilogue; one invocation per output.
 @compute @workgroup_size(WG, 1, 1)
@@ -132,7 +139,8 @@ fn conv_split_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     if (i >= total) { return; }
     var v = 0.0;
     for (var s = 0u; s < prm.splits; s++) {
-        v += f32(x[s * total + i]);
+        let at = (s * total + i) * F32_SLOTS;
+        v += f32_unpack(vec2<S>(x[at], x[at + F32_SLOTS - 1u]));
     }
     let oc = (i / prm.p) % prm.oc;
     v = v * f32(affine[oc]) + f32(affine[prm.oc + oc]);
@@ -148,10 +156,15 @@ fn conv_store(img: u32, m: u32, oc: u32, p0: u32, acc: vec4<f32>) {
     if (m >= prm.m_count) { return; }
     let row = (img * prm.oc + oc) * prm.p;
     if (prm.plain != 0u) {
-        // Winograd's products: the sums alone.
+        // Winograd's products, or a slice of a split layer: the sums alone (a slice's in
+        // f32 whatever S is).
         for (var j = 0u; j < 4u; j++) {
             if (p0 + j >= prm.p) { return; }
-            y[row + p0 + j] = S(acc[j]);
+            if (prm.splits > 1u) {
+                part_store(row + p0 + j, acc[j]);
+            } else {
+                y[row + p0 + j] = S(acc[j]);
+            }
         }
         return;
     }

@@ -85,8 +85,9 @@ enum Backend {
     Gpu,
     /// The GPU with every convolution forced onto one kernel set.
     GpuKernels(Kernels),
-    /// The GPU storing activations and weights as f16: within 1e-2 and the same top-1.
-    GpuF16,
+    /// The GPU storing activations and weights as f16 (on the adapter's kernels, or on
+    /// one set): within 1e-2 and the same top-1.
+    GpuF16(Option<Kernels>),
 }
 
 fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
@@ -97,12 +98,13 @@ fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
             kernels: Some(k),
             ..Default::default()
         })),
-        Backend::GpuF16 => Some(common::gpu_with(GpuOptions {
+        Backend::GpuF16(kernels) => Some(common::gpu_with(GpuOptions {
             precision: Precision::F16,
+            kernels,
             ..Default::default()
         })),
     };
-    let half = matches!(backend, Backend::GpuF16);
+    let half = matches!(backend, Backend::GpuF16(_));
     let tol = if half { 1e-2 } else { common::TOL };
     let mut failures = vec![];
     let selected = cases(filter);
@@ -220,7 +222,12 @@ fn cpu_resnet18_and_alexnet_with_the_portable_kernels() {
 fn gpu_f16_every_model_within_1e_2_and_the_same_top1() {
     // lavapipe (CI's adapter) has shader-f16: opening fails with a clear error where an
     // adapter lacks it, and so does this test.
-    check(Backend::GpuF16, |_| true)
+    check(Backend::GpuF16(None), |_| true);
+    // The tiled set splits ResNet's last stages along k at batch 1, their partial sums
+    // kept in pairs of f16 (what GPUs get from the static table in f16).
+    check(Backend::GpuF16(Some(Kernels::Tiled)), |m| {
+        m == "resnet18" || m == "resnet50"
+    });
 }
 
 #[test]

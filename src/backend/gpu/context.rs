@@ -293,11 +293,7 @@ impl GpuContext {
         ) {
             tuning::Decision::Use(v) => Some(v),
             tuning::Decision::Set(k) => Some(Variant::choose(k, &s.limits)),
-            tuning::Decision::Table(k) => {
-                // Tiled layers split along k in f32 only.
-                let split = s.opts.precision == Precision::F32;
-                Some(Variant::for_layer(k, &s.limits, cfg, work, split))
-            }
+            tuning::Decision::Table(k) => Some(Variant::for_layer(k, &s.limits, cfg, work)),
             tuning::Decision::Measure => None,
         }
     }

@@ -2,9 +2,7 @@
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
 use super::context::GpuContext;
-use super::kernels::{
-    self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Precision, Uniform,
-};
+use super::kernels::{self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Uniform};
 use super::tuning;
 use super::weights::{from_device, to_device, upload, Chunk, GpuWeights};
 use super::OneShot;
@@ -870,7 +868,8 @@ impl<'a> Builder<'a> {
                         ..conv::Params::layer(cfg, xs, os, nb)
                     };
                     let scratch = self.split_scratch.as_ref().expect("sized for every split");
-                    let sums = Bind::first(scratch, splits * total, self.ctx.elem_bytes());
+                    let len = splits * total * self.f32_slots();
+                    let sums = Bind::first(scratch, len, self.ctx.elem_bytes());
                     let dummy = Bind::whole(&self.dummy);
                     let bufs = conv::Buffers {
                         x: x.clone(),
@@ -1184,7 +1183,8 @@ impl<'a> Builder<'a> {
             .zip(&self.conv_splits)
             .filter(|(_, &(s, _))| s > 1)
             .map(|(step, &(s, _))| s * nb * numel(&program.shape(step.output)[1..]))
-            .max();
+            .max()
+            .map(|sums| sums * self.f32_slots());
         if let Some(len) = partials {
             self.report.k_split_layers = self.conv_splits.iter().filter(|s| s.0 > 1).count();
             self.report.workspace += (len * self.ctx.elem_bytes()) as u64;
@@ -1193,9 +1193,14 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Stored values per f32: the split layers' partial sums keep about f32 precision in
+    /// f16 models as the sum of two f16 (see `f32_pack` in the generated WGSL header).
+    fn f32_slots(&self) -> usize {
+        4 / self.ctx.elem_bytes()
+    }
+
     /// A tiled convolution's split along k at `nb` images: the variant's rule, where the
-    /// partial sums are f32 (f16 ones would lose the accumulation's precision), the
-    /// weights are one chunk and the sums fit one binding.
+    /// weights are one chunk and the (f32) partial sums fit one binding.
     fn conv_split(
         &self,
         program: &Program,
@@ -1213,8 +1218,8 @@ impl<'a> Builder<'a> {
             .weights
             .chunks(&format!("{}.weight", step.nodes[0]))
             .is_ok_and(|c| c.len() == 1);
-        let bytes = (s * nb * numel(&os[1..]) * self.ctx.elem_bytes()) as u64;
-        if s > 1 && self.ctx.precision() == Precision::F32 && one_chunk && bytes <= self.limit {
+        let bytes = (s * nb * numel(&os[1..]) * 4) as u64;
+        if s > 1 && one_chunk && bytes <= self.limit {
             (s, chunk)
         } else {
             (1, 0)

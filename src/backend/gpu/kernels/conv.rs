@@ -367,8 +367,7 @@ impl Variant {
     /// of (image, group) planes): the set's, except on GPUs (the tiled set), by what an
     /// H200 measured at batches 1 and 8:
     /// - 3x3 stride-1 layers of WINOGRAD_FROM_C input channels or more by Winograd where
-    ///   they are heavy (WINOGRAD_FROM_MACS), or where no split along k can spread them
-    ///   (`split`: false for f16), on the tiled set's products for maps of
+    ///   they are heavy (WINOGRAD_FROM_MACS), on the tiled set's products for maps of
     ///   TILED_WINOGRAD_FROM pixels or more, else on the register-blocked set's. Lighter
     ///   ones (ResNet's at batch 1) ran fastest on 64x64 tiles split along k: 0.08 ms
     ///   against 0.18 by Winograd at 7x7 by 512.
@@ -381,7 +380,6 @@ impl Variant {
         limits: &wgpu::Limits,
         cfg: &crate::graph::Conv2d,
         [pixels, rows, planes]: [usize; 3],
-        split: bool,
     ) -> Variant {
         let v = Variant::choose(kernels, limits);
         if v != Variant::Tiled {
@@ -390,7 +388,7 @@ impl Variant {
         let c = cfg.in_channels / cfg.groups.max(1);
         if winograd_shape(cfg) && c >= WINOGRAD_FROM_C {
             let macs = pixels * rows * planes * c * 9;
-            if macs >= WINOGRAD_FROM_MACS || !split {
+            if macs >= WINOGRAD_FROM_MACS {
                 if pixels >= TILED_WINOGRAD_FROM {
                     return Variant::TiledWinograd;
                 }
@@ -538,21 +536,16 @@ mod tests {
     fn the_table_gives_gpus_winograd_on_3x3_and_64x64_tiles_split_along_k_elsewhere() {
         use crate::graph::Conv2d;
         let limits = wgpu::Limits::default();
-        let table = |cfg: &Conv2d, hw: usize, n: usize, split: bool| {
+        let gpu = |cfg: &Conv2d, hw: usize, n: usize| {
             let work = [hw * hw, cfg.out_channels / cfg.groups, n * cfg.groups];
-            Variant::for_layer(Kernels::Tiled, &limits, cfg, work, split)
+            Variant::for_layer(Kernels::Tiled, &limits, cfg, work)
         };
-        let gpu = |cfg: &Conv2d, hw: usize, n: usize| table(cfg, hw, n, true);
         let three = |c: usize, oc: usize| Conv2d::new(c, oc, 3).padding(1);
         // ResNet's 3x3 layers at batch 1 (116M multiply-adds): tiled, split along k; at
-        // batch 8, or in f16 (no split), by Winograd.
+        // batch 8 by Winograd.
         assert_eq!(gpu(&three(512, 512), 7, 1), Variant::Tiled);
         assert_eq!(gpu(&three(64, 64), 56, 1), Variant::Tiled);
         assert_eq!(gpu(&three(512, 512), 7, 8), Variant::RegisterBlocked);
-        assert_eq!(
-            table(&three(512, 512), 7, 1, false),
-            Variant::RegisterBlocked
-        );
         // VGG's: Winograd, its products on the tiled set from 112x112.
         assert_eq!(gpu(&three(512, 512), 14, 1), Variant::RegisterBlocked);
         assert_eq!(gpu(&three(256, 512), 28, 1), Variant::RegisterBlocked);
@@ -601,7 +594,6 @@ mod tests {
             &limits,
             &three(64, 64),
             [49, 64, 1],
-            true,
         );
         assert_eq!(rb, Variant::RegisterBlocked);
         // Limits below 256 invocations per workgroup keep the small tiles.
@@ -619,7 +611,6 @@ mod tests {
             &no_workgroup_memory,
             &Conv2d::new(64, 64, 1),
             [49, 64, 1],
-            true,
         );
         assert_eq!(v, Variant::RegisterBlocked);
         for v in Variant::ALL {

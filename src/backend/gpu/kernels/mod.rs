@@ -171,9 +171,20 @@ impl Family {
             "// Generated from src/backend/gpu/kernels/{}.rs.\n",
             self.name
         );
+        // An f32 kept in storage of S: itself, or as the sum of two f16 (22 of its 24 bits;
+        // split convolutions' partial sums keep about f32 precision in f16 models). A bit
+        // cast to two f16 would be exact, but naga rejects it.
         s.push_str(match precision {
-            Precision::F32 => "alias S = f32;\n",
-            Precision::F16 => "enable f16;\nalias S = f16;\n",
+            Precision::F32 => {
+                "alias S = f32;\nconst F32_SLOTS: u32 = 1u;\n\
+                 fn f32_pack(v: f32) -> vec2<S> { return vec2<S>(v, 0.0); }\n\
+                 fn f32_unpack(v: vec2<S>) -> f32 { return v.x; }\n"
+            }
+            Precision::F16 => {
+                "enable f16;\nalias S = f16;\nconst F32_SLOTS: u32 = 2u;\n\
+                 fn f32_pack(v: f32) -> vec2<S> { let hi = f16(v); return vec2<S>(hi, f16(v - f32(hi))); }\n\
+                 fn f32_unpack(v: vec2<S>) -> f32 { return f32(v.x) + f32(v.y); }\n"
+            }
         });
         for (name, v) in self.consts.iter().chain([&("WG", WG)]) {
             writeln!(s, "const {name}: u32 = {v}u;").unwrap();
