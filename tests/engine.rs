@@ -619,6 +619,21 @@ fn relu_keeps_nan_like_pytorch_in_every_fused_form() {
     }
 }
 
+/// `cfg` on an input of `shape`, then a 3x3 convolution padded by 1 (same size out as
+/// in) that takes the first's output as its residual, and ReLU.
+fn conv_residual_graph(shape: [usize; 4], cfg: Conv2d) -> Graph {
+    let oc = cfg.out_channels;
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &shape).unwrap();
+    let c1 = b.conv2d("c1", x, cfg).unwrap();
+    let c2 = b
+        .conv2d("c2", c1, Conv2d::new(oc, oc, 3).padding(1).bias(false))
+        .unwrap();
+    let a = b.add("add", c2, c1).unwrap();
+    let y = b.relu("relu", a).unwrap();
+    b.build(&[y]).unwrap()
+}
+
 #[test]
 fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
     // The register-blocked set runs 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) and
@@ -659,22 +674,8 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
         (1, 8, 9, 10, 10, 1, 1, 0, 1, 1, 1, 0),
     ];
     for (n, c, oc, h, w, k, st, pad, groups, wino, gemm, direct) in cases {
-        let mut b = GraphBuilder::new();
-        let x = b.input("x", &[n, c, h, w]).unwrap();
-        let c1 = b
-            .conv2d(
-                "c1",
-                x,
-                Conv2d::new(c, oc, k).stride(st).padding(pad).groups(groups),
-            )
-            .unwrap();
-        // Same size out as in: 3x3 padded by 1.
-        let c2 = b
-            .conv2d("c2", c1, Conv2d::new(oc, oc, 3).padding(1).bias(false))
-            .unwrap();
-        let a = b.add("add", c2, c1).unwrap();
-        let y = b.relu("relu", a).unwrap();
-        let g = b.build(&[y]).unwrap();
+        let cfg = Conv2d::new(c, oc, k).stride(st).padding(pad).groups(groups);
+        let g = conv_residual_graph([n, c, h, w], cfg);
         let wts = synth_params(&g, 5).unwrap();
         let xt = synth("input", &[n, c, h, w], 6).unwrap();
         let want = run_cpu(&g, &wts, &xt, true).remove(0);
@@ -714,21 +715,8 @@ fn tiled_layers_with_few_tiles_split_k_and_match_the_cpu() {
             ..Default::default()
         });
         for (n, c, oc, h, w, k, st, pad, groups) in cases {
-            let mut b = GraphBuilder::new();
-            let x = b.input("x", &[n, c, h, w]).unwrap();
-            let c1 = b
-                .conv2d(
-                    "c1",
-                    x,
-                    Conv2d::new(c, oc, k).stride(st).padding(pad).groups(groups),
-                )
-                .unwrap();
-            let c2 = b
-                .conv2d("c2", c1, Conv2d::new(oc, oc, 3).padding(1).bias(false))
-                .unwrap();
-            let a = b.add("add", c2, c1).unwrap();
-            let y = b.relu("relu", a).unwrap();
-            let g = b.build(&[y]).unwrap();
+            let cfg = Conv2d::new(c, oc, k).stride(st).padding(pad).groups(groups);
+            let g = conv_residual_graph([n, c, h, w], cfg);
             let wts = synth_params(&g, 7).unwrap();
             let xt = synth("input", &[n, c, h, w], 8).unwrap();
             let want = run_cpu(&g, &wts, &xt, true).remove(0);
