@@ -671,3 +671,56 @@ fn nan_inputs_warn_and_oversized_weights_are_refused() {
     std::fs::remove_file(&huge).unwrap();
     fails(o, "bytes are available");
 }
+
+#[test]
+fn library_warnings_reach_stderr() {
+    // A corrupt tuning cache is ignored and rewritten, with a warning the user sees.
+    let dir = tmp("bad-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gpu-tuning.json");
+    std::fs::write(&file, "{not json").unwrap();
+    let o = bin()
+        .env("WEBCNN_CACHE", &dir)
+        .args([
+            "bench",
+            "--device",
+            "gpu",
+            "--models",
+            "vgg11_cifar",
+            "--iters",
+            "1",
+        ])
+        .args(["--gpu-kernels", "tune"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning: ignoring the unreadable GPU tuning cache")),
+        "{err}"
+    );
+    let cache: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).expect("rewritten");
+    assert!(cache.as_object().is_some_and(|a| !a.is_empty()), "{cache}");
+    // RUST_LOG=off silences them.
+    std::fs::write(&file, "{not json").unwrap();
+    let o = bin()
+        .env("WEBCNN_CACHE", &dir)
+        .env("RUST_LOG", "off")
+        .args([
+            "bench",
+            "--device",
+            "gpu",
+            "--models",
+            "vgg11_cifar",
+            "--iters",
+            "1",
+        ])
+        .args(["--gpu-kernels", "tune"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o);
+    assert!(!err.contains("warning:"), "{err}");
+}

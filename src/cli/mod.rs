@@ -52,6 +52,7 @@ enum Cmd {
 }
 
 pub fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Info => info(),
@@ -76,6 +77,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The library's warnings on stderr, as `warning: ...` beside the CLI's own `error: ...`
+/// (a lost device, an unreadable tuning cache, wgpu's validation errors). `RUST_LOG`
+/// changes what is shown (`RUST_LOG=debug`, `RUST_LOG=wgpu_hal=info`); by default webcnn's
+/// warnings and the graphics stack's errors.
+fn init_logging() {
+    use std::io::Write;
+    let env = env_logger::Env::default()
+        .default_filter_or("warn,wgpu_core=error,wgpu_hal=error,naga=error");
+    env_logger::Builder::from_env(env)
+        .format(|buf, r| {
+            let level = r.level().to_string().to_lowercase();
+            let level = if level == "warn" { "warning" } else { &level };
+            writeln!(buf, "{level}: {}", r.args())
+        })
+        .init();
 }
 
 fn info() -> Result<(), Box<dyn std::error::Error>> {
