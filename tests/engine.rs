@@ -771,12 +771,13 @@ fn tiled_layers_with_few_tiles_split_k_and_match_the_cpu() {
 
 #[test]
 fn linear_kernels_match_the_cpu_on_awkward_shapes() {
-    // The register-blocked set reads whole vectors along k where k is a multiple of 4,
-    // four rows per invocation: batches past 4 and rows that are not multiples of 4,
-    // weights split across bindings, and k that is not a multiple of 4 (one float at a
-    // time); the tiled set reduces each row in a workgroup.
+    // Both sets read whole vectors along k where k is a multiple of 4 (the register-
+    // blocked one four rows per invocation, the tiled one reducing each row in a
+    // workgroup): batches past 4 and rows that are not multiples of 4, weights split
+    // across bindings, k that is not a multiple of 4 (one float at a time), and rows
+    // longer than a workgroup's 256 loads.
     for kernels in [Kernels::RegisterBlocked, Kernels::Tiled] {
-        for limit in [None, Some(256)] {
+        for limit in [None, Some(256), Some(4800)] {
             let ctx = common::gpu_with(GpuOptions {
                 kernels: Some(kernels),
                 max_binding_bytes: limit,
@@ -790,7 +791,13 @@ fn linear_kernels_match_the_cpu_on_awkward_shapes() {
                 (9, 8, 1, false),
                 (5, 27, 6, true),
                 (2, 64, 7, false),
+                (6, 1100, 5, true),
+                (1, 1027, 3, false),
             ] {
+                if limit.is_some_and(|l| (4 * k) as u64 > l) {
+                    // One image's input beyond a binding: a DeviceLimit error (tested above).
+                    continue;
+                }
                 let mut b = GraphBuilder::new();
                 let x = b.input("x", &[n, k]).unwrap();
                 let mut y = b.linear("fc", x, k, out, true).unwrap();

@@ -33,10 +33,13 @@ pub(crate) static FAMILY: Family = Family {
 
 /// The entry point and the workgroups (before folding) for `rows` outputs of `k` inputs:
 /// the linear kernels follow the convolution's choice (tiled: a 256-invocation reduction
-/// per row; register-blocked: whole vectors along k, four rows per invocation, where k is
-/// a multiple of 4).
+/// per row; register-blocked: four rows per invocation), reading whole vectors along k
+/// where k is a multiple of 4.
 pub(crate) fn plan(variant: Variant, rows: usize, k: usize) -> (&'static str, usize) {
     match variant {
+        Variant::Tiled | Variant::TiledSmall | Variant::TiledWinograd if k.is_multiple_of(4) => {
+            ("linear_v4", rows)
+        }
         Variant::Tiled | Variant::TiledSmall | Variant::TiledWinograd => ("linear", rows),
         Variant::RegisterBlocked if k.is_multiple_of(4) => {
             ("linear_rb4", rows.div_ceil(4 * LINEAR_RB_ROWS))
