@@ -37,8 +37,8 @@ pub struct GpuOptions {
 pub enum Kernels {
     /// Convolutions in 64x64 output tiles staged through workgroup memory (4x4 per
     /// invocation), linear layers reduced by a workgroup per output (whole vectors along k
-    /// where k is a multiple of 4): what hardware GPUs
-    /// reward. Layers that make too few tiles to fill a GPU are split along k.
+    /// where k is a multiple of 4): what hardware GPUs reward. Layers that make too few
+    /// tiles to fill a GPU are split along k.
     Tiled,
     /// The tiled kernels with 32x32 output tiles (64 invocations, 32 deep) on every
     /// convolution: four times the workgroups, for 7x7 and 14x14 maps.
