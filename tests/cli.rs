@@ -674,27 +674,34 @@ fn nan_inputs_warn_and_oversized_weights_are_refused() {
 
 #[test]
 fn library_warnings_reach_stderr() {
-    // A corrupt tuning cache is ignored and rewritten, with a warning the user sees.
+    // A corrupt tuning cache is ignored and rewritten, with a warning the user sees;
+    // RUST_LOG=off silences it.
     let dir = tmp("bad-cache");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gpu-tuning.json");
-    std::fs::write(&file, "{not json").unwrap();
-    let o = bin()
-        .env("WEBCNN_CACHE", &dir)
-        .args([
-            "bench",
-            "--device",
-            "gpu",
-            "--models",
-            "vgg11_cifar",
-            "--iters",
-            "1",
-        ])
-        .args(["--gpu-kernels", "tune"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    ok(o);
+    let tune = |log: Option<&str>| {
+        std::fs::write(&file, "{not json").unwrap();
+        let mut c = bin();
+        c.env("WEBCNN_CACHE", &dir)
+            .args([
+                "bench",
+                "--device",
+                "gpu",
+                "--models",
+                "vgg11_cifar",
+                "--iters",
+                "1",
+            ])
+            .args(["--gpu-kernels", "tune"]);
+        if let Some(l) = log {
+            c.env("RUST_LOG", l);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        ok(o);
+        err
+    };
+    let err = tune(None);
     assert!(
         err.lines()
             .any(|l| l.starts_with("warning: ignoring the unreadable GPU tuning cache")),
@@ -703,24 +710,6 @@ fn library_warnings_reach_stderr() {
     let cache: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).expect("rewritten");
     assert!(cache.as_object().is_some_and(|a| !a.is_empty()), "{cache}");
-    // RUST_LOG=off silences them.
-    std::fs::write(&file, "{not json").unwrap();
-    let o = bin()
-        .env("WEBCNN_CACHE", &dir)
-        .env("RUST_LOG", "off")
-        .args([
-            "bench",
-            "--device",
-            "gpu",
-            "--models",
-            "vgg11_cifar",
-            "--iters",
-            "1",
-        ])
-        .args(["--gpu-kernels", "tune"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    ok(o);
+    let err = tune(Some("off"));
     assert!(!err.contains("warning:"), "{err}");
 }
