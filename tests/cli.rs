@@ -713,3 +713,24 @@ fn library_warnings_reach_stderr() {
     let err = tune(Some("off"));
     assert!(!err.contains("warning:"), "{err}");
 }
+
+#[test]
+fn bench_layers_linear_prints_the_weights_rate_on_both_backends() {
+    let out = ok(bin()
+        .args([
+            "bench", "--layers", "linear", "--filter", "fc8", "--iters", "1",
+        ])
+        .args(["--device", "cpu,gpu"])
+        .output()
+        .unwrap());
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("fc8")).collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    // | layer | in > out | weight MB | GPU ms | GPU GB/s | CPU ms | CPU GB/s |
+    let cells: Vec<&str> = rows[0].split('|').map(str::trim).collect();
+    assert_eq!(cells[2], "4096 > 1000", "{out}");
+    assert_eq!(cells[3], "16.4", "{out}");
+    for c in &cells[4..8] {
+        let v: f64 = c.parse().unwrap_or_else(|_| panic!("'{c}' in {out}"));
+        assert!(v > 0.0, "{out}");
+    }
+}

@@ -45,18 +45,19 @@ pub struct Args {
     layer: Option<String>,
     /// Instead of models: each convolution shape of ResNet-50 and/or VGG-16 as a one-layer
     /// graph, on the GPU (device time) and the CPU; `matmul`: square matrix products as
-    /// 1x1 convolutions.
+    /// 1x1 convolutions; `linear`: VGG-16's and AlexNet's linear layers, with the rate
+    /// their weights stream at.
     #[arg(long, value_enum)]
     layers: Option<Which>,
     /// With --layers: only layers whose name contains this.
     #[arg(long)]
     filter: Option<String>,
     /// The GPU's conv and linear kernels: `auto` takes the static table for known adapter
-    /// kinds (register-blocked on software adapters, tiled on GPUs: 64x64 tiles, or
-    /// 32x32 where a layer makes too few) or what was measured before, and measures per
-    /// layer shape on unknown adapters; `tiled`, `tiled-small`, `tiled-winograd` and
-    /// `register-blocked` force one kernel set on every layer; `tune` measures any layer shape not yet measured
-    /// on this adapter.
+    /// kinds (register-blocked on software adapters; on GPUs 64x64 tiles split along k
+    /// where a layer makes few, Winograd on heavy 3x3 layers, 32x32 tiles on RGB stems)
+    /// or what was measured before, and measures per layer shape on unknown adapters;
+    /// `tiled`, `tiled-small`, `tiled-winograd` and `register-blocked` force one kernel set
+    /// on every layer; `tune` measures any layer shape not yet measured on this adapter.
     #[arg(long, value_enum, default_value = "auto")]
     gpu_kernels: GpuKernels,
     /// What the GPU stores activations and weights as (f16 needs the adapter's
@@ -120,7 +121,18 @@ enum Which {
     /// Square matrix products (1024 and 4096) as 1x1 convolutions: the rate the
     /// convolutions' own kernels reach on plain GEMM, to set the layers' rates against.
     Matmul,
+    /// VGG-16's and AlexNet's linear layers: bandwidth-bound at small batches, so their
+    /// table gives the rate the weights stream at.
+    Linear,
 }
+
+/// (layer, in features, out features)
+const LINEAR: &[(&str, usize, usize)] = &[
+    ("vgg16 classifier.0 (fc6)", 25088, 4096),
+    ("vgg16 classifier.3 (fc7)", 4096, 4096),
+    ("vgg16 classifier.6 (fc8)", 4096, 1000),
+    ("alexnet classifier.1 (fc6)", 9216, 4096),
+];
 
 /// (layer, in channels, out channels, kernel, stride, padding, input size)
 type Shape = (&'static str, usize, usize, usize, usize, usize, usize);
@@ -449,17 +461,8 @@ pub fn run(a: Args) -> R<()> {
     Ok(())
 }
 
-fn run_layers(which: Which, a: &Args) -> R<()> {
-    let mut shapes: Vec<&Shape> = match which {
-        Which::Resnet50 => RESNET50.iter().collect(),
-        Which::Vgg16 => VGG16.iter().collect(),
-        Which::All => RESNET50.iter().chain(VGG16).collect(),
-        Which::Matmul => MATMUL.iter().collect(),
-    };
-    if let Some(f) = &a.filter {
-        shapes.retain(|s| s.0.contains(f.as_str()));
-    }
-    let iters = a.iters.max(1);
+/// The GPU context for `--layers`, if the GPU is benched, and the table's heading.
+fn layers_context(a: &Args) -> R<Option<GpuContext>> {
     let ctx = if a.device.contains(&BenchDevice::Gpu) {
         Some(GpuContext::new_blocking(a.gpu_options())?)
     } else {
@@ -472,8 +475,90 @@ fn run_layers(which: Which, a: &Args) -> R<()> {
         "CPU: {} threads; batch {}; {} timed passes per cell (after a warm-up)\n",
         rayon::current_num_threads(),
         a.batch,
-        iters
+        a.iters.max(1)
     );
+    Ok(ctx)
+}
+
+/// Seconds per pass of one graph on the GPU (device time) and the CPU, where benched.
+fn time_layer(g: &Graph, ctx: Option<&GpuContext>, a: &Args) -> R<(Option<f64>, Option<f64>)> {
+    let iters = a.iters.max(1);
+    let w = synth_params(g, 1)?;
+    let x = synth("input", g.input_shape(), 2)?;
+    let gpu = match ctx {
+        Some(ctx) => {
+            let mut m = GpuModel::prepare_blocking(ctx, g, &w)?;
+            m.run_blocking(&x)?;
+            Some(m.time_device(iters)?)
+        }
+        None => None,
+    };
+    let cpu = if !a.device.contains(&BenchDevice::Cpu) {
+        None
+    } else {
+        let m = CpuModel::prepare(g, &w)?;
+        m.run(&x)?;
+        let t = Instant::now();
+        for _ in 0..iters {
+            m.run(&x)?;
+        }
+        Some(t.elapsed().as_secs_f64() / iters as f64)
+    };
+    Ok((gpu, cpu))
+}
+
+/// `--layers linear`: each linear layer's time and the rate its weights stream at.
+fn run_linear(a: &Args) -> R<()> {
+    let ctx = layers_context(a)?;
+    println!(
+        "| {:<30} | {:>12} | {:>9} | {:>10} | {:>9} | {:>10} | {:>9} |",
+        "layer", "in > out", "weight MB", "GPU ms", "GPU GB/s", "CPU ms", "CPU GB/s"
+    );
+    println!(
+        "|{:-<32}|{:-<14}|{:-<11}|{:-<12}|{:-<11}|{:-<12}|{:-<11}|",
+        "", "", "", "", "", "", ""
+    );
+    for &(name, k, n) in LINEAR {
+        if a.filter
+            .as_ref()
+            .is_some_and(|f| !name.contains(f.as_str()))
+        {
+            continue;
+        }
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[a.batch.max(1), k])?;
+        let y = b.linear("fc", x, k, n, true)?;
+        let g = b.build(&[y])?;
+        let (gpu, cpu) = time_layer(&g, ctx.as_ref(), a)?;
+        let bytes = (k * n * 4) as f64;
+        let dash = || "-".to_string();
+        let rate = |t: f64| format!("{:.1}", bytes / t / 1e9);
+        println!(
+            "| {:<30} | {:>12} | {:>9.1} | {:>10} | {:>9} | {:>10} | {:>9} |",
+            name,
+            format!("{k} > {n}"),
+            bytes / 1e6,
+            gpu.map(ms).unwrap_or_else(dash),
+            gpu.map(rate).unwrap_or_else(dash),
+            cpu.map(ms).unwrap_or_else(dash),
+            cpu.map(rate).unwrap_or_else(dash),
+        );
+    }
+    Ok(())
+}
+
+fn run_layers(which: Which, a: &Args) -> R<()> {
+    let mut shapes: Vec<&Shape> = match which {
+        Which::Resnet50 => RESNET50.iter().collect(),
+        Which::Vgg16 => VGG16.iter().collect(),
+        Which::All => RESNET50.iter().chain(VGG16).collect(),
+        Which::Matmul => MATMUL.iter().collect(),
+        Which::Linear => return run_linear(a),
+    };
+    if let Some(f) = &a.filter {
+        shapes.retain(|s| s.0.contains(f.as_str()));
+    }
+    let ctx = layers_context(a)?;
     println!(
         "| {:<30} | {:>22} | {:>8} | {:>10} | {:>9} | {:>10} | {:>9} | {:>9} |",
         "layer",
@@ -492,27 +577,7 @@ fn run_layers(which: Which, a: &Args) -> R<()> {
     let (mut gpu_total, mut cpu_total, mut macs_total) = (0.0, 0.0, 0);
     for s in shapes {
         let (g, macs) = layer(s, a.batch)?;
-        let w = synth_params(&g, 1)?;
-        let x = synth("input", g.input_shape(), 2)?;
-        let gpu = match &ctx {
-            Some(ctx) => {
-                let mut m = GpuModel::prepare_blocking(ctx, &g, &w)?;
-                m.run_blocking(&x)?;
-                Some(m.time_device(iters)?)
-            }
-            None => None,
-        };
-        let cpu = if !a.device.contains(&BenchDevice::Cpu) {
-            None
-        } else {
-            let m = CpuModel::prepare(&g, &w)?;
-            m.run(&x)?;
-            let t = Instant::now();
-            for _ in 0..iters {
-                m.run(&x)?;
-            }
-            Some(t.elapsed().as_secs_f64() / iters as f64)
-        };
+        let (gpu, cpu) = time_layer(&g, ctx.as_ref(), a)?;
         macs_total += macs;
         gpu_total += gpu.unwrap_or(0.0);
         cpu_total += cpu.unwrap_or(0.0);
