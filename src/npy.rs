@@ -63,6 +63,20 @@ pub fn read<R: Read>(mut reader: R, len: u64) -> Result<Tensor, NpyError> {
             return Err(bad("the header is not a plain float array's".into()));
         }
     }
+    // npyz multiplies the dimensions (and their runs, for strides) unchecked: dimensions
+    // whose product passes u64 are refused here first.
+    let text = std::str::from_utf8(text).map_err(|_| bad("the header is not ASCII".into()))?;
+    if let Some(dims) = header_dims(text) {
+        let product = dims
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(1u64, |a, &d| a.checked_mul(d));
+        if product.is_none() {
+            return Err(bad(format!(
+                "the header's shape {dims:?} needs more data than the {len}-byte file holds"
+            )));
+        }
+    }
     let npy = npyz::NpyFile::new(std::io::Cursor::new(head).chain(reader))
         .map_err(|e| bad(format!("not a .npy file: {e}")))?;
     if npy.order() != npyz::Order::C {
@@ -96,6 +110,21 @@ pub fn read<R: Read>(mut reader: R, len: u64) -> Result<Tensor, NpyError> {
     }
     .map_err(|e| bad(format!("reading the data: {e}")))?;
     Tensor::new(shape, data).map_err(|e| bad(e.to_string()))
+}
+
+/// The dimensions in a header's `'shape': (d0, d1, ...)`, where they are plain integers
+/// (the parser judges everything else).
+fn header_dims(text: &str) -> Option<Vec<u64>> {
+    let at = text.find("'shape'").or_else(|| text.find("\"shape\""))?;
+    let rest = &text[at..];
+    let open = rest.find('(')?;
+    let close = open + rest[open..].find(')')?;
+    rest[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.trim_end_matches(['L', 'l']).parse().ok())
+        .collect()
 }
 
 /// A tensor from a `.npy` file; errors name the file.
