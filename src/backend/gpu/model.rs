@@ -849,40 +849,49 @@ impl<'a> Builder<'a> {
                     return self.special_conv(program, step, up, sp, nb, (x, res), out);
                 }
                 let max = self.max_groups as usize;
+                // A layer split along k (one weight chunk) stores each slice's plain sums
+                // into the scratch; conv_split_sum then adds them with the epilogue.
                 let (splits, k_chunk) = self.conv_splits[self.step];
-                if splits > 1 {
-                    // Each slice's sums into the scratch, then their sum with the epilogue.
-                    let ch = &up.chunks[0];
-                    let k = icg * cfg.kernel[0] * cfg.kernel[1];
+                let dummy = Bind::whole(&self.dummy);
+                let sums = (splits > 1).then(|| {
+                    let scratch = self.split_scratch.as_ref().expect("sized for every split");
+                    let len = splits * total * self.f32_slots();
+                    Bind::first(scratch, len, self.ctx.elem_bytes())
+                });
+                for ch in &up.chunks {
                     let prm = conv::Params {
                         icg: u(icg),
                         ocg: u(ocg),
                         g_count: u(ch.groups),
                         g_base: u(ch.group),
-                        k: u(k),
+                        k: u(icg * cfg.kernel[0] * cfg.kernel[1]),
+                        has_res,
+                        relu,
                         m_base: u(ch.row),
                         m_count: u(ch.rows),
-                        plain: 1,
+                        plain: sums.is_some() as u32,
                         splits: u(splits),
                         k_chunk: u(k_chunk),
                         ..conv::Params::layer(cfg, xs, os, nb)
                     };
-                    let scratch = self.split_scratch.as_ref().expect("sized for every split");
-                    let len = splits * total * self.f32_slots();
-                    let sums = Bind::first(scratch, len, self.ctx.elem_bytes());
-                    let dummy = Bind::whole(&self.dummy);
+                    let (affine, res, y) = match &sums {
+                        Some(s) => (dummy.clone(), dummy.clone(), s.clone()),
+                        None => (Bind::whole(&affine), res.clone(), out.clone()),
+                    };
                     let bufs = conv::Buffers {
                         x: x.clone(),
                         wt: Bind::whole(&ch.buf),
-                        affine: dummy.clone(),
-                        res: dummy.clone(),
-                        y: sums.clone(),
+                        affine,
+                        res,
+                        y,
                         x4: dummy.clone(),
                         wt4: dummy.clone(),
                     };
                     let [gx, gy, gz] = v.grid(oh * ow, ch.rows, nb * ch.groups, max);
                     let grid = [gx, gy, gz * splits];
                     self.push(&conv::FAMILY, v.entry(), &prm, bufs, grid, &what)?;
+                }
+                if let Some(sums) = sums {
                     let prm = conv::Params {
                         has_res,
                         relu,
@@ -899,33 +908,7 @@ impl<'a> Builder<'a> {
                         wt4: dummy,
                     };
                     let grid = per_element(self, total)?;
-                    return self.push(&conv::FAMILY, "conv_split_sum", &prm, bufs, grid, &what);
-                }
-                for ch in &up.chunks {
-                    let prm = conv::Params {
-                        icg: u(icg),
-                        ocg: u(ocg),
-                        g_count: u(ch.groups),
-                        g_base: u(ch.group),
-                        k: u(icg * cfg.kernel[0] * cfg.kernel[1]),
-                        has_res,
-                        relu,
-                        m_base: u(ch.row),
-                        m_count: u(ch.rows),
-                        ..conv::Params::layer(cfg, xs, os, nb)
-                    };
-                    let dummy = Bind::whole(&self.dummy);
-                    let bufs = conv::Buffers {
-                        x: x.clone(),
-                        wt: Bind::whole(&ch.buf),
-                        affine: Bind::whole(&affine),
-                        res: res.clone(),
-                        y: out.clone(),
-                        x4: dummy.clone(),
-                        wt4: dummy,
-                    };
-                    let grid = v.grid(oh * ow, ch.rows, nb * ch.groups, max);
-                    self.push(&conv::FAMILY, v.entry(), &prm, bufs, grid, &what)?;
+                    self.push(&conv::FAMILY, "conv_split_sum", &prm, bufs, grid, &what)?;
                 }
             }
             Kernel::Linear { cfg, .. } => {
@@ -1121,11 +1104,7 @@ impl<'a> Builder<'a> {
             // Its buffers within one binding, and the weights in one chunk.
             let fits = |n: usize| (n * self.ctx.elem_bytes()) as u64 <= self.limit;
             let (a, b) = sp.scratch_len(nb);
-            let whole = self
-                .weights
-                .chunks(&format!("{}.weight", step.nodes[0]))
-                .is_ok_and(|c| c.len() == 1);
-            whole && fits(a) && fits(b) && fits(sp.weight_len())
+            self.whole_weights(step) && fits(a) && fits(b) && fits(sp.weight_len())
         });
         if v == conv::Variant::TiledWinograd && special.is_none() {
             // Not a Winograd layer (or too large for it): tiled.
@@ -1193,6 +1172,14 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Whether a conv step's weights are one chunk (the special kernels and the split
+    /// along k read them whole).
+    fn whole_weights(&self, step: &Step) -> bool {
+        self.weights
+            .chunks(&format!("{}.weight", step.nodes[0]))
+            .is_ok_and(|c| c.len() == 1)
+    }
+
     /// Stored values per f32: the split layers' partial sums keep about f32 precision in
     /// f16 models as the sum of two f16 (see `f32_pack` in the generated WGSL header).
     fn f32_slots(&self) -> usize {
@@ -1214,12 +1201,8 @@ impl<'a> Builder<'a> {
         let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
         let k = xs[1] / cfg.groups * cfg.kernel[0] * cfg.kernel[1];
         let (s, chunk) = v.split_k(conv_work(cfg, os, nb), k);
-        let one_chunk = self
-            .weights
-            .chunks(&format!("{}.weight", step.nodes[0]))
-            .is_ok_and(|c| c.len() == 1);
         let bytes = (s * nb * numel(&os[1..]) * 4) as u64;
-        if s > 1 && one_chunk && bytes <= self.limit {
+        if s > 1 && self.whole_weights(step) && bytes <= self.limit {
             (s, chunk)
         } else {
             (1, 0)
