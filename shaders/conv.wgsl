@@ -5,6 +5,7 @@
 // workgroup memory as two vec4 per k step (vector loads, 16 FMAs). Two tile shapes share
 // the code: 64x64 (256 invocations, 16 deep) and, for maps too small to give a GPU enough
 // 64x64 tiles (7x7, 14x14), 32x32 (64 invocations, 32 deep: about the same workgroup memory).
+// A third, for large layers, takes 128x128 tiles 8 deep, 8x8 per invocation.
 // Epilogue: * scale + shift per output channel (bias and a folded BatchNorm), + residual, ReLU.
 
 // Params, the bindings and the constants come from the generated header (src/backend/gpu/kernels/conv.rs).
@@ -25,29 +26,117 @@ fn conv2d_small(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     conv_tiled(lid, wid, TM_S, TN_S, TK_S);
 }
 
+// What one workgroup of a tiled kernel computes: its tile (first channel m0, first pixel
+// n0) of one (image, group) plane, and its slice of k. Nothing in it depends on the
+// invocation, so its loop bounds are uniform (as barriers inside the loop require).
+struct TileJob {
+    m0: u32,
+    n0: u32,
+    part: u32,
+    img: u32,
+    g: u32,
+    x_base: u32,
+    w_base: u32,
+    k_begin: u32,
+    k_end: u32,
+}
+
+// The input pixel an invocation loads at every k step (its invocations are a whole
+// number of tile rows), its coordinates found once.
+struct TilePixel {
+    nn: u32,
+    inside: bool,
+    iy0: i32,
+    ix0: i32,
+}
+
+fn tile_job(wid: vec3<u32>, tm: u32, tn: u32) -> TileJob {
+    var j: TileJob;
+    j.n0 = wid.x * tn;
+    j.m0 = wid.y * tm;
+    // Split along k (`splits` > 1): each of a tile's workgroups sums one slice of k and
+    // stores it plain, for conv_split_sum to add up (few tiles, long k: the tiles alone
+    // would leave most of a large GPU idle).
+    let splits = max(prm.splits, 1u);
+    j.part = wid.z % splits;
+    let plane_id = wid.z / splits;
+    j.k_begin = j.part * prm.k_chunk;
+    j.k_end = select(prm.k, min(prm.k, j.k_begin + prm.k_chunk), splits > 1u);
+    j.img = plane_id / prm.g_count;
+    let gl = plane_id % prm.g_count;
+    j.g = prm.g_base + gl;
+    j.x_base = (j.img * prm.c + j.g * prm.icg) * prm.h * prm.w;
+    j.w_base = gl * prm.m_count * prm.k;
+    return j;
+}
+
+fn tile_pixel(j: TileJob, tid: u32, tn: u32) -> TilePixel {
+    var q: TilePixel;
+    q.nn = tid % tn;
+    let p = j.n0 + q.nn;
+    q.inside = p < prm.p;
+    q.iy0 = i32((p / prm.ow) * prm.sh) - i32(prm.ph);
+    q.ix0 = i32((p % prm.ow) * prm.sw) - i32(prm.pw);
+    return q;
+}
+
+// Stage the job's weights and input patches for k0 .. k0 + tk in workgroup memory (the
+// caller puts the barriers around it).
+fn tile_fill(j: TileJob, q: TilePixel, tid: u32, threads: u32, k0: u32, tm: u32, tn: u32, tk: u32) {
+    let mv = tm / 4u;
+    let nv = tn / 4u;
+    // Weights: consecutive invocations read consecutive k of one row.
+    for (var e = tid; e < tk * tm; e += threads) {
+        let mm = e / tk;
+        let kk = e % tk;
+        let m = j.m0 + mm;
+        let k = k0 + kk;
+        var v = 0.0;
+        if (m < prm.m_count && k < j.k_end) {
+            v = f32(wt[j.w_base + m * prm.k + k]);
+        }
+        a_tile[kk * (mv + 1u) + mm / 4u][mm % 4u] = v;
+    }
+    // Input patches: consecutive invocations read consecutive output pixels.
+    let khw = prm.kh * prm.kw;
+    let plane = prm.h * prm.w;
+    for (var kk = tid / tn; kk < tk; kk += threads / tn) {
+        let k = k0 + kk;
+        var v = 0.0;
+        if (q.inside && k < j.k_end) {
+            var ci = k;
+            var iy = q.iy0;
+            var ix = q.ix0;
+            if (khw != 1u) {
+                ci = k / khw;
+                let rk = k - ci * khw;
+                let ky = rk / prm.kw;
+                iy += i32(ky * prm.dh);
+                ix += i32((rk - ky * prm.kw) * prm.dw);
+            }
+            if (iy >= 0 && ix >= 0 && u32(iy) < prm.h && u32(ix) < prm.w) {
+                v = f32(x[j.x_base + ci * plane + u32(iy) * prm.w + u32(ix)]);
+            }
+        }
+        b_tile[kk * nv + q.nn / 4u][q.nn % 4u] = v;
+    }
+}
+
+// Where the job's channel `m` (a row of its chunk) and pixels from `p0` go: the output
+// image (a slice of a split layer has its own, `plain` set), channel and pixel.
+fn tile_store(j: TileJob, m: u32, p0: u32, acc: vec4<f32>) {
+    conv_store(j.part * prm.batch + j.img, m, j.g * prm.ocg + prm.m_base + m, p0, acc);
+}
+
 // The tiled kernel for `tm` x `tn` tiles, `tk` deep, on (tn / 4) x (tm / 4) invocations
-// (constants at every call: the compilers fold them).
+// of 4x4 outputs (constants at every call: the compilers fold them).
 fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
     let mv = tm / 4u;
     let nv = tn / 4u;
     let threads = mv * nv;
     let tid = lid.y * nv + lid.x;
-    let n0 = wid.x * tn;
-    let m0 = wid.y * tm;
-    // Split along k (`splits` > 1): each of a tile's workgroups sums one slice of k and
-    // stores it plain, for conv_split_sum to add up (few tiles, long k: the tiles alone
-    // would leave most of a large GPU idle).
-    let splits = max(prm.splits, 1u);
-    let part = wid.z % splits;
-    let plane_id = wid.z / splits;
-    let k_begin = part * prm.k_chunk;
-    let k_end = select(prm.k, min(prm.k, k_begin + prm.k_chunk), splits > 1u);
-    let img = plane_id / prm.g_count;
-    let gl = plane_id % prm.g_count;
-    let g = prm.g_base + gl;
-    let khw = prm.kh * prm.kw;
-    let x_base = (img * prm.c + g * prm.icg) * prm.h * prm.w;
-    let w_base = gl * prm.m_count * prm.k;
+    let j = tile_job(wid, tm, tn);
+    let q = tile_pixel(j, tid, tn);
 
     // Rows m0 + 4 * lid.y + i, columns n0 + 4 * lid.x ..: four vectors, not an array
     // (software adapters keep an array that a loop indexes in memory).
@@ -55,51 +144,8 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
     var c1 = vec4<f32>(0.0);
     var c2 = vec4<f32>(0.0);
     var c3 = vec4<f32>(0.0);
-
-    // Each invocation loads the same pixel of the input tile at every k step (its
-    // invocations are a whole number of tile rows), so its coordinates are found once.
-    let nn = tid % tn;
-    let p = n0 + nn;
-    let p_in = p < prm.p;
-    let iy0 = i32((p / prm.ow) * prm.sh) - i32(prm.ph);
-    let ix0 = i32((p % prm.ow) * prm.sw) - i32(prm.pw);
-    let plane = prm.h * prm.w;
-    let pointwise = khw == 1u;
-
-    for (var k0 = k_begin; k0 < k_end; k0 += tk) {
-        // Weights: consecutive invocations read consecutive k of one row.
-        for (var e = tid; e < tk * tm; e += threads) {
-            let mm = e / tk;
-            let kk = e % tk;
-            let m = m0 + mm;
-            let k = k0 + kk;
-            var v = 0.0;
-            if (m < prm.m_count && k < k_end) {
-                v = f32(wt[w_base + m * prm.k + k]);
-            }
-            a_tile[kk * (mv + 1u) + mm / 4u][mm % 4u] = v;
-        }
-        // Input patches: consecutive invocations read consecutive output pixels.
-        for (var kk = tid / tn; kk < tk; kk += threads / tn) {
-            let k = k0 + kk;
-            var v = 0.0;
-            if (p_in && k < k_end) {
-                var ci = k;
-                var iy = iy0;
-                var ix = ix0;
-                if (!pointwise) {
-                    ci = k / khw;
-                    let rk = k - ci * khw;
-                    let ky = rk / prm.kw;
-                    iy += i32(ky * prm.dh);
-                    ix += i32((rk - ky * prm.kw) * prm.dw);
-                }
-                if (iy >= 0 && ix >= 0 && u32(iy) < prm.h && u32(ix) < prm.w) {
-                    v = f32(x[x_base + ci * plane + u32(iy) * prm.w + u32(ix)]);
-                }
-            }
-            b_tile[kk * nv + nn / 4u][nn % 4u] = v;
-        }
+    for (var k0 = j.k_begin; k0 < j.k_end; k0 += tk) {
+        tile_fill(j, q, tid, threads, k0, tm, tn, tk);
         workgroupBarrier();
         for (var kk = 0u; kk < tk; kk++) {
             let a = a_tile[kk * (mv + 1u) + lid.y];
@@ -111,16 +157,93 @@ fn conv_tiled(lid: vec3<u32>, wid: vec3<u32>, tm: u32, tn: u32, tk: u32) {
         }
         workgroupBarrier();
     }
+    let m = j.m0 + 4u * lid.y;
+    let p0 = j.n0 + 4u * lid.x;
+    tile_store(j, m, p0, c0);
+    tile_store(j, m + 1u, p0, c1);
+    tile_store(j, m + 2u, p0, c2);
+    tile_store(j, m + 3u, p0, c3);
+}
 
-    let m = m0 + 4u * lid.y;
-    let oc = g * prm.ocg + prm.m_base + m;
-    let p0 = n0 + 4u * lid.x;
-    // A slice's sums go to its own copy of the output (`plain` is set).
-    let out_img = part * prm.batch + img;
-    conv_store(out_img, m, oc, p0, c0);
-    conv_store(out_img, m + 1u, oc + 1u, p0, c1);
-    conv_store(out_img, m + 2u, oc + 2u, p0, c2);
-    conv_store(out_img, m + 3u, oc + 3u, p0, c3);
+// 128x128 tiles, 8 deep, on 16x16 invocations of 8x8 outputs each: four times the
+// multiply-adds per value read from workgroup memory and per value staged from storage
+// as the 64x64 kernel (the classic shape of fast SGEMMs on large GPUs). An invocation's
+// 8 channels and 8 pixels are two groups of 4, half a tile apart, so that neighbouring
+// invocations read neighbouring vectors of workgroup memory.
+@compute @workgroup_size(TN_L / 8u, TM_L / 8u, 1)
+fn conv2d_large(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let mv = TM_L / 4u;
+    let nv = TN_L / 4u;
+    let threads = (TM_L / 8u) * (TN_L / 8u);
+    let tid = lid.y * (TN_L / 8u) + lid.x;
+    let j = tile_job(wid, TM_L, TN_L);
+    let q = tile_pixel(j, tid, TN_L);
+
+    // c<i>: row i of the invocation's 8 (0-3 from m0 + 4 * lid.y, 4-7 half a tile on),
+    // its first 4 pixels; d<i>: the same rows, the 4 pixels half a tile on.
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0);
+    var c5 = vec4<f32>(0.0);
+    var c6 = vec4<f32>(0.0);
+    var c7 = vec4<f32>(0.0);
+    var d0 = vec4<f32>(0.0);
+    var d1 = vec4<f32>(0.0);
+    var d2 = vec4<f32>(0.0);
+    var d3 = vec4<f32>(0.0);
+    var d4 = vec4<f32>(0.0);
+    var d5 = vec4<f32>(0.0);
+    var d6 = vec4<f32>(0.0);
+    var d7 = vec4<f32>(0.0);
+    for (var k0 = j.k_begin; k0 < j.k_end; k0 += TK_L) {
+        tile_fill(j, q, tid, threads, k0, TM_L, TN_L, TK_L);
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK_L; kk++) {
+            let a = a_tile[kk * (mv + 1u) + lid.y];
+            let e = a_tile[kk * (mv + 1u) + lid.y + mv / 2u];
+            let b = b_tile[kk * nv + lid.x];
+            let f = b_tile[kk * nv + lid.x + nv / 2u];
+            c0 = fma(vec4<f32>(a.x), b, c0);
+            c1 = fma(vec4<f32>(a.y), b, c1);
+            c2 = fma(vec4<f32>(a.z), b, c2);
+            c3 = fma(vec4<f32>(a.w), b, c3);
+            c4 = fma(vec4<f32>(e.x), b, c4);
+            c5 = fma(vec4<f32>(e.y), b, c5);
+            c6 = fma(vec4<f32>(e.z), b, c6);
+            c7 = fma(vec4<f32>(e.w), b, c7);
+            d0 = fma(vec4<f32>(a.x), f, d0);
+            d1 = fma(vec4<f32>(a.y), f, d1);
+            d2 = fma(vec4<f32>(a.z), f, d2);
+            d3 = fma(vec4<f32>(a.w), f, d3);
+            d4 = fma(vec4<f32>(e.x), f, d4);
+            d5 = fma(vec4<f32>(e.y), f, d5);
+            d6 = fma(vec4<f32>(e.z), f, d6);
+            d7 = fma(vec4<f32>(e.w), f, d7);
+        }
+        workgroupBarrier();
+    }
+    let m = j.m0 + 4u * lid.y;
+    let m_far = m + TM_L / 2u;
+    let p0 = j.n0 + 4u * lid.x;
+    let p_far = p0 + TN_L / 2u;
+    tile_store(j, m, p0, c0);
+    tile_store(j, m + 1u, p0, c1);
+    tile_store(j, m + 2u, p0, c2);
+    tile_store(j, m + 3u, p0, c3);
+    tile_store(j, m_far, p0, c4);
+    tile_store(j, m_far + 1u, p0, c5);
+    tile_store(j, m_far + 2u, p0, c6);
+    tile_store(j, m_far + 3u, p0, c7);
+    tile_store(j, m, p_far, d0);
+    tile_store(j, m + 1u, p_far, d1);
+    tile_store(j, m + 2u, p_far, d2);
+    tile_store(j, m + 3u, p_far, d3);
+    tile_store(j, m_far, p_far, d4);
+    tile_store(j, m_far + 1u, p_far, d5);
+    tile_store(j, m_far + 2u, p_far, d6);
+    tile_store(j, m_far + 3u, p_far, d7);
 }
 
 // Partial sum `i` of a split layer, in f32 (F32_SLOTS values of S each).

@@ -234,12 +234,7 @@ fn gpu_f16_every_model_within_1e_2_and_the_same_top1() {
 fn gpu_resnet18_and_alexnet_with_the_other_kernels() {
     // Those the adapter does not get: on a software adapter every tiled set.
     let own = common::gpu().kernels();
-    for k in [
-        Kernels::Tiled,
-        Kernels::TiledSmall,
-        Kernels::TiledWinograd,
-        Kernels::RegisterBlocked,
-    ] {
+    for k in Kernels::ALL {
         if k != own {
             eprintln!("{k:?} kernels");
             check(Backend::GpuKernels(k), |m| {

@@ -50,12 +50,7 @@ fn cpu_portable_kernels_match_every_golden_op() {
 #[test]
 fn gpu_backend_matches_every_golden_op() {
     // Every kernel set, whichever this adapter would pick.
-    for k in [
-        Kernels::Tiled,
-        Kernels::TiledSmall,
-        Kernels::TiledWinograd,
-        Kernels::RegisterBlocked,
-    ] {
+    for k in Kernels::ALL {
         let ctx = common::gpu_with(GpuOptions {
             kernels: Some(k),
             ..Default::default()

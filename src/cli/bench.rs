@@ -56,7 +56,7 @@ pub struct Args {
     /// kinds (register-blocked on software adapters; on GPUs 64x64 tiles split along k
     /// where a layer makes few, Winograd on heavy 3x3 layers, 32x32 tiles on RGB stems)
     /// or what was measured before, and measures per layer shape on unknown adapters;
-    /// `tiled`, `tiled-small`, `tiled-winograd` and `register-blocked` force one kernel set
+    /// `tiled`, `tiled-large`, `tiled-small`, `tiled-winograd` and `register-blocked` force one kernel set
     /// on every layer; `tune` measures any layer shape not yet measured on this adapter.
     #[arg(long, value_enum, default_value = "auto")]
     gpu_kernels: GpuKernels,
@@ -76,6 +76,7 @@ enum BenchPrecision {
 enum GpuKernels {
     Auto,
     Tiled,
+    TiledLarge,
     TiledSmall,
     TiledWinograd,
     RegisterBlocked,
@@ -90,6 +91,7 @@ impl Args {
             kernels: match self.gpu_kernels {
                 GpuKernels::Auto | GpuKernels::Tune => None,
                 GpuKernels::Tiled => Some(Kernels::Tiled),
+                GpuKernels::TiledLarge => Some(Kernels::TiledLarge),
                 GpuKernels::TiledSmall => Some(Kernels::TiledSmall),
                 GpuKernels::TiledWinograd => Some(Kernels::TiledWinograd),
                 GpuKernels::RegisterBlocked => Some(Kernels::RegisterBlocked),
@@ -395,25 +397,20 @@ pub fn run(a: Args) -> R<()> {
     if let Some(ctx) = ctx.as_ref().filter(|_| !a.json) {
         let chosen = ctx.conv_kernels();
         if !chosen.is_empty() {
-            let on = |k| chosen.iter().filter(|(_, c)| *c == k).count();
+            let on = Kernels::ALL.map(|k| {
+                let n = chosen.iter().filter(|(_, c)| *c == k).count();
+                format!("{} on {n}", k.name())
+            });
             println!(
-                "\nGPU conv kernels per layer shape, measured on this adapter ({} now, the rest cached): {} shapes, tiled on {}, tiled-small on {}, tiled-winograd on {}, register-blocked on {}",
+                "\nGPU conv kernels per layer shape, measured on this adapter ({} now, the rest cached): {} shapes, {}",
                 ctx.measured_shapes(),
                 chosen.len(),
-                on(Kernels::Tiled),
-                on(Kernels::TiledSmall),
-                on(Kernels::TiledWinograd),
-                on(Kernels::RegisterBlocked),
+                on.join(", "),
             );
         }
         let timed = ctx.conv_timings();
         if !timed.is_empty() {
-            let sets = [
-                Kernels::Tiled,
-                Kernels::TiledSmall,
-                Kernels::TiledWinograd,
-                Kernels::RegisterBlocked,
-            ];
+            let sets = Kernels::ALL;
             println!("\nconv kernels timed now (ms per pass; - where a kernel does not apply)");
             print!("| {:<58} |", "layer shape");
             for k in sets {

@@ -40,6 +40,10 @@ pub enum Kernels {
     /// where k is a multiple of 4): what hardware GPUs reward. Layers that make too few
     /// tiles to fill a GPU are split along k.
     Tiled,
+    /// The tiled kernels with 128x128 output tiles (256 invocations of 8x8, 8 deep) on
+    /// every convolution: four times the multiply-adds per value staged, for large layers
+    /// on large GPUs.
+    TiledLarge,
     /// The tiled kernels with 32x32 output tiles (64 invocations, 32 deep) on every
     /// convolution: four times the workgroups, for 7x7 and 14x14 maps.
     TiledSmall,
@@ -64,10 +68,20 @@ impl Kernels {
         }
     }
 
+    /// Every set, in the order tables list them.
+    pub const ALL: [Kernels; 5] = [
+        Kernels::Tiled,
+        Kernels::TiledLarge,
+        Kernels::TiledSmall,
+        Kernels::TiledWinograd,
+        Kernels::RegisterBlocked,
+    ];
+
     /// The set's name (as `--gpu-kernels` and the tuning cache spell it).
     pub fn name(self) -> &'static str {
         match self {
             Kernels::Tiled => "tiled",
+            Kernels::TiledLarge => "tiled-large",
             Kernels::TiledSmall => "tiled-small",
             Kernels::TiledWinograd => "tiled-winograd",
             Kernels::RegisterBlocked => "register-blocked",

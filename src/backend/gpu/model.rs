@@ -1094,7 +1094,9 @@ impl<'a> Builder<'a> {
             .unwrap_or(self.variant);
         let shape = |s: &[usize]| [s[1], s[2], s[3]];
         let special = match v {
-            conv::Variant::Tiled | conv::Variant::TiledSmall => return (v, None),
+            conv::Variant::Tiled | conv::Variant::TiledLarge | conv::Variant::TiledSmall => {
+                return (v, None)
+            }
             conv::Variant::TiledWinograd => {
                 conv::tiled_winograd(cfg, xs[1], [os[2], os[3]]).map(conv::Special::Winograd)
             }

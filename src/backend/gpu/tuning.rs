@@ -147,9 +147,8 @@ struct State {
     /// Read from the cache file (once, on first use).
     loaded: bool,
     choices: HashMap<String, Variant>,
-    /// Shapes timed on this device (for tests and reports).
-    measured: usize,
-    /// Each timed shape's seconds per kernel, in the order timed (for reports).
+    /// Each shape timed on this device, its seconds per kernel, in the order timed (for
+    /// tests and reports).
     timings: Vec<(String, Vec<(Variant, f64)>)>,
 }
 
@@ -189,7 +188,6 @@ impl Tuner {
     pub fn remember(&self, key: String, v: Variant, times: Vec<(Variant, f64)>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.choices.insert(key.clone(), v);
-        s.measured += 1;
         s.timings.push((key, times));
     }
 
@@ -215,7 +213,8 @@ impl Tuner {
         self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .measured
+            .timings
+            .len()
     }
 
     /// This adapter's choices from the cache file; nothing when there is none, or it is

@@ -42,10 +42,17 @@ const TK: usize = 16;
 const TM_S: usize = 32;
 const TN_S: usize = 32;
 const TK_S: usize = 32;
+/// The large-tile kernel's: 256 invocations of 8x8, 8 deep (the same workgroup memory).
+const TM_L: usize = 128;
+const TN_L: usize = 128;
+const TK_L: usize = 8;
 /// Vectors of workgroup memory for the weights' tile (rows padded by one vector against
 /// bank conflicts) and the input's, as large as either tile size needs.
-const A_TILE: usize = max(TK * (TM / 4 + 1), TK_S * (TM_S / 4 + 1));
-const B_TILE: usize = max(TK * TN / 4, TK_S * TN_S / 4);
+const A_TILE: usize = max(
+    max(TK * (TM / 4 + 1), TK_S * (TM_S / 4 + 1)),
+    TK_L * (TM_L / 4 + 1),
+);
+const B_TILE: usize = max(max(TK * TN / 4, TK_S * TN_S / 4), TK_L * TN_L / 4);
 /// Bytes of workgroup memory the tiled kernels take.
 const TILE_BYTES: usize = (A_TILE + B_TILE) * 16;
 
@@ -57,8 +64,11 @@ const fn max(a: usize, b: usize) -> usize {
     }
 }
 // Each invocation loads one pixel column of the input tile: invocations fill whole rows.
-const _: () =
-    assert!((TM / 4 * TN / 4).is_multiple_of(TN) && (TM_S / 4 * TN_S / 4).is_multiple_of(TN_S));
+const _: () = assert!(
+    (TM / 4 * TN / 4).is_multiple_of(TN)
+        && (TM_S / 4 * TN_S / 4).is_multiple_of(TN_S)
+        && (TM_L / 8 * TN_L / 8).is_multiple_of(TN_L)
+);
 /// The tiled set's Winograd products take the small tiles where the 64x64 ones would make
 /// fewer workgroups than this: about two per compute unit of the largest GPUs.
 const SMALL_TILES_BELOW: usize = 256;
@@ -103,6 +113,9 @@ pub(crate) static FAMILY: Family = Family {
         ("TM_S", TM_S),
         ("TN_S", TN_S),
         ("TK_S", TK_S),
+        ("TM_L", TM_L),
+        ("TN_L", TN_L),
+        ("TK_L", TK_L),
         ("A_TILE", A_TILE),
         ("B_TILE", B_TILE),
         ("RB_M", RB_M),
@@ -143,6 +156,8 @@ impl Params {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Variant {
     Tiled,
+    /// 128x128 tiles, 8x8 per invocation (large layers on large GPUs).
+    TiledLarge,
     TiledSmall,
     /// 3x3 stride-1 layers by Winograd F(2x2, 3x3), the products on the tiled kernel
     /// (others as `Tiled`, its tile size by the table's rule).
@@ -351,6 +366,7 @@ impl Variant {
     pub fn choose(kernels: Kernels, limits: &wgpu::Limits) -> Variant {
         let want = match kernels {
             Kernels::Tiled => Variant::Tiled,
+            Kernels::TiledLarge => Variant::TiledLarge,
             Kernels::TiledSmall => Variant::TiledSmall,
             Kernels::TiledWinograd => Variant::TiledWinograd,
             Kernels::RegisterBlocked => Variant::RegisterBlocked,
@@ -422,16 +438,18 @@ impl Variant {
     /// tiles: 64) invocations per workgroup and 8.5 KiB of workgroup memory, which
     /// downlevel (WebGPU compatibility-mode, GLES) adapters may not give.
     pub fn supports(self, limits: &wgpu::Limits) -> bool {
-        let tiled = |tm: usize, tn: usize| {
-            let (x, y) = (tn / 4, tm / 4);
+        // Tiles of tm x tn outputs, `per` x `per` per invocation.
+        let tiled = |tm: usize, tn: usize, per: usize| {
+            let (x, y) = (tn / per, tm / per);
             limits.max_compute_invocations_per_workgroup as usize >= x * y
                 && limits.max_compute_workgroup_size_x as usize >= x
                 && limits.max_compute_workgroup_size_y as usize >= y
                 && limits.max_compute_workgroup_storage_size as usize >= TILE_BYTES
         };
         match self {
-            Variant::Tiled => tiled(TM, TN),
-            Variant::TiledSmall | Variant::TiledWinograd => tiled(TM_S, TN_S),
+            Variant::Tiled => tiled(TM, TN, 4),
+            Variant::TiledLarge => tiled(TM_L, TN_L, 8),
+            Variant::TiledSmall | Variant::TiledWinograd => tiled(TM_S, TN_S, 4),
             Variant::RegisterBlocked => {
                 limits.max_compute_invocations_per_workgroup as usize >= RB_WG
                     && limits.max_compute_workgroup_size_x as usize >= RB_WG
@@ -441,8 +459,9 @@ impl Variant {
 
     // Measuring and its cache are native-only.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::Tiled,
+        Variant::TiledLarge,
         Variant::TiledSmall,
         Variant::TiledWinograd,
         Variant::RegisterBlocked,
@@ -469,6 +488,7 @@ impl Variant {
     pub fn kernels(self) -> Kernels {
         match self {
             Variant::Tiled => Kernels::Tiled,
+            Variant::TiledLarge => Kernels::TiledLarge,
             Variant::TiledSmall => Kernels::TiledSmall,
             Variant::TiledWinograd => Kernels::TiledWinograd,
             Variant::RegisterBlocked => Kernels::RegisterBlocked,
@@ -478,6 +498,7 @@ impl Variant {
     pub fn entry(self) -> &'static str {
         match self {
             Variant::Tiled => "conv2d",
+            Variant::TiledLarge => "conv2d_large",
             // Where it does not apply, the chooser hands such layers a tiled variant.
             Variant::TiledSmall | Variant::TiledWinograd => "conv2d_small",
             Variant::RegisterBlocked => "conv2d_rb",
@@ -488,6 +509,7 @@ impl Variant {
     fn tile(self) -> Option<[usize; 3]> {
         match self {
             Variant::Tiled => Some([TM, TN, TK]),
+            Variant::TiledLarge => Some([TM_L, TN_L, TK_L]),
             Variant::TiledSmall => Some([TM_S, TN_S, TK_S]),
             Variant::TiledWinograd | Variant::RegisterBlocked => None,
         }
@@ -519,10 +541,11 @@ impl Variant {
     /// group) pairs, with at most `max` per dimension.
     pub fn grid(self, pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
         match self {
-            Variant::Tiled => [pixels.div_ceil(TN), rows.div_ceil(TM), planes],
-            Variant::TiledSmall | Variant::TiledWinograd => {
-                [pixels.div_ceil(TN_S), rows.div_ceil(TM_S), planes]
+            Variant::Tiled | Variant::TiledLarge | Variant::TiledSmall => {
+                let [tm, tn, _] = self.tile().expect("a tiled variant");
+                [pixels.div_ceil(tn), rows.div_ceil(tm), planes]
             }
+            Variant::TiledWinograd => [pixels.div_ceil(TN_S), rows.div_ceil(TM_S), planes],
             Variant::RegisterBlocked => rb_grid(pixels, rows, planes, max),
         }
     }
@@ -568,6 +591,10 @@ mod tests {
         assert_eq!(Variant::Tiled.split_k([196, 256, 1], 2304), (18, 128));
         // Odd k: whole 16-deep slices, the last one shorter.
         assert_eq!(Variant::Tiled.split_k([9, 40, 2], 1170), (9, 144));
+        // 128x128 tiles: fewer of them, whole 8-deep slices.
+        assert_eq!(Variant::TiledLarge.split_k([49, 512, 1], 2048), (16, 128));
+        assert_eq!(Variant::TiledLarge.split_k([9, 40, 2], 1170), (9, 136));
+        assert_eq!(Variant::TiledLarge.grid(300, 200, 2, 65535), [3, 2, 2]);
         // Enough tiles, or too short a k: whole.
         assert_eq!(Variant::Tiled.split_k([224 * 224, 64, 8], 576), (1, 576));
         assert_eq!(Variant::Tiled.split_k([49, 64, 1], 200), (1, 200));
@@ -589,6 +616,7 @@ mod tests {
         let forced = |k| Variant::choose(k, &limits);
         assert_eq!(forced(Kernels::Tiled), Variant::Tiled);
         assert_eq!(forced(Kernels::TiledSmall), Variant::TiledSmall);
+        assert_eq!(forced(Kernels::TiledLarge), Variant::TiledLarge);
         let rb = Variant::for_layer(
             Kernels::RegisterBlocked,
             &limits,
@@ -602,6 +630,10 @@ mod tests {
             ..limits.clone()
         };
         assert_eq!(Variant::choose(Kernels::Tiled, &low), Variant::TiledSmall);
+        assert_eq!(
+            Variant::choose(Kernels::TiledLarge, &low),
+            Variant::TiledSmall
+        );
         let no_workgroup_memory = wgpu::Limits {
             max_compute_workgroup_storage_size: 0,
             ..limits.clone()

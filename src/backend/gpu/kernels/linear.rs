@@ -37,10 +37,14 @@ pub(crate) static FAMILY: Family = Family {
 /// where k is a multiple of 4.
 pub(crate) fn plan(variant: Variant, rows: usize, k: usize) -> (&'static str, usize) {
     match variant {
-        Variant::Tiled | Variant::TiledSmall | Variant::TiledWinograd if k.is_multiple_of(4) => {
+        Variant::Tiled | Variant::TiledLarge | Variant::TiledSmall | Variant::TiledWinograd
+            if k.is_multiple_of(4) =>
+        {
             ("linear_v4", rows)
         }
-        Variant::Tiled | Variant::TiledSmall | Variant::TiledWinograd => ("linear", rows),
+        Variant::Tiled | Variant::TiledLarge | Variant::TiledSmall | Variant::TiledWinograd => {
+            ("linear", rows)
+        }
         Variant::RegisterBlocked if k.is_multiple_of(4) => {
             ("linear_rb4", rows.div_ceil(4 * LINEAR_RB_ROWS))
         }
