@@ -696,13 +696,23 @@ fn winograd_and_gemm_kernels_match_the_cpu_on_awkward_shapes() {
 }
 
 #[test]
-fn tiled_kernels_match_the_cpu_on_whole_and_partial_tiles() {
-    // Layers of more than one tile each way, the last ones partial, on every tile size:
-    // the 128x128 kernel's invocations hold two 4x4 blocks half a tile apart, which only
-    // layers of more than 64 channels and pixels reach. Each graph's first conv is whole
-    // (too few products to split), its second (3x3 over its channels) split along k.
+fn tiled_layers_with_few_tiles_split_k_and_match_the_cpu() {
+    // Few output tiles and long reductions (ResNet's last stages at batch 1) are split
+    // along k: each slice's sums into a scratch, then their sum with the epilogue. Odd k
+    // leaves a short last slice and partial tiles; the second conv adds the residual and
+    // ReLU; grouped layers split per group; batches of 1-3; every tile size.
     // (batch, in, out, h, w, kernel, stride, padding, groups)
     let cases = [
+        (1, 256, 64, 7, 7, 3, 1, 1, 1),
+        (2, 130, 40, 5, 6, 3, 2, 1, 1),
+        (1, 300, 24, 4, 4, 1, 1, 0, 1),
+        (3, 96, 32, 6, 5, 3, 1, 1, 2),
+        (1, 64, 16, 9, 9, 5, 2, 2, 1),
+    ];
+    // More than one tile each way, the last ones partial: the 128x128 kernel's
+    // invocations hold two 4x4 blocks half a tile apart, which only layers of more than
+    // 64 channels and pixels reach. The first conv is whole (too few products to split).
+    let wide = [
         (2, 16, 200, 20, 15, 3, 1, 1, 1),
         (1, 24, 136, 17, 9, 1, 1, 0, 1),
         (2, 32, 144, 24, 24, 3, 2, 1, 2),
@@ -712,42 +722,7 @@ fn tiled_kernels_match_the_cpu_on_whole_and_partial_tiles() {
             kernels: Some(kernels),
             ..Default::default()
         });
-        for (n, c, oc, h, w, k, st, pad, groups) in cases {
-            let cfg = Conv2d::new(c, oc, k).stride(st).padding(pad).groups(groups);
-            let g = conv_residual_graph([n, c, h, w], cfg);
-            let wts = synth_params(&g, 9).unwrap();
-            let xt = synth("input", &[n, c, h, w], 10).unwrap();
-            let want = run_cpu(&g, &wts, &xt, true).remove(0);
-            let what = format!("{kernels:?}: {n}x{c}x{h}x{w} k{k} s{st} p{pad} g{groups} -> {oc}");
-            let mut m = GpuModel::prepare_blocking(&ctx, &g, &wts).unwrap();
-            assert_eq!(m.memory().k_split_layers, 1, "{what}: {:?}", m.memory());
-            let got = m.run_blocking(&xt).unwrap().remove(0);
-            let err = rel_l2(got.data(), &f64s(&want));
-            assert!(err < 1e-5, "{what}: rel L2 {err:.2e}");
-        }
-    }
-}
-
-#[test]
-fn tiled_layers_with_few_tiles_split_k_and_match_the_cpu() {
-    // Few output tiles and long reductions (ResNet's last stages at batch 1) are split
-    // along k: each slice's sums into a scratch, then their sum with the epilogue. Odd k
-    // leaves a short last slice and partial tiles; the second conv adds the residual and
-    // ReLU; grouped layers split per group; batches of 1-3; the 32x32 tiles too.
-    // (batch, in, out, h, w, kernel, stride, padding, groups)
-    let cases = [
-        (1, 256, 64, 7, 7, 3, 1, 1, 1),
-        (2, 130, 40, 5, 6, 3, 2, 1, 1),
-        (1, 300, 24, 4, 4, 1, 1, 0, 1),
-        (3, 96, 32, 6, 5, 3, 1, 1, 2),
-        (1, 64, 16, 9, 9, 5, 2, 2, 1),
-    ];
-    for kernels in [Kernels::Tiled, Kernels::TiledLarge, Kernels::TiledSmall] {
-        let ctx = common::gpu_with(GpuOptions {
-            kernels: Some(kernels),
-            ..Default::default()
-        });
-        for (n, c, oc, h, w, k, st, pad, groups) in cases {
+        for &(n, c, oc, h, w, k, st, pad, groups) in cases.iter().chain(&wide) {
             let cfg = Conv2d::new(c, oc, k).stride(st).padding(pad).groups(groups);
             let g = conv_residual_graph([n, c, h, w], cfg);
             let wts = synth_params(&g, 7).unwrap();
