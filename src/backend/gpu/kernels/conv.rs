@@ -47,7 +47,7 @@ const TM_L: usize = 128;
 const TN_L: usize = 128;
 const TK_L: usize = 8;
 /// Vectors of workgroup memory for the weights' tile (rows padded by one vector against
-/// bank conflicts) and the input's, as large as either tile size needs.
+/// bank conflicts) and the input's, as large as any tile size needs.
 const A_TILE: usize = max(
     max(TK * (TM / 4 + 1), TK_S * (TM_S / 4 + 1)),
     TK_L * (TM_L / 4 + 1),
@@ -361,8 +361,8 @@ pub(crate) fn gemm_grid(pixels: usize, rows: usize, planes: usize, max: usize) -
 }
 
 impl Variant {
-    /// The variant for a forced kernel set, or the next one the device can run (large
-    /// tiles, small tiles, register-blocked).
+    /// The variant for a forced kernel set, or the next one in [`Self::ALL`] the device can
+    /// run (64x64 tiles, 128x128, 32x32, register-blocked).
     pub fn choose(kernels: Kernels, limits: &wgpu::Limits) -> Variant {
         let want = match kernels {
             Kernels::Tiled => Variant::Tiled,
