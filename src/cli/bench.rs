@@ -56,8 +56,9 @@ pub struct Args {
     /// kinds (register-blocked on software adapters; on GPUs 64x64 tiles split along k
     /// where a layer makes few, Winograd on heavy 3x3 layers, 32x32 tiles on RGB stems)
     /// or what was measured before, and measures per layer shape on unknown adapters;
-    /// `tiled`, `tiled-large`, `tiled-small`, `tiled-winograd` and `register-blocked` force one kernel set
-    /// on every layer; `tune` measures any layer shape not yet measured on this adapter.
+    /// `tiled`, `tiled-large`, `tiled-small`, `tiled-winograd` and `register-blocked` force
+    /// one kernel set on every layer; `tune` measures any layer shape not yet measured on
+    /// this adapter.
     #[arg(long, value_enum, default_value = "auto")]
     gpu_kernels: GpuKernels,
     /// What the GPU stores activations and weights as (f16 needs the adapter's
