@@ -79,8 +79,8 @@ fn every_model_id_has_a_golden_case_and_matching_metadata() {
 #[derive(Clone, Copy)]
 enum Backend {
     Cpu,
-    /// The CPU without the microkernels (what CPUs without AVX-512 run).
-    CpuPortable,
+    /// The CPU on one of its kernel sets (`available_kernels`), whichever is the best.
+    CpuKernels(&'static str),
     /// The GPU with the kernels its adapter gets.
     Gpu,
     /// The GPU with every convolution forced onto one kernel set.
@@ -92,7 +92,7 @@ enum Backend {
 
 fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
     let ctx = match backend {
-        Backend::Cpu | Backend::CpuPortable => None,
+        Backend::Cpu | Backend::CpuKernels(_) => None,
         Backend::Gpu => Some(common::gpu()),
         Backend::GpuKernels(k) => Some(common::gpu_with(GpuOptions {
             kernels: Some(k),
@@ -119,16 +119,14 @@ fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
                 let mut gm = GpuModel::prepare_blocking(ctx, &g, &w).unwrap();
                 gm.run_blocking(&x).unwrap().remove(0)
             }
-            None if matches!(backend, Backend::CpuPortable) => CpuModel::prepare_portable(&g, &w)
-                .unwrap()
-                .run(&x)
-                .unwrap()
-                .remove(0),
-            None => CpuModel::prepare(&g, &w)
-                .unwrap()
-                .run(&x)
-                .unwrap()
-                .remove(0),
+            None => match backend {
+                Backend::CpuKernels(k) => CpuModel::prepare_kernels(&g, &w, k),
+                _ => CpuModel::prepare(&g, &w),
+            }
+            .unwrap()
+            .run(&x)
+            .unwrap()
+            .remove(0),
         };
         assert_eq!(out.shape(), c.output_shape.as_slice(), "{}", c.file);
         let e = rel_l2(out.data(), &c.output);
@@ -214,8 +212,17 @@ fn gpu_resnet() {
 }
 
 #[test]
-fn cpu_resnet18_and_alexnet_with_the_portable_kernels() {
-    check(Backend::CpuPortable, |m| m == "resnet18" || m == "alexnet")
+fn cpu_resnet18_and_alexnet_on_every_kernel_set_of_this_cpu() {
+    // The portable path always, and each microkernel set this CPU has (an AVX-512 CPU also
+    // runs the AVX2 kernels that CPUs without AVX-512 get).
+    let all = webcnn::backend::cpu::available_kernels();
+    assert_eq!(all.last(), Some(&"portable"));
+    for k in all {
+        eprintln!("CPU kernels: {k}");
+        check(Backend::CpuKernels(k), |m| {
+            m == "resnet18" || m == "alexnet"
+        })
+    }
 }
 
 #[test]
@@ -260,4 +267,22 @@ fn gpu_peak_memory_at_batch_1_stays_within_bounds() {
         );
         assert_eq!(r.batch_chunk, 1);
     }
+}
+
+#[test]
+fn a_cpu_kernel_set_this_cpu_lacks_is_a_clear_error() {
+    let g = Model::get("resnet18")
+        .unwrap()
+        .graph(&[1, 3, 32, 32])
+        .unwrap();
+    let w = synth_params(&g, 1).unwrap();
+    let err = CpuModel::prepare_kernels(&g, &w, "NEON-on-x86")
+        .err()
+        .expect("an unknown kernel set is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("NEON-on-x86") && msg.contains("portable"),
+        "{msg}"
+    );
+    assert_eq!(err.code(), "BAD_ARGUMENT");
 }

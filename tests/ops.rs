@@ -37,14 +37,17 @@ fn cpu_backend_matches_every_golden_op() {
 }
 
 #[test]
-fn cpu_portable_kernels_match_every_golden_op() {
-    check("CPU (portable kernels)", |c| {
-        CpuModel::prepare_portable(&c.graph, &c.weights)
-            .unwrap()
-            .run(&c.input)
-            .unwrap()
-            .remove(0)
-    });
+fn cpu_kernel_sets_match_every_golden_op() {
+    // Each set this CPU runs, the portable path included, whichever is the best.
+    for k in webcnn::backend::cpu::available_kernels() {
+        check(&format!("CPU ({k} kernels)"), |c| {
+            CpuModel::prepare_kernels(&c.graph, &c.weights, k)
+                .unwrap()
+                .run(&c.input)
+                .unwrap()
+                .remove(0)
+        });
+    }
 }
 
 #[test]

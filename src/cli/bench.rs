@@ -303,7 +303,10 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
             (
                 first,
                 times,
-                format!("CPU: {threads} threads"),
+                format!(
+                    "CPU: {threads} threads, {}",
+                    webcnn::backend::cpu::kernels()
+                ),
                 steps,
                 "host wall time per step",
             )
@@ -470,8 +473,9 @@ fn layers_context(a: &Args) -> R<Option<GpuContext>> {
         println!("GPU: {}", c.describe());
     }
     println!(
-        "CPU: {} threads; batch {}; {} timed passes per cell (after a warm-up)\n",
+        "CPU: {} threads, {} kernels; batch {}; {} timed passes per cell (after a warm-up)\n",
         rayon::current_num_threads(),
+        webcnn::backend::cpu::kernels(),
         a.batch,
         a.iters.max(1)
     );

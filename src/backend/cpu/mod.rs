@@ -1,6 +1,7 @@
 //! The CPU backend: pure Rust. Convolutions run our direct kernels on prepacked weights
-//! (`direct`: AVX-512 natively, chosen at run time; SIMD128 in wasm), else implicit-GEMM
-//! tiles on the `gemm` crate; multi-threaded natively, and in wasm where the page allows.
+//! (`direct`: AVX-512 or AVX2 with FMA natively, chosen at run time; SIMD128 in wasm), else
+//! implicit-GEMM tiles on the `gemm` crate; multi-threaded natively, and in wasm where the
+//! page allows.
 
 mod direct;
 mod kernels;
@@ -12,7 +13,7 @@ use crate::plan::MemoryPlan;
 use crate::tensor::numel;
 use crate::tensor::Tensor;
 use crate::weights::TensorMap;
-use direct::{DirectConv, Isa};
+use direct::{DirectConv, Isa, Shape};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -26,8 +27,8 @@ pub struct CpuWeights {
     packed: Mutex<PackCache>,
 }
 
-/// Packed panels by (weight key, block width).
-type PackCache = HashMap<(String, usize), Arc<[f32]>>;
+/// Packed panels by (weight key, block width, interleaved input channels).
+type PackCache = HashMap<(String, usize, usize), Arc<[f32]>>;
 
 impl Weights for CpuWeights {
     fn get(&self, key: &str) -> Option<&Tensor> {
@@ -55,18 +56,19 @@ impl CpuWeights {
         }
     }
 
-    /// `key` packed for blocks of `block` output channels (cached).
-    fn packed(&self, key: &str, cfg: &crate::graph::Conv2d, block: usize) -> Result<Arc<[f32]>> {
+    /// `key` packed for `shape`'s blocks of output channels and input order (cached).
+    fn packed(&self, key: &str, cfg: &crate::graph::Conv2d, shape: Shape) -> Result<Arc<[f32]>> {
         let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = cache.get(&(key.to_string(), block)) {
+        let id = (key.to_string(), shape.block, shape.lanes);
+        if let Some(p) = cache.get(&id) {
             return Ok(p.clone());
         }
         let w = self
             .tensors
             .get(key)
             .ok_or_else(|| Error::MissingWeight(key.to_string()))?;
-        let p: Arc<[f32]> = direct::pack(w.data(), cfg, block).into();
-        cache.insert((key.to_string(), block), p.clone());
+        let p: Arc<[f32]> = direct::pack(w.data(), cfg, shape.block, shape.lanes).into();
+        cache.insert(id, p.clone());
         Ok(p)
     }
 
@@ -232,6 +234,31 @@ impl Drop for ArenaLoan<'_> {
     }
 }
 
+/// The name of an instruction set's kernels, as [`kernels`] gives it.
+fn isa_name(isa: Isa) -> &'static str {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "AVX-512",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "AVX2",
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Isa::Simd128 => "SIMD128",
+    }
+}
+
+/// The convolution kernels this CPU runs: "AVX-512", "AVX2" (with FMA), "SIMD128" (our
+/// direct microkernels), or "portable" (the `gemm` crate's, on CPUs without any of those).
+pub fn kernels() -> &'static str {
+    available_kernels()[0]
+}
+
+/// Every set of convolution kernels this CPU runs, best first; "portable" is always last.
+pub fn available_kernels() -> Vec<&'static str> {
+    let mut all: Vec<_> = Isa::available().into_iter().map(isa_name).collect();
+    all.push("portable");
+    all
+}
+
 impl CpuModel {
     /// Prepare with a private copy of the weights `graph` needs.
     pub fn prepare(graph: &Graph, weights: &dyn Weights) -> Result<Self> {
@@ -243,11 +270,24 @@ impl CpuModel {
         Self::prepare_shared(graph, &Arc::new(CpuWeights::copied(graph, weights)?), fuse)
     }
 
-    /// Prepare with the portable kernels only: the path a CPU takes where no microkernel
-    /// of `direct` runs (x86 without AVX-512, other architectures), kept tested here.
-    pub fn prepare_portable(graph: &Graph, weights: &dyn Weights) -> Result<Self> {
+    /// Prepare with one of [`available_kernels`] rather than the best (to test and time
+    /// each: "portable" is the path of CPUs without a microkernel here).
+    pub fn prepare_kernels(graph: &Graph, weights: &dyn Weights, kernels: &str) -> Result<Self> {
+        let isa = match Isa::available()
+            .into_iter()
+            .find(|&i| isa_name(i) == kernels)
+        {
+            Some(isa) => Some(isa),
+            None if kernels == "portable" => None,
+            None => {
+                return Err(Error::BadArgument(format!(
+                    "this CPU has no '{kernels}' kernels; it runs {}",
+                    available_kernels().join(", ")
+                )))
+            }
+        };
         let w = Arc::new(CpuWeights::copied(graph, weights)?);
-        Self::prepare_isa(graph, &w, true, None)
+        Self::prepare_isa(graph, &w, true, isa)
     }
 
     /// Prepare a plan that reads the model's shared weights (no copy).
@@ -323,7 +363,7 @@ impl CpuModel {
                     let xs = program.shape(step.inputs[0]);
                     let os = program.shape(step.output);
                     let shape = DirectConv::choose(isa, cfg, [os[2], os[3]]);
-                    let panels = weights.packed(&format!("{node}.weight"), cfg, shape.block)?;
+                    let panels = weights.packed(&format!("{node}.weight"), cfg, shape)?;
                     let dims = |s: &[usize]| [s[0], s[1], s[2], s[3]];
                     Some(DirectConv::new(isa, shape, panels, cfg, dims(xs), dims(os)))
                 }
