@@ -1240,16 +1240,19 @@ mod avx2 {
         res: Option<*const f32>,
         ep: &Epilogue,
     ) {
-        if len > 8 {
-            pointwise_nv::<2>(x, kofs, panel, out, ldo, len, live, res, ep)
-        } else {
-            pointwise_nv::<1>(x, kofs, panel, out, ldo, len, live, res, ep)
-        }
+        // Whole tiles load without a mask (its test stays out of the loop).
+        let f = match len {
+            16 => pointwise_nv::<2, false>,
+            9.. => pointwise_nv::<2, true>,
+            8 => pointwise_nv::<1, false>,
+            _ => pointwise_nv::<1, true>,
+        };
+        f(x, kofs, panel, out, ldo, len, live, res, ep)
     }
 
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn pointwise_nv<const NV: usize>(
+    unsafe fn pointwise_nv<const NV: usize, const MASKED: bool>(
         x: *const f32,
         kofs: &[usize],
         panel: &[f32],
@@ -1265,7 +1268,7 @@ mod avx2 {
         let tail = len - 8 * (NV - 1);
         let mask = _mm256_loadu_si256(LANES.as_ptr().add(8 - tail) as *const __m256i);
         let load = |p: *const f32, v: usize| {
-            if v == NV - 1 && tail < 8 {
+            if MASKED && v == NV - 1 {
                 _mm256_maskload_ps(p, mask)
             } else {
                 _mm256_loadu_ps(p)
