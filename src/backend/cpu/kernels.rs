@@ -100,6 +100,8 @@ fn gemv(x: &[f32], w: &[f32], bias: &[f32], b: usize, k: usize, n: usize, out: &
     let rows = (n / (8 * threads())).clamp(4, 256).next_multiple_of(4);
     #[cfg(target_arch = "x86_64")]
     let avx512 = std::is_x86_feature_detected!("avx512f");
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
     debug_assert_eq!(out.len(), b * n);
     let dst = OutPtr(out.as_mut_ptr());
     par_for(n.div_ceil(rows), |t| {
@@ -115,6 +117,12 @@ fn gemv(x: &[f32], w: &[f32], bias: &[f32], b: usize, k: usize, n: usize, out: &
             unsafe { gemv_rows_avx512(x, ws, b, k, put) };
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { gemv_rows_avx2(x, ws, b, k, put) };
+            return;
+        }
         gemv_rows(x, ws, b, k, put);
     });
 }
@@ -122,6 +130,19 @@ fn gemv(x: &[f32], w: &[f32], bias: &[f32], b: usize, k: usize, n: usize, out: &
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gemv_rows_avx512(
+    x: &[f32],
+    w: &[f32],
+    b: usize,
+    k: usize,
+    put: impl Fn(usize, usize, f32),
+) {
+    gemv_rows(x, w, b, k, put)
+}
+
+/// [`gemv_rows`] for AVX2 CPUs (at batch 8, AlexNet's fc6 ran at 32 GFLOP/s on SSE2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_rows_avx2(
     x: &[f32],
     w: &[f32],
     b: usize,
