@@ -6,6 +6,7 @@ Run through scripts/bench-ort, which makes the virtual environment and builds we
 
     python scripts/ort_bench.py --webcnn target/release/webcnn [--threads 2] [--iters 20] [--batch 1] [--rounds 3]
         [--torch PYTHON]   (also PyTorch eager, scripts/torch_bench.py run by that interpreter)
+        [--cpu-kernels AVX2,portable]   (webcnn once per kernel set, a column pair each)
     python scripts/ort_bench.py --export DIR --models resnet18,resnet50   (the .onnx files only)
 """
 
@@ -161,6 +162,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help="turns each engine takes (best median kept)")
     ap.add_argument("--torch", metavar="PYTHON", help="a Python with torch and torchvision: adds PyTorch eager")
+    ap.add_argument("--cpu-kernels", help="webcnn's CPU kernel sets to time, comma-separated (default: the best)")
     a = ap.parse_args()
     if a.export:
         os.makedirs(a.export, exist_ok=True)
@@ -169,21 +171,25 @@ def main():
         return
     if not a.webcnn:
         ap.error("--webcnn is required")
+    kernel_sets = a.cpu_kernels.split(",") if a.cpu_kernels else [None]
     rows = []
     for name in a.models.split(","):
         # Engines take turns, round after round, and each keeps its best median: a noisy
         # neighbour on a shared machine then slows both sides of a ratio, not one.
         model = MODELS[name](a.batch)
-        ort_ms, ours_ms, torch_ms = [], [], []
+        ort_ms, torch_ms = [], []
+        ours_ms = [[] for _ in kernel_sets]
         for _ in range(a.rounds):
             ort_ms.append(time_ort(model, a.batch, a.threads, a.iters)[1] * 1e3)
-            out = subprocess.run(
-                [a.webcnn, "bench", "--models", name, "--device", "cpu", "--json",
-                 "--iters", str(a.iters), "--batch", str(a.batch)],
-                check=True, capture_output=True, text=True,
-                env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)},
-            ).stdout
-            ours_ms.append(json.loads(out.strip().splitlines()[-1])["median_ms"])
+            for ks, ms in zip(kernel_sets, ours_ms):
+                out = subprocess.run(
+                    [a.webcnn, "bench", "--models", name, "--device", "cpu", "--json",
+                     "--iters", str(a.iters), "--batch", str(a.batch)]
+                    + (["--cpu-kernels", ks] if ks else []),
+                    check=True, capture_output=True, text=True,
+                    env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)},
+                ).stdout
+                ms.append(json.loads(out.strip().splitlines()[-1])["median_ms"])
             if a.torch:
                 out = subprocess.run(
                     [a.torch, os.path.join(os.path.dirname(__file__), "torch_bench.py"), "--models", name,
@@ -191,7 +197,7 @@ def main():
                     check=True, capture_output=True, text=True,
                 ).stdout
                 torch_ms.append(json.loads(out.strip().splitlines()[-1])["median_ms"])
-        rows.append((name, min(ort_ms), min(ours_ms), min(torch_ms) if torch_ms else None))
+        rows.append((name, min(ort_ms), [min(ms) for ms in ours_ms], min(torch_ms) if torch_ms else None))
     cpu = ""
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -200,12 +206,19 @@ def main():
     print(f"{time.strftime('%Y-%m-%d')}, {cpu}, {a.threads} threads, batch {a.batch}, "
           f"onnxruntime {ort.__version__}, best of {a.rounds} rounds of the median of {a.iters} runs\n")
     head = "| model | ONNX Runtime ms | webcnn CPU ms | webcnn / ORT | images/s ORT | images/s webcnn |"
+    for ks in kernel_sets[1:]:
+        head += f" webcnn {ks} ms | webcnn {ks} / ORT |"
+    if kernel_sets[0]:
+        head = head.replace("webcnn CPU ms", f"webcnn {kernel_sets[0]} ms", 1)
     if a.torch:
         head += " PyTorch eager ms | webcnn / PyTorch |"
     print(head)
     print("|---" * head.count(" |") + "|")
-    for name, om, wm, tm in rows:
+    for name, om, wms, tm in rows:
+        wm = wms[0]
         line = f"| {name} | {om:.1f} | {wm:.1f} | {wm / om:.2f}x | {a.batch * 1e3 / om:.1f} | {a.batch * 1e3 / wm:.1f} |"
+        for other in wms[1:]:
+            line += f" {other:.1f} | {other / om:.2f}x |"
         if tm is not None:
             line += f" {tm:.1f} | {wm / tm:.2f}x |"
         print(line)

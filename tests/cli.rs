@@ -734,3 +734,24 @@ fn bench_layers_linear_prints_the_weights_rate_on_both_backends() {
         assert!(v > 0.0, "{out}");
     }
 }
+
+#[test]
+fn bench_runs_the_cpu_kernel_set_asked_for_and_refuses_one_the_cpu_lacks() {
+    let all = webcnn::backend::cpu::available_kernels();
+    for k in &all {
+        let out = ok(bin()
+            .args(["bench", "--device", "cpu", "--models", "vgg11_cifar"])
+            .args(["--iters", "1", "--json", "--cpu-kernels", k])
+            .output()
+            .unwrap());
+        let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let backend = j["backend"].as_str().unwrap();
+        assert!(backend.ends_with(&format!(", {k}")), "{backend}");
+    }
+    let o = bin()
+        .args(["bench", "--device", "cpu", "--models", "vgg11_cifar"])
+        .args(["--iters", "1", "--cpu-kernels", "NEON"])
+        .output()
+        .unwrap();
+    fails(o, "this CPU has no 'NEON' kernels; it runs");
+}

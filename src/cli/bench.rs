@@ -65,6 +65,10 @@ pub struct Args {
     /// shader-f16; kernels compute in f32 either way).
     #[arg(long, value_enum, default_value = "f32")]
     precision: BenchPrecision,
+    /// The CPU's convolution kernels, instead of the best this CPU has: `AVX-512`, `AVX2`
+    /// or `portable` (the path of CPUs without our microkernels), where the CPU runs them.
+    #[arg(long)]
+    cpu_kernels: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -292,7 +296,16 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
         }
         (BenchDevice::Gpu, None) => return Err("no GPU adapter: drop gpu from --device".into()),
         (BenchDevice::Cpu, _) => {
-            let m = CpuModel::prepare_shared(&graph, &Arc::new(CpuWeights::new(&full, w)?), true)?;
+            let m = match &a.cpu_kernels {
+                Some(k) => CpuModel::prepare_kernels(&graph, &w, k)?,
+                None => {
+                    CpuModel::prepare_shared(&graph, &Arc::new(CpuWeights::new(&full, w)?), true)?
+                }
+            };
+            let kernels = a
+                .cpu_kernels
+                .as_deref()
+                .unwrap_or(webcnn::backend::cpu::kernels());
             let (first, times) = time_runs(&mut || Ok(m.run(&x).map(drop)?))?;
             let steps = if a.profile {
                 m.run_profiled(&x)?.1
@@ -303,10 +316,7 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
             (
                 first,
                 times,
-                format!(
-                    "CPU: {threads} threads, {}",
-                    webcnn::backend::cpu::kernels()
-                ),
+                format!("CPU: {threads} threads, {kernels}"),
                 steps,
                 "host wall time per step",
             )
@@ -475,7 +485,9 @@ fn layers_context(a: &Args) -> R<Option<GpuContext>> {
     println!(
         "CPU: {} threads, {} kernels; batch {}; {} timed passes per cell (after a warm-up)\n",
         rayon::current_num_threads(),
-        webcnn::backend::cpu::kernels(),
+        a.cpu_kernels
+            .as_deref()
+            .unwrap_or(webcnn::backend::cpu::kernels()),
         a.batch,
         a.iters.max(1)
     );
@@ -498,7 +510,10 @@ fn time_layer(g: &Graph, ctx: Option<&GpuContext>, a: &Args) -> R<(Option<f64>, 
     let cpu = if !a.device.contains(&BenchDevice::Cpu) {
         None
     } else {
-        let m = CpuModel::prepare(g, &w)?;
+        let m = match &a.cpu_kernels {
+            Some(k) => CpuModel::prepare_kernels(g, &w, k)?,
+            None => CpuModel::prepare(g, &w)?,
+        };
         m.run(&x)?;
         let t = Instant::now();
         for _ in 0..iters {
