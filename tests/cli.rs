@@ -755,3 +755,45 @@ fn bench_runs_the_cpu_kernel_set_asked_for_and_refuses_one_the_cpu_lacks() {
         .unwrap();
     fails(o, "this CPU has no 'NEON' kernels; it runs");
 }
+
+#[test]
+fn info_names_the_cpu_kernels_and_the_gpu_adapter() {
+    let out = ok(bin().arg("info").output().unwrap());
+    let kernels = webcnn::backend::cpu::available_kernels();
+    let cpu = out
+        .lines()
+        .find(|l| l.starts_with("CPU backend: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(cpu.contains(&format!("{} kernels", kernels[0])), "{cpu}");
+    assert!(cpu.ends_with("portable)"), "{cpu}");
+    // CI installs lavapipe: an adapter is always there.
+    assert!(out.lines().any(|l| l.starts_with("chosen: ")), "{out}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_reader_that_closes_the_pipe_early_ends_the_command_without_a_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    // `info` prints its first line before it looks for GPU adapters, and the rest after.
+    let mut child = bin()
+        .arg("info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte, then close the pipe before the rest is written.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -52,6 +52,13 @@ enum Cmd {
 }
 
 pub fn main() -> ExitCode {
+    // A reader that closes the pipe early (`webcnn models | head`) ends the process quietly,
+    // as it does other Unix tools, instead of a panic in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restores the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     init_logging();
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -98,7 +105,13 @@ fn init_logging() {
 
 fn info() -> Result<(), Box<dyn std::error::Error>> {
     println!("webcnn {}", env!("CARGO_PKG_VERSION"));
-    println!("CPU backend: {} threads", rayon::current_num_threads());
+    let kernels = webcnn::backend::cpu::available_kernels();
+    println!(
+        "CPU backend: {} threads, {} kernels (this CPU also runs: {})",
+        rayon::current_num_threads(),
+        kernels[0],
+        kernels[1..].join(", ")
+    );
     let adapters = webcnn::backend::gpu::list_adapters();
     if adapters.is_empty() {
         println!("GPU adapters: none found");
