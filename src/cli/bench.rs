@@ -91,6 +91,13 @@ enum GpuKernels {
 }
 
 impl Args {
+    /// The CPU kernel set to run: `--cpu-kernels`, else the best this CPU has.
+    fn cpu_kernels(&self) -> &str {
+        self.cpu_kernels
+            .as_deref()
+            .unwrap_or(webcnn::backend::cpu::kernels())
+    }
+
     fn gpu_options(&self) -> GpuOptions {
         GpuOptions {
             kernels: match self.gpu_kernels {
@@ -296,16 +303,15 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
         }
         (BenchDevice::Gpu, None) => return Err("no GPU adapter: drop gpu from --device".into()),
         (BenchDevice::Cpu, _) => {
+            // The default set reads the model's weights in place (no copy, as an
+            // application would hold them).
             let m = match &a.cpu_kernels {
                 Some(k) => CpuModel::prepare_kernels(&graph, &w, k)?,
                 None => {
                     CpuModel::prepare_shared(&graph, &Arc::new(CpuWeights::new(&full, w)?), true)?
                 }
             };
-            let kernels = a
-                .cpu_kernels
-                .as_deref()
-                .unwrap_or(webcnn::backend::cpu::kernels());
+            let kernels = a.cpu_kernels();
             let (first, times) = time_runs(&mut || Ok(m.run(&x).map(drop)?))?;
             let steps = if a.profile {
                 m.run_profiled(&x)?.1
@@ -485,9 +491,7 @@ fn layers_context(a: &Args) -> R<Option<GpuContext>> {
     println!(
         "CPU: {} threads, {} kernels; batch {}; {} timed passes per cell (after a warm-up)\n",
         rayon::current_num_threads(),
-        a.cpu_kernels
-            .as_deref()
-            .unwrap_or(webcnn::backend::cpu::kernels()),
+        a.cpu_kernels(),
         a.batch,
         a.iters.max(1)
     );
@@ -510,10 +514,7 @@ fn time_layer(g: &Graph, ctx: Option<&GpuContext>, a: &Args) -> R<(Option<f64>, 
     let cpu = if !a.device.contains(&BenchDevice::Cpu) {
         None
     } else {
-        let m = match &a.cpu_kernels {
-            Some(k) => CpuModel::prepare_kernels(g, &w, k)?,
-            None => CpuModel::prepare(g, &w)?,
-        };
+        let m = CpuModel::prepare_kernels(g, &w, a.cpu_kernels())?;
         m.run(&x)?;
         let t = Instant::now();
         for _ in 0..iters {

@@ -432,6 +432,10 @@ impl DirectConv {
         let (hph, wph) = (self.hph, self.wph);
         let lanes = self.shape.lanes;
         let per_c = self.cstride();
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = self.isa == Isa::Avx2;
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
         let (body, slack) = buf.split_at_mut(self.n * self.c * per_c);
         slack.fill(0.0);
         super::kernels::par_chunks(body, per_c * lanes, |nb, dst| {
@@ -462,7 +466,7 @@ impl DirectConv {
                         debug_assert_eq!(lanes, 8);
                         let rows =
                             std::array::from_fn(|c8| &plane(c8)[iy * w + first..(iy + 1) * w]);
-                        interleave(rows, sw, dst);
+                        interleave(rows, sw, dst, avx2);
                         continue;
                     }
                     let srow = &plane(0)[iy * w..(iy + 1) * w];
@@ -509,26 +513,26 @@ impl DirectConv {
         if self.isa == Isa::Avx2 {
             return self.run_flat(src, p, residual, relu, out);
         }
-        let Shape { block, nr, .. } = self.shape;
-        let nb = self.ocg.div_ceil(block);
-        let (image, gstride) = (self.c * self.cstride(), self.icg * self.cstride());
-        let (oh, ow) = (self.oh, self.ow);
-        let pix = oh * ow;
-        let oc = self.ocg * self.groups;
-        let Tasks {
+        // Only AVX2 interleaves its input, and it runs flat tiles.
+        debug_assert_eq!(self.shape.lanes, 1);
+        let Geometry {
+            nb,
+            image,
+            gstride,
+            pix,
+            oc,
             per_task,
             run: rows,
-            ref list,
-        } = self.plan;
+        } = self.geometry();
+        let (oh, ow, nr) = (self.oh, self.ow, self.shape.nr);
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
-        super::kernels::par_tasks(list, 0, |&(b, g, ob0, y0), _| {
+        super::kernels::par_tasks(&self.plan.list, 0, |&(b, g, ob0, y0), _| {
             let base = b * image + g * gstride;
             for oy in y0..(y0 + rows).min(oh) {
                 for ox in (0..ow).step_by(nr) {
                     let valid = nr.min(ow - ox);
-                    let lanes = self.shape.lanes;
-                    let xoff = base + (oy * self.wph + ox) * lanes;
-                    debug_assert!(xoff + self.kofs[self.k - 1] + (valid - 1) * lanes < src.len());
+                    let xoff = base + oy * self.wph + ox;
+                    debug_assert!(xoff + self.kofs[self.k - 1] + valid - 1 < src.len());
                     for ob in ob0..(ob0 + per_task).min(nb) {
                         let (panel, o0, ep) = self.block(p, g, ob, relu);
                         let live = ep.scale.len();
@@ -567,22 +571,20 @@ impl DirectConv {
         relu: bool,
         out: &mut [f32],
     ) {
-        let Shape {
-            block, nr, lanes, ..
-        } = self.shape;
-        let nb = self.ocg.div_ceil(block);
-        let (image, gstride) = (self.c * self.cstride(), self.icg * self.cstride());
-        let (oh, ow, wph) = (self.oh, self.ow, self.wph);
-        let pix = oh * ow;
-        let oc = self.ocg * self.groups;
-        let Tasks {
+        let Geometry {
+            nb,
+            image,
+            gstride,
+            pix,
+            oc,
             per_task,
             run: rows,
-            ref list,
-        } = self.plan;
+        } = self.geometry();
+        let Shape { nr, lanes, .. } = self.shape;
+        let (oh, ow, wph) = (self.oh, self.ow, self.wph);
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
         let last_tap = self.kofs.iter().max().copied().unwrap_or(0);
-        super::kernels::par_tasks(list, 0, |&(b, g, ob0, y0), _| {
+        super::kernels::par_tasks(&self.plan.list, 0, |&(b, g, ob0, y0), _| {
             let base = b * image + g * gstride;
             let (q0, q1) = (y0 * ow, (y0 + rows).min(oh) * ow);
             for q in (q0..q1).step_by(nr) {
@@ -647,6 +649,19 @@ impl DirectConv {
         }
     }
 
+    /// What every run loop derives from the plan's shapes.
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            nb: self.ocg.div_ceil(self.shape.block),
+            image: self.c * self.cstride(),
+            gstride: self.icg * self.cstride(),
+            pix: self.oh * self.ow,
+            oc: self.ocg * self.groups,
+            per_task: self.plan.per_task,
+            run: self.plan.run,
+        }
+    }
+
     /// Block `ob` of group `g`: its weight panel, first output channel and epilogue (over
     /// its live channels).
     fn block<'a>(
@@ -681,16 +696,16 @@ impl DirectConv {
         relu: bool,
         out: &mut [f32],
     ) {
-        let Shape { block, nr, .. } = self.shape;
-        let nb = self.ocg.div_ceil(block);
-        let pix = self.oh * self.ow;
-        let (image, gstride) = (self.c * self.cstride(), self.icg * self.cstride());
-        let oc = self.ocg * self.groups;
-        let Tasks {
+        let Geometry {
+            nb,
+            image,
+            gstride,
+            pix,
+            oc,
             per_task,
             run,
-            ref list,
-        } = self.plan;
+        } = self.geometry();
+        let nr = self.shape.nr;
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
         let (flat, ow, wph) = (self.flat(), self.ow, self.wph);
         // One tile: `len` pixels from output pixel `q`, read at input offset `xoff`.
@@ -723,7 +738,7 @@ impl DirectConv {
                     }
                 }
             };
-        super::kernels::par_tasks(list, 0, |&(b, g, ob0, s0), _| {
+        super::kernels::par_tasks(&self.plan.list, 0, |&(b, g, ob0, s0), _| {
             let base = b * image + g * gstride;
             let obs = ob0..(ob0 + per_task).min(nb);
             if flat && run * self.k * 4 <= L2_INPUT_RUN {
@@ -794,8 +809,11 @@ impl DirectConv {
     }
 }
 
-/// `dst[j * 8 + c] = rows[c][j * sw]`: eight channels' rows interleaved per pixel.
-fn interleave(rows: [&[f32]; 8], sw: usize, dst: &mut [f32]) {
+/// `dst[j * 8 + c] = rows[c][j * sw]`: eight channels' rows interleaved per pixel. `avx2`
+/// says that the CPU has AVX2 (known once per layer: an [`Isa`] is only made where the CPU
+/// runs it).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn interleave(rows: [&[f32]; 8], sw: usize, dst: &mut [f32], avx2: bool) {
     let n = dst.len() / 8;
     for r in &rows {
         assert!(n == 0 || r.len() > (n - 1) * sw);
@@ -803,7 +821,8 @@ fn interleave(rows: [&[f32]; 8], sw: usize, dst: &mut [f32]) {
     #[allow(unused_mut)]
     let mut j = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && (sw == 1 || sw == 2) {
+    if avx2 && (sw == 1 || sw == 2) {
+        debug_assert!(std::is_x86_feature_detected!("avx2"));
         // SAFETY: the CPU has AVX2; every read is checked against the rows' lengths and
         // every write against `dst`'s inside the function.
         j = unsafe { avx2::interleave(&rows, sw, dst) };
@@ -825,6 +844,21 @@ fn gather<const S: usize>(dst: &mut [f32], src: &[f32]) {
     for (d, s) in body.iter_mut().zip(src.chunks_exact(S)) {
         *d = s[0];
     }
+}
+
+/// The quantities a run loop works with (see [`DirectConv::geometry`]).
+struct Geometry {
+    /// Blocks of output channels per group.
+    nb: usize,
+    /// Input floats per image and per group, in the buffer the kernels read.
+    image: usize,
+    gstride: usize,
+    /// Output pixels per channel and output channels.
+    pix: usize,
+    oc: usize,
+    /// Blocks per task, and output rows or pixels per task.
+    per_task: usize,
+    run: usize,
 }
 
 /// Tasks of a convolution: `(image, group, first block, first row or pixel)`, each over
@@ -1503,21 +1537,28 @@ mod tests {
 
     #[test]
     fn interleave_matches_a_naive_copy_for_every_width_and_stride() {
+        // The scalar copy, and the AVX2 one where the CPU has it.
+        #[cfg(target_arch = "x86_64")]
+        let simd = [false, Isa::available().contains(&Isa::Avx2)];
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd = [false];
         for sw in 1..=3 {
             for n in 0..40 {
                 let len = if n == 0 { 0 } else { (n - 1) * sw + 1 + n % 3 };
                 let data: Vec<Vec<f32>> =
                     (0..8).map(|c| noise(len, (c * 100 + n) as u32)).collect();
                 let rows = std::array::from_fn(|c| &data[c][..]);
-                let mut got = vec![f32::NAN; n * 8];
-                interleave(rows, sw, &mut got);
-                for j in 0..n {
-                    for c in 0..8 {
-                        assert_eq!(
-                            got[j * 8 + c],
-                            data[c][j * sw],
-                            "stride {sw}, {n} pixels: {j}, {c}"
-                        );
+                for avx2 in simd {
+                    let mut got = vec![f32::NAN; n * 8];
+                    interleave(rows, sw, &mut got, avx2);
+                    for j in 0..n {
+                        for c in 0..8 {
+                            assert_eq!(
+                                got[j * 8 + c],
+                                data[c][j * sw],
+                                "stride {sw}, {n} pixels, AVX2 {avx2}: {j}, {c}"
+                            );
+                        }
                     }
                 }
             }
