@@ -212,15 +212,20 @@ fn gpu_resnet() {
 }
 
 #[test]
-fn cpu_resnet18_and_alexnet_on_every_kernel_set_of_this_cpu() {
+fn cpu_every_kind_of_model_on_every_kernel_set_of_this_cpu() {
     // The portable path always, and each microkernel set this CPU has (an AVX-512 CPU also
-    // runs the AVX2 kernels that CPUs without AVX-512 get).
+    // runs the AVX2 kernels that CPUs without AVX-512 get, and with them the blocked
+    // activations AVX2 keeps between layers: basic and bottleneck blocks, caffe's strided
+    // 1x1 layers, plain conv stacks, and the classifier heads after them).
     let all = webcnn::backend::cpu::available_kernels();
     assert_eq!(all.last(), Some(&"portable"));
     for k in all {
         eprintln!("CPU kernels: {k}");
         check(Backend::CpuKernels(k), |m| {
-            m == "resnet18" || m == "alexnet"
+            matches!(
+                m,
+                "resnet18" | "resnet50" | "resnet50_caffe" | "vgg11" | "alexnet"
+            )
         })
     }
 }

@@ -9,6 +9,11 @@
 //! broadcasting one input float per pixel, then transposes the tile to NCHW and applies
 //! the epilogue (scale, shift, residual, ReLU) on the way out. No im2col, no packing of
 //! activations, and the weights are packed once, when a plan is prepared.
+//!
+//! The AVX2 channel tile reads its copy interleaved by 8 channels ([`Shape::lanes`]), and
+//! between such layers the plan keeps activations in that order ([`Layout::Blocked`]): a
+//! tile then stores each pixel's channels as one vector, with no transpose, and the next
+//! layer's copy moves whole vectors, or is skipped for 1x1 stride-1 layers.
 
 use crate::graph::Conv2d;
 use crate::lower::StepParams;
@@ -30,6 +35,14 @@ const PIXELS_MIN: usize = 14 * 14;
 /// Input channels per group of an image layer (RGB, RGBA): see [`DirectConv::choose`].
 #[cfg(target_arch = "x86_64")]
 const STEM_CHANNELS: usize = 4;
+
+/// Bytes of input a group of AVX2 channel tiles reads (see [`DirectConv::run_flat`]).
+#[cfg(target_arch = "x86_64")]
+const L1_GROUP_INPUT: usize = 16 * 1024;
+
+/// The most AVX2 channel tiles in one group.
+#[cfg(target_arch = "x86_64")]
+const MAX_GROUP: usize = 16;
 
 /// Input channels per interleaved block for the AVX2 kernel: see [`Shape::lanes`].
 #[cfg(target_arch = "x86_64")]
@@ -73,6 +86,21 @@ pub struct Shape {
     /// and the packed weights follow the same order.
     pub lanes: usize,
 }
+
+/// How an activation is stored between steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[n][c][h][w]`, PyTorch's.
+    Planes,
+    /// `[n][c / 8][h][w][c % 8]`: the order the AVX2 channel tile reads its input in and
+    /// can store its output in, kept from one such layer to the next so that neither
+    /// copies into it nor transposes out of it (ONNX Runtime's NCHWc).
+    Blocked,
+}
+
+/// Channels per block of [`Layout::Blocked`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub const BLOCKED_LANES: usize = 8;
 
 /// A convolution's weights in the microkernel's layout: per group and block of output
 /// channels, `[k][block]` with `k = (ci, ky, kx)` as PyTorch orders them, or with
@@ -134,6 +162,10 @@ pub struct DirectConv {
     kofs: Vec<usize>,
     /// Read the input in place (stride 1, no padding): no copy.
     in_place: bool,
+    /// How the input is stored, and how the output is to be.
+    input: Layout,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    output: Layout,
     /// The tasks of a run.
     plan: Tasks,
 }
@@ -237,18 +269,22 @@ impl DirectConv {
     /// The tile shape for `cfg` with output `[oh, ow]`: pixel vectors for 1x1
     /// convolutions on maps of 14x14 and up, and for image layers whose rows they tile
     /// as well, where the CPU has that kernel; else the channel-vector shape that wastes
-    /// the least on partial tiles and blocks (ties go to the first).
+    /// the least on partial tiles and blocks (ties go to the first). `planes`: the layer
+    /// reads and stores planes whatever its tile (else AVX2 prefers the channel tile
+    /// wherever it can read blocked, to keep its neighbours blocked).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    pub fn choose(isa: Isa, cfg: &Conv2d, [oh, ow]: [usize; 2]) -> Shape {
+    pub fn choose(isa: Isa, cfg: &Conv2d, [oh, ow]: [usize; 2], planes: bool) -> Shape {
         #[cfg(target_arch = "x86_64")]
         if let Some(pointwise) = isa.pointwise() {
             // AVX2's tile reads 64 bytes of every input channel: past 512 channels they
             // no longer stay in L1 for the next block, and the interleaved channel tile
             // wins (ResNet-50's 1024-channel 14x14 layers: 20% faster). It also wins on
             // strided 1x1 layers, whose input is copied either way (ResNet-50's
-            // downsampling layers: 5-15% faster).
-            let avx2_channels =
-                isa == Isa::Avx2 && (cfg.in_channels / cfg.groups > 512 || cfg.stride != [1, 1]);
+            // downsampling layers: 5-15% faster), and where its neighbours then keep
+            // their activations blocked.
+            let icg = cfg.in_channels / cfg.groups;
+            let blocks = icg.is_multiple_of(AVX2_LANES) && !planes;
+            let avx2_channels = isa == Isa::Avx2 && (icg > 512 || cfg.stride != [1, 1] || blocks);
             if cfg.kernel == [1, 1]
                 && cfg.padding == [0, 0]
                 && oh * ow >= PIXELS_MIN
@@ -294,8 +330,22 @@ impl DirectConv {
         best
     }
 
+    /// Whether a plan for `shape` can read its input, and store its output, in
+    /// [`Layout::Blocked`]: AVX2 channel tiles on whole blocks of channels per group.
+    pub fn blocks(isa: Isa, shape: Shape, cfg: &Conv2d) -> (bool, bool) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && !shape.pixels && shape.lanes == BLOCKED_LANES {
+            let ocg = cfg.out_channels / cfg.groups;
+            return (true, ocg.is_multiple_of(BLOCKED_LANES));
+        }
+        let _ = (isa, shape, cfg);
+        (false, false)
+    }
+
     /// Plan `cfg` on input `[n, c, h, w]` and output `[n, oc, oh, ow]` with `panels`
-    /// packed by [`pack`] for `shape.block`.
+    /// packed by [`pack`] for `shape.block`, reading and writing activations in the
+    /// layouts given (`Blocked` only where [`Self::blocks`] allows it).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         isa: Isa,
         shape: Shape,
@@ -303,7 +353,17 @@ impl DirectConv {
         cfg: &Conv2d,
         [n, c, h, w]: [usize; 4],
         [_, oc, oh, ow]: [usize; 4],
+        (input, output): (Layout, Layout),
     ) -> DirectConv {
+        let (can_in, can_out) = Self::blocks(isa, shape, cfg);
+        assert!(
+            input == Layout::Planes || can_in,
+            "{shape:?} reads planes only"
+        );
+        assert!(
+            output == Layout::Planes || can_out,
+            "{shape:?} stores planes only"
+        );
         let groups = cfg.groups;
         let (icg, ocg) = (c / groups, oc / groups);
         let [kh, kw] = cfg.kernel;
@@ -311,7 +371,10 @@ impl DirectConv {
         let (hp, wp) = (h + 2 * ph, w + 2 * pw);
         let lanes = shape.lanes;
         debug_assert_eq!(icg % lanes, 0);
-        let in_place = lanes == 1 && cfg.stride == [1, 1] && cfg.padding == [0, 0];
+        // A blocked input is the copy's own layout when there is one phase and no padding.
+        let in_place = (lanes == 1 || input == Layout::Blocked)
+            && cfg.stride == [1, 1]
+            && cfg.padding == [0, 0];
         let (hph, wph) = if in_place {
             (h, w)
         } else {
@@ -364,6 +427,8 @@ impl DirectConv {
             wph,
             kofs,
             in_place,
+            input,
+            output,
             plan: Tasks {
                 per_task: 0,
                 run: 0,
@@ -421,8 +486,8 @@ impl DirectConv {
         (self.n - 1) * self.c * self.cstride()
             + (self.groups - 1) * self.icg * self.cstride()
             + self.kofs.iter().max().copied().unwrap_or(0)
-            + (self.oh - 1) * self.wph
-            + row_end
+            + ((self.oh - 1) * self.wph + row_end - 1) * self.shape.lanes
+            + 1
     }
 
     /// Copy `x` into the zero-padded phase planes (interleaved by `lanes` channels).
@@ -438,8 +503,11 @@ impl DirectConv {
         let avx2 = false;
         let (body, slack) = buf.split_at_mut(self.n * self.c * per_c);
         slack.fill(0.0);
+        let blocked = self.input == Layout::Blocked;
         super::kernels::par_chunks(body, per_c * lanes, |nb, dst| {
             let plane = |c8: usize| &x[(nb * lanes + c8) * h * w..(nb * lanes + c8 + 1) * h * w];
+            // A blocked input holds these `lanes` channels as one plane of pixel vectors.
+            let block = &x[nb * lanes * h * w..(nb + 1) * lanes * h * w];
             for (pi, &(py, px)) in self.phases.iter().enumerate() {
                 for (i, row) in dst[pi * hph * wph * lanes..(pi + 1) * hph * wph * lanes]
                     .chunks_exact_mut(wph * lanes)
@@ -462,6 +530,18 @@ impl DirectConv {
                     }
                     let first = lo * sw + px - pw;
                     let dst = &mut row[lo * lanes..hi * lanes];
+                    if blocked {
+                        let src = &block[(iy * w + first) * lanes..(iy + 1) * w * lanes];
+                        if sw == 1 {
+                            dst.copy_from_slice(&src[..dst.len()]);
+                        } else {
+                            let pixels = src.chunks(lanes).step_by(sw);
+                            for (d, s) in dst.chunks_exact_mut(lanes).zip(pixels) {
+                                d.copy_from_slice(s);
+                            }
+                        }
+                        continue;
+                    }
                     if lanes > 1 {
                         debug_assert_eq!(lanes, 8);
                         let rows =
@@ -584,36 +664,60 @@ impl DirectConv {
         let (oh, ow, wph) = (self.oh, self.ow, self.wph);
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
         let last_tap = self.kofs.iter().max().copied().unwrap_or(0);
+        let blocked = self.output == Layout::Blocked;
+        // Tiles run in groups whose input stays in L1 while each block's weights sweep
+        // them: on short reductions the blocks' panels together overflow L1, and one tile
+        // per pass would read them from L2 every 6 pixels (ResNet-50's 64 -> 256 layers).
+        let group = (L1_GROUP_INPUT / (nr * self.k * 4)).clamp(1, MAX_GROUP);
         super::kernels::par_tasks(&self.plan.list, 0, |&(b, g, ob0, y0), _| {
             let base = b * image + g * gstride;
             let (q0, q1) = (y0 * ow, (y0 + rows).min(oh) * ow);
-            for q in (q0..q1).step_by(nr) {
-                let valid = nr.min(q1 - q);
-                let mut xs = [src.as_ptr(); 8];
-                for (j, x) in xs.iter_mut().enumerate().take(valid) {
-                    let (oy, ox) = ((q + j) / ow, (q + j) % ow);
-                    let at = base + (oy * wph + ox) * lanes;
-                    debug_assert!(at + last_tap < src.len());
-                    // SAFETY: every tap of this pixel reads inside `src` (its slack, or
-                    // `max_read` when in place).
-                    *x = unsafe { src.as_ptr().add(at) };
+            for g0 in (q0..q1).step_by(nr * group) {
+                // Each tile's first pixel, width and pixel bases.
+                let mut tiles = [(0, 0, [src.as_ptr(); 8]); MAX_GROUP];
+                let mut count = 0;
+                for q in (g0..(g0 + nr * group).min(q1)).step_by(nr) {
+                    let valid = nr.min(q1 - q);
+                    let xs = &mut tiles[count].2;
+                    for (j, x) in xs.iter_mut().enumerate().take(valid) {
+                        let (oy, ox) = ((q + j) / ow, (q + j) % ow);
+                        let at = base + (oy * wph + ox) * lanes;
+                        debug_assert!(at + last_tap < src.len());
+                        // SAFETY: every tap of this pixel reads inside `src` (its slack,
+                        // or `max_read` when in place).
+                        *x = unsafe { src.as_ptr().add(at) };
+                    }
+                    (tiles[count].0, tiles[count].1) = (q, valid);
+                    count += 1;
                 }
                 for ob in ob0..(ob0 + per_task).min(nb) {
                     let (panel, o0, ep) = self.block(p, g, ob, relu);
                     let live = ep.scale.len();
-                    let at = (b * oc + o0) * pix + q;
-                    debug_assert!(at + (live - 1) * pix + valid <= out_len(self));
-                    let store = avx2::Store {
-                        out: dst.at(at),
-                        ldo: pix,
-                        valid,
-                        live,
-                        res: residual.map(|r| r.as_ptr().wrapping_add(at)),
-                        ep: &ep,
-                    };
-                    // SAFETY: as above; this task alone writes rows o0..o0+live of image
-                    // b at pixels q..q+valid, all inside `out`.
-                    unsafe { avx2::tile(&xs, &self.kofs, panel, &store) }
+                    for (q, valid, xs) in &tiles[..count] {
+                        let (q, valid) = (*q, *valid);
+                        // Blocked, channel block `o0 / 8 + v` holds pixel `q + j` at
+                        // `(v * pix + j) * 8` from here (`o0` is a multiple of 8).
+                        let at = (b * oc + o0) * pix + if blocked { q * BLOCKED_LANES } else { q };
+                        debug_assert!(
+                            if blocked {
+                                at + (live - BLOCKED_LANES) * pix + valid * BLOCKED_LANES
+                            } else {
+                                at + (live - 1) * pix + valid
+                            } <= out_len(self)
+                        );
+                        let store = avx2::Store {
+                            out: dst.at(at),
+                            ldo: pix,
+                            valid,
+                            live,
+                            res: residual.map(|r| r.as_ptr().wrapping_add(at)),
+                            ep: &ep,
+                            blocked,
+                        };
+                        // SAFETY: as above; this task alone writes channels o0..o0+live
+                        // of image b at pixels q..q+valid, all inside `out`.
+                        unsafe { avx2::tile(xs, &self.kofs, panel, &store) }
+                    }
                 }
             }
         });
@@ -1181,6 +1285,9 @@ mod avx2 {
         pub live: usize,
         pub res: Option<*const f32>,
         pub ep: &'a Epilogue<'a>,
+        /// Store (and read the residual) in [`super::Layout::Blocked`]: each pixel's 8
+        /// channels as one vector, `ldo * 8` floats between blocks.
+        pub blocked: bool,
     }
 
     /// A tile of `valid` pixels (up to 6), each read from its own base in `xs`, by two
@@ -1234,9 +1341,30 @@ mod avx2 {
             live,
             res,
             ep,
+            blocked,
         } = *s;
-        let mask = _mm256_loadu_si256(LANES.as_ptr().add(8 - valid) as *const __m256i);
         let zero = _mm256_setzero_ps();
+        if blocked {
+            // No transpose: an accumulator is one pixel's vector of 8 channels, whole
+            // (blocked outputs have whole blocks of 8).
+            for v in 0..MV.min(live / 8) {
+                let scale = _mm256_loadu_ps(ep.scale.as_ptr().add(8 * v));
+                let shift = _mm256_loadu_ps(ep.shift.as_ptr().add(8 * v));
+                for j in 0..NR {
+                    let at = (v * ldo + j) * 8;
+                    let mut y = _mm256_fmadd_ps(acc[j][v], scale, shift);
+                    if let Some(r) = res {
+                        y = _mm256_add_ps(y, _mm256_loadu_ps(r.add(at)));
+                    }
+                    if ep.relu {
+                        y = _mm256_max_ps(zero, y);
+                    }
+                    _mm256_storeu_ps(out.add(at), y);
+                }
+            }
+            return;
+        }
+        let mask = _mm256_loadu_si256(LANES.as_ptr().add(8 - valid) as *const __m256i);
         for v in 0..MV {
             let mut rows = [zero; 8];
             for j in 0..NR {
@@ -1523,6 +1651,29 @@ mod tests {
         out
     }
 
+    /// `[n][c][hw]` to `[n][c / 8][hw][8]`, and back.
+    fn to_blocked(x: &[f32], [n, c, hw]: [usize; 3]) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        for i in 0..n * c {
+            for p in 0..hw {
+                let (b, ci) = (i / c, i % c);
+                y[((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8] = x[i * hw + p];
+            }
+        }
+        y
+    }
+
+    fn from_blocked(y: &[f32], [n, c, hw]: [usize; 3]) -> Vec<f32> {
+        let mut x = vec![0f32; y.len()];
+        for i in 0..n * c {
+            for p in 0..hw {
+                let (b, ci) = (i / c, i % c);
+                x[i * hw + p] = y[((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8];
+            }
+        }
+        x
+    }
+
     fn noise(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
         (0..len)
@@ -1593,7 +1744,10 @@ mod tests {
             (1, 16, 24, 10, 11, 3, 1, 2, 2, 2, true), // channel tiles: dilation and groups
             (1, 1500, 16, 15, 15, 1, 1, 0, 1, 1, true), // pixel vectors, input past L2_INPUT_RUN
             (1, 520, 20, 14, 14, 1, 1, 0, 1, 1, true), // deep 1x1: AVX2 interleaves a copy
+            (2, 16, 24, 9, 13, 3, 1, 1, 1, 1, true), // AVX2 blocked: a half block, 2 images
+            (2, 32, 32, 13, 13, 1, 2, 0, 1, 2, true), // AVX2 blocked: groups, 1x1 stride 2
         ];
+        let mut blocked_runs = 0;
         for (i, &(n, c, oc, h, w, k, s, pd, d, g, epi)) in cases.iter().enumerate() {
             for &isa in &isas {
                 let cfg = Conv2d {
@@ -1619,9 +1773,11 @@ mod tests {
                 res[0] = f32::NAN;
                 let res = epi.then_some(&res[..]);
                 let want = reference(&x, [n, c, h, w], &cfg, &wt, &p, res, epi, [oh, ow]);
-                let shape = DirectConv::choose(isa, &cfg, [oh, ow]);
+                let shape = DirectConv::choose(isa, &cfg, [oh, ow], true);
                 let panels: Arc<[f32]> = pack(&wt, &cfg, shape.block, shape.lanes).into();
-                let dc = DirectConv::new(isa, shape, panels, &cfg, [n, c, h, w], [n, oc, oh, ow]);
+                let planes = (Layout::Planes, Layout::Planes);
+                let (xs, os) = ([n, c, h, w], [n, oc, oh, ow]);
+                let dc = DirectConv::new(isa, shape, panels.clone(), &cfg, xs, os, planes);
                 #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Avx512 {
                     // Every case with few channels per group tiles better by pixel rows.
@@ -1650,12 +1806,55 @@ mod tests {
                 }
                 let mut out = vec![f32::INFINITY; want.len()];
                 dc.run(&x, &mut vec![], &p, res, epi, &mut out);
-                for (j, (a, b)) in out.iter().zip(&want).enumerate() {
-                    let same =
-                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()) || (a.is_nan() && b.is_nan());
-                    assert!(same, "case {i} on {isa:?}, element {j}: got {a}, want {b}");
+                let check = |out: &[f32], how: &str| {
+                    for (j, (a, b)) in out.iter().zip(&want).enumerate() {
+                        let same =
+                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()) || (a.is_nan() && b.is_nan());
+                        assert!(
+                            same,
+                            "case {i} on {isa:?}{how}, element {j}: got {a}, want {b}"
+                        );
+                    }
+                };
+                check(&out, "");
+                // Every other pair of layouts the plan may read and store in, on the tile
+                // it takes where its neighbours are blocked.
+                let shape = DirectConv::choose(isa, &cfg, [oh, ow], false);
+                let panels: Arc<[f32]> = pack(&wt, &cfg, shape.block, shape.lanes).into();
+                let (can_in, can_out) = DirectConv::blocks(isa, shape, &cfg);
+                let blocked = |b: bool| if b { Layout::Blocked } else { Layout::Planes };
+                for (bi, bo) in [(true, false), (false, true), (true, true)] {
+                    if (bi && !can_in) || (bo && !can_out) {
+                        continue;
+                    }
+                    let layouts = (blocked(bi), blocked(bo));
+                    let dc = DirectConv::new(isa, shape, panels.clone(), &cfg, xs, os, layouts);
+                    let x = if bi {
+                        to_blocked(&x, [n, c, h * w])
+                    } else {
+                        x.clone()
+                    };
+                    let r = res.map(|r| {
+                        if bo {
+                            to_blocked(r, [n, oc, oh * ow])
+                        } else {
+                            r.to_vec()
+                        }
+                    });
+                    let mut got = vec![f32::INFINITY; want.len()];
+                    dc.run(&x, &mut vec![], &p, r.as_deref(), epi, &mut got);
+                    if bo {
+                        got = from_blocked(&got, [n, oc, oh * ow]);
+                    }
+                    check(&got, &format!(", layouts {layouts:?}"));
+                    blocked_runs += 1;
                 }
             }
+        }
+        // Every AVX2 CPU runs the blocked layouts on the cases made for them.
+        #[cfg(target_arch = "x86_64")]
+        if isas.contains(&Isa::Avx2) {
+            assert!(blocked_runs >= 8, "{blocked_runs} runs on blocked layouts");
         }
     }
 }

@@ -996,6 +996,24 @@ fn lrn(x: &[f32], [_, c, h, w]: [usize; 4], l: &Lrn, out: &mut [f32]) {
     });
 }
 
+/// Global average pooling of `x` in the blocked layout (`[n][c / 8][hw][8]`), `[n, c, hw]`,
+/// into `out` (`[n, c]`, which is also `[n, c, 1, 1]` in planes).
+pub fn global_avg_pool_blocked(x: &[f32], [n, c, hw]: [usize; 3], out: &mut [f32]) {
+    const L: usize = 8;
+    debug_assert!(c % L == 0 && x.len() >= n * c * hw && out.len() == n * c);
+    for (nb, o) in out.chunks_exact_mut(L).enumerate() {
+        let mut sum = [0f32; L];
+        for px in x[nb * hw * L..(nb + 1) * hw * L].chunks_exact(L) {
+            for (s, &v) in sum.iter_mut().zip(px) {
+                *s += v;
+            }
+        }
+        for (o, s) in o.iter_mut().zip(sum) {
+            *o = s / hw as f32;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

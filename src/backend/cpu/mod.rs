@@ -13,7 +13,7 @@ use crate::plan::MemoryPlan;
 use crate::tensor::numel;
 use crate::tensor::Tensor;
 use crate::weights::TensorMap;
-use direct::{DirectConv, Isa, Shape};
+use direct::{DirectConv, Isa, Layout, Shape};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +100,8 @@ pub struct CpuModel {
     plan: MemoryPlan,
     /// Per step: the direct convolution planned for it, where the CPU has a microkernel.
     direct: Vec<Option<DirectConv>>,
+    /// Per step: the layout its first input is stored in (see [`layouts`]).
+    input_layout: Vec<Layout>,
     /// Activation slots and the direct convolutions' input buffer, made at prepare and
     /// reused by every run (no allocation per run but the outputs). Runs at once take one
     /// each, made when none is free: a run never waits on another's, since a pool thread
@@ -329,6 +331,7 @@ impl CpuModel {
                     params: vec![],
                     weights: weights.clone(),
                     direct: vec![],
+                    input_layout: vec![],
                     arenas: Mutex::new(vec![]),
                     scratch_len: 0,
                     split: Some(Split {
@@ -356,21 +359,31 @@ impl CpuModel {
         let params = program.params(weights.as_ref())?;
         let plan = MemoryPlan::from_step(&program, n, from, seed);
         let slots = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
+        let layouts = layouts(&program, isa);
         let mut direct = Vec::with_capacity(program.steps.len());
-        for (i, step) in program.steps.iter().enumerate() {
-            let d = match (&step.kernel, isa) {
-                (Kernel::Conv { cfg, node, .. }, Some(isa)) if i >= from => {
+        for (i, (step, l)) in program.steps.iter().zip(&layouts).enumerate() {
+            let d = match (&step.kernel, isa, l.shape) {
+                (Kernel::Conv { cfg, node, .. }, Some(isa), Some(shape)) if i >= from => {
                     let xs = program.shape(step.inputs[0]);
                     let os = program.shape(step.output);
-                    let shape = DirectConv::choose(isa, cfg, [os[2], os[3]]);
                     let panels = weights.packed(&format!("{node}.weight"), cfg, shape)?;
                     let dims = |s: &[usize]| [s[0], s[1], s[2], s[3]];
-                    Some(DirectConv::new(isa, shape, panels, cfg, dims(xs), dims(os)))
+                    let io = (l.input, l.output);
+                    Some(DirectConv::new(
+                        isa,
+                        shape,
+                        panels,
+                        cfg,
+                        dims(xs),
+                        dims(os),
+                        io,
+                    ))
                 }
                 _ => None,
             };
             direct.push(d);
         }
+        let input_layout = layouts.iter().map(|l| l.input).collect();
         let scratch_len = direct
             .iter()
             .flatten()
@@ -387,6 +400,7 @@ impl CpuModel {
             weights: weights.clone(),
             plan,
             direct,
+            input_layout,
             arenas: Mutex::new(vec![arena]),
             scratch_len,
             split: None,
@@ -547,7 +561,8 @@ impl CpuModel {
         copy_out(results, slots, seed);
         let params = self.params[steps.clone()].iter();
         let direct = self.direct[steps.clone()].iter();
-        for (step, (params, direct)) in p.steps[steps].iter().zip(params.zip(direct)) {
+        let numbered = steps.clone().zip(&p.steps[steps]);
+        for ((i, step), (params, direct)) in numbered.zip(params.zip(direct)) {
             // The direct convolutions hold their weights packed: no lookup for them.
             let weight = match params.weight.as_ref().filter(|_| direct.is_none()) {
                 Some(k) => self
@@ -575,7 +590,13 @@ impl CpuModel {
             #[cfg(not(target_arch = "wasm32"))]
             let t0 = std::time::Instant::now();
             let n = len(step.output);
+            let blocked_in = self.input_layout[i] == Layout::Blocked;
             match direct {
+                _ if blocked_in && !matches!(step.kernel, Kernel::Conv { .. }) => {
+                    // `layouts` lets only global average pooling read a blocked input.
+                    let [b, c, h, w] = std::array::from_fn(|d| ins[0].1[d]);
+                    kernels::global_avg_pool_blocked(ins[0].0, [b, c, h * w], &mut out[..n]);
+                }
                 Some(d) => d.run(
                     ins[0].0,
                     scratch,
@@ -608,6 +629,109 @@ impl CpuModel {
     }
 }
 
+/// How a step reads its first input and stores its output, and a convolution's tile.
+#[derive(Clone, Copy, Debug)]
+struct StepLayout {
+    shape: Option<Shape>,
+    input: Layout,
+    output: Layout,
+}
+
+/// The layouts of `program`'s values when its convolutions run on `isa`: a convolution's
+/// output is blocked ([`Layout::Blocked`]) where its tile can store so and every reader
+/// can take it so (a convolution reading it as its input, one adding it as the residual
+/// of a blocked output, global average pooling), the output being no graph output and
+/// its own residual (if any) blocked too; else planes. A convolution that then reads and
+/// stores planes takes the tile it would without neighbours to keep blocked. Depends on
+/// the program's steps and shapes only, not on the batch, so that the plans of a split
+/// batch agree on the value that crosses from one to the other.
+fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
+    let steps = &program.steps;
+    let planes = StepLayout {
+        shape: None,
+        input: Layout::Planes,
+        output: Layout::Planes,
+    };
+    let Some(isa) = isa else {
+        return vec![planes; steps.len()];
+    };
+    let conv_out = |s: &Step| {
+        let os = program.shape(s.output);
+        [os[2], os[3]]
+    };
+    // What each step can read and store blocked, on the tile that keeps neighbours so.
+    let can: Vec<(bool, bool)> = steps
+        .iter()
+        .map(|s| match &s.kernel {
+            Kernel::Conv { cfg, .. } => {
+                let shape = DirectConv::choose(isa, cfg, conv_out(s), false);
+                DirectConv::blocks(isa, shape, cfg)
+            }
+            Kernel::AdaptiveAvgPool { output: [1, 1] } => (true, false),
+            _ => (false, false),
+        })
+        .collect();
+    let made: HashMap<Value, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.output, i))
+        .collect();
+    let blocked =
+        |v: &Value, out: &[Layout]| made.get(v).is_some_and(|&i| out[i] == Layout::Blocked);
+    let mut out: Vec<Layout> = can
+        .iter()
+        .map(|&(_, o)| if o { Layout::Blocked } else { Layout::Planes })
+        .collect();
+    // Demote until every blocked output is read only where blocked values may go (every
+    // round but the last demotes at least one step).
+    loop {
+        let mut changed = false;
+        for i in 0..steps.len() {
+            if out[i] != Layout::Blocked {
+                continue;
+            }
+            let v = steps[i].output;
+            let readers_take_it = steps.iter().enumerate().all(|(j, s)| {
+                let first = s.inputs.first() != Some(&v) || can[j].0;
+                let rest = !s.inputs.iter().skip(1).any(|&u| u == v);
+                let residual = s.residual != Some(v) || out[j] == Layout::Blocked;
+                first && rest && residual
+            });
+            let output = program.outputs.iter().any(|(o, _)| *o == v);
+            let residual = steps[i].residual.is_none_or(|r| blocked(&r, &out));
+            if !readers_take_it || output || !residual {
+                out[i] = Layout::Planes;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    steps
+        .iter()
+        .zip(&out)
+        .map(|(s, &output)| {
+            let input = match s.inputs.first() {
+                Some(v) if blocked(v, &out) => Layout::Blocked,
+                _ => Layout::Planes,
+            };
+            let shape = match &s.kernel {
+                Kernel::Conv { cfg, .. } => {
+                    let all_planes = input == Layout::Planes && output == Layout::Planes;
+                    Some(DirectConv::choose(isa, cfg, conv_out(s), all_planes))
+                }
+                _ => None,
+            };
+            StepLayout {
+                shape,
+                input,
+                output,
+            }
+        })
+        .collect()
+}
+
 /// `f` on one of the pool's threads: each parallel step is then split from inside the pool
 /// instead of being handed over, and waited for, from outside it (a wake-up and a blocking
 /// wait per step, which cost more than ResNet-50's small 7x7 layers take). Native only: in
@@ -619,4 +743,69 @@ fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         return rayon::scope(|_| f());
     }
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Conv2d, GraphBuilder};
+    use crate::prng::{synth, synth_params};
+
+    #[test]
+    fn a_blocked_value_crosses_from_the_sub_batches_to_the_whole_batch_tail() {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = Isa::available().into_iter().find(|&i| i == Isa::Avx2);
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2: Option<Isa> = None;
+        let Some(isa) = avx2 else {
+            eprintln!("this CPU has no AVX2 kernels: nothing is stored blocked");
+            return;
+        };
+        // 3.5 MB of one image's activations in the first conv: 4 images per sub-batch, so a
+        // batch of 7 runs as 4 + 3 up to it; from the strided conv on the whole batch fits
+        // the cache and runs at once, from the first conv's output, which AVX2 stores
+        // blocked for the strided conv to read.
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[7, 48, 96, 96]).unwrap();
+        let c1 = b
+            .conv2d("c1", x, Conv2d::new(48, 48, 3).padding(1))
+            .unwrap();
+        let r1 = b.relu("r1", c1).unwrap();
+        let c2 = b
+            .conv2d("c2", r1, Conv2d::new(48, 48, 3).stride(2).padding(1))
+            .unwrap();
+        let c3 = b
+            .conv2d("c3", c2, Conv2d::new(48, 48, 3).padding(1))
+            .unwrap();
+        let p = b.adaptive_avg_pool2d("pool", c3, [2, 2]).unwrap();
+        let f = b.flatten("flatten", p, 1).unwrap();
+        let fc = b.linear("fc", f, 48 * 4, 10, true).unwrap();
+        let g = b.build(&[fc]).unwrap();
+        let w = synth_params(&g, 4).unwrap();
+        let weights = Arc::new(CpuWeights::copied(&g, &w).unwrap());
+        let m = CpuModel::prepare_isa(&g, &weights, true, Some(isa)).unwrap();
+        assert_eq!(m.sub_batch(), 4);
+        assert_eq!(m.whole_batch_from(), Some(1));
+        let program = Program::new(&g, true);
+        let l = layouts(&program, Some(isa));
+        assert_eq!(l[0].output, Layout::Blocked, "{l:?}");
+        assert_eq!(l[1].input, Layout::Blocked, "{l:?}");
+        // Each image alone (a batch of 1 is never split) gives the same answers.
+        let x = synth("input", &[7, 48, 96, 96], 6).unwrap();
+        let outs = m.run(&x).unwrap();
+        let one = CpuModel::prepare_isa(&g.with_batch(1).unwrap(), &weights, true, Some(isa));
+        let one = one.unwrap();
+        let per = 48 * 96 * 96;
+        for i in 0..7 {
+            let xi = x.data()[i * per..(i + 1) * per].to_vec();
+            let want = one
+                .run(&Tensor::new(vec![1, 48, 96, 96], xi).unwrap())
+                .unwrap();
+            assert_eq!(
+                &outs[0].data()[i * 10..(i + 1) * 10],
+                want[0].data(),
+                "image {i}"
+            );
+        }
+    }
 }
