@@ -331,12 +331,16 @@ impl DirectConv {
     }
 
     /// Whether a plan for `shape` can read its input, and store its output, in
-    /// [`Layout::Blocked`]: AVX2 channel tiles on whole blocks of channels per group.
+    /// [`Layout::Blocked`]: AVX2 channel tiles reading interleaved copies, and storing
+    /// whole blocks of channels per group.
     pub fn blocks(isa: Isa, shape: Shape, cfg: &Conv2d) -> (bool, bool) {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && !shape.pixels && shape.lanes == BLOCKED_LANES {
+        if isa == Isa::Avx2 && !shape.pixels {
             let ocg = cfg.out_channels / cfg.groups;
-            return (true, ocg.is_multiple_of(BLOCKED_LANES));
+            return (
+                shape.lanes == BLOCKED_LANES,
+                ocg.is_multiple_of(BLOCKED_LANES),
+            );
         }
         let _ = (isa, shape, cfg);
         (false, false)

@@ -1014,6 +1014,47 @@ pub fn global_avg_pool_blocked(x: &[f32], [n, c, hw]: [usize; 3], out: &mut [f32
     }
 }
 
+/// Max pooling of `x` in the blocked layout (`[n][c / 8][h][w][8]`, `xs` = `[n, c, h, w]`)
+/// into `out`, blocked too, or where `planes`, `[n][c][oh][ow]`. NaN propagates as in
+/// [`pool2d`].
+pub fn max_pool_blocked(
+    x: &[f32],
+    [_, _, h, w]: [usize; 4],
+    pool: &Pool2d,
+    [_, _, oh, ow]: [usize; 4],
+    out: &mut [f32],
+    planes: bool,
+) {
+    const L: usize = 8;
+    let ([kh, kw], [sh, sw], [ph, pw]) = (pool.kernel, pool.stride, pool.padding);
+    let rows = pool_windows(h, oh, kh, sh, ph);
+    let cols = pool_windows(w, ow, kw, sw, pw);
+    // Image n's channels 8b..8b+8 are one chunk of the output in either layout.
+    par_chunks_work(out, oh * ow * L, h * w * L, |nb, o| {
+        let src = &x[nb * h * w * L..(nb + 1) * h * w * L];
+        for (i, &(h0, h1, _)) in rows.iter().enumerate() {
+            for (j, &(w0, w1, _)) in cols.iter().enumerate() {
+                let mut m = [f32::NEG_INFINITY; L];
+                for y in h0..h1 {
+                    for px in src[(y * w + w0) * L..(y * w + w1) * L].chunks_exact(L) {
+                        for (m, &e) in m.iter_mut().zip(px) {
+                            *m = max_nan(*m, e);
+                        }
+                    }
+                }
+                let p = i * ow + j;
+                if planes {
+                    for (l, &v) in m.iter().enumerate() {
+                        o[l * oh * ow + p] = v;
+                    }
+                } else {
+                    o[p * L..(p + 1) * L].copy_from_slice(&m);
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1073,6 +1114,56 @@ mod tests {
                                 format!("w{w} k{k} s{s} p{pad} ceil {ceil} portable {portable}");
                             assert!(same, "{case}, output {i}: {got} vs {want}");
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_max_pool_matches_a_naive_pool_into_either_layout() {
+        // 2 images of 16 channels (two blocks each), padding, strides, ceil mode, NaN.
+        let (n, c, h) = (2, 16, 5);
+        // [n * c][hw] to [n][c / 8][hw][8], and back.
+        let block = |x: &[f32], hw: usize, back: bool| {
+            let mut y = vec![0f32; x.len()];
+            for i in 0..n * c {
+                for p in 0..hw {
+                    let b = ((i / 8) * hw + p) * 8 + i % 8;
+                    if back {
+                        y[i * hw + p] = x[b];
+                    } else {
+                        y[b] = x[i * hw + p];
+                    }
+                }
+            }
+            y
+        };
+        for w in [1, 6, 13] {
+            let mut x: Vec<f32> = (0..n * c * h * w)
+                .map(|i| ((i * 7919) % 101) as f32 - 50.0)
+                .collect();
+            x[(3 * w + 7) % (n * c * h * w)] = f32::NAN;
+            x[(9 * w + 2) % (n * c * h * w)] = f32::NEG_INFINITY;
+            let xb = block(&x, h * w, false);
+            for (k, s, pad, ceil) in [(3, 2, 1, false), (2, 2, 0, true), (3, 1, 1, false)] {
+                let pool = Pool2d::new(k).stride(s).padding(pad).ceil_mode(ceil);
+                let out_len = |l| crate::graph::shape::pool_out(l, k, s, pad, ceil);
+                let (Some(oh), Some(ow)) = (out_len(h), out_len(w)) else {
+                    continue;
+                };
+                let want = naive_max_pool(&x, [n * c, h, w], &pool, [oh, ow]);
+                for planes in [true, false] {
+                    let mut out = vec![0f32; n * c * oh * ow];
+                    let (xs, os) = ([n, c, h, w], [n, c, oh, ow]);
+                    max_pool_blocked(&xb, xs, &pool, os, &mut out, planes);
+                    if !planes {
+                        out = block(&out, oh * ow, true);
+                    }
+                    for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                        let same = got == want || (got.is_nan() && want.is_nan());
+                        let case = format!("w{w} k{k} s{s} p{pad} ceil {ceil} planes {planes}");
+                        assert!(same, "{case}, output {i}: {got} vs {want}");
                     }
                 }
             }

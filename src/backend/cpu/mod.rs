@@ -100,8 +100,8 @@ pub struct CpuModel {
     plan: MemoryPlan,
     /// Per step: the direct convolution planned for it, where the CPU has a microkernel.
     direct: Vec<Option<DirectConv>>,
-    /// Per step: the layout its first input is stored in (see [`layouts`]).
-    input_layout: Vec<Layout>,
+    /// Per step: the layouts of its first input and its output (see [`layouts`]).
+    io_layout: Vec<(Layout, Layout)>,
     /// Activation slots and the direct convolutions' input buffer, made at prepare and
     /// reused by every run (no allocation per run but the outputs). Runs at once take one
     /// each, made when none is free: a run never waits on another's, since a pool thread
@@ -331,7 +331,7 @@ impl CpuModel {
                     params: vec![],
                     weights: weights.clone(),
                     direct: vec![],
-                    input_layout: vec![],
+                    io_layout: vec![],
                     arenas: Mutex::new(vec![]),
                     scratch_len: 0,
                     split: Some(Split {
@@ -383,7 +383,7 @@ impl CpuModel {
             };
             direct.push(d);
         }
-        let input_layout = layouts.iter().map(|l| l.input).collect();
+        let io_layout = layouts.iter().map(|l| (l.input, l.output)).collect();
         let scratch_len = direct
             .iter()
             .flatten()
@@ -400,7 +400,7 @@ impl CpuModel {
             weights: weights.clone(),
             plan,
             direct,
-            input_layout,
+            io_layout,
             arenas: Mutex::new(vec![arena]),
             scratch_len,
             split: None,
@@ -590,14 +590,21 @@ impl CpuModel {
             #[cfg(not(target_arch = "wasm32"))]
             let t0 = std::time::Instant::now();
             let n = len(step.output);
-            let blocked_in = self.input_layout[i] == Layout::Blocked;
-            match direct {
-                _ if blocked_in && !matches!(step.kernel, Kernel::Conv { .. }) => {
-                    // `layouts` lets only global average pooling read a blocked input.
+            let (input, output) = self.io_layout[i];
+            match (direct, &step.kernel) {
+                // Of the other steps `layouts` lets only these read a blocked input.
+                (None, Kernel::AdaptiveAvgPool { .. }) if input == Layout::Blocked => {
                     let [b, c, h, w] = std::array::from_fn(|d| ins[0].1[d]);
                     kernels::global_avg_pool_blocked(ins[0].0, [b, c, h * w], &mut out[..n]);
                 }
-                Some(d) => d.run(
+                (None, Kernel::MaxPool(pool)) if input == Layout::Blocked => {
+                    let dims = |s: &[usize]| std::array::from_fn(|d| s[d]);
+                    let planes = output == Layout::Planes;
+                    let (x, xs) = ins[0];
+                    let os = dims(p.shape(step.output));
+                    kernels::max_pool_blocked(x, dims(xs), pool, os, &mut out[..n], planes);
+                }
+                (Some(d), _) => d.run(
                     ins[0].0,
                     scratch,
                     params,
@@ -605,7 +612,7 @@ impl CpuModel {
                     step.relu,
                     &mut out[..n],
                 ),
-                None => kernels::run_step(
+                (None, _) => kernels::run_step(
                     step,
                     params,
                     weight,
@@ -638,10 +645,11 @@ struct StepLayout {
 }
 
 /// The layouts of `program`'s values when its convolutions run on `isa`: a convolution's
-/// output is blocked ([`Layout::Blocked`]) where its tile can store so and every reader
-/// can take it so (a convolution reading it as its input, one adding it as the residual
-/// of a blocked output, global average pooling), the output being no graph output and
-/// its own residual (if any) blocked too; else planes. A convolution that then reads and
+/// (or a max pooling's, from a blocked input) output is blocked ([`Layout::Blocked`]) where
+/// it can store so and every reader can take it so (a convolution reading it as its input,
+/// one adding it as the residual of a blocked output, max pooling, global average
+/// pooling), the output being no graph output and its own residual (if any) blocked too;
+/// else planes. A convolution that then reads and
 /// stores planes takes the tile it would without neighbours to keep blocked. Depends on
 /// the program's steps and shapes only, not on the batch, so that the plans of a split
 /// batch agree on the value that crosses from one to the other.
@@ -668,6 +676,8 @@ fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
                 DirectConv::blocks(isa, shape, cfg)
             }
             Kernel::AdaptiveAvgPool { output: [1, 1] } => (true, false),
+            // Blocked out only from a blocked input (checked below).
+            Kernel::MaxPool(_) => (true, true),
             _ => (false, false),
         })
         .collect();
@@ -699,7 +709,10 @@ fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
             });
             let output = program.outputs.iter().any(|(o, _)| *o == v);
             let residual = steps[i].residual.is_none_or(|r| blocked(&r, &out));
-            if !readers_take_it || output || !residual {
+            // Pooling keeps the layout it reads.
+            let pooled = matches!(steps[i].kernel, Kernel::MaxPool(_));
+            let keeps = !pooled || steps[i].inputs.first().is_some_and(|u| blocked(u, &out));
+            if !readers_take_it || output || !residual || !keeps {
                 out[i] = Layout::Planes;
                 changed = true;
             }
