@@ -44,10 +44,6 @@ const L1_GROUP_INPUT: usize = 16 * 1024;
 #[cfg(target_arch = "x86_64")]
 const MAX_GROUP: usize = 16;
 
-/// Input channels per interleaved block for the AVX2 kernel: see [`Shape::lanes`].
-#[cfg(target_arch = "x86_64")]
-const AVX2_LANES: usize = 8;
-
 /// The AVX2 pixel-vector tile: 6 channels by 16 pixels (12 accumulators, 2 input
 /// vectors and a broadcast weight in 16 registers).
 #[cfg(target_arch = "x86_64")]
@@ -98,8 +94,8 @@ pub enum Layout {
     Blocked,
 }
 
-/// Channels per block of [`Layout::Blocked`].
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// Channels per block of [`Layout::Blocked`], which is also the order the AVX2 channel
+/// tile reads its interleaved copies in (see [`Shape::lanes`]).
 pub const BLOCKED_LANES: usize = 8;
 
 /// A convolution's weights in the microkernel's layout: per group and block of output
@@ -283,7 +279,7 @@ impl DirectConv {
             // downsampling layers: 5-15% faster), and where its neighbours then keep
             // their activations blocked.
             let icg = cfg.in_channels / cfg.groups;
-            let blocks = icg.is_multiple_of(AVX2_LANES) && !planes;
+            let blocks = icg.is_multiple_of(BLOCKED_LANES) && !planes;
             let avx2_channels = isa == Isa::Avx2 && (icg > 512 || cfg.stride != [1, 1] || blocks);
             if cfg.kernel == [1, 1]
                 && cfg.padding == [0, 0]
@@ -324,8 +320,8 @@ impl DirectConv {
         // planes each tap of a deep layer reads a cache line of its own (VGG-16's
         // 512-channel layers ran at 60% of the rate with their input in L1).
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && (cfg.in_channels / cfg.groups).is_multiple_of(AVX2_LANES) {
-            best.lanes = AVX2_LANES;
+        if isa == Isa::Avx2 && (cfg.in_channels / cfg.groups).is_multiple_of(BLOCKED_LANES) {
+            best.lanes = BLOCKED_LANES;
         }
         best
     }
@@ -1595,6 +1591,32 @@ mod avx2 {
     }
 }
 
+/// `[n][c][hw]` to `[n][c / 8][hw][8]` (tests of the blocked layout).
+#[cfg(test)]
+pub(super) fn to_blocked(x: &[f32], [n, c, hw]: [usize; 3]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for i in 0..n * c {
+        for p in 0..hw {
+            let (b, ci) = (i / c, i % c);
+            y[((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8] = x[i * hw + p];
+        }
+    }
+    y
+}
+
+/// [`to_blocked`] undone.
+#[cfg(test)]
+pub(super) fn from_blocked(y: &[f32], [n, c, hw]: [usize; 3]) -> Vec<f32> {
+    let mut x = vec![0f32; y.len()];
+    for i in 0..n * c {
+        for p in 0..hw {
+            let (b, ci) = (i / c, i % c);
+            x[i * hw + p] = y[((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8];
+        }
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1653,29 +1675,6 @@ mod tests {
             }
         }
         out
-    }
-
-    /// `[n][c][hw]` to `[n][c / 8][hw][8]`, and back.
-    fn to_blocked(x: &[f32], [n, c, hw]: [usize; 3]) -> Vec<f32> {
-        let mut y = vec![0f32; x.len()];
-        for i in 0..n * c {
-            for p in 0..hw {
-                let (b, ci) = (i / c, i % c);
-                y[((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8] = x[i * hw + p];
-            }
-        }
-        y
-    }
-
-    fn from_blocked(y: &[f32], [n, c, hw]: [usize; 3]) -> Vec<f32> {
-        let mut x = vec![0f32; y.len()];
-        for i in 0..n * c {
-            for p in 0..hw {
-                let (b, ci) = (i / c, i % c);
-                x[i * hw + p] = y[((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8];
-            }
-        }
-        x
     }
 
     fn noise(len: usize, seed: u32) -> Vec<f32> {

@@ -242,7 +242,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-fn dims4(s: &[usize]) -> [usize; 4] {
+pub(super) fn dims4(s: &[usize]) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
@@ -999,7 +999,7 @@ fn lrn(x: &[f32], [_, c, h, w]: [usize; 4], l: &Lrn, out: &mut [f32]) {
 /// Global average pooling of `x` in the blocked layout (`[n][c / 8][hw][8]`), `[n, c, hw]`,
 /// into `out` (`[n, c]`, which is also `[n, c, 1, 1]` in planes).
 pub fn global_avg_pool_blocked(x: &[f32], [n, c, hw]: [usize; 3], out: &mut [f32]) {
-    const L: usize = 8;
+    const L: usize = super::direct::BLOCKED_LANES;
     debug_assert!(c % L == 0 && x.len() >= n * c * hw && out.len() == n * c);
     for (nb, o) in out.chunks_exact_mut(L).enumerate() {
         let mut sum = [0f32; L];
@@ -1025,7 +1025,7 @@ pub fn max_pool_blocked(
     out: &mut [f32],
     planes: bool,
 ) {
-    const L: usize = 8;
+    const L: usize = super::direct::BLOCKED_LANES;
     let ([kh, kw], [sh, sw], [ph, pw]) = (pool.kernel, pool.stride, pool.padding);
     let rows = pool_windows(h, oh, kh, sh, ph);
     let cols = pool_windows(w, ow, kw, sw, pw);
@@ -1123,29 +1123,15 @@ mod tests {
     #[test]
     fn blocked_max_pool_matches_a_naive_pool_into_either_layout() {
         // 2 images of 16 channels (two blocks each), padding, strides, ceil mode, NaN.
+        use super::super::direct::{from_blocked, to_blocked};
         let (n, c, h) = (2, 16, 5);
-        // [n * c][hw] to [n][c / 8][hw][8], and back.
-        let block = |x: &[f32], hw: usize, back: bool| {
-            let mut y = vec![0f32; x.len()];
-            for i in 0..n * c {
-                for p in 0..hw {
-                    let b = ((i / 8) * hw + p) * 8 + i % 8;
-                    if back {
-                        y[i * hw + p] = x[b];
-                    } else {
-                        y[b] = x[i * hw + p];
-                    }
-                }
-            }
-            y
-        };
         for w in [1, 6, 13] {
             let mut x: Vec<f32> = (0..n * c * h * w)
                 .map(|i| ((i * 7919) % 101) as f32 - 50.0)
                 .collect();
             x[(3 * w + 7) % (n * c * h * w)] = f32::NAN;
             x[(9 * w + 2) % (n * c * h * w)] = f32::NEG_INFINITY;
-            let xb = block(&x, h * w, false);
+            let xb = to_blocked(&x, [n, c, h * w]);
             for (k, s, pad, ceil) in [(3, 2, 1, false), (2, 2, 0, true), (3, 1, 1, false)] {
                 let pool = Pool2d::new(k).stride(s).padding(pad).ceil_mode(ceil);
                 let out_len = |l| crate::graph::shape::pool_out(l, k, s, pad, ceil);
@@ -1158,7 +1144,7 @@ mod tests {
                     let (xs, os) = ([n, c, h, w], [n, c, oh, ow]);
                     max_pool_blocked(&xb, xs, &pool, os, &mut out, planes);
                     if !planes {
-                        out = block(&out, oh * ow, true);
+                        out = from_blocked(&out, [n, c, oh * ow]);
                     }
                     for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
                         let same = got == want || (got.is_nan() && want.is_nan());

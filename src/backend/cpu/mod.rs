@@ -178,11 +178,7 @@ fn tail_cut(program: &Program) -> Option<(usize, Value)> {
     while from > 0 && touched(program, &steps[from - 1]) * n <= SUB_BATCH_BYTES {
         from -= 1;
     }
-    let made: HashMap<Value, usize> = steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.output, i))
-        .collect();
+    let made = producers(steps);
     let mut last_read: HashMap<Value, usize> = HashMap::new();
     for (i, s) in steps.iter().enumerate() {
         for &v in s.inputs.iter().chain(&s.residual) {
@@ -199,6 +195,15 @@ fn tail_cut(program: &Program) -> Option<(usize, Value)> {
             _ => None,
         }
     })
+}
+
+/// The step that makes each value, by value.
+fn producers(steps: &[Step]) -> HashMap<Value, usize> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.output, i))
+        .collect()
 }
 
 struct Arena {
@@ -367,17 +372,9 @@ impl CpuModel {
                     let xs = program.shape(step.inputs[0]);
                     let os = program.shape(step.output);
                     let panels = weights.packed(&format!("{node}.weight"), cfg, shape)?;
-                    let dims = |s: &[usize]| [s[0], s[1], s[2], s[3]];
+                    let (xs, os) = (kernels::dims4(xs), kernels::dims4(os));
                     let io = (l.input, l.output);
-                    Some(DirectConv::new(
-                        isa,
-                        shape,
-                        panels,
-                        cfg,
-                        dims(xs),
-                        dims(os),
-                        io,
-                    ))
+                    Some(DirectConv::new(isa, shape, panels, cfg, xs, os, io))
                 }
                 _ => None,
             };
@@ -594,15 +591,14 @@ impl CpuModel {
             match (direct, &step.kernel) {
                 // Of the other steps `layouts` lets only these read a blocked input.
                 (None, Kernel::AdaptiveAvgPool { .. }) if input == Layout::Blocked => {
-                    let [b, c, h, w] = std::array::from_fn(|d| ins[0].1[d]);
+                    let [b, c, h, w] = kernels::dims4(ins[0].1);
                     kernels::global_avg_pool_blocked(ins[0].0, [b, c, h * w], &mut out[..n]);
                 }
                 (None, Kernel::MaxPool(pool)) if input == Layout::Blocked => {
-                    let dims = |s: &[usize]| std::array::from_fn(|d| s[d]);
                     let planes = output == Layout::Planes;
-                    let (x, xs) = ins[0];
-                    let os = dims(p.shape(step.output));
-                    kernels::max_pool_blocked(x, dims(xs), pool, os, &mut out[..n], planes);
+                    let (x, xs) = (ins[0].0, kernels::dims4(ins[0].1));
+                    let os = kernels::dims4(p.shape(step.output));
+                    kernels::max_pool_blocked(x, xs, pool, os, &mut out[..n], planes);
                 }
                 (Some(d), _) => d.run(
                     ins[0].0,
@@ -649,10 +645,10 @@ struct StepLayout {
 /// it can store so and every reader can take it so (a convolution reading it as its input,
 /// one adding it as the residual of a blocked output, max pooling, global average
 /// pooling), the output being no graph output and its own residual (if any) blocked too;
-/// else planes. A convolution that then reads and
-/// stores planes takes the tile it would without neighbours to keep blocked. Depends on
-/// the program's steps and shapes only, not on the batch, so that the plans of a split
-/// batch agree on the value that crosses from one to the other.
+/// else planes. A convolution that then reads and stores planes takes the tile it would
+/// without neighbours to keep blocked. Depends on the program's steps and shapes only,
+/// not on the batch, so that the plans of a split batch agree on the value that crosses
+/// from one to the other.
 fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
     let steps = &program.steps;
     let planes = StepLayout {
@@ -681,11 +677,7 @@ fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
             _ => (false, false),
         })
         .collect();
-    let made: HashMap<Value, usize> = steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.output, i))
-        .collect();
+    let made = producers(steps);
     let blocked =
         |v: &Value, out: &[Layout]| made.get(v).is_some_and(|&i| out[i] == Layout::Blocked);
     let mut out: Vec<Layout> = can
