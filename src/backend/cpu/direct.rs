@@ -722,12 +722,20 @@ impl DirectConv {
         super::kernels::par_tasks(&self.plan.list, scratch, |&(b, g, ob0, y0), sums| {
             let base = b * image + g * gstride;
             let (q0, q1) = (y0 * ow, (y0 + rows).min(oh) * ow);
-            for g0 in (q0..q1).step_by(nr * group) {
+            // The task's pixels in as few tiles as `nr` allows, of widths that differ by
+            // one at most: a narrow last tile (7x7 maps end every image with a 1-pixel
+            // one) has too few accumulators to hide the FMA's latency, and took 2/3 of a
+            // whole tile's time. Every pixel's sum runs in the same order in any tile,
+            // so the answers do not depend on how a batch splits into tasks.
+            let all = (q1 - q0).div_ceil(nr);
+            let edge = |t: usize| q0 + t * (q1 - q0) / all;
+            for t0 in (0..all).step_by(group) {
                 // Each tile's first pixel, width and pixel bases.
                 let mut tiles = [(0, 0, [src.as_ptr(); 8]); MAX_GROUP];
                 let mut count = 0;
-                for q in (g0..(g0 + nr * group).min(q1)).step_by(nr) {
-                    let valid = nr.min(q1 - q);
+                for t in t0..(t0 + group).min(all) {
+                    let (q, valid) = (edge(t), edge(t + 1) - edge(t));
+                    debug_assert!((1..=nr).contains(&valid));
                     let xs = &mut tiles[count].2;
                     for (j, x) in xs.iter_mut().enumerate().take(valid) {
                         let (oy, ox) = ((q + j) / ow, (q + j) % ow);
@@ -1354,19 +1362,16 @@ mod avx2 {
 
     /// A tile of `valid` pixels (up to 6), each read from its own base in `xs`, by two
     /// vectors of channels: compiled per width. (Three vectors by four pixels needs all
-    /// 16 registers and ran VGG-16's 56x56 layers at half the speed.) Narrow tiles (a
-    /// task's last) reduce over interleaved taps into several sets of accumulators: with
-    /// one set, each of their few accumulators waits out the FMA's latency every tap, and
-    /// a 1-pixel tile took 2/3 of a 6-pixel one's time (7x7 maps end every image with one).
+    /// 16 registers and ran VGG-16's 56x56 layers at half the speed.)
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn tile(xs: &[*const f32; 8], kofs: &[usize], panel: &[f32], s: &Store, sums: Sums) {
         let f = match s.valid {
-            1 => tile_nr::<2, 1, 4>,
-            2 => tile_nr::<2, 2, 2>,
-            3 => tile_nr::<2, 3, 2>,
-            4 => tile_nr::<2, 4, 1>,
-            5 => tile_nr::<2, 5, 1>,
-            6 => tile_nr::<2, 6, 1>,
+            1 => tile_nr::<2, 1>,
+            2 => tile_nr::<2, 2>,
+            3 => tile_nr::<2, 3>,
+            4 => tile_nr::<2, 4>,
+            5 => tile_nr::<2, 5>,
+            6 => tile_nr::<2, 6>,
             _ => unreachable!("{} pixels", s.valid),
         };
         f(xs, kofs, panel, s, sums)
@@ -1382,12 +1387,11 @@ mod avx2 {
     }
 
     /// One tile: `NR` (up to 8) output pixels by `MV * 8` output channels, reduced over
-    /// every tap (each pixel's tap at the same offset from its base) into `U` sets of
-    /// accumulators (tap `t` into set `t % U`, summed at the end), then stored
+    /// every tap (each pixel's tap at the same offset from its base), then stored
     /// transposed (pixels contiguous per channel) through the epilogue.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_nr<const MV: usize, const NR: usize, const U: usize>(
+    unsafe fn tile_nr<const MV: usize, const NR: usize>(
         xs: &[*const f32; 8],
         kofs: &[usize],
         panel: &[f32],
@@ -1395,16 +1399,16 @@ mod avx2 {
         sums: Sums,
     ) {
         let xs: [*const f32; NR] = std::array::from_fn(|j| xs[j]);
-        let mut sets = [[[_mm256_setzero_ps(); MV]; NR]; U];
+        let mut acc = [[_mm256_setzero_ps(); MV]; NR];
         if let Some(from) = sums.from {
-            for (j, a) in sets[0].iter_mut().enumerate() {
+            for (j, a) in acc.iter_mut().enumerate() {
                 for (v, a) in a.iter_mut().enumerate() {
                     *a = _mm256_loadu_ps(from.add((j * MV + v) * 8));
                 }
             }
         }
-        // One tap into one set of accumulators, with its weights at `w`.
-        let tap = |acc: &mut [[__m256; MV]; NR], w: *const f32, off: usize| {
+        let mut w = panel.as_ptr();
+        for &off in kofs {
             let mut wv = [_mm256_setzero_ps(); MV];
             for (v, wv) in wv.iter_mut().enumerate() {
                 *wv = _mm256_loadu_ps(w.add(v * 8));
@@ -1415,27 +1419,7 @@ mod avx2 {
                     a[v] = _mm256_fmadd_ps(wv[v], b, a[v]);
                 }
             }
-        };
-        let mut w = panel.as_ptr();
-        let taps = kofs.chunks_exact(U);
-        let rest = taps.remainder();
-        for offs in taps {
-            for (u, acc) in sets.iter_mut().enumerate() {
-                tap(acc, w.add(u * MV * 8), offs[u]);
-            }
-            w = w.add(U * MV * 8);
-        }
-        for &off in rest {
-            tap(&mut sets[0], w, off);
             w = w.add(MV * 8);
-        }
-        let mut acc = sets[0];
-        for set in &sets[1..] {
-            for (a, b) in acc.iter_mut().zip(set) {
-                for v in 0..MV {
-                    a[v] = _mm256_add_ps(a[v], b[v]);
-                }
-            }
         }
         if let Some(to) = sums.to {
             for (j, a) in acc.iter().enumerate() {
