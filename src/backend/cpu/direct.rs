@@ -192,9 +192,9 @@ pub struct DirectConv {
     output: Layout,
     /// The tasks of a run.
     plan: Tasks,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     /// Taps per pass of the AVX2 channel tile's reduction ([`Self::k`] where it runs
     /// whole), a multiple of one block of input channels' taps.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pass: usize,
 }
 
@@ -711,8 +711,8 @@ impl DirectConv {
         // Tiles run in groups whose input stays in L2 while each block's weights sweep
         // them: a block's panel is then read once per group, not once per 6 pixels, and
         // its output and residual rows are written and read as long runs rather than 6
-        // pixels per block. On one Zen 3 core, groups of a quarter of L2 ran ResNet-50's
-        // 1x1 layers 3-10% faster and its 3x3 layers 3-10% than groups that fit L1.
+        // pixels per block. On Zen 3, groups of a quarter of L2 ran ResNet-50's layers
+        // 3-10% faster than groups that fit L1 in one-core profiles, 1-2% in whole runs.
         let (k, pass, block) = (self.k, self.pass.min(self.k), self.shape.block);
         let group = (l2_group_input() / (nr * pass * 4)).clamp(1, MAX_GROUP);
         // Where the reduction runs in passes, each tile of the group keeps its partial
