@@ -193,9 +193,12 @@ pub struct DirectConv {
     /// The tasks of a run.
     plan: Tasks,
     /// Taps per pass of the AVX2 channel tile's reduction ([`Self::k`] where it runs
-    /// whole), a multiple of one block of input channels' taps.
+    /// whole), a multiple of one block of input channels' taps: see [`Self::set_pass`].
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pass: usize,
+    /// AVX2 channel tiles per group (see [`Self::run_flat`]), fixed by [`Self::pass`].
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    group: usize,
 }
 
 /// The instruction sets with a microkernel here.
@@ -466,7 +469,8 @@ impl DirectConv {
                 run: 0,
                 list: vec![],
             },
-            pass: icg * kh * kw,
+            pass: 0,
+            group: 1,
         };
         // Where one block's panel passes half of L2, it shares L2 badly with the input
         // rows its tiles read: the AVX2 channel tile then reduces in passes of about
@@ -474,10 +478,15 @@ impl DirectConv {
         // passes (on Zen 3, VGG-16's 512-channel 3x3 layers 5-7% faster on one core,
         // ResNet-50's stride-2 one 15%).
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && !shape.pixels && d.k * shape.block * 4 > l2_bytes() / 2 {
+        let pass = if isa == Isa::Avx2 && !shape.pixels && d.k * shape.block * 4 > l2_bytes() / 2 {
             let per_block = lanes * kh * kw;
-            d.pass = per_block * (PASS_PANEL / (shape.block * 4) / per_block).max(1);
-        }
+            per_block * (PASS_PANEL / (shape.block * 4) / per_block).max(1)
+        } else {
+            d.k
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let pass = d.k;
+        d.set_pass(pass);
         // The tasks depend on shapes only: listed once, here.
         d.plan = if shape.pixels && d.flat() {
             d.tasks(oh * ow, shape.nr)
@@ -490,6 +499,23 @@ impl DirectConv {
             d.in_place = false;
         }
         d
+    }
+
+    /// Sets the taps per pass of the AVX2 channel tile's reduction (at most [`Self::k`]),
+    /// and the tiles per group that follow from it: a group's input (`nr` pixels by one
+    /// pass's taps per tile) fills a quarter of L2. Tiles run in groups whose input stays
+    /// in L2 while each block's weights sweep them: a block's panel is then read once per
+    /// group, not once per 6 pixels, and its output and residual rows are written and
+    /// read as long runs rather than 6 pixels per block. On Zen 3, groups of a quarter of
+    /// L2 ran ResNet-50's layers 3-10% faster than groups that fit L1 in one-core
+    /// profiles, 1-2% in whole runs.
+    fn set_pass(&mut self, taps: usize) {
+        self.pass = taps.clamp(1, self.k.max(1));
+        #[cfg(target_arch = "x86_64")]
+        {
+            let tile = self.shape.nr * self.pass * 4;
+            self.group = (l2_group_input() / tile).clamp(1, MAX_GROUP);
+        }
     }
 
     /// Consecutive output pixels sit at consecutive input offsets for every tap, across
@@ -708,13 +734,8 @@ impl DirectConv {
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
         let last_tap = self.kofs.iter().max().copied().unwrap_or(0);
         let blocked = self.output == Layout::Blocked;
-        // Tiles run in groups whose input stays in L2 while each block's weights sweep
-        // them: a block's panel is then read once per group, not once per 6 pixels, and
-        // its output and residual rows are written and read as long runs rather than 6
-        // pixels per block. On Zen 3, groups of a quarter of L2 ran ResNet-50's layers
-        // 3-10% faster than groups that fit L1 in one-core profiles, 1-2% in whole runs.
-        let (k, pass, block) = (self.k, self.pass.min(self.k), self.shape.block);
-        let group = (l2_group_input() / (nr * pass * 4)).clamp(1, MAX_GROUP);
+        // Tiles run in groups of `self.group` (see `set_pass`).
+        let (k, pass, group, block) = (self.k, self.pass, self.group, self.shape.block);
         // Where the reduction runs in passes, each tile of the group keeps its partial
         // sums (`nr * block` floats) in the thread's scratch between them.
         let sums_len = nr * block;
@@ -1937,7 +1958,7 @@ mod tests {
                 // The AVX2 channel tile's reduction in passes of one block of input
                 // channels, on whatever this CPU's L2 makes of the case.
                 let in_passes = |mut dc: DirectConv| {
-                    dc.pass = dc.shape.lanes * k * k;
+                    dc.set_pass(dc.shape.lanes * k * k);
                     (isa_is_avx2(isa) && !dc.shape.pixels && dc.pass < dc.k).then_some(dc)
                 };
                 if let Some(dc) =
