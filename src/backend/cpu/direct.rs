@@ -1707,14 +1707,21 @@ mod avx2 {
     }
 }
 
+/// Where plane `i` (image `i / c`, channel `i % c`) keeps pixel `p` in the blocked layout
+/// `[n][c / 8][hw][8]` (tests).
+#[cfg(test)]
+fn blocked_index(i: usize, p: usize, c: usize, hw: usize) -> usize {
+    let (b, ci) = (i / c, i % c);
+    ((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8
+}
+
 /// `[n][c][hw]` to `[n][c / 8][hw][8]` (tests of the blocked layout).
 #[cfg(test)]
 pub(super) fn to_blocked(x: &[f32], [n, c, hw]: [usize; 3]) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     for i in 0..n * c {
         for p in 0..hw {
-            let (b, ci) = (i / c, i % c);
-            y[((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8] = x[i * hw + p];
+            y[blocked_index(i, p, c, hw)] = x[i * hw + p];
         }
     }
     y
@@ -1726,8 +1733,7 @@ pub(super) fn from_blocked(y: &[f32], [n, c, hw]: [usize; 3]) -> Vec<f32> {
     let mut x = vec![0f32; y.len()];
     for i in 0..n * c {
         for p in 0..hw {
-            let (b, ci) = (i / c, i % c);
-            x[i * hw + p] = y[((b * c / 8 + ci / 8) * hw + p) * 8 + ci % 8];
+            x[i * hw + p] = y[blocked_index(i, p, c, hw)];
         }
     }
     x
