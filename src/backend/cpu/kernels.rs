@@ -28,6 +28,27 @@ pub(super) fn par_chunks_work(
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) {
     let len = len.max(1);
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        // The run's crew takes runs of chunks, a few per thread, each touching `GRAIN`
+        // floats or more.
+        let chunks = out.len().div_ceil(len);
+        let min = GRAIN.div_ceil(work.max(1));
+        let units = chunks.div_ceil(min).min(threads() * 8).max(1);
+        let (total, dst) = (out.len(), OutPtr(out.as_mut_ptr()));
+        let unit = |u: usize| {
+            for i in u * chunks / units..(u + 1) * chunks / units {
+                let at = i * len;
+                // SAFETY: chunk i is `out[at..at + len]` (the last may be short): the units
+                // cover disjoint runs of chunks.
+                let c = unsafe { std::slice::from_raw_parts_mut(dst.at(at), len.min(total - at)) };
+                f(i, c);
+            }
+        };
+        if super::crew::par(units, unit).is_ok() {
+            return;
+        }
+    }
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     out.par_chunks_mut(len)
         .enumerate()
@@ -42,6 +63,10 @@ pub(super) fn par_chunks_work(
 
 /// `f(i)` for `i` in `0..count`, in parallel where threads exist.
 pub(super) fn par_for(count: usize, f: impl Fn(usize) + Sync + Send) {
+    #[cfg(not(target_arch = "wasm32"))]
+    let Err(f) = super::crew::par(count, f) else {
+        return;
+    };
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     (0..count).into_par_iter().for_each(f);
     #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
@@ -431,6 +456,10 @@ pub(super) fn par_tasks<T: Sync>(
     f: impl Fn(&T, &mut [f32]) + Sync + Send,
 ) {
     let run = |t: &T| with_scratch(scratch, |buf| f(t, buf));
+    #[cfg(not(target_arch = "wasm32"))]
+    let Err(run) = super::crew::par(tasks.len(), |i| run(&tasks[i])).map_err(|_| run) else {
+        return;
+    };
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     tasks.par_iter().for_each(run);
     #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]

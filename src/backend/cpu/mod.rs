@@ -3,6 +3,8 @@
 //! implicit-GEMM tiles on the `gemm` crate; multi-threaded natively, and in wasm where the
 //! page allows.
 
+#[cfg(not(target_arch = "wasm32"))]
+mod crew;
 mod direct;
 mod kernels;
 
@@ -737,16 +739,16 @@ fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
         .collect()
 }
 
-/// `f` on one of the pool's threads: each parallel step is then split from inside the pool
-/// instead of being handed over, and waited for, from outside it (a wake-up and a blocking
-/// wait per step, which cost more than ResNet-50's small 7x7 layers take). Native only: in
+/// `f` on one of the pool's threads, with the others spinning beside it as its crew
+/// ([`crew`]): each parallel step is then handed to threads already awake, instead of
+/// from outside the pool (a wake-up and a blocking wait per step, which cost more than
+/// ResNet-50's small 7x7 layers take) or to threads rayon has put to sleep. Native only: in
 /// the threaded wasm build a panic is a trap of the worker it happens on, and on a pool
 /// worker it would never reach the caller (the page hangs instead of reporting it).
 fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     #[cfg(not(target_arch = "wasm32"))]
-    if rayon::current_thread_index().is_none() {
-        return rayon::scope(|_| f());
-    }
+    return crew::run(f);
+    #[cfg(target_arch = "wasm32")]
     f()
 }
 
