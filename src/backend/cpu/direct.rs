@@ -1407,6 +1407,9 @@ mod avx2 {
         pub to: Option<*mut f32>,
     }
 
+    /// Taps ahead that the channel tile prefetches its input.
+    const PREFETCH_AHEAD: usize = 32;
+
     /// One tile: `NR` (up to 8) output pixels by `MV * 8` output channels, reduced over
     /// every tap (each pixel's tap at the same offset from its base), then stored
     /// transposed (pixels contiguous per channel) through the epilogue.
@@ -1429,7 +1432,23 @@ mod avx2 {
             }
         }
         let mut w = panel.as_ptr();
-        for &off in kofs {
+        for (k, &off) in kofs.iter().enumerate() {
+            // The input lines of the taps `PREFETCH_AHEAD` on, ahead of their loads: in the
+            // interleaved input each run of 8 taps reads 32 bytes per pixel at a new place
+            // (the next block of 8 channels, `h * w * 32` bytes on), a stride the hardware
+            // does not follow. Every other pixel's line covers all the tile's. On one Zen 3
+            // core, 1x1 layers of 2048 input channels ran at 78 GFLOP/s without, 90 with
+            // (4096 channels: 62 -> 77); short reductions and 3x3 layers: the same or 1%
+            // faster. (Prefetching the weights or the residual ran slower.)
+            if k % 8 == 0 {
+                if let Some(&o) = kofs.get(k + PREFETCH_AHEAD) {
+                    for j in 0..NR {
+                        if j % 2 == 0 || j == NR - 1 {
+                            _mm_prefetch::<_MM_HINT_T0>(xs[j].wrapping_add(o) as *const i8);
+                        }
+                    }
+                }
+            }
             let mut wv = [_mm256_setzero_ps(); MV];
             for (v, wv) in wv.iter_mut().enumerate() {
                 *wv = _mm256_loadu_ps(w.add(v * 8));
