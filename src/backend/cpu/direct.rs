@@ -1155,6 +1155,17 @@ mod avx512 {
     use super::Epilogue;
     use std::arch::x86_64::*;
 
+    /// Floats ahead (4 KiB) that both tiles prefetch their weights. A model's weights do
+    /// not stay in cache between runs (ResNet-50's are 100 MB), so each block's first
+    /// tile streams its panel from memory at the rate its FMAs consume it, faster than the
+    /// hardware prefetcher runs ahead; later tiles find the lines in L2 and the prefetch
+    /// costs them nothing. Past a panel's end it fetches the next block's (panels are
+    /// contiguous), and past the last one it is dropped (a prefetch never faults). On one
+    /// Zen 5 at 2 threads, with the weights cold: ResNet-50's 7x7 layers 10-15% faster,
+    /// its 1024-channel 1x1 layers 12%, with hot weights the same; the whole model 4%
+    /// (runs alternating with and without, in one process), ResNet-18 2%, VGG-16 the same.
+    const WEIGHTS_AHEAD: usize = 1024;
+
     /// One tile: `nr` output pixels by `MV * 16` output channels, reduced over every tap,
     /// then stored transposed (pixels contiguous per channel) through the epilogue.
     /// `valid` pixels and `live` channels are written.
@@ -1175,6 +1186,10 @@ mod avx512 {
         let mut w = panel.as_ptr();
         for &off in kofs {
             let xk = x.add(off);
+            for v in 0..MV {
+                let ahead = w.wrapping_add(WEIGHTS_AHEAD + 16 * v);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
             let mut wv = [_mm512_setzero_ps(); MV];
             for (v, wv) in wv.iter_mut().enumerate() {
                 *wv = _mm512_loadu_ps(w.add(v * 16));
@@ -1260,8 +1275,12 @@ mod avx512 {
         let mask = |v: usize| if v == NV - 1 { last } else { !0 };
         let mut acc = [[_mm512_setzero_ps(); NV]; 8];
         let mut w = panel.as_ptr();
-        for &off in kofs {
+        for (i, &off) in kofs.iter().enumerate() {
             let xk = x.add(off);
+            // A tap's 8 weights are half a line.
+            if i % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(WEIGHTS_AHEAD) as *const i8);
+            }
             let mut xv = [_mm512_setzero_ps(); NV];
             for v in 0..NV {
                 xv[v] = _mm512_maskz_loadu_ps(mask(v), xk.add(16 * v));
