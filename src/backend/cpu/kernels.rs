@@ -961,6 +961,12 @@ unsafe fn max_pool_row_avx512(
     for i in (0..w).step_by(16) {
         let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
         for y in ys.clone() {
+            // The lines four window heights further down: the previous layer's output
+            // is too big to stay in cache (VGG-16's first pool, 13 MB, 0.95 -> 0.33 ms on
+            // Zen 5 at 2 threads). Past the plane it fetches the next one's; a prefetch
+            // never faults.
+            let ahead = xp.wrapping_add((y + 4 * ys.len()) * w + i);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             m = max(m, load(xp.add(y * w + i), w - i));
         }
         store(vp.add(i), w - i, m);
