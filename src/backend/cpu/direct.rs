@@ -59,8 +59,9 @@ fn l2_group_input() -> usize {
     L2_INPUT_RUN.min(l2_bytes() / 4)
 }
 
-/// Bytes of weights per pass where an AVX2 channel tile's reduction runs in passes (see
-/// [`DirectConv::new`]): 576 taps of a 16-channel block, 64 input channels of a 3x3 layer.
+/// Bytes of weights per pass where a channel tile's reduction runs in passes (see
+/// [`DirectConv::new`]): on AVX2, 576 taps of a 16-channel block, 64 input channels of a
+/// 3x3 layer; on AVX-512, 189 taps of a 48-channel block.
 #[cfg(target_arch = "x86_64")]
 const PASS_PANEL: usize = 36 * 1024;
 
@@ -192,13 +193,21 @@ pub struct DirectConv {
     output: Layout,
     /// The tasks of a run.
     plan: Tasks,
-    /// Taps per pass of the AVX2 channel tile's reduction ([`Self::k`] where it runs
-    /// whole), a multiple of one block of input channels' taps: see [`Self::set_pass`].
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    /// Taps per pass of a channel tile's reduction ([`Self::k`] where it runs whole), a
+    /// multiple of one block of input channels' taps: see [`Self::set_pass`].
     pass: usize,
     /// AVX2 channel tiles per group (see [`Self::run_flat`]), fixed by [`Self::pass`].
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     group: usize,
+}
+
+/// Partial sums of a channel tile whose reduction runs in passes: its accumulators start
+/// from `from` (else zero) and, where `to` is given, end there as they are, not through
+/// the epilogue. Each holds the tile's `NR * MV` vectors, pixel-major.
+#[derive(Clone, Copy)]
+struct Sums {
+    from: Option<*const f32>,
+    to: Option<*mut f32>,
 }
 
 /// The instruction sets with a microkernel here.
@@ -476,9 +485,14 @@ impl DirectConv {
         // rows its tiles read: the AVX2 channel tile then reduces in passes of about
         // `PASS_PANEL` of weights over a group of tiles, its partial sums kept between
         // passes (on Zen 3, VGG-16's 512-channel 3x3 layers 5-7% faster on one core,
-        // ResNet-50's stride-2 one 15%).
+        // ResNet-50's stride-2 one 15%). The AVX-512 tile does so on strided layers only,
+        // whose tiles read each channel from four phase planes: ResNet-50's stride-2
+        // 512-channel layer at batch 8, 8% faster on Zen 5 (stride-1 layers ran 0-3% slower
+        // in passes, with their weights hot or cold).
         #[cfg(target_arch = "x86_64")]
-        let pass = if isa == Isa::Avx2 && !shape.pixels && d.k * shape.block * 4 > l2_bytes() / 2 {
+        let big = !shape.pixels && d.k * shape.block * 4 > l2_bytes() / 2;
+        #[cfg(target_arch = "x86_64")]
+        let pass = if big && (isa == Isa::Avx2 || cfg.stride != [1, 1]) {
             let per_block = lanes * kh * kw;
             per_block * (PASS_PANEL / (shape.block * 4) / per_block).max(1)
         } else {
@@ -501,8 +515,8 @@ impl DirectConv {
         d
     }
 
-    /// Sets the taps per pass of the AVX2 channel tile's reduction (at most [`Self::k`]),
-    /// and the tiles per group that follow from it: a group's input (`nr` pixels by one
+    /// Sets the taps per pass of a channel tile's reduction (at most [`Self::k`]), and the
+    /// AVX2 tiles per group that follow from it: a group's input (`nr` pixels by one
     /// pass's taps per tile) fills a quarter of L2. Tiles run in groups whose input stays
     /// in L2 while each block's weights sweep them: a block's panel is then read once per
     /// group, not once per 6 pixels, and its output and residual rows are written and
@@ -675,32 +689,51 @@ impl DirectConv {
         } = self.geometry();
         let (oh, ow, nr) = (self.oh, self.ow, self.shape.nr);
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
-        super::kernels::par_tasks(&self.plan.list, 0, |&(b, g, ob0, y0), _| {
+        // Where the reduction runs in passes, each tile keeps its partial sums in the
+        // thread's scratch between passes (`NR * MV` vectors: `nr * block` floats).
+        let (k, pass, block) = (self.k, self.pass, self.shape.block);
+        let slot = if pass < k { nr * block } else { 0 };
+        let sums_len = rows * ow.div_ceil(nr) * per_task * slot;
+        super::kernels::par_tasks(&self.plan.list, sums_len, |&(b, g, ob0, y0), sums| {
             let base = b * image + g * gstride;
-            for oy in y0..(y0 + rows).min(oh) {
-                for ox in (0..ow).step_by(nr) {
-                    let valid = nr.min(ow - ox);
-                    let xoff = base + oy * self.wph + ox;
-                    debug_assert!(xoff + self.kofs[self.k - 1] + valid - 1 < src.len());
-                    for ob in ob0..(ob0 + per_task).min(nb) {
-                        let (panel, o0, ep) = self.block(p, g, ob, relu);
-                        let live = ep.scale.len();
-                        let at = (b * oc + o0) * pix + oy * ow + ox;
-                        debug_assert!(at + (live - 1) * pix + valid <= out_len(self));
-                        // SAFETY: the reads stay inside `src` (its slack, or `max_read` when
-                        // in place); this task alone writes rows o0..o0+live of image b at
-                        // pixels at..at+valid, all inside `out`.
-                        unsafe {
-                            self.tile(
-                                src.as_ptr().add(xoff),
-                                panel,
-                                dst.at(at),
-                                pix,
-                                valid,
-                                live,
-                                residual.map(|r| r.as_ptr().add(at)),
-                                &ep,
-                            )
+            for t0 in (0..k).step_by(pass) {
+                let taps = t0..(t0 + pass).min(k);
+                let mut at_sums = 0;
+                for oy in y0..(y0 + rows).min(oh) {
+                    for ox in (0..ow).step_by(nr) {
+                        let valid = nr.min(ow - ox);
+                        let xoff = base + oy * self.wph + ox;
+                        debug_assert!(xoff + self.kofs[self.k - 1] + valid - 1 < src.len());
+                        for ob in ob0..(ob0 + per_task).min(nb) {
+                            let (panel, o0, ep) = self.block(p, g, ob, relu);
+                            let panel = &panel[taps.start * block..taps.end * block];
+                            let part = &mut sums[at_sums..at_sums + slot];
+                            at_sums += slot;
+                            let part = Sums {
+                                from: (taps.start > 0).then_some(part.as_ptr()),
+                                to: (taps.end < k).then_some(part.as_mut_ptr()),
+                            };
+                            let live = ep.scale.len();
+                            let at = (b * oc + o0) * pix + oy * ow + ox;
+                            debug_assert!(at + (live - 1) * pix + valid <= out_len(self));
+                            // SAFETY: the reads stay inside `src` (its slack, or `max_read` when
+                            // in place); this task alone writes rows o0..o0+live of image b at
+                            // pixels at..at+valid, all inside `out`; the partial sums are this
+                            // tile's own `slot` floats of the thread's scratch.
+                            unsafe {
+                                self.tile(
+                                    src.as_ptr().add(xoff),
+                                    &self.kofs[taps.clone()],
+                                    panel,
+                                    dst.at(at),
+                                    pix,
+                                    valid,
+                                    live,
+                                    residual.map(|r| r.as_ptr().add(at)),
+                                    &ep,
+                                    part,
+                                )
+                            }
                         }
                     }
                 }
@@ -798,7 +831,7 @@ impl DirectConv {
                                 blocked,
                             };
                             let part = sums.as_mut_ptr().wrapping_add(t * sums_len);
-                            let sums = avx2::Sums {
+                            let sums = Sums {
                                 from: (k0 > 0).then_some(part.cast_const()),
                                 to: (k1 < k).then_some(part),
                             };
@@ -972,6 +1005,7 @@ impl DirectConv {
     unsafe fn tile(
         &self,
         x: *const f32,
+        k: &[usize],
         panel: &[f32],
         out: *mut f32,
         ldo: usize,
@@ -979,17 +1013,20 @@ impl DirectConv {
         live: usize,
         res: Option<*const f32>,
         ep: &Epilogue,
+        sums: Sums,
     ) {
-        let k = &self.kofs;
         let s = self.shape;
+        // Only x86 splits a reduction into passes.
+        #[cfg(not(target_arch = "x86_64"))]
+        debug_assert!(sums.from.is_none() && sums.to.is_none());
         match (self.isa, s.block, s.nr) {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, 32, 14) => {
-                avx512::tile::<2, 14>(x, k, panel, out, ldo, valid, live, res, ep)
+                avx512::tile::<2, 14>(x, k, panel, out, ldo, valid, live, res, ep, sums)
             }
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, 48, 7) => {
-                avx512::tile::<3, 7>(x, k, panel, out, ldo, valid, live, res, ep)
+                avx512::tile::<3, 7>(x, k, panel, out, ldo, valid, live, res, ep, sums)
             }
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             (Isa::Simd128, 8, 4) => {
@@ -1152,7 +1189,7 @@ mod simd128 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::Epilogue;
+    use super::{Epilogue, Sums};
     use std::arch::x86_64::*;
 
     /// Floats ahead (4 KiB) that both tiles prefetch their weights. A model's weights do
@@ -1166,9 +1203,10 @@ mod avx512 {
     /// (runs alternating with and without, in one process), ResNet-18 2%, VGG-16 the same.
     const WEIGHTS_AHEAD: usize = 1024;
 
-    /// One tile: `nr` output pixels by `MV * 16` output channels, reduced over every tap,
-    /// then stored transposed (pixels contiguous per channel) through the epilogue.
-    /// `valid` pixels and `live` channels are written.
+    /// One tile: `nr` output pixels by `MV * 16` output channels, reduced over the taps
+    /// `kofs` (from and to `sums` where its reduction runs in passes), then stored
+    /// transposed (pixels contiguous per channel) through the epilogue. `valid` pixels and
+    /// `live` channels are written.
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile<const MV: usize, const NR: usize>(
@@ -1181,8 +1219,16 @@ mod avx512 {
         live: usize,
         res: Option<*const f32>,
         ep: &Epilogue,
+        sums: Sums,
     ) {
         let mut acc = [[_mm512_setzero_ps(); MV]; NR];
+        if let Some(from) = sums.from {
+            for (j, a) in acc.iter_mut().enumerate() {
+                for (v, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(from.add((j * MV + v) * 16));
+                }
+            }
+        }
         let mut w = panel.as_ptr();
         for &off in kofs {
             let xk = x.add(off);
@@ -1201,6 +1247,14 @@ mod avx512 {
                 }
             }
             w = w.add(MV * 16);
+        }
+        if let Some(to) = sums.to {
+            for (j, a) in acc.iter().enumerate() {
+                for (v, a) in a.iter().enumerate() {
+                    _mm512_storeu_ps(to.add((j * MV + v) * 16), *a);
+                }
+            }
+            return;
         }
         let mask = ((1u32 << valid) - 1) as __mmask16;
         let zero = _mm512_setzero_ps();
@@ -1381,7 +1435,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::Epilogue;
+    use super::{Epilogue, Sums};
     use std::arch::x86_64::*;
 
     /// `-1` in the first eight lanes: `LANES[8 - n..]` masks the first `n` of eight.
@@ -1415,15 +1469,6 @@ mod avx2 {
             _ => unreachable!("{} pixels", s.valid),
         };
         f(xs, kofs, panel, s, sums)
-    }
-
-    /// Partial sums of a tile whose reduction runs in passes: its accumulators start
-    /// from `from` (else zero) and, where `to` is given, end there as they are, not
-    /// through the [`Store`]. Each holds the tile's `NR * MV` vectors, pixel-major.
-    #[derive(Clone, Copy)]
-    pub struct Sums {
-        pub from: Option<*const f32>,
-        pub to: Option<*mut f32>,
     }
 
     /// Taps ahead that the channel tile prefetches its input.
@@ -1925,11 +1970,11 @@ mod tests {
             (2, 16, 24, 9, 13, 3, 1, 1, 1, 1, true), // AVX2 blocked: a half block, 2 images
             (2, 32, 32, 13, 13, 1, 2, 0, 1, 2, true), // AVX2 blocked: groups, 1x1 stride 2
         ];
-        let (mut blocked_runs, mut pass_runs) = (0, 0);
+        let (mut blocked_runs, mut pass_runs, mut avx512_pass_runs) = (0, 0, 0);
         #[cfg(target_arch = "x86_64")]
-        let isa_is_avx2 = |isa: Isa| isa == Isa::Avx2;
+        let isa_is_avx512 = |isa: Isa| isa == Isa::Avx512;
         #[cfg(not(target_arch = "x86_64"))]
-        let isa_is_avx2 = |_: Isa| false;
+        let isa_is_avx512 = |_: Isa| false;
         for (i, &(n, c, oc, h, w, k, s, pd, d, g, epi)) in cases.iter().enumerate() {
             for &isa in &isas {
                 let cfg = Conv2d {
@@ -1999,11 +2044,13 @@ mod tests {
                     }
                 };
                 check(&out, "");
-                // The AVX2 channel tile's reduction in passes of one block of input
-                // channels, on whatever this CPU's L2 makes of the case.
+                // The x86 channel tiles' reduction in passes of one block of input
+                // channels, on whatever this CPU's L2 makes of the case (AVX-512 and
+                // AVX2; wasm never splits one).
                 let in_passes = |mut dc: DirectConv| {
                     dc.set_pass(dc.shape.lanes * k * k);
-                    (isa_is_avx2(isa) && !dc.shape.pixels && dc.pass < dc.k).then_some(dc)
+                    let x86 = cfg!(target_arch = "x86_64");
+                    (x86 && !dc.shape.pixels && dc.pass < dc.k).then_some(dc)
                 };
                 if let Some(dc) =
                     in_passes(DirectConv::new(isa, shape, panels, &cfg, xs, os, planes))
@@ -2012,6 +2059,9 @@ mod tests {
                     dc.run(&x, &mut vec![], &p, res, epi, &mut out);
                     check(&out, ", in passes");
                     pass_runs += 1;
+                    if isa_is_avx512(isa) {
+                        avx512_pass_runs += 1;
+                    }
                 }
                 // Every other pair of layouts the plan may read and store in, on the tile
                 // it takes where its neighbours are blocked.
@@ -2067,6 +2117,13 @@ mod tests {
         if isas.contains(&Isa::Avx2) {
             assert!(blocked_runs >= 8, "{blocked_runs} runs on blocked layouts");
             assert!(pass_runs >= 16, "{pass_runs} runs in passes");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isas.contains(&Isa::Avx512) {
+            assert!(
+                avx512_pass_runs >= 8,
+                "{avx512_pass_runs} AVX-512 runs in passes"
+            );
         }
     }
 }
