@@ -221,6 +221,13 @@ fn gemv_rows(x: &[f32], w: &[f32], b: usize, k: usize, put: impl Fn(usize, usize
     }
 }
 
+/// Floats (2 KiB) ahead of the weights it reads that [`dots`] prefetches each row's, on
+/// x86: with the hardware prefetcher alone the rows streamed slower than memory serves them
+/// (Zen 5, 2 threads, runs alternating with and without in one process: AlexNet 2-3% faster
+/// at batch 1, 4.6% at batch 8; 4 KiB ahead was 2% slower, 512 bytes no better).
+#[cfg(target_arch = "x86_64")]
+const GEMV_AHEAD: usize = 512;
+
 /// `res[r][i] = w[r] . x[i]` for `R` rows by `B` images, in independent 16-wide lanes
 /// (so it vectorises without fast-math): each weight vector loaded once for `B` images.
 #[inline(always)]
@@ -229,6 +236,13 @@ fn dots<const R: usize, const B: usize>(w: &[f32], x: &[f32], k: usize, res: &mu
     let mut acc = [[[0f32; 16]; B]; R];
     let body = k - k % 16;
     for o in (0..body).step_by(16) {
+        #[cfg(target_arch = "x86_64")]
+        for r in 0..R {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let ahead = w.as_ptr().wrapping_add(r * k + o + GEMV_AHEAD);
+            // SAFETY: a prefetch never faults, wherever it points.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8) };
+        }
         for (r, ar) in acc.iter_mut().enumerate() {
             // SAFETY: o + 16 <= k, and w holds R rows of k (asserted above).
             let wr = unsafe { &*(w.as_ptr().add(r * k + o) as *const [f32; 16]) };
