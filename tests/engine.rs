@@ -386,9 +386,10 @@ fn measured_conv_kernels_are_used_remembered_and_survive_a_bad_cache() {
 
 #[test]
 fn cpu_batches_too_big_for_the_cache_run_in_sub_batches_with_the_same_answers() {
-    // 3 MB of one image's activations per conv step: 2 images per sub-batch (8 MiB), so a
-    // batch of 7 runs as 2 + 2 + 2 + 1; the small classifier does not stop the split. From
-    // the pooling on (1 MB per image) the whole batch fits again, and runs at once.
+    // 3 MB of one image's activations per conv step: 5 images per sub-batch (16 MiB), so a
+    // batch of 7 runs as 5 + 2, or on the AVX-512 kernels 2 per sub-batch (8 MiB), 2 + 2 +
+    // 2 + 1; the small classifier does not stop the split. From the pooling on (1 MB per
+    // image) the whole batch fits again, and runs at once.
     let mut b = GraphBuilder::new();
     let x = b.input("x", &[7, 16, 128, 128]).unwrap();
     let c1 = b
@@ -405,25 +406,32 @@ fn cpu_batches_too_big_for_the_cache_run_in_sub_batches_with_the_same_answers() 
     let g = b.build(&[fc, r1]).unwrap();
     let w = synth_params(&g, 4).unwrap();
     let x = synth("input", &[7, 16, 128, 128], 6).unwrap();
-    let m = CpuModel::prepare(&g, &w).unwrap();
-    assert_eq!(m.sub_batch(), 2);
-    // Steps: conv+relu, conv+add, pool, linear.
-    assert_eq!(m.whole_batch_from(), Some(2));
-    let (outs, times) = m.run_profiled(&x).unwrap();
-    assert_eq!(times.len(), Program::new(&g, true).steps.len(), "{times:?}");
-    // Each image alone (a batch of 1 is never split) gives the same answers.
-    let one = CpuModel::prepare(&g.with_batch(1).unwrap(), &w).unwrap();
-    let per = 16 * 128 * 128;
-    for i in 0..7 {
-        let xi = Tensor::new(
-            vec![1, 16, 128, 128],
-            x.data()[i * per..(i + 1) * per].to_vec(),
-        )
-        .unwrap();
-        let want = one.run(&xi).unwrap();
-        for (o, w1) in outs.iter().zip(&want) {
-            let n = w1.len();
-            assert_eq!(&o.data()[i * n..(i + 1) * n], w1.data(), "image {i}");
+    for kernels in webcnn::backend::cpu::available_kernels() {
+        let m = CpuModel::prepare_kernels(&g, &w, kernels).unwrap();
+        let size = if kernels == "AVX-512" { 2 } else { 5 };
+        assert_eq!(m.sub_batch(), size, "{kernels}");
+        // Steps: conv+relu, conv+add, pool, linear.
+        assert_eq!(m.whole_batch_from(), Some(2), "{kernels}");
+        let (outs, times) = m.run_profiled(&x).unwrap();
+        assert_eq!(times.len(), Program::new(&g, true).steps.len(), "{times:?}");
+        // Each image alone (a batch of 1 is never split) gives the same answers.
+        let one = CpuModel::prepare_kernels(&g.with_batch(1).unwrap(), &w, kernels).unwrap();
+        let per = 16 * 128 * 128;
+        for i in 0..7 {
+            let xi = Tensor::new(
+                vec![1, 16, 128, 128],
+                x.data()[i * per..(i + 1) * per].to_vec(),
+            )
+            .unwrap();
+            let want = one.run(&xi).unwrap();
+            for (o, w1) in outs.iter().zip(&want) {
+                let n = w1.len();
+                assert_eq!(
+                    &o.data()[i * n..(i + 1) * n],
+                    w1.data(),
+                    "{kernels}, image {i}"
+                );
+            }
         }
     }
     // A big classifier wants the whole batch: streaming its 35 MB once per sub-batch

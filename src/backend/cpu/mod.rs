@@ -137,15 +137,32 @@ struct Tail {
 
 /// Bytes of one image's activations a step may touch (inputs, residual, output) times the
 /// sub-batch, kept under this so that a layer's data stays in the last-level cache, beside
-/// the phase copies and the weights (a quarter of a 32 MiB L3: on Zen 5 at 2 threads and
-/// batch 8, ResNet-18 3-4% faster than with 16 MiB, ResNet-50 1-2%; 4 MiB no better).
-const SUB_BATCH_BYTES: usize = 8 << 20;
+/// the phase copies and the weights.
+const SUB_BATCH_BYTES: usize = 16 << 20;
+/// [`SUB_BATCH_BYTES`] for the AVX-512 kernels, which read planes and copy every padded
+/// layer's input: a quarter of a 32 MiB L3 (on Zen 5 at 2 threads and batch 8, ResNet-18
+/// 3-4% faster than with 16 MiB, ResNet-50 1-2%; 4 MiB no better). The AVX2 kernels, whose
+/// activations stay blocked, ran ResNet-50 0-2% slower with 8 MiB on the same CPU (ResNet-18
+/// the same).
+#[cfg(target_arch = "x86_64")]
+const SUB_BATCH_BYTES_AVX512: usize = 8 << 20;
+
+/// [`SUB_BATCH_BYTES`] for the kernels `isa` names.
+fn sub_batch_bytes(isa: Option<Isa>) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Some(Isa::Avx512) {
+        return SUB_BATCH_BYTES_AVX512;
+    }
+    let _ = isa;
+    SUB_BATCH_BYTES
+}
 /// Linear weights beyond this want the whole batch: streaming them once per sub-batch
 /// would cost more than the cache saves (VGG's and AlexNet's classifiers hold 200-500 MB).
 const SUB_BATCH_MAX_LINEAR_BYTES: usize = 32 << 20;
 
-/// Images per sub-batch for `program` at batch `n`: `n` where splitting does not pay.
-fn sub_batch(program: &Program) -> usize {
+/// Images per sub-batch for `program` at batch `n` on the kernels `isa` names: `n` where
+/// splitting does not pay.
+fn sub_batch(program: &Program, isa: Option<Isa>) -> usize {
     let n = program.shape(program.input)[0];
     let mut linear = 0;
     let mut widest = 1;
@@ -158,7 +175,7 @@ fn sub_batch(program: &Program) -> usize {
     if linear > SUB_BATCH_MAX_LINEAR_BYTES {
         return n;
     }
-    (SUB_BATCH_BYTES / widest).clamp(1, n)
+    (sub_batch_bytes(isa) / widest).clamp(1, n)
 }
 
 /// Bytes of one image's activations `step` touches: its inputs, residual and output.
@@ -175,11 +192,11 @@ fn touched(program: &Program, step: &Step) -> usize {
 /// Where a split batch may go back to the whole batch: the first step from which every
 /// step's activations for the whole batch fit [`SUB_BATCH_BYTES`], at a cut that one
 /// value (not the input) crosses; that value's step and the value.
-fn tail_cut(program: &Program) -> Option<(usize, Value)> {
+fn tail_cut(program: &Program, isa: Option<Isa>) -> Option<(usize, Value)> {
     let n = program.shape(program.input)[0];
     let steps = &program.steps;
     let mut from = steps.len();
-    while from > 0 && touched(program, &steps[from - 1]) * n <= SUB_BATCH_BYTES {
+    while from > 0 && touched(program, &steps[from - 1]) * n <= sub_batch_bytes(isa) {
         from -= 1;
     }
     let made = producers(steps);
@@ -314,7 +331,7 @@ impl CpuModel {
     ) -> Result<Self> {
         let program = Program::new(graph, fuse);
         let n = program.shape(program.input)[0];
-        let size = sub_batch(&program);
+        let size = sub_batch(&program, isa);
         if size < n {
             if let (Some(g), rest) = (graph.with_batch(size), graph.with_batch(n % size)) {
                 let part = Box::new(Self::prepare_isa(&g, weights, fuse, isa)?);
@@ -322,7 +339,7 @@ impl CpuModel {
                     Some(r) => Some(Box::new(Self::prepare_isa(&r, weights, fuse, isa)?)),
                     None => None,
                 };
-                let tail = match tail_cut(&program) {
+                let tail = match tail_cut(&program, isa) {
                     Some((from, seed)) => {
                         let p = program.clone();
                         let model = Box::new(Self::plan_steps(p, weights, isa, from, seed)?);
@@ -770,12 +787,12 @@ mod tests {
             eprintln!("this CPU has no AVX2 kernels: nothing is stored blocked");
             return;
         };
-        // 1.6 MB of one image's activations in the first conv: 5 images per sub-batch, so a
-        // batch of 7 runs as 5 + 2 up to it; from the strided conv on the whole batch fits
+        // 3.5 MB of one image's activations in the first conv: 4 images per sub-batch, so a
+        // batch of 7 runs as 4 + 3 up to it; from the strided conv on the whole batch fits
         // the cache and runs at once, from the first conv's output, which AVX2 stores
         // blocked for the strided conv to read.
         let mut b = GraphBuilder::new();
-        let x = b.input("x", &[7, 48, 64, 64]).unwrap();
+        let x = b.input("x", &[7, 48, 96, 96]).unwrap();
         let c1 = b
             .conv2d("c1", x, Conv2d::new(48, 48, 3).padding(1))
             .unwrap();
@@ -793,22 +810,22 @@ mod tests {
         let w = synth_params(&g, 4).unwrap();
         let weights = Arc::new(CpuWeights::copied(&g, &w).unwrap());
         let m = CpuModel::prepare_isa(&g, &weights, true, Some(isa)).unwrap();
-        assert_eq!(m.sub_batch(), 5);
+        assert_eq!(m.sub_batch(), 4);
         assert_eq!(m.whole_batch_from(), Some(1));
         let program = Program::new(&g, true);
         let l = layouts(&program, Some(isa));
         assert_eq!(l[0].output, Layout::Blocked, "{l:?}");
         assert_eq!(l[1].input, Layout::Blocked, "{l:?}");
         // Each image alone (a batch of 1 is never split) gives the same answers.
-        let x = synth("input", &[7, 48, 64, 64], 6).unwrap();
+        let x = synth("input", &[7, 48, 96, 96], 6).unwrap();
         let outs = m.run(&x).unwrap();
         let one = CpuModel::prepare_isa(&g.with_batch(1).unwrap(), &weights, true, Some(isa));
         let one = one.unwrap();
-        let per = 48 * 64 * 64;
+        let per = 48 * 96 * 96;
         for i in 0..7 {
             let xi = x.data()[i * per..(i + 1) * per].to_vec();
             let want = one
-                .run(&Tensor::new(vec![1, 48, 64, 64], xi).unwrap())
+                .run(&Tensor::new(vec![1, 48, 96, 96], xi).unwrap())
                 .unwrap();
             assert_eq!(
                 &outs[0].data()[i * 10..(i + 1) * 10],
