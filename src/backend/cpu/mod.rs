@@ -190,13 +190,14 @@ fn touched(program: &Program, step: &Step) -> usize {
 }
 
 /// Where a split batch may go back to the whole batch: the first step from which every
-/// step's activations for the whole batch fit [`SUB_BATCH_BYTES`], at a cut that one
-/// value (not the input) crosses; that value's step and the value.
+/// step's activations for the whole batch fit [`sub_batch_bytes`] for `isa`, at a cut that
+/// one value (not the input) crosses; that value's step and the value.
 fn tail_cut(program: &Program, isa: Option<Isa>) -> Option<(usize, Value)> {
     let n = program.shape(program.input)[0];
+    let budget = sub_batch_bytes(isa);
     let steps = &program.steps;
     let mut from = steps.len();
-    while from > 0 && touched(program, &steps[from - 1]) * n <= sub_batch_bytes(isa) {
+    while from > 0 && touched(program, &steps[from - 1]) * n <= budget {
         from -= 1;
     }
     let made = producers(steps);
