@@ -237,6 +237,19 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Per step, the median of its times in `runs` (each one run's steps, in the same order).
+fn step_medians(runs: Vec<Vec<(String, f64)>>) -> Vec<(String, f64)> {
+    let Some(first) = runs.first() else {
+        return vec![];
+    };
+    (0..first.len())
+        .map(|i| {
+            let mut t: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
+            (first[i].0.clone(), median(&mut t))
+        })
+        .collect()
+}
+
 /// One model on one backend: first, median and minimum run times (input upload and
 /// read-back included), GFLOP/s at the median, peak RSS, and per-step times.
 struct Timing {
@@ -313,8 +326,14 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
             };
             let kernels = a.cpu_kernels();
             let (first, times) = time_runs(&mut || Ok(m.run(&x).map(drop)?))?;
+            // One profiled run reads several percent off per step on a noisy machine:
+            // the median of up to 20, as the GPU's timestamps take a median too.
             let steps = if a.profile {
-                m.run_profiled(&x)?.1
+                let mut runs = vec![];
+                for _ in 0..iters.min(20) {
+                    runs.push(m.run_profiled(&x)?.1);
+                }
+                step_medians(runs)
             } else {
                 vec![]
             };
