@@ -843,21 +843,14 @@ fn pool2d_on(
     let j0 = cols.iter().position(|c| c.1 - c.0 == kw).unwrap_or(ow);
     let j1 = j0 + cols[j0..].iter().take_while(|c| c.1 - c.0 == kw).count();
     let first = cols.get(j0).map_or(0, |c| c.0);
-    // 2x2 windows at stride 2 that all lie whole inside the input (VGG's pools): in
-    // registers, with no passes through the row buffers.
+    // Windows up to 3 wide at stride 2 along rows (VGG's, ResNet's and AlexNet's pools):
+    // in registers, with no passes through the row buffers.
     #[cfg(target_arch = "x86_64")]
-    if max
-        && !portable
-        && pool.kernel == [2, 2]
-        && pool.stride == [2, 2]
-        && pool.padding == [0, 0]
-        && (2 * oh <= h && 2 * ow <= w)
-        && std::is_x86_feature_detected!("avx512f")
-    {
+    if max && !portable && sw == 2 && kw <= 3 && std::is_x86_feature_detected!("avx512f") {
         par_chunks_work(out, oh * ow, h * w, |nc, o| {
             let plane = &x[nc * h * w..(nc + 1) * h * w];
-            // SAFETY: the CPU has AVX-512F; the windows lie inside the plane (checked above).
-            unsafe { max_pool_2x2_avx512(plane, w, o, ow) }
+            // SAFETY: the CPU has AVX-512F.
+            unsafe { max_pool_s2_avx512(plane, w, &rows, kw, pw, o) }
         });
         return;
     }
@@ -1037,57 +1030,82 @@ unsafe fn max_pool_row_avx512(
     }
 }
 
-/// Max pooling of one plane (rows of `w`) by 2x2 windows at stride 2 into `out` (rows of
-/// `ow`, every window inside the plane): two rows' maxima, then each pair of lanes', in
-/// registers. Through the row buffers of [`max_pool_row`] each pass's masked stores held
-/// up the next pass's loads of them: VGG-16's 14x14 pool took 0.11 ms at 2 threads.
+/// Max pooling of one plane (rows of `w`) into `out` by windows of rows `rows` (per output
+/// row, from [`pool_windows`]) and of `kw` (up to 3) columns at stride 2 from column `-pw`,
+/// the columns outside the plane left out. For 16 outputs, each window row's maxima over
+/// the 32 (34 for 3 columns) columns they cover, then their even, odd and next even lanes',
+/// all in registers. Through the row buffers of [`max_pool_row`] each pass's masked stores
+/// held up the next pass's loads of them: VGG-16's 14x14 pool took 0.11 ms at 2 threads.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn max_pool_2x2_avx512(plane: &[f32], w: usize, out: &mut [f32], ow: usize) {
+unsafe fn max_pool_s2_avx512(
+    plane: &[f32],
+    w: usize,
+    rows: &[(usize, usize, usize)],
+    kw: usize,
+    pw: usize,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
-    let oh = out.len() / ow;
-    assert!(out.len() == oh * ow && 2 * ow <= w && plane.len() >= 2 * oh * w);
+    let ow = out.len() / rows.len().max(1);
+    assert!(out.len() == rows.len() * ow && (1..=3).contains(&kw));
+    assert!(rows
+        .iter()
+        .all(|&(h0, h1, _)| h0 <= h1 && h1 * w <= plane.len()));
     // As in `max_pool_row_avx512`: a NaN in either operand wins.
     let max = |m: __m512, e: __m512| {
         let r = _mm512_max_ps(e, m);
         _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(e, e), e)
     };
-    let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
-    // Whole vectors unmasked: a masked access that crosses a cache line is slow here.
-    let load = |p: *const f32, n: usize| {
-        if n >= 16 {
-            _mm512_loadu_ps(p)
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    // Columns `c..c + 16` of a row, -inf outside `0..w`; whole vectors unmasked (a masked
+    // access that crosses a cache line is slow here).
+    let cols = |row: *const f32, c: isize| {
+        if c >= 0 && c as usize + 16 <= w {
+            _mm512_loadu_ps(row.add(c as usize))
         } else {
-            _mm512_maskz_loadu_ps(lanes(n), p)
+            let lo = (-c).clamp(0, 16) as u32;
+            let hi = (w as isize - c).clamp(0, 16) as u32;
+            let m = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16;
+            // Masked-off lanes are not read: the address may lie outside the plane.
+            _mm512_mask_loadu_ps(ninf, m, row.wrapping_offset(c))
         }
     };
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let (xp, op) = (plane.as_ptr(), out.as_mut_ptr());
-    // SAFETY (every access below): output lanes `t..ow` of row `i`, and input lanes
-    // `2t..2ow` of rows `2i` and `2i + 1`, all asserted above; lanes past them are masked.
-    for i in 0..oh {
-        let (r0, r1) = (xp.add(2 * i * w), xp.add((2 * i + 1) * w));
+    // SAFETY (every access below): rows `h0..h1` inside the plane (asserted above), the
+    // columns inside `0..w` (the rest masked), and output lanes `t..ow` of row `i`.
+    for (i, &(h0, h1, _)) in rows.iter().enumerate() {
         for t in (0..ow).step_by(16) {
-            let (at, n) = (2 * t, 2 * (ow - t));
-            // Four window heights further down, as `max_pool_row_avx512` does.
-            for r in [r0, r1] {
-                _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(8 * w + at) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(8 * w + at + 16) as *const i8);
+            let c0 = 2 * t as isize - pw as isize;
+            let (mut a, mut b, mut a2, mut b2) = (ninf, ninf, ninf, ninf);
+            for y in h0..h1 {
+                let row = xp.add(y * w);
+                // Four window heights further down, as `max_pool_row_avx512` does.
+                let ahead = row.wrapping_add(4 * (h1 - h0) * w).wrapping_offset(c0);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
+                a = max(a, cols(row, c0));
+                b = max(b, cols(row, c0 + 16));
+                if kw == 3 {
+                    a2 = max(a2, cols(row, c0 + 2));
+                    b2 = max(b2, cols(row, c0 + 18));
+                }
             }
-            let a = max(load(r0.add(at), n), load(r1.add(at), n));
-            let (r0b, r1b) = (r0.wrapping_add(at + 16), r1.wrapping_add(at + 16));
-            let n16 = n.saturating_sub(16);
-            let b = max(load(r0b, n16), load(r1b, n16));
-            let m = max(
-                _mm512_permutex2var_ps(a, even, b),
-                _mm512_permutex2var_ps(a, odd, b),
-            );
+            let mut m = _mm512_permutex2var_ps(a, even, b);
+            if kw >= 2 {
+                m = max(m, _mm512_permutex2var_ps(a, odd, b));
+            }
+            if kw == 3 {
+                m = max(m, _mm512_permutex2var_ps(a2, even, b2));
+            }
             let left = ow - t;
+            let at = op.add(i * ow + t);
             if left >= 16 {
-                _mm512_storeu_ps(op.add(i * ow + t), m);
+                _mm512_storeu_ps(at, m);
             } else {
-                _mm512_mask_storeu_ps(op.add(i * ow + t), lanes(left), m);
+                _mm512_mask_storeu_ps(at, ((1u32 << left) - 1) as __mmask16, m);
             }
         }
     }
