@@ -274,6 +274,12 @@ impl Isa {
                     pixels: false,
                     lanes: 1,
                 },
+                Shape {
+                    block: 32,
+                    nr: 13,
+                    pixels: false,
+                    lanes: 1,
+                },
             ],
             // 16 vector registers: 12 accumulators, two weight vectors and a broadcast
             // (BLIS's 6x16 for Haswell).
@@ -1023,6 +1029,10 @@ impl DirectConv {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, 32, 14) => {
                 avx512::tile::<2, 14>(x, k, panel, out, ldo, valid, live, res, ep, sums)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, 32, 13) => {
+                avx512::tile::<2, 13>(x, k, panel, out, ldo, valid, live, res, ep, sums)
             }
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, 48, 7) => {
@@ -1984,6 +1994,7 @@ mod tests {
         let cases = [
             (1, 5, 40, 9, 30, 3, 1, 1, 1, 1, true), // partial block, partial tile
             (2, 8, 70, 7, 7, 3, 1, 1, 1, 1, true),  // 7x7 map: the 7-wide tile, 2 images
+            (1, 16, 64, 6, 28, 3, 1, 1, 1, 1, true), // 28-wide rows: the 14-wide tile
             (1, 3, 33, 23, 23, 7, 2, 3, 1, 1, false), // stem-like, stride 2
             (1, 3, 16, 35, 35, 11, 4, 2, 1, 1, false), // AlexNet-like, stride 4
             (1, 16, 32, 14, 14, 1, 1, 0, 1, 1, true), // 1x1 in place
@@ -2005,6 +2016,8 @@ mod tests {
             (2, 32, 32, 13, 13, 1, 2, 0, 1, 2, true), // AVX2 blocked: groups, 1x1 stride 2
         ];
         let (mut blocked_runs, mut pass_runs, mut avx512_pass_runs) = (0, 0, 0);
+        // Every tile shape of every ISA (its block and width) is chosen by some case.
+        let mut tiles_run: Vec<(Isa, usize, usize)> = vec![];
         #[cfg(target_arch = "x86_64")]
         let isa_is_avx512 = |isa: Isa| isa == Isa::Avx512;
         #[cfg(not(target_arch = "x86_64"))]
@@ -2039,6 +2052,7 @@ mod tests {
                 let planes = (Layout::Planes, Layout::Planes);
                 let (xs, os) = ([n, c, h, w], [n, oc, oh, ow]);
                 let dc = DirectConv::new(isa, shape, panels.clone(), &cfg, xs, os, planes);
+                tiles_run.push((isa, shape.block, shape.nr));
                 #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Avx512 {
                     // Every case with few channels per group tiles better by pixel rows.
@@ -2144,6 +2158,14 @@ mod tests {
                     check(&got, &format!(", layouts {layouts:?}"));
                     blocked_runs += 1;
                 }
+            }
+        }
+        for &isa in &isas {
+            for s in isa.shapes() {
+                assert!(
+                    tiles_run.contains(&(isa, s.block, s.nr)),
+                    "no case takes {s:?} on {isa:?}"
+                );
             }
         }
         // Every AVX2 CPU runs the blocked layouts on the cases made for them.
