@@ -134,6 +134,40 @@ fn fused_and_unfused_agree_on_cpu_and_gpu() {
     }
 }
 
+#[test]
+fn cpu_adaptive_pools_keep_their_fused_relu() {
+    // A pool to its input's own size copies the input (VGG's and AlexNet's): the ReLU
+    // fused into its step still applies, as it does after a pool that averages.
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[2, 3, 5, 4]).unwrap();
+    let same = b.adaptive_avg_pool2d("same", x, [5, 4]).unwrap();
+    let same = b.relu("same.relu", same).unwrap();
+    let less = b.adaptive_avg_pool2d("less", x, [2, 3]).unwrap();
+    let less = b.relu("less.relu", less).unwrap();
+    let g = b.build(&[same, less]).unwrap();
+    let nodes: Vec<String> = Program::new(&g, true)
+        .steps
+        .iter()
+        .map(|s| s.nodes.join("+"))
+        .collect();
+    assert!(nodes.contains(&"same+same.relu".to_string()), "{nodes:?}");
+    let w = synth_params(&g, 1).unwrap();
+    let x = synth("input", &[2, 3, 5, 4], 7).unwrap();
+    assert!(x.data().iter().any(|&v| v < 0.0));
+    let reference = run_cpu(&g, &w, &x, false);
+    let relu: Vec<f32> = x.data().iter().map(|&v| v.max(0.0)).collect();
+    assert_eq!(reference[0].data(), &relu[..]);
+    for kernels in webcnn::backend::cpu::available_kernels() {
+        let outs = CpuModel::prepare_kernels(&g, &w, kernels)
+            .unwrap()
+            .run(&x)
+            .unwrap();
+        for (o, r) in outs.iter().zip(&reference) {
+            assert_eq!(o.data(), r.data(), "{kernels}");
+        }
+    }
+}
+
 /// PyTorch's avg_pool2d written out plainly, in f64.
 fn avg_pool_ref(x: &Tensor, p: &Pool2d, oh: usize, ow: usize) -> Vec<f64> {
     let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];

@@ -347,22 +347,22 @@ pub fn run_step(
             // parallel pass it took 40-50 us (these maps are 37-100 KB), mostly its hand-out.
             if [oh, ow] == [h, w] {
                 out.copy_from_slice(&x[..out.len()]);
-                return;
-            }
-            par_chunks_work(out, oh * ow, h * w, |nc, o| {
-                let plane = &x[nc * h * w..(nc + 1) * h * w];
-                for i in 0..oh {
-                    let (h0, h1) = adaptive_range(i, h, oh);
-                    for j in 0..ow {
-                        let (w0, w1) = adaptive_range(j, w, ow);
-                        let mut s = 0f32;
-                        for y in h0..h1 {
-                            s += plane[y * w + w0..y * w + w1].iter().sum::<f32>();
+            } else {
+                par_chunks_work(out, oh * ow, h * w, |nc, o| {
+                    let plane = &x[nc * h * w..(nc + 1) * h * w];
+                    for i in 0..oh {
+                        let (h0, h1) = adaptive_range(i, h, oh);
+                        for j in 0..ow {
+                            let (w0, w1) = adaptive_range(j, w, ow);
+                            let mut s = 0f32;
+                            for y in h0..h1 {
+                                s += plane[y * w + w0..y * w + w1].iter().sum::<f32>();
+                            }
+                            o[i * ow + j] = s / ((h1 - h0) * (w1 - w0)) as f32;
                         }
-                        o[i * ow + j] = s / ((h1 - h0) * (w1 - w0)) as f32;
                     }
-                }
-            });
+                });
+            }
         }
         Kernel::Lrn(l) => lrn(x, dims4(xs), l, out),
         Kernel::BatchNorm { .. } => {
