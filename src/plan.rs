@@ -24,10 +24,18 @@ impl MemoryPlan {
     /// The plan for steps `from..` only, which start from `seed` (a value made before
     /// `from`, in place of the input; it keeps slot 0).
     pub fn from_step(program: &Program, batch: usize, from: usize, seed: Value) -> MemoryPlan {
-        let len = |v: Value| {
-            let s = program.shape(v);
-            numel(&s[1..]) * batch
-        };
+        let len = |v: Value| numel(&program.shape(v)[1..]) * batch;
+        MemoryPlan::sized(program, from, seed, len)
+    }
+
+    /// [`MemoryPlan::from_step`] where value `v` takes `len(v)` floats (a backend may
+    /// store some values padded).
+    pub fn sized(
+        program: &Program,
+        from: usize,
+        seed: Value,
+        len: impl Fn(Value) -> usize,
+    ) -> MemoryPlan {
         let steps = || program.steps.iter().enumerate().skip(from);
         let mut last_use: HashMap<Value, usize> = HashMap::new();
         for (i, s) in steps() {

@@ -8,7 +8,9 @@
 //! registers for the whole reduction, reading one packed weight vector per tap and
 //! broadcasting one input float per pixel, then transposes the tile to NCHW and applies
 //! the epilogue (scale, shift, residual, ReLU) on the way out. No im2col, no packing of
-//! activations, and the weights are packed once, when a plan is prepared.
+//! activations, and the weights are packed once, when a plan is prepared. Where the layer
+//! before is a channel-tile convolution read by this one only, it stores its output straight
+//! into those padded planes ([`Layout::Padded`]) and nothing is copied.
 //!
 //! The AVX2 channel tile reads its copy interleaved by 8 channels ([`Shape::lanes`]), and
 //! between such layers the plan keeps activations in that order ([`Layout::Blocked`]): a
@@ -121,6 +123,39 @@ pub enum Layout {
     /// can store its output in, kept from one such layer to the next so that neither
     /// copies into it nor transposes out of it (ONNX Runtime's NCHWc).
     Blocked,
+    /// `[n][c][h + 2 * pad[0]][w + 2 * pad[1]]` with zero borders, then zeros past the last
+    /// plane ([`padded_len`]): the padded copy a stride-1 convolution reads, stored so by
+    /// the convolution before it (its only reader), so that neither copies. Planes
+    /// otherwise; channel tiles of [`DirectConv::run`] only.
+    Padded([usize; 2]),
+}
+
+/// Floats past the last plane of a [`Layout::Padded`] value: the reads of a row's last
+/// tile past its end (up to `nr - 1` pixels) stay inside, as in a phase copy's slack.
+const PADDED_SLACK: usize = 16;
+
+/// Floats of a value of shape `[n, c, h, w]` stored as [`Layout::Padded`] with `pad`.
+pub fn padded_len([n, c, h, w]: [usize; 4], [ph, pw]: [usize; 2]) -> usize {
+    let wp = w + 2 * pw;
+    n * c * (h + 2 * ph) * wp + wp + PADDED_SLACK
+}
+
+/// Zero the borders and the slack of `out`, a [`Layout::Padded`] value of shape
+/// `[n, c, h, w]`: its slot is shared with other values, so they hold anything.
+fn zero_borders(out: &mut [f32], [n, c, h, w]: [usize; 4], [ph, pw]: [usize; 2]) {
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let (body, slack) = out.split_at_mut(n * c * hp * wp);
+    slack.fill(0.0);
+    super::kernels::par_chunks(body, hp * wp, |_, plane| {
+        // The top rows and the first row's left border, then each row's right border
+        // with the next row's left one, then the last row's right border and the bottom.
+        plane[..ph * wp + pw].fill(0.0);
+        for y in ph..ph + h {
+            let end = ((y + 1) * wp + pw).min(hp * wp);
+            plane[y * wp + pw + w..end].fill(0.0);
+        }
+        plane[(ph + h) * wp..].fill(0.0);
+    });
 }
 
 /// Channels per block of [`Layout::Blocked`], which is also the order the AVX2 channel
@@ -392,6 +427,23 @@ impl DirectConv {
         (false, false)
     }
 
+    /// Whether a plan for `shape` can store its output as [`Layout::Padded`]: the
+    /// channel tiles of [`Self::run`], which store each row's pixels apart.
+    pub fn stores_padded(isa: Isa, shape: Shape) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 {
+            return false;
+        }
+        let _ = isa;
+        !shape.pixels && shape.lanes == 1
+    }
+
+    /// Whether a plan for `shape` can read its input as [`Layout::Padded`] with `cfg`'s
+    /// padding: a channel tile on planes, at stride 1, with padding.
+    pub fn reads_padded(shape: Shape, cfg: &Conv2d) -> bool {
+        !shape.pixels && shape.lanes == 1 && cfg.stride == [1, 1] && cfg.padding != [0, 0]
+    }
+
     /// Plan `cfg` on input `[n, c, h, w]` and output `[n, oc, oh, ow]` with `panels`
     /// packed by [`pack`] for `shape.block`, reading and writing activations in the
     /// layouts given (`Blocked` only where [`Self::blocks`] allows it).
@@ -407,11 +459,11 @@ impl DirectConv {
     ) -> DirectConv {
         let (can_in, can_out) = Self::blocks(isa, shape, cfg);
         assert!(
-            input == Layout::Planes || can_in,
+            input != Layout::Blocked || can_in,
             "{shape:?} reads planes only"
         );
         assert!(
-            output == Layout::Planes || can_out,
+            output != Layout::Blocked || can_out,
             "{shape:?} stores planes only"
         );
         let groups = cfg.groups;
@@ -421,11 +473,26 @@ impl DirectConv {
         let (hp, wp) = (h + 2 * ph, w + 2 * pw);
         let lanes = shape.lanes;
         debug_assert_eq!(icg % lanes, 0);
+        // A padded input is the copy itself, stored by the layer before.
+        let padded = matches!(input, Layout::Padded(_));
+        assert!(
+            !padded
+                || (input == Layout::Padded(cfg.padding)
+                    && cfg.stride == [1, 1]
+                    && lanes == 1
+                    && !shape.pixels),
+            "{shape:?} cannot read {input:?} for {cfg:?}"
+        );
+        assert!(
+            !matches!(output, Layout::Padded(_)) || (!shape.pixels && shape.lanes == 1),
+            "{shape:?} stores padded planes only from channel tiles"
+        );
         // A blocked input is the copy's own layout when there is one phase and no padding.
-        let in_place = (lanes == 1 || input == Layout::Blocked)
-            && cfg.stride == [1, 1]
-            && cfg.padding == [0, 0];
-        let (hph, wph) = if in_place {
+        let in_place = padded
+            || ((lanes == 1 || input == Layout::Blocked)
+                && cfg.stride == [1, 1]
+                && cfg.padding == [0, 0]);
+        let (hph, wph) = if in_place && !padded {
             (h, w)
         } else {
             (hp.div_ceil(sh), wp.div_ceil(sw))
@@ -514,8 +581,11 @@ impl DirectConv {
             d.tasks(oh, 1)
         };
         // In place, the reads past a row's end must stay inside the input itself; else
-        // they go to the copy's slack (the planes are the same either way).
-        if d.in_place && !shape.pixels && d.max_read() > n * c * h * w {
+        // they go to the copy's slack (the planes are the same either way). A padded
+        // input has that slack.
+        if padded {
+            assert!(d.max_read() <= padded_len([n, c, h, w], cfg.padding));
+        } else if d.in_place && !shape.pixels && d.max_read() > n * c * h * w {
             d.in_place = false;
         }
         d
@@ -548,6 +618,18 @@ impl DirectConv {
     /// Input floats between channels: every used phase plane of one channel.
     fn cstride(&self) -> usize {
         self.phases.len() * self.hph * self.wph
+    }
+
+    /// Where [`Self::run`] stores output pixel `(y, x)` of a channel: `(plane, row, first)`,
+    /// at `channel * plane + first + y * row + x` (planes, or [`Layout::Padded`]).
+    fn out_geometry(&self) -> (usize, usize, usize) {
+        match self.output {
+            Layout::Padded([ph, pw]) => {
+                let row = self.ow + 2 * pw;
+                ((self.oh + 2 * ph) * row, row, ph * row + pw)
+            }
+            _ => (self.oh * self.ow, self.ow, 0),
+        }
     }
 
     /// Floats of the phase buffer (all images), 0 when the input is read in place. The
@@ -688,12 +770,17 @@ impl DirectConv {
             nb,
             image,
             gstride,
-            pix,
+            pix: _,
             oc,
             per_task,
             run: rows,
         } = self.geometry();
         let (oh, ow, nr) = (self.oh, self.ow, self.shape.nr);
+        let (plane, row, first) = self.out_geometry();
+        if let Layout::Padded(pad) = self.output {
+            assert!(residual.is_none(), "a padded output takes no residual");
+            zero_borders(out, [self.n, oc, oh, ow], pad);
+        }
         let dst = super::kernels::OutPtr(out.as_mut_ptr());
         // Where the reduction runs in passes, each tile keeps its partial sums in the
         // thread's scratch between passes (`NR * MV` vectors: `nr * block` floats).
@@ -720,8 +807,8 @@ impl DirectConv {
                                 to: (taps.end < k).then_some(part.as_mut_ptr()),
                             };
                             let live = ep.scale.len();
-                            let at = (b * oc + o0) * pix + oy * ow + ox;
-                            debug_assert!(at + (live - 1) * pix + valid <= out_len(self));
+                            let at = (b * oc + o0) * plane + first + oy * row + ox;
+                            debug_assert!(at + (live - 1) * plane + valid <= out_len(self));
                             // SAFETY: the reads stay inside `src` (its slack, or `max_read` when
                             // in place); this task alone writes rows o0..o0+live of image b at
                             // pixels at..at+valid, all inside `out`; the partial sums are this
@@ -732,7 +819,7 @@ impl DirectConv {
                                     &self.kofs[taps.clone()],
                                     panel,
                                     dst.at(at),
-                                    pix,
+                                    plane,
                                     valid,
                                     live,
                                     residual.map(|r| r.as_ptr().add(at)),
@@ -1096,6 +1183,7 @@ struct Geometry {
     image: usize,
     gstride: usize,
     /// Output pixels per channel and output channels.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pix: usize,
     oc: usize,
     /// Blocks per task, and output rows or pixels per task.
@@ -1112,7 +1200,11 @@ struct Tasks {
 }
 
 fn out_len(d: &DirectConv) -> usize {
-    d.n * d.ocg * d.groups * d.oh * d.ow
+    let shape = [d.n, d.ocg * d.groups, d.oh, d.ow];
+    match d.output {
+        Layout::Padded(pad) => padded_len(shape, pad),
+        _ => shape.iter().product(),
+    }
 }
 
 /// Per-channel affine transform and ReLU applied as a tile is stored.

@@ -943,6 +943,21 @@ fn max_pool_row(
     }
 }
 
+/// The larger of the running maximum `m` and a new value `e`, a NaN in either winning as
+/// PyTorch's max pooling does. MAXPS returns its second operand when either is NaN: the
+/// running maximum goes second, and a NaN in the new value is put back by the mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn nan_max_avx512(
+    m: std::arch::x86_64::__m512,
+    e: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let r = _mm512_max_ps(e, m);
+    _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(e, e), e)
+}
+
 /// [`max_pool_row`] in AVX-512 intrinsics: the compiler turns the portable loops into
 /// masked stores (slow here), and stride 2, ResNet's, picks 16 outputs per permute.
 #[cfg(target_arch = "x86_64")]
@@ -957,12 +972,7 @@ unsafe fn max_pool_row_avx512(
     picks: Picks,
 ) {
     use std::arch::x86_64::*;
-    // MAXPS returns its second operand when either is NaN: the running maximum goes
-    // second, and a NaN in the new value is put back by the mask.
-    let max = |m: __m512, e: __m512| {
-        let r = _mm512_max_ps(e, m);
-        _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(e, e), e)
-    };
+    let max = |m, e| nan_max_avx512(m, e);
     // The first `n` lanes (all for 16 and more).
     let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
     // Loads and stores of `n` floats, masked only when partial: a masked one that
@@ -1052,11 +1062,7 @@ unsafe fn max_pool_s2_avx512(
     assert!(rows
         .iter()
         .all(|&(h0, h1, _)| h0 <= h1 && h1 * w <= plane.len()));
-    // As in `max_pool_row_avx512`: a NaN in either operand wins.
-    let max = |m: __m512, e: __m512| {
-        let r = _mm512_max_ps(e, m);
-        _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(e, e), e)
-    };
+    let max = |m, e| nan_max_avx512(m, e);
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
     // Columns `c..c + 16` of a row, -inf outside `0..w`; whole vectors unmasked (a masked
     // access that crosses a cache line is slow here).
