@@ -687,7 +687,8 @@ struct StepLayout {
 /// it can store so and every reader can take it so (a convolution reading it as its input,
 /// one adding it as the residual of a blocked output, max pooling, global average
 /// pooling), the output being no graph output and its own residual (if any) blocked too;
-/// else planes. A convolution that then reads and stores planes takes the tile it would
+/// else padded planes ([`Layout::Padded`]) where a convolution's one reader is a padded
+/// stride-1 convolution that takes them; else planes. A convolution that then reads and stores planes takes the tile it would
 /// without neighbours to keep blocked. Depends on the program's steps and shapes only,
 /// not on the batch, so that the plans of a split batch agree on the value that crosses
 /// from one to the other.
