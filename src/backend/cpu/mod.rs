@@ -901,9 +901,13 @@ mod tests {
             .conv2d("c1", x, Conv2d::new(16, 32, 3).padding(1))
             .unwrap();
         let r1 = b.relu("r1", c1).unwrap();
-        let c2 = b
-            .conv2d("c2", r1, Conv2d::new(32, 40, 3).padding(1))
-            .unwrap();
+        // Rows and columns padded apart: a 3x5 kernel.
+        let wide = Conv2d {
+            kernel: [3, 5],
+            padding: [1, 2],
+            ..Conv2d::new(32, 40, 3)
+        };
+        let c2 = b.conv2d("c2", r1, wide).unwrap();
         let c3 = b
             .conv2d("c3", c2, Conv2d::new(40, 24, 3).padding(2).dilation(2))
             .unwrap();
@@ -925,7 +929,7 @@ mod tests {
             let stores = DirectConv::stores_padded(isa, l[0].shape.unwrap());
             let expect = if stores {
                 [
-                    Layout::Padded([1, 1]),
+                    Layout::Padded([1, 2]),
                     Layout::Padded([2, 2]),
                     Layout::Planes,
                 ]
@@ -934,7 +938,7 @@ mod tests {
             };
             assert_eq!([l[0].output, l[1].output, l[2].output], expect, "{isa:?}");
             if stores {
-                assert_eq!(l[1].input, Layout::Padded([1, 1]), "{isa:?}");
+                assert_eq!(l[1].input, Layout::Padded([1, 2]), "{isa:?}");
                 assert_eq!(l[2].input, Layout::Padded([2, 2]), "{isa:?}");
             }
             assert!(l
