@@ -476,16 +476,12 @@ impl DirectConv {
         // A padded input is the copy itself, stored by the layer before.
         let padded = matches!(input, Layout::Padded(_));
         assert!(
-            !padded
-                || (input == Layout::Padded(cfg.padding)
-                    && cfg.stride == [1, 1]
-                    && lanes == 1
-                    && !shape.pixels),
+            !padded || (input == Layout::Padded(cfg.padding) && Self::reads_padded(shape, cfg)),
             "{shape:?} cannot read {input:?} for {cfg:?}"
         );
         assert!(
-            !matches!(output, Layout::Padded(_)) || (!shape.pixels && shape.lanes == 1),
-            "{shape:?} stores padded planes only from channel tiles"
+            !matches!(output, Layout::Padded(_)) || Self::stores_padded(isa, shape),
+            "{shape:?} cannot store padded planes on {isa:?}"
         );
         // A blocked input is the copy's own layout when there is one phase and no padding.
         let in_place = padded
