@@ -341,7 +341,12 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 /// The `k` most probable classes of one row of logits: (class, probability), best first.
+/// A single logit is a binary classifier's (trained with a sigmoid, as
+/// `BCEWithLogitsLoss` does): its probability is the sigmoid's, not a softmax's 1.
 pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    if let [z] = logits {
+        return vec![(0, (1.0 / (1.0 + (-*z as f64).exp())) as f32)];
+    }
     let p = softmax(logits);
     let mut idx: Vec<usize> = (0..p.len()).collect();
     idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));

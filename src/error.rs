@@ -35,6 +35,11 @@ pub enum Error {
     Image(#[from] crate::preprocess::DecodeError),
     #[error("{0}")]
     BadArgument(String),
+    /// `classify` or `cam` on weights without a classifier (a feature extractor).
+    #[error("{0}")]
+    NoClassifier(String),
+    #[error(transparent)]
+    Labels(#[from] crate::models::LabelsError),
 }
 
 impl Error {
@@ -53,10 +58,14 @@ impl Error {
             Error::DeviceLimit(_) => "DEVICE_LIMIT",
             Error::Model(_) => "UNKNOWN_MODEL",
             Error::Image(_) => "BAD_IMAGE",
+            Error::NoClassifier(_) => "NO_CLASSIFIER",
+            Error::Labels(crate::models::LabelsError::NoClassifier) => "NO_CLASSIFIER",
+            Error::Labels(_) => "BAD_LABELS",
             Error::Weights(w) => match w {
-                W::NotSafetensors(_) | W::Truncated(_) | W::UnsupportedDtype { .. } => {
-                    "WEIGHTS_FORMAT"
-                }
+                W::NotSafetensors(_)
+                | W::Truncated(_)
+                | W::Checkpoint(_)
+                | W::UnsupportedDtype { .. } => "WEIGHTS_FORMAT",
                 W::Missing { .. } => "WEIGHTS_MISSING_KEY",
                 W::Unexpected(_) => "WEIGHTS_UNEXPECTED_KEY",
                 W::Shape { .. } => "WEIGHTS_SHAPE",

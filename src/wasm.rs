@@ -117,7 +117,7 @@ fn model_js(m: &Model) -> JsValue {
                 .collect::<Array>()
                 .into(),
         ),
-        ("cam", m.id.starts_with("resnet").into()),
+        ("cam", (m.classifier() == "fc").into()),
         (
             "preprocess",
             obj(&[
@@ -283,10 +283,22 @@ impl Inner {
         self.session.run_graph(&g, x).await.map_err(js_err)
     }
 
+    /// `classify` and `cam` need a classifier; a headless model is a feature extractor.
+    fn classifier(&self) -> Result<(), JsValue> {
+        if self.model.has_classifier() {
+            return Ok(());
+        }
+        Err(js_err(Error::NoClassifier(format!(
+            "the weights have no classifier ('{}'): they make a feature extractor; use features()",
+            self.model.classifier()
+        ))))
+    }
+
     async fn classify(&mut self, input: JsValue, k: u32) -> Result<JsValue, JsValue> {
         if k == 0 {
             return Err(bad("topK must be a positive integer"));
         }
+        self.classifier()?;
         let x = self.input(&input)?;
         let logits = self.run(&x, &[]).await?.remove(0);
         let labels = self.model.labels.names();
@@ -300,7 +312,7 @@ impl Inner {
                     .map(|(c, p)| {
                         obj(&[
                             ("index", (c as u32).into()),
-                            ("label", labels[c].into()),
+                            ("label", labels[c].as_str().into()),
                             ("probability", p.into()),
                         ])
                     })
@@ -328,12 +340,13 @@ impl Inner {
     /// Class activation map of a ResNet (global average pool + fc): the fc row of the class
     /// weighting `layer4`, scaled to [0, 1].
     async fn cam(&mut self, input: JsValue, class: Option<u32>) -> Result<JsValue, JsValue> {
-        if !self.model.id.starts_with("resnet") {
+        if self.model.classifier() != "fc" {
             return Err(bad(format!(
                 "class activation maps need a ResNet, not {}",
                 self.model.id
             )));
         }
+        self.classifier()?;
         let classes = self.model.num_classes();
         if let Some(c) = class.filter(|&c| c as usize >= classes) {
             return Err(bad(format!(
@@ -409,6 +422,10 @@ impl Engine {
     /// picks each convolution's kernel by `tuning` ("auto": the static table for known
     /// adapter kinds, else timed; "table"; "measure": timed unless remembered), starting
     /// from the choices in `tuning_cache` (JSON from an earlier [`Engine::tuning_cache`]).
+    /// `weights` are safetensors or a PyTorch checkpoint; the head's size comes from them,
+    /// and `labels` (a label file's text: lines, a JSON array or object, a timm config)
+    /// name its classes.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         model_id: String,
         weights: Option<Vec<u8>>,
@@ -417,6 +434,7 @@ impl Engine {
         precision: String,
         tuning: String,
         tuning_cache: Option<String>,
+        labels: Option<String>,
     ) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
             let model = Model::get(&model_id).map_err(|e| js_err(e.into()))?;
@@ -445,13 +463,22 @@ impl Engine {
                     )))
                 }
             };
-            let graph = model.default_graph(1);
-            let (tensors, warnings) = match weights {
+            let (mut model, tensors, warnings, notices) = match weights {
                 Some(bytes) => {
-                    crate::weights::from_bytes(&graph, &bytes).map_err(|e| js_err(e.into()))?
+                    let l = crate::weights::from_bytes_for(model, &bytes)
+                        .map_err(|e| js_err(e.into()))?;
+                    (l.model, l.tensors, l.non_finite, l.notices)
                 }
-                None => (crate::weights::synthetic(&graph, seed as u64), vec![]),
+                None => {
+                    let t = crate::weights::synthetic(&model.default_graph(1), seed as u64);
+                    (model, t, vec![], vec![])
+                }
             };
+            if let Some(text) = labels {
+                let names = crate::models::Labels::parse(&text).map_err(|e| js_err(e.into()))?;
+                model = model.with_labels(names).map_err(|e| js_err(e.into()))?;
+            }
+            let graph = model.default_graph(1);
             let opts = crate::backend::gpu::GpuOptions {
                 precision,
                 tuning,
@@ -500,6 +527,24 @@ impl Engine {
                 ("inputSize", usizes(&model.input)),
                 ("labels", model.labels.id().into()),
                 ("numClasses", (model.num_classes() as u32).into()),
+                (
+                    "classNames",
+                    model
+                        .labels
+                        .names()
+                        .into_iter()
+                        .map(JsValue::from)
+                        .collect::<Array>()
+                        .into(),
+                ),
+                (
+                    "notices",
+                    notices
+                        .into_iter()
+                        .map(JsValue::from)
+                        .collect::<Array>()
+                        .into(),
+                ),
                 (
                     "warnings",
                     warnings

@@ -263,7 +263,146 @@ fn bad_inputs_and_files_are_one_line_errors() {
 }
 
 #[test]
-fn models_lists_all_thirty() {
+fn a_fine_tuned_checkpoint_classifies_with_its_own_labels_and_a_headless_one_gives_features() {
+    // A ResNet-18 fine-tuned for 3 classes, saved by torch.save from a DataParallel model.
+    let m = webcnn::models::Model::get("resnet18")
+        .unwrap()
+        .with_head(webcnn::models::Head::Classes(3));
+    let w = webcnn::weights::synthetic(&m.default_graph(1), 5);
+    let pth = tmp("pets3.pth");
+    std::fs::write(&pth, common::torch_save(&w, true)).unwrap();
+    let labels = tmp("pets3.txt");
+    std::fs::write(&labels, "cat\ndog\nbird\n").unwrap();
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("www/demo.png");
+    let o = bin()
+        .args([
+            "classify", "--model", "resnet18", "--device", "cpu", "--json",
+        ])
+        .arg("--weights")
+        .arg(&pth)
+        .arg("--labels")
+        .arg(&labels)
+        .arg(&img)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains("notice: the checkpoint wraps its weights"),
+        "{err}"
+    );
+    assert!(err.contains("'module.'"), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&ok(o)).unwrap();
+    let preds = j["results"][0]["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 3, "a head of 3 classes has 3 predictions");
+    let mut names: Vec<&str> = preds.iter().map(|p| p["label"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["bird", "cat", "dog"]);
+    let total: f64 = preds
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-5, "{total}");
+    // The same through .safetensors, f16, from `convert`: the same top class.
+    let st = tmp("pets3.safetensors");
+    ok(bin()
+        .arg("convert")
+        .arg(&pth)
+        .arg(&st)
+        .args(["--dtype", "f16", "--model", "resnet18"])
+        .output()
+        .unwrap());
+    let j2: serde_json::Value = serde_json::from_str(&ok(bin()
+        .args([
+            "classify", "--model", "resnet18", "--device", "cpu", "--json", "--top", "1",
+        ])
+        .arg("--weights")
+        .arg(&st)
+        .arg("--labels")
+        .arg(&labels)
+        .arg(&img)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(
+        j2["results"][0]["predictions"][0]["label"],
+        preds[0]["label"]
+    );
+    // Labels of another count: both counts named.
+    std::fs::write(tmp("two.txt"), "cat\ndog\n").unwrap();
+    fails(
+        bin()
+            .args(["classify", "--model", "resnet18", "--device", "cpu"])
+            .arg("--weights")
+            .arg(&pth)
+            .arg("--labels")
+            .arg(tmp("two.txt"))
+            .output()
+            .unwrap(),
+        "2 labels for a head of 3 classes",
+    );
+    // No labels: numbered classes.
+    let text = ok(bin()
+        .args([
+            "classify", "--model", "resnet18", "--device", "cpu", "--top", "3",
+        ])
+        .arg("--weights")
+        .arg(&pth)
+        .arg(&img)
+        .output()
+        .unwrap());
+    assert!(
+        text.contains("class 0") && text.contains("class 2"),
+        "{text}"
+    );
+
+    // A headless backbone (`fc = Identity()`): features work, classify names the cause.
+    let mut headless = w.clone();
+    headless.remove("fc.weight");
+    headless.remove("fc.bias");
+    let hl = tmp("backbone.safetensors");
+    std::fs::write(&hl, webcnn::weights::save_safetensors(&headless)).unwrap();
+    fails(
+        bin()
+            .args(["classify", "--model", "resnet18", "--device", "cpu"])
+            .arg("--weights")
+            .arg(&hl)
+            .output()
+            .unwrap(),
+        "no classifier",
+    );
+    let out = tmp("backbone-features");
+    let text = ok(bin()
+        .args(["features", "--model", "resnet18", "--device", "cpu"])
+        .arg("--weights")
+        .arg(&hl)
+        .arg("--input")
+        .arg(&img)
+        .arg("--out-dir")
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert!(text.contains("flatten.npy [1, 512]"), "{text}");
+    // The .pth's tensors, exported with a head of 3 by export-synthetic, equal the file's.
+    let exported = tmp("r18-c3.safetensors");
+    ok(bin()
+        .args([
+            "export-synthetic",
+            "resnet18",
+            "--seed",
+            "5",
+            "--classes",
+            "3",
+            "-o",
+        ])
+        .arg(&exported)
+        .output()
+        .unwrap());
+    let (back, _) = webcnn::weights::read(&std::fs::read(&exported).unwrap()).unwrap();
+    assert_eq!(back, w);
+}
+
+#[test]
+fn models_lists_every_id() {
     let out = ok(bin().arg("models").output().unwrap());
     for id in webcnn::models::ids() {
         assert!(out.contains(&format!("| {id} ")), "{id} missing");

@@ -49,7 +49,8 @@ fn serve(path: &'static str, body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
 
 #[test]
 fn hub_download_is_cached_and_reused() {
-    let g = Model::get("vgg11_cifar").unwrap().default_graph(1);
+    let m = Model::get("vgg11_cifar").unwrap();
+    let g = m.default_graph(1);
     let w = synthetic(&g, 4);
     let (addr, hits) = serve(
         "/acme/vgg11_cifar/resolve/main/model.safetensors",
@@ -61,17 +62,17 @@ fn hub_download_is_cached_and_reused() {
     std::env::set_var("WEBCNN_CACHE", &cache);
 
     let src: Source = "hf:acme/vgg11_cifar".parse().unwrap();
-    let (got, _) = load(&src, &g, false).unwrap();
+    let got = load(&src, m.clone(), false).unwrap().tensors;
     assert_eq!(got, w);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     assert!(hub::cached_path("acme/vgg11_cifar").starts_with(&cache));
     // Second load: from the cache, no request.
-    let (again, _) = load(&src, &g, false).unwrap();
+    let again = load(&src, m.clone(), false).unwrap().tensors;
     assert_eq!(again, w);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
     // A repository without the file is a clear error, and nothing is cached.
-    let e = load(&"hf:acme/nothing".parse().unwrap(), &g, false).unwrap_err();
+    let e = load(&"hf:acme/nothing".parse().unwrap(), m.clone(), false).unwrap_err();
     assert!(
         matches!(e, WeightsError::Download(ref m) if m.contains("404")),
         "{e}"
@@ -80,7 +81,7 @@ fn hub_download_is_cached_and_reused() {
 
     // An unreachable hub is an error too, not a hang.
     std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
-    let e = load(&"hf:acme/other".parse().unwrap(), &g, false).unwrap_err();
+    let e = load(&"hf:acme/other".parse().unwrap(), m.clone(), false).unwrap_err();
     assert!(matches!(e, WeightsError::Download(_)), "{e}");
     let _ = std::fs::remove_dir_all(&cache);
 }

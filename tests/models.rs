@@ -1,5 +1,5 @@
-//! Every golden model case (all 30 ids, plus batch-2 non-square inputs) on both backends,
-//! with weights and inputs from the golden PRNG.
+//! Every golden model case (all 35 ids, batch-2 non-square inputs, and fine-tuned heads of
+//! other class counts) on both backends, with weights and inputs from the golden PRNG.
 mod common;
 
 use common::usizes;
@@ -7,13 +7,15 @@ use serde_json::Value as Json;
 use std::path::PathBuf;
 use webcnn::backend::cpu::CpuModel;
 use webcnn::backend::gpu::{GpuModel, GpuOptions, Kernels, Precision};
-use webcnn::models::{ids, Model};
+use webcnn::models::{ids, Head, Model};
 use webcnn::prng::{synth, synth_params};
 use webcnn::tensor::rel_l2;
 
 struct Case {
     file: String,
     model: String,
+    /// The head's classes (a `-c<N>` case replaces the classifier).
+    classes: Option<usize>,
     seed: u64,
     input_seed: u64,
     input_shape: Vec<usize>,
@@ -21,6 +23,17 @@ struct Case {
     keys: usize,
     params: usize,
     output: Vec<f64>,
+}
+
+impl Case {
+    /// The zoo's model with the case's head.
+    fn model(&self) -> Model {
+        let m = Model::get(&self.model).unwrap();
+        match self.classes {
+            Some(k) => m.with_head(Head::Classes(k)),
+            None => m,
+        }
+    }
 }
 
 fn cases(filter: impl Fn(&str) -> bool) -> Vec<Case> {
@@ -38,6 +51,7 @@ fn cases(filter: impl Fn(&str) -> bool) -> Vec<Case> {
             filter(&model).then(|| Case {
                 file: p.file_name().unwrap().to_string_lossy().into_owned(),
                 model,
+                classes: j["classes"].as_u64().map(|c| c as usize),
                 seed: j["weights_seed"].as_u64().unwrap(),
                 input_seed: j["input_seed"].as_u64().unwrap(),
                 input_shape: usizes(&j["input_shape"]),
@@ -61,9 +75,9 @@ fn every_model_id_has_a_golden_case_and_matching_metadata() {
     for id in ids() {
         assert!(all.iter().any(|c| c.model == id), "no golden case for {id}");
     }
-    assert_eq!(ids().len(), 30);
+    assert_eq!(ids().len(), 35);
     for c in &all {
-        let m = Model::get(&c.model).unwrap();
+        let m = c.model();
         let g = m.graph(&c.input_shape).unwrap();
         assert_eq!(g.params().len(), c.keys, "{}: state-dict keys", c.file);
         assert_eq!(m.param_count(), c.params, "{}: parameter count", c.file);
@@ -110,7 +124,7 @@ fn check(backend: Backend, filter: impl Fn(&str) -> bool) {
     let selected = cases(filter);
     assert!(!selected.is_empty());
     for c in selected {
-        let m = Model::get(&c.model).unwrap();
+        let m = c.model();
         let g = m.graph(&c.input_shape).unwrap();
         let w = synth_params(&g, c.seed).unwrap();
         let x = synth("input", &c.input_shape, c.input_seed).unwrap();
@@ -177,6 +191,10 @@ fn vgg_cifars(m: &str) -> bool {
 fn resnets(m: &str) -> bool {
     m.starts_with("resnet")
 }
+/// ResNeXt and Wide ResNet: grouped and wider bottlenecks.
+fn resnexts(m: &str) -> bool {
+    m.starts_with("resnext") || m.starts_with("wide_resnet")
+}
 
 #[test]
 fn cpu_alexnet() {
@@ -193,6 +211,14 @@ fn cpu_vgg_cifar() {
 #[test]
 fn cpu_resnet() {
     check(Backend::Cpu, resnets)
+}
+#[test]
+fn cpu_resnext_and_wide_resnet() {
+    check(Backend::Cpu, resnexts)
+}
+#[test]
+fn gpu_resnext_and_wide_resnet() {
+    check(Backend::Gpu, resnexts)
 }
 #[test]
 fn gpu_alexnet() {

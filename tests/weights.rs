@@ -189,7 +189,7 @@ fn every_bad_file_is_one_clear_error() {
     let e = from_bytes(&g, &raw(dup, 8)).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "not a safetensors file: the header names 'fc.bias' twice"
+        "not a safetensors file (nor a PyTorch checkpoint): the header names 'fc.bias' twice"
     );
     for (header, data) in [
         (

@@ -21,7 +21,8 @@ pub struct EmbedArgs {
     paths: Vec<PathBuf>,
     #[arg(long)]
     model: String,
-    /// Weights: a .safetensors path, synthetic:SEED or hf:REPO.
+    /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or hf:REPO
+    /// (a headless backbone serves).
     #[arg(long)]
     weights: String,
     /// Where to write the [images, dim] float32 matrix; `<out>.txt` gets the file names in
@@ -106,19 +107,18 @@ struct Embedder {
 
 impl Embedder {
     fn new(model: &str, weights: &str, layer: Option<&str>, device: Device) -> R<Self> {
-        let model = Model::get(model)?;
+        let (model, w) = load_weights(weights, Model::get(model)?, None)?;
         let layer = layer.map_or_else(|| model.pooled_node(), str::to_string);
         let full = model.default_graph(1);
         // Fails early on an unknown node, naming the nearest ones.
         full.with_outputs(&[&layer])?;
-        let w = load_weights(weights, &full)?;
         // A long embedding run survives a lost GPU device: the batch in flight is run again
         // on a new device, with the weights read again from their source.
         let source: webcnn::weights::Source = weights.parse()?;
-        let g = full.clone();
+        let m = model.clone();
         let session =
             Session::new_blocking(&full, w, device)?.with_reload(std::sync::Arc::new(move || {
-                Ok(webcnn::weights::load(&source, &g, false)?.0)
+                Ok(webcnn::weights::load(&source, m.clone(), false)?.tensors)
             }));
         if let Some(n) = &session.notice {
             eprintln!("notice: {n}");

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use webcnn::engine::{top_k, Device, Session};
-use webcnn::models::Model;
+use webcnn::models::{Labels, Model};
 use webcnn::weights::{self, Source};
 use webcnn::{Graph, Tensor};
 
@@ -17,7 +17,8 @@ pub struct RunArgs {
     /// Model id (see `webcnn models`).
     #[arg(long)]
     model: String,
-    /// Weights: a .safetensors path, synthetic:SEED or hf:REPO.
+    /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
+    /// hf:REPO (the head's size comes from them).
     #[arg(long)]
     weights: String,
     /// Input: a float32 NCHW .npy file.
@@ -40,9 +41,14 @@ pub struct ClassifyArgs {
     images: Vec<PathBuf>,
     #[arg(long)]
     model: String,
-    /// Weights: a .safetensors path, synthetic:SEED or hf:REPO (default: untrained synthetic:1).
+    /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
+    /// hf:REPO (default: untrained synthetic:1). A fine-tuned head of any size is read from them.
     #[arg(long)]
     weights: Option<String>,
+    /// Class names: one per line, a JSON array, a JSON object of index to name, or a timm
+    /// config.json with label_names (default: the id's own, or `class N`).
+    #[arg(long)]
+    labels: Option<PathBuf>,
     /// How many labels per image.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -57,7 +63,8 @@ pub struct ClassifyArgs {
 pub struct FeaturesArgs {
     #[arg(long)]
     model: String,
-    /// Weights: a .safetensors path, synthetic:SEED or hf:REPO (default: untrained synthetic:1).
+    /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
+    /// hf:REPO (default: untrained synthetic:1).
     #[arg(long)]
     weights: Option<String>,
     /// A float32 NCHW .npy tensor, or an image (the model's preprocessing applies).
@@ -74,17 +81,34 @@ pub struct FeaturesArgs {
     device: Device,
 }
 
-pub(super) fn load_weights(src: &str, graph: &Graph) -> R<weights::TensorMap> {
+/// `model`'s weights from `src`, its head fitted to them (any class count, or none),
+/// then the user's labels; notices and warnings on stderr.
+pub(super) fn load_weights(
+    src: &str,
+    model: Model,
+    labels: Option<&Path>,
+) -> R<(Model, weights::TensorMap)> {
     let source: Source = src.parse()?;
-    let (w, bad) = weights::load(&source, graph, true)?;
-    if !bad.is_empty() {
+    let l = weights::load(&source, model, true)?;
+    for n in &l.notices {
+        eprintln!("notice: {n}");
+    }
+    if !l.non_finite.is_empty() {
         eprintln!(
             "warning: NaN or Inf in {} weight(s), first '{}'",
-            bad.len(),
-            bad[0]
+            l.non_finite.len(),
+            l.non_finite[0]
         );
     }
-    Ok(w)
+    let mut model = l.model;
+    if let Some(path) = labels {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let names = Labels::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        model = model
+            .with_labels(names)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok((model, l.tensors))
 }
 
 /// A `.npy` input tensor; NaN / Inf values run (they give NaN / Inf outputs) with a warning.
@@ -114,10 +138,9 @@ fn session(graph: &Graph, w: weights::TensorMap, device: Device) -> R<Session> {
 }
 
 pub fn run(a: RunArgs) -> R<()> {
-    let model = Model::get(&a.model)?;
     let x = read_npy(&a.input)?;
+    let (model, w) = load_weights(&a.weights, Model::get(&a.model)?, None)?;
     let graph = model.graph(x.shape())?;
-    let w = load_weights(&a.weights, &graph)?;
     let t0 = Instant::now();
     let mut s = session(&graph, w, a.device)?;
     let prepare = t0.elapsed();
@@ -162,6 +185,9 @@ pub fn run(a: RunArgs) -> R<()> {
 
 pub fn classify(a: ClassifyArgs) -> R<()> {
     let model = Model::get(&a.model)?;
+    if a.top == 0 {
+        return Err("--top must be at least 1".into());
+    }
     let mut a = a;
     let images = if a.images.is_empty() {
         eprintln!("notice: no image given, classifying the built-in demo photo (www/demo.png)");
@@ -176,13 +202,20 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
             })
             .collect::<Result<Vec<_>, _>>()?
     };
-    let x = webcnn::preprocess::batch(&images, &model.preprocess);
-    let graph = model.graph(x.shape())?;
     let src = a.weights.clone().unwrap_or_else(|| {
         eprintln!("warning: no --weights given: using untrained synthetic:1 weights, the labels are meaningless");
         "synthetic:1".to_string()
     });
-    let w = load_weights(&src, &graph)?;
+    let (model, w) = load_weights(&src, model, a.labels.as_deref())?;
+    if !model.has_classifier() {
+        return Err(format!(
+            "the weights have no classifier ({}): they make a feature extractor; use `webcnn features` or `webcnn embed`",
+            model.classifier()
+        )
+        .into());
+    }
+    let x = webcnn::preprocess::batch(&images, &model.preprocess);
+    let graph = model.graph(x.shape())?;
     let mut s = session(&graph, w, a.device)?;
     let logits = s.run_blocking(&x)?.remove(0);
     let labels = model.labels.names();
@@ -218,7 +251,11 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
 
 /// `webcnn features`: the outputs of named nodes as `.npy` files.
 pub fn features(a: FeaturesArgs) -> R<()> {
-    let model = Model::get(&a.model)?;
+    let src = a.weights.clone().unwrap_or_else(|| {
+        eprintln!("warning: no --weights given: using untrained synthetic:1 weights");
+        "synthetic:1".to_string()
+    });
+    let (model, w) = load_weights(&src, Model::get(&a.model)?, None)?;
     let is_npy = a
         .input
         .extension()
@@ -247,11 +284,6 @@ pub fn features(a: FeaturesArgs) -> R<()> {
             model.feature_nodes().join(", ")
         )
     })?;
-    let src = a.weights.clone().unwrap_or_else(|| {
-        eprintln!("warning: no --weights given: using untrained synthetic:1 weights");
-        "synthetic:1".to_string()
-    });
-    let w = load_weights(&src, &full)?;
     let mut s = session(&full, w, a.device)?;
     let outs = s.run_graph_blocking(&graph, &x)?;
     std::fs::create_dir_all(&a.out_dir).map_err(|e| format!("{}: {e}", a.out_dir.display()))?;

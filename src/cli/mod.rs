@@ -40,12 +40,30 @@ enum Cmd {
     Similar(embed::SimilarArgs),
     /// The model zoo: ids, parameters, MACs, input sizes, labels.
     Models,
+    /// Rewrite a weights file (.safetensors, or a PyTorch .pth / .pt / .bin checkpoint) as
+    /// .safetensors, optionally at half the size (f16 or bf16): what browsers load fastest.
+    Convert {
+        /// The file to read.
+        input: std::path::PathBuf,
+        /// The .safetensors file to write.
+        output: std::path::PathBuf,
+        /// f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: webcnn::weights::StoreAs,
+        /// Check the tensors against this model id first (its head fitted to them).
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Write a model's synthetic (golden PRNG, untrained) weights as .safetensors.
     ExportSynthetic {
         /// Model id.
         model: String,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Replace the classifier by one of this many classes, as a fine-tune does (0: no
+        /// classifier, a headless backbone).
+        #[arg(long)]
+        classes: Option<usize>,
         #[arg(short, long)]
         output: std::path::PathBuf,
     },
@@ -74,8 +92,15 @@ pub fn main() -> ExitCode {
         Cmd::ExportSynthetic {
             model,
             seed,
+            classes,
             output,
-        } => export_synthetic(&model, seed, &output),
+        } => export_synthetic(&model, seed, classes, &output),
+        Cmd::Convert {
+            input,
+            output,
+            dtype,
+            model,
+        } => convert(&input, &output, dtype, model.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,7 +197,7 @@ fn models() -> Result<(), Box<dyn std::error::Error>> {
             m.param_count(),
             m.macs() as f64 / 1e9,
             format!("{c}x{h}x{w}"),
-            format!("{:?}", m.labels)
+            m.labels.id()
         )?;
     }
     print_quietly(&t);
@@ -188,9 +213,13 @@ fn print_quietly(s: &str) {
 fn export_synthetic(
     id: &str,
     seed: u64,
+    classes: Option<usize>,
     out: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let m = webcnn::models::Model::get(id)?;
+    let mut m = webcnn::models::Model::get(id)?;
+    if let Some(k) = classes {
+        m = m.with_head(webcnn::models::Head::Classes(k));
+    }
     let w = webcnn::weights::synthetic(&m.default_graph(1), seed);
     std::fs::write(out, webcnn::weights::save_safetensors(&w))
         .map_err(|e| format!("{}: {e}", out.display()))?;
@@ -198,6 +227,40 @@ fn export_synthetic(
         "wrote {} ({} tensors, synthetic:{seed}, untrained)",
         out.display(),
         w.len()
+    );
+    Ok(())
+}
+
+fn convert(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    dtype: webcnn::weights::StoreAs,
+    model: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let bytes = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let (w, notices) =
+        webcnn::weights::read(&bytes).map_err(|e| format!("{}: {e}", input.display()))?;
+    for n in &notices {
+        eprintln!("notice: {n}");
+    }
+    if let Some(id) = model {
+        let l = webcnn::weights::fit(webcnn::models::Model::get(id)?, w.clone(), vec![])?;
+        eprintln!(
+            "checked against {id}: {}",
+            match l.model.num_classes() {
+                0 => "no classifier (a feature extractor)".to_string(),
+                n => format!("a head of {n} classes"),
+            }
+        );
+    }
+    let st = webcnn::weights::save_safetensors_as(&w, dtype);
+    std::fs::write(out, &st).map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!(
+        "wrote {} ({} tensors as {dtype:?}, {} bytes; read {} bytes)",
+        out.display(),
+        w.len(),
+        st.len(),
+        bytes.len()
     );
     Ok(())
 }

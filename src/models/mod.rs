@@ -5,9 +5,10 @@ mod alexnet;
 mod resnet;
 mod vgg;
 
-pub use resnet::Variant as ResNetVariant;
+pub use resnet::{Variant as ResNetVariant, Width as ResNetWidth};
 
 use crate::graph::{Graph, GraphBuilder, GraphError, Op};
+use std::sync::Arc;
 
 /// How images are prepared for a model (torchvision's eval transforms).
 #[derive(Clone, Debug, PartialEq)]
@@ -27,35 +28,169 @@ const IMAGENET: Preprocess = Preprocess {
     std: [0.229, 0.224, 0.225],
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The names of a classifier's classes.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Labels {
     ImageNet1k,
     Cifar10,
+    /// `class 0` .. `class N-1`: a head of another size, with no names given.
+    Numbered(usize),
+    /// The user's own names (a fine-tuned head), one per class.
+    Custom(Arc<[String]>),
 }
 
 impl Labels {
-    pub fn names(self) -> Vec<&'static str> {
+    pub fn names(&self) -> Vec<String> {
         match self {
-            Labels::ImageNet1k => include_str!("imagenet_classes.txt").lines().collect(),
-            Labels::Cifar10 => include_str!("cifar10_classes.txt").lines().collect(),
+            Labels::ImageNet1k => include_str!("imagenet_classes.txt")
+                .lines()
+                .map(String::from)
+                .collect(),
+            Labels::Cifar10 => include_str!("cifar10_classes.txt")
+                .lines()
+                .map(String::from)
+                .collect(),
+            Labels::Numbered(n) => (0..*n).map(|i| format!("class {i}")).collect(),
+            Labels::Custom(v) => v.to_vec(),
         }
     }
-    /// The label set's name: `imagenet1k` or `cifar10`.
-    pub fn id(self) -> &'static str {
+    /// The label set's name: `imagenet1k`, `cifar10`, `numbered` or `custom`.
+    pub fn id(&self) -> &'static str {
         match self {
             Labels::ImageNet1k => "imagenet1k",
             Labels::Cifar10 => "cifar10",
+            Labels::Numbered(_) => "numbered",
+            Labels::Custom(_) => "custom",
         }
     }
-    pub fn len(self) -> usize {
+    pub fn len(&self) -> usize {
         match self {
             Labels::ImageNet1k => 1000,
             Labels::Cifar10 => 10,
+            Labels::Numbered(n) => *n,
+            Labels::Custom(v) => v.len(),
         }
     }
-    pub fn is_empty(self) -> bool {
-        false
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
+
+    /// Labels from a file's text: one per line; a JSON array of names; a JSON object of
+    /// index to name (`{"0": "cat", ...}`, every index once); or a timm `config.json`
+    /// (`label_names`, at the top or under `model_args`).
+    pub fn parse(text: &str) -> Result<Labels, LabelsError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let trimmed = text.trim_start();
+        let names: Vec<String> = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+            let j: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| LabelsError::Format(format!("not valid JSON: {e}")))?;
+            from_json(&j)?
+        } else {
+            text.lines()
+                .map(|l| l.trim_end_matches('\r').to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .skip_while(|l| l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect()
+        };
+        if names.is_empty() {
+            return Err(LabelsError::Format("no labels in it".into()));
+        }
+        if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
+            return Err(LabelsError::Format(format!("label {i} is empty")));
+        }
+        Ok(Labels::Custom(names.into()))
+    }
+}
+
+/// Names from parsed JSON: an array, an index map, or timm's config.
+fn from_json(j: &serde_json::Value) -> Result<Vec<String>, LabelsError> {
+    use serde_json::Value as J;
+    let strings = |a: &Vec<J>| {
+        a.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| LabelsError::Format(format!("label {i} is not a string")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    match j {
+        J::Array(a) => strings(a),
+        J::Object(o) => {
+            // timm's config.json: label_names under model_args (or at the top).
+            for names in [o.get("label_names"), j.pointer("/model_args/label_names")]
+                .into_iter()
+                .flatten()
+            {
+                if let J::Array(a) = names {
+                    return strings(a);
+                }
+            }
+            if o.contains_key("architecture") || o.contains_key("pretrained_cfg") {
+                return Err(LabelsError::Format(
+                    "the config.json has no label_names".into(),
+                ));
+            }
+            let mut v: Vec<Option<String>> = vec![None; o.len()];
+            for (k, name) in o {
+                let i: usize = k
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|&i| i < o.len())
+                    .ok_or_else(|| {
+                        LabelsError::Format(format!(
+                            "key '{k}' is not a class index 0..{}",
+                            o.len()
+                        ))
+                    })?;
+                let name = name
+                    .as_str()
+                    .ok_or_else(|| LabelsError::Format(format!("label {i} is not a string")))?;
+                v[i] = Some(name.to_string());
+            }
+            // Every index in 0..len once: a gap would leave a class unnamed.
+            v.into_iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    n.ok_or_else(|| LabelsError::Format(format!("no label for class {i}")))
+                })
+                .collect()
+        }
+        _ => Err(LabelsError::Format(
+            "expected a JSON array of names or an object of index to name".into(),
+        )),
+    }
+}
+
+/// A label file that cannot serve the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelsError {
+    #[error("labels: {0}")]
+    Format(String),
+    #[error("{labels} labels for a head of {classes} classes")]
+    Count { labels: usize, classes: usize },
+    #[error("labels given, but the weights have no classifier (a feature extractor)")]
+    NoClassifier,
+}
+
+/// What the model's graph ends in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// A classifier of this many classes (>= 1).
+    Classes(usize),
+    /// The classifier's last linear layer removed (`fc = Identity()`, timm's
+    /// `num_classes=0`): the output is what it would have read. For ResNet the pooled
+    /// vector; for VGG and AlexNet the ReLU after the second 4096-wide layer.
+    Headless,
+    /// The whole classifier removed: the pooled, flattened feature map.
+    Pooled,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +205,7 @@ enum Family {
     ResNet {
         depth: usize,
         variant: ResNetVariant,
+        width: ResNetWidth,
     },
 }
 
@@ -88,6 +224,10 @@ pub struct Model {
     family: Family,
     /// Default input: channels, height, width.
     pub input: [usize; 3],
+    /// What the graph ends in: the id's own classifier unless weights said otherwise
+    /// ([`Model::fit_head`]).
+    pub head: Head,
+    /// One per class of the head (none when headless).
     pub labels: Labels,
     pub preprocess: Preprocess,
 }
@@ -108,7 +248,26 @@ pub fn ids() -> Vec<String> {
         }
     }
     v.extend(["resnet50_gn".to_string(), "resnet101_gn".to_string()]);
+    v.extend(
+        [
+            "resnext50_32x4d",
+            "resnext101_32x8d",
+            "resnext101_64x4d",
+            "wide_resnet50_2",
+            "wide_resnet101_2",
+        ]
+        .map(String::from),
+    );
     v
+}
+
+/// Blocks per stage of a bottleneck depth (50, 101, 152): ResNeXt and Wide ResNet have no
+/// basic-block form.
+fn bottleneck(depth: usize) -> Option<[usize; 4]> {
+    match resnet::layers(depth)? {
+        (resnet::Block::Bottleneck, counts) => Some(counts),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,7 +300,48 @@ impl Model {
             };
             let depth: usize = depth.parse().map_err(|_| unknown())?;
             resnet::layers(depth).ok_or_else(unknown)?;
-            Family::ResNet { depth, variant }
+            Family::ResNet {
+                depth,
+                variant,
+                width: ResNetWidth::PLAIN,
+            }
+        } else if let Some(rest) = id.strip_prefix("resnext") {
+            // resnext{depth}_{groups}x{width per group}d, on a bottleneck depth.
+            let (depth, gw) = rest.split_once('_').ok_or_else(unknown)?;
+            let (g, w) = gw
+                .strip_suffix('d')
+                .and_then(|s| s.split_once('x'))
+                .ok_or_else(unknown)?;
+            let num = |s: &str| s.parse::<usize>().ok().filter(|&v| (1..=1024).contains(&v));
+            let (depth, groups, per_group) = (
+                depth.parse().map_err(|_| unknown())?,
+                num(g).ok_or_else(unknown)?,
+                num(w).ok_or_else(unknown)?,
+            );
+            bottleneck(depth).ok_or_else(unknown)?;
+            Family::ResNet {
+                depth,
+                variant: ResNetVariant::Torchvision,
+                width: ResNetWidth { groups, per_group },
+            }
+        } else if let Some(rest) = id.strip_prefix("wide_resnet") {
+            // wide_resnet{depth}_{factor}: the bottleneck's width times factor.
+            let (depth, k) = rest.split_once('_').ok_or_else(unknown)?;
+            let depth: usize = depth.parse().map_err(|_| unknown())?;
+            let k: usize = k
+                .parse()
+                .ok()
+                .filter(|&k| (1..=16).contains(&k))
+                .ok_or_else(unknown)?;
+            bottleneck(depth).ok_or_else(unknown)?;
+            Family::ResNet {
+                depth,
+                variant: ResNetVariant::Torchvision,
+                width: ResNetWidth {
+                    groups: 1,
+                    per_group: 64 * k,
+                },
+            }
         } else {
             return Err(unknown());
         };
@@ -170,13 +370,84 @@ impl Model {
             id: id.to_string(),
             family,
             input,
+            head: Head::Classes(labels.len()),
             labels,
             preprocess,
         })
     }
 
+    /// Classes of the head; 0 for a feature extractor.
     pub fn num_classes(&self) -> usize {
-        self.labels.len()
+        match self.head {
+            Head::Classes(n) => n,
+            _ => 0,
+        }
+    }
+
+    pub fn has_classifier(&self) -> bool {
+        matches!(self.head, Head::Classes(_))
+    }
+
+    /// The classifier's module path, whose `.weight` is `[classes, features]`: `fc` for
+    /// ResNets, `classifier.6` for VGG and AlexNet (timm's `head.fc` is mapped to it).
+    pub fn classifier(&self) -> &'static str {
+        match self.family {
+            Family::ResNet { .. } => "fc",
+            _ => "classifier.6",
+        }
+    }
+
+    /// The same model with a head of `head`; the id's own labels where the class count is
+    /// theirs, else `class 0` .. `class N-1`. `Classes(0)` is `Headless`.
+    pub fn with_head(mut self, head: Head) -> Model {
+        let builtin = Model::get(&self.id).map(|m| m.labels).ok();
+        self.head = match head {
+            Head::Classes(0) => Head::Headless,
+            h => h,
+        };
+        self.labels = match (self.head, builtin) {
+            (Head::Classes(n), Some(l)) if l.len() == n => l,
+            (Head::Classes(n), _) => Labels::Numbered(n),
+            _ => Labels::Numbered(0),
+        };
+        self
+    }
+
+    /// The head the `weights` (a state dict, timm's keys already mapped) hold: the class
+    /// count from the classifier's weight, any count >= 1; without classifier keys a
+    /// feature extractor. Shapes are checked later, against the graph ([`crate::weights::check`]).
+    pub fn fit_head(self, weights: &crate::weights::TensorMap) -> Model {
+        let key = format!("{}.weight", self.classifier());
+        let head = match weights.get(&key).map(|t| t.shape()) {
+            Some(&[n, _]) if n > 0 => Head::Classes(n),
+            // A mis-shaped classifier keeps the id's head, for the check to name.
+            Some(_) => self.head,
+            None if weights.contains_key(&format!("{}.bias", self.classifier())) => self.head,
+            None => {
+                let mut rest = weights.keys().filter(|k| k.starts_with("classifier."));
+                match self.family {
+                    Family::ResNet { .. } => Head::Headless,
+                    _ if rest.next().is_some() => Head::Headless,
+                    _ => Head::Pooled,
+                }
+            }
+        };
+        self.with_head(head)
+    }
+
+    /// Names for the head's classes; their count must be the head's.
+    pub fn with_labels(mut self, labels: Labels) -> Result<Model, LabelsError> {
+        match self.head {
+            Head::Classes(n) if n == labels.len() => {
+                self.labels = labels;
+                Ok(self)
+            }
+            Head::Classes(n) => Err(LabelsError::Count {
+                labels: labels.len(),
+                classes: n,
+            }),
+            _ => Err(LabelsError::NoClassifier),
+        }
     }
 
     /// The graph for an NCHW input shape; the model's constraints on it (e.g. the seed's
@@ -184,7 +455,8 @@ impl Model {
     pub fn graph(&self, input_shape: &[usize]) -> Result<Graph, GraphError> {
         let mut b = GraphBuilder::new();
         let x = b.input("x", input_shape)?;
-        let k = self.num_classes();
+        // A headless model is the full graph cut before its classifier.
+        let k = self.num_classes().max(1);
         let y = match self.family {
             Family::AlexNet => alexnet::alexnet(&mut b, x, k)?,
             Family::AlexNetLrn => alexnet::alexnet_lrn(&mut b, x, k)?,
@@ -198,9 +470,33 @@ impl Model {
                 bn,
                 cifar: true,
             } => vgg::vgg_cifar(&mut b, x, vgg::cfg(depth).expect("checked"), bn, k)?,
-            Family::ResNet { depth, variant } => resnet::resnet(&mut b, x, depth, variant, k)?,
+            Family::ResNet {
+                depth,
+                variant,
+                width,
+            } => resnet::resnet(&mut b, x, depth, variant, width, k)?,
         };
-        b.build(&[y])
+        let g = b.build(&[y])?;
+        match self.head {
+            Head::Classes(_) => Ok(g),
+            Head::Headless => {
+                let fc = g
+                    .find(self.classifier())
+                    .expect("every head has a classifier");
+                let before = g.node(g.node(fc).inputs[0]).name.clone();
+                g.with_outputs(&[&before])
+            }
+            Head::Pooled => g.with_outputs(&[&self.pooled_node_of(&g)]),
+        }
+    }
+
+    /// `flatten`, or `view` in the seed's CIFAR and LRN models.
+    fn pooled_node_of(&self, g: &Graph) -> String {
+        ["flatten", "view"]
+            .into_iter()
+            .find(|n| g.find(n).is_some())
+            .unwrap_or("flatten")
+            .to_string()
     }
 
     /// The graph at the default input size with batch `n`.
@@ -257,18 +553,13 @@ impl Model {
     /// The node holding the pooled feature vector (the flattened input of the classifier):
     /// `flatten`, or `view` in the seed's CIFAR and LRN models.
     pub fn pooled_node(&self) -> String {
-        let g = self.default_graph(1);
-        ["flatten", "view"]
-            .into_iter()
-            .find(|n| g.find(n).is_some())
-            .unwrap_or("flatten")
-            .to_string()
+        self.pooled_node_of(&self.default_graph(1))
     }
 
     /// Stage outputs a user may ask for as features (torchvision node names).
     pub fn feature_nodes(&self) -> Vec<String> {
         let g = self.default_graph(1);
-        match self.family {
+        let all: Vec<String> = match self.family {
             Family::ResNet { .. } => [
                 "relu", "layer1", "layer2", "layer3", "layer4", "flatten", "fc",
             ]
@@ -291,6 +582,8 @@ impl Model {
                 v.extend(head.iter().map(|s| s.to_string()));
                 v
             }
-        }
+        };
+        // Those a headless model still has.
+        all.into_iter().filter(|n| g.find(n).is_some()).collect()
     }
 }

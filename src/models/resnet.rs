@@ -1,6 +1,8 @@
 //! ResNet, read against `torchvision/models/resnet.py`: torchvision's v1.5 (stride on
 //! the 3x3 conv), the seed's caffe-style variant (stride on the first 1x1 conv of
 //! layer2-4, max-pool k3 s2 p0 with ceil_mode) and the seed's GroupNorm(32, C) variant.
+//! torchvision's ResNeXt and Wide ResNet are the same bottleneck with grouped or wider 3x3
+//! convolutions (`groups`, `width_per_group`).
 //! Node names are torchvision's feature-extraction names (`layer1.0.relu_1`, ...).
 
 use crate::graph::{Conv2d, GraphBuilder, GraphError, Pool2d, Value};
@@ -30,12 +32,34 @@ pub fn layers(depth: usize) -> Option<(Block, [usize; 4])> {
     })
 }
 
+/// The bottleneck's 3x3 convolution: `groups` groups of `width_per_group` channels per 64
+/// planes (ResNet 1 x 64, ResNeXt-50 32x4d 32 x 4, Wide ResNet-50-2 1 x 128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Width {
+    pub groups: usize,
+    pub per_group: usize,
+}
+
+impl Width {
+    pub const PLAIN: Width = Width {
+        groups: 1,
+        per_group: 64,
+    };
+    /// The bottleneck's inner width for `planes` (torchvision's
+    /// `int(planes * (base_width / 64.0)) * groups`).
+    fn of(self, planes: usize) -> usize {
+        planes * self.per_group / 64 * self.groups
+    }
+}
+
 struct Net<'a> {
     b: &'a mut GraphBuilder,
     variant: Variant,
+    width: Width,
 }
 
 impl Net<'_> {
+    /// A bias-free `k` x `k` convolution padded to keep the size at stride 1.
     fn conv(
         &mut self,
         name: &str,
@@ -45,9 +69,21 @@ impl Net<'_> {
         k: usize,
         stride: usize,
     ) -> Result<Value, GraphError> {
+        self.grouped(name, x, cin, cout, (k, stride, 1))
+    }
+
+    fn grouped(
+        &mut self,
+        name: &str,
+        x: Value,
+        cin: usize,
+        cout: usize,
+        (k, stride, groups): (usize, usize, usize),
+    ) -> Result<Value, GraphError> {
         let cfg = Conv2d::new(cin, cout, k)
             .stride(stride)
             .padding(k / 2)
+            .groups(groups)
             .bias(false);
         self.b.conv2d(name, x, cfg)
     }
@@ -85,13 +121,15 @@ impl Net<'_> {
                 } else {
                     (1, stride)
                 };
-                let y = self.conv(&format!("{p}.conv1"), x, cin, planes, 1, s1)?;
-                let y = self.norm(&format!("{p}.bn1"), y, planes)?;
+                let width = self.width.of(planes);
+                let groups = self.width.groups;
+                let y = self.conv(&format!("{p}.conv1"), x, cin, width, 1, s1)?;
+                let y = self.norm(&format!("{p}.bn1"), y, width)?;
                 let y = self.b.relu(&format!("{p}.relu"), y)?;
-                let y = self.conv(&format!("{p}.conv2"), y, planes, planes, 3, s2)?;
-                let y = self.norm(&format!("{p}.bn2"), y, planes)?;
+                let y = self.grouped(&format!("{p}.conv2"), y, width, width, (3, s2, groups))?;
+                let y = self.norm(&format!("{p}.bn2"), y, width)?;
                 let y = self.b.relu(&format!("{p}.relu_1"), y)?;
-                let y = self.conv(&format!("{p}.conv3"), y, planes, cout, 1, 1)?;
+                let y = self.conv(&format!("{p}.conv3"), y, width, cout, 1, 1)?;
                 self.norm(&format!("{p}.bn3"), y, cout)?
             }
         };
@@ -116,11 +154,12 @@ pub fn resnet(
     x: Value,
     depth: usize,
     variant: Variant,
+    width: Width,
     num_classes: usize,
 ) -> Result<Value, GraphError> {
     let (kind, counts) =
         layers(depth).ok_or_else(|| GraphError::UnknownNode(format!("resnet{depth}"), vec![]))?;
-    let mut n = Net { b, variant };
+    let mut n = Net { b, variant, width };
     let x = n.conv("conv1", x, 3, 64, 7, 2)?;
     let x = n.norm("bn1", x, 64)?;
     let x = n.b.relu("relu", x)?;

@@ -4,8 +4,10 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
+pub mod pth;
 
 use crate::graph::Graph;
+use crate::models::Model;
 use crate::tensor::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
@@ -17,10 +19,12 @@ pub type TensorMap = HashMap<String, Tensor>;
 /// Everything that can be wrong with a weights file, one line each.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WeightsError {
-    #[error("not a safetensors file: {0}")]
+    #[error("not a safetensors file (nor a PyTorch checkpoint): {0}")]
     NotSafetensors(String),
     #[error("truncated safetensors file: {0}")]
     Truncated(String),
+    #[error("PyTorch checkpoint: {0}")]
+    Checkpoint(String),
     #[error("tensor '{key}' has dtype {dtype}, supported are F32, F16, BF16 and F64")]
     UnsupportedDtype { key: String, dtype: String },
     #[error("missing weight '{key}' (expected shape {shape:?}){hint}")]
@@ -39,7 +43,9 @@ pub enum WeightsError {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
-    #[error("bad weights source '{0}': use a .safetensors path, synthetic:SEED or hf:REPO")]
+    #[error(
+        "bad weights source '{0}': use a .safetensors or .pth path, synthetic:SEED or hf:REPO"
+    )]
     BadSource(String),
     #[error("{0}")]
     Io(String),
@@ -149,17 +155,60 @@ fn duplicate_key(header: &[u8]) -> Option<String> {
 
 /// Serialise f32 tensors as `.safetensors` (sorted keys).
 pub fn save_safetensors(tensors: &TensorMap) -> Vec<u8> {
-    let sorted: BTreeMap<&String, Vec<u8>> = tensors
-        .iter()
-        .map(|(k, t)| (k, t.data().iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
+    save_safetensors_as(tensors, StoreAs::F32)
+}
+
+/// The element type [`save_safetensors_as`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreAs {
+    F32,
+    /// Half the size; values rounded to nearest (f16 overflows to infinity past 65504).
+    F16,
+    /// Half the size, f32's range, 8 bits of mantissa.
+    BF16,
+}
+
+impl std::str::FromStr for StoreAs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(StoreAs::F32),
+            "f16" => Ok(StoreAs::F16),
+            "bf16" => Ok(StoreAs::BF16),
+            _ => Err(format!("unknown dtype '{s}' (f32, f16 or bf16)")),
+        }
+    }
+}
+
+/// Serialise tensors as `.safetensors` with their values stored `as` (sorted keys).
+pub fn save_safetensors_as(tensors: &TensorMap, dtype: StoreAs) -> Vec<u8> {
+    let encode = |t: &Tensor| -> Vec<u8> {
+        match dtype {
+            StoreAs::F32 => t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            StoreAs::F16 => t
+                .data()
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            StoreAs::BF16 => t
+                .data()
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    };
+    let st = match dtype {
+        StoreAs::F32 => Dtype::F32,
+        StoreAs::F16 => Dtype::F16,
+        StoreAs::BF16 => Dtype::BF16,
+    };
+    let sorted: BTreeMap<&String, Vec<u8>> = tensors.iter().map(|(k, t)| (k, encode(t))).collect();
     let views = sorted.iter().map(|(k, bytes)| {
-        let view =
-            safetensors::tensor::TensorView::new(Dtype::F32, tensors[*k].shape().to_vec(), bytes)
-                .expect("shape matches data");
+        let view = safetensors::tensor::TensorView::new(st, tensors[*k].shape().to_vec(), bytes)
+            .expect("shape matches data");
         (k.as_str(), view)
     });
-    safetensors::serialize(views, None).expect("f32 tensors serialise")
+    safetensors::serialize(views, None).expect("tensors serialise")
 }
 
 /// Rename timm's checkpoint keys to torchvision's where they differ: timm's VGG keeps
@@ -283,11 +332,53 @@ impl std::str::FromStr for Source {
     }
 }
 
-/// Weights for `graph` from raw safetensors bytes: parsed, timm keys mapped, checked.
+/// The tensors of any weights file by their state-dict names: `.safetensors`, or a
+/// PyTorch checkpoint (`.pth` / `.pt` / `.bin`, wrappers unwrapped); timm's keys mapped.
+/// Also returns notices saying what was unwrapped or renamed.
+pub fn read(bytes: &[u8]) -> Result<(TensorMap, Vec<String>), WeightsError> {
+    let (w, notices) = if pth::looks_like(bytes) {
+        pth::load(bytes)?
+    } else {
+        (load_safetensors(bytes)?, vec![])
+    };
+    Ok((map_timm_keys(w), notices))
+}
+
+/// Weights for `graph` from raw bytes (safetensors or a PyTorch checkpoint): parsed, timm
+/// keys mapped, checked.
 pub fn from_bytes(graph: &Graph, bytes: &[u8]) -> Result<(TensorMap, Vec<String>), WeightsError> {
-    let w = map_timm_keys(load_safetensors(bytes)?);
+    let (w, _) = read(bytes)?;
     let warnings = check(graph, &w)?;
     Ok((w, warnings))
+}
+
+/// A model with its weights: the head fitted to them (any class count, or none), checked.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub model: Model,
+    pub tensors: TensorMap,
+    /// Keys holding NaN or Inf (they run, and the outputs they reach are NaN too).
+    pub non_finite: Vec<String>,
+    /// What the reader unwrapped or renamed, for the user to see.
+    pub notices: Vec<String>,
+}
+
+/// Fit `model`'s head to `tensors` ([`Model::fit_head`]) and check every parameter.
+pub fn fit(model: Model, tensors: TensorMap, notices: Vec<String>) -> Result<Loaded, WeightsError> {
+    let model = model.fit_head(&tensors);
+    let non_finite = check(&model.default_graph(1), &tensors)?;
+    Ok(Loaded {
+        model,
+        tensors,
+        non_finite,
+        notices,
+    })
+}
+
+/// [`read`] then [`fit`]: a user's file for a model id.
+pub fn from_bytes_for(model: Model, bytes: &[u8]) -> Result<Loaded, WeightsError> {
+    let (w, notices) = read(bytes)?;
+    fit(model, w, notices)
 }
 
 /// Synthetic weights for `graph` (every key has a PRNG rule).
@@ -295,16 +386,20 @@ pub fn synthetic(graph: &Graph, seed: u64) -> TensorMap {
     crate::prng::synth_params(graph, seed).expect("every model parameter has a synthesis rule")
 }
 
-/// Weights for `graph` from `source` (native: reads files, downloads `hf:` repos).
-/// Returns the tensors and the keys holding NaN / Inf.
+/// Weights for `model` from `source` (native: reads files, downloads `hf:` repos), its
+/// head fitted to them; synthetic weights keep the model's head.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn load(
-    source: &Source,
-    graph: &Graph,
-    progress: bool,
-) -> Result<(TensorMap, Vec<String>), WeightsError> {
+pub fn load(source: &Source, model: Model, progress: bool) -> Result<Loaded, WeightsError> {
     let path = match source {
-        Source::Synthetic(seed) => return Ok((synthetic(graph, *seed), vec![])),
+        Source::Synthetic(seed) => {
+            let tensors = synthetic(&model.default_graph(1), *seed);
+            return Ok(Loaded {
+                model,
+                tensors,
+                non_finite: vec![],
+                notices: vec![],
+            });
+        }
         Source::Hub(repo) => hub::fetch(repo, progress)?,
         Source::File(p) => PathBuf::from(p),
     };
@@ -321,7 +416,7 @@ pub fn load(
     }
     let bytes = std::fs::read(&path)
         .map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))?;
-    from_bytes(graph, &bytes)
+    from_bytes_for(model, &bytes)
 }
 
 /// Memory the system can still give this process (Linux's MemAvailable), if known.

@@ -140,3 +140,85 @@ pub fn gpu_with(opts: webcnn::backend::gpu::GpuOptions) -> webcnn::backend::gpu:
         ),
     }
 }
+
+/// `tensors` as `torch.save(state_dict)` writes them (the zip format, pickle protocol 2,
+/// one f32 storage per tensor); `wrapped`: as a training script saves a DataParallel model,
+/// `{'epoch': 3, 'state_dict': {'module.' + key: ...}}`.
+pub fn torch_save(tensors: &HashMap<String, Tensor>, wrapped: bool) -> Vec<u8> {
+    use std::io::Write;
+    fn unicode(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: usize) {
+        p.push(b'J');
+        p.extend((v as i32).to_le_bytes());
+    }
+    fn ints(p: &mut Vec<u8>, v: &[usize]) {
+        p.push(b'(');
+        v.iter().for_each(|&d| int(p, d));
+        p.push(b't');
+    }
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    let mut p = vec![0x80, 2];
+    if wrapped {
+        p.extend(b"}(");
+        unicode(&mut p, "epoch");
+        int(&mut p, 3);
+        unicode(&mut p, "state_dict");
+    }
+    p.extend(b"ccollections\nOrderedDict\n)R(");
+    for (i, k) in keys.iter().enumerate() {
+        let t = &tensors[*k];
+        unicode(
+            &mut p,
+            &if wrapped {
+                format!("module.{k}")
+            } else {
+                k.to_string()
+            },
+        );
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        unicode(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        unicode(&mut p, &i.to_string());
+        unicode(&mut p, "cpu");
+        int(&mut p, t.len());
+        p.extend(b"tQ");
+        int(&mut p, 0);
+        ints(&mut p, t.shape());
+        let mut stride = vec![1usize; t.shape().len()];
+        for d in (0..stride.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * t.shape()[d + 1];
+        }
+        ints(&mut p, &stride);
+        p.extend(b"\x89ccollections\nOrderedDict\n)RtR");
+    }
+    p.push(b'u');
+    if wrapped {
+        p.push(b'u');
+    }
+    p.push(b'.');
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .with_alignment(64);
+    zip.start_file("archive/data.pkl", opts).unwrap();
+    zip.write_all(&p).unwrap();
+    zip.start_file("archive/byteorder", opts).unwrap();
+    zip.write_all(b"little").unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        zip.start_file(format!("archive/data/{i}"), opts).unwrap();
+        let bytes: Vec<u8> = tensors[*k]
+            .data()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        zip.write_all(&bytes).unwrap();
+    }
+    zip.start_file("archive/version", opts).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap().into_inner()
+}

@@ -17,7 +17,9 @@ export type ErrorCode =
   | 'DISPOSED'
   | 'BAD_ARGUMENT'
   | 'IO'
-  | 'INTERNAL';
+  | 'INTERNAL'
+  | 'NO_CLASSIFIER'
+  | 'BAD_LABELS';
 
 export class WebcnnError extends Error {
   readonly name: 'WebcnnError';
@@ -32,7 +34,9 @@ export type ModelId =
   | 'vgg16_cifar' | 'vgg16_bn_cifar' | 'vgg19_cifar' | 'vgg19_bn_cifar'
   | 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152'
   | 'resnet18_caffe' | 'resnet34_caffe' | 'resnet50_caffe' | 'resnet101_caffe' | 'resnet152_caffe'
-  | 'resnet50_gn' | 'resnet101_gn';
+  | 'resnet50_gn' | 'resnet101_gn'
+  | 'resnext50_32x4d' | 'resnext101_32x8d' | 'resnext101_64x4d'
+  | 'wide_resnet50_2' | 'wide_resnet101_2';
 
 export interface ModelSpec {
   id: ModelId;
@@ -42,6 +46,7 @@ export interface ModelSpec {
   macs: number;
   /** Default input: [channels, height, width]. */
   input: [number, number, number];
+  /** The id's own head; a fine-tuned checkpoint brings its own (see ModelInfo). */
   labels: 'imagenet1k' | 'cifar10';
   numClasses: number;
   /** Stage outputs for `features()` (any torchvision node name works). */
@@ -52,7 +57,7 @@ export interface ModelSpec {
   preprocess: { resize: number; crop: number; mean: [number, number, number]; std: [number, number, number] };
 }
 
-/** The 30 models of the zoo. */
+/** The 35 models of the zoo. */
 export function models(): ModelSpec[];
 
 export type Device = 'auto' | 'webgpu' | 'cpu';
@@ -74,7 +79,19 @@ export interface Progress {
 
 export interface LoadOptions {
   model: ModelId;
+  /**
+   * safetensors or a PyTorch checkpoint (`torch.save`: .pth / .pt / .bin). The head's size
+   * comes from the weights: a fine-tuned classifier of any class count, or none (a
+   * feature extractor, whose classify() and cam() reject with NO_CLASSIFIER).
+   */
   weights: WeightsSource;
+  /**
+   * Names of the head's classes: an array, or the URL (a path in Node) of a label file: one
+   * per line, a JSON array, a JSON object of index to name, or a timm config.json with
+   * label_names. A count other than the head's rejects with BAD_LABELS. Default: the id's
+   * own (ImageNet, CIFAR-10) where the count is theirs, else 'class 0' .. 'class N-1'.
+   */
+  labels?: string[] | string | URL;
   /** 'auto' (default): WebGPU on a hardware adapter, else the CPU (wasm); 'webgpu' forces WebGPU. */
   device?: Device;
   /**
@@ -121,8 +138,14 @@ export interface ModelInfo {
   /** Why the CPU runs although 'auto' was asked for, else null. */
   notice: string | null;
   inputSize: [number, number, number];
-  labels: 'imagenet1k' | 'cifar10';
+  /** Where the class names come from: the id's own sets, numbers, or the `labels` option. */
+  labels: 'imagenet1k' | 'cifar10' | 'numbered' | 'custom';
+  /** Classes of the head the weights hold; 0 for a feature extractor. */
   numClasses: number;
+  /** One name per class. */
+  classNames: readonly string[];
+  /** What reading the weights unwrapped (a checkpoint's 'state_dict' entry, a 'module.' prefix). */
+  notices: string[];
   /** Weights holding NaN or Inf. */
   warnings: string[];
 }

@@ -15,7 +15,8 @@ export function _setEnv(e) {
 const CODES = new Set([
   'UNKNOWN_MODEL', 'WEIGHTS_MISSING_KEY', 'WEIGHTS_UNEXPECTED_KEY', 'WEIGHTS_SHAPE',
   'WEIGHTS_FORMAT', 'DOWNLOAD', 'BAD_IMAGE', 'BAD_INPUT_SHAPE', 'NO_WEBGPU', 'DEVICE_LOST',
-  'DEVICE_LIMIT', 'GPU', 'DISPOSED', 'BAD_ARGUMENT', 'IO', 'INTERNAL',
+  'DEVICE_LIMIT', 'GPU', 'DISPOSED', 'BAD_ARGUMENT', 'IO', 'INTERNAL', 'NO_CLASSIFIER',
+  'BAD_LABELS',
 ]);
 
 /** Every error this package throws or rejects with. */
@@ -245,6 +246,7 @@ export async function load(options) {
   if (onProgress !== undefined && typeof onProgress !== 'function') fail('BAD_ARGUMENT', 'onProgress must be a function');
   const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
   const source = weightsSource(weights, options);
+  const labels = await labelsText(options.labels);
   try {
     await init({ wasm: options.wasm, threads: options.threads });
   } catch (e) {
@@ -260,7 +262,7 @@ export async function load(options) {
       progress({ phase: 'prepare', loaded: 0, total: 1 });
       const cache = device === 'cpu' ? null : await env.tuningGet();
       const engine = await Promise.race([
-        wasmModule.Engine.load(model, bytes, source.seed ?? 1, device, precision, tuning, cache ?? undefined),
+        wasmModule.Engine.load(model, bytes, source.seed ?? 1, device, precision, tuning, cache ?? undefined, labels),
         panicOf(gen).promise,
       ]);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
@@ -272,6 +274,33 @@ export async function load(options) {
   };
   const { engine, gen } = await create();
   return new Model(engine, gen, describe(engine), create);
+}
+
+/**
+ * The `labels` option as the text the engine parses: an array of names, or a URL / local
+ * path of a label file (lines, a JSON array or object, a timm config.json).
+ */
+async function labelsText(labels) {
+  if (labels === undefined || labels === null) return undefined;
+  if (Array.isArray(labels)) {
+    if (!labels.every((l) => typeof l === 'string')) fail('BAD_LABELS', 'labels must be strings');
+    return JSON.stringify(labels);
+  }
+  if (typeof labels !== 'string' && !(typeof URL !== 'undefined' && labels instanceof URL)) {
+    fail('BAD_ARGUMENT', 'labels must be an array of names, or the URL of a label file');
+  }
+  const where = String(labels);
+  const file = env.localFile(where);
+  try {
+    if (file) return new TextDecoder().decode(await env.readFile(file));
+    const url = typeof location !== 'undefined' ? new URL(where, location.href).href : where;
+    const r = await fetch(url);
+    if (!r.ok) fail('DOWNLOAD', `labels: ${url}: HTTP ${r.status}`);
+    return await r.text();
+  } catch (e) {
+    if (e instanceof WebcnnError) throw e;
+    throw new WebcnnError('IO', `labels: ${where}: ${(e && e.message) || e}`, { cause: e });
+  }
 }
 
 /** The public `info` of an engine. */
@@ -288,6 +317,8 @@ function describe(engine) {
     inputSize: raw.inputSize,
     labels: raw.labels,
     numClasses: raw.numClasses,
+    classNames: Object.freeze([...raw.classNames]),
+    notices: raw.notices,
     warnings: raw.warnings,
   });
 }
@@ -379,7 +410,7 @@ export class Model {
     this.#create = create;
   }
 
-  /** `{ id, backend, adapter, precision, threads, tunedShapes, notice, inputSize, labels, numClasses, warnings }`. */
+  /** `{ id, backend, adapter, precision, threads, tunedShapes, notice, inputSize, labels, numClasses, classNames, notices, warnings }`. */
   get info() {
     return this.#info;
   }
