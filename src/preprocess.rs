@@ -2,9 +2,8 @@
 //! 16-bit images become 8-bit RGB), then torchvision's eval transform: resize the shorter
 //! side, center-crop, scale to [0, 1] and normalise.
 
-use crate::models::Preprocess;
 use crate::tensor::Tensor;
-use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageReader};
 use std::io::Cursor;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,13 +102,403 @@ fn round_half_even(v: f64) -> i64 {
     }
 }
 
-/// Resized images larger than this (pixels) are not made whole: only extreme aspect
-/// ratios (a 1 x 20000 strip would become 256 x 5,120,000) get there.
-const MAX_RESIZED_PIXELS: u64 = 16 << 20;
+/// How pixels are interpolated when the image is scaled: PIL's filters, antialiased when
+/// shrinking (the path torchvision and timm take on PIL images).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpolation {
+    Bilinear,
+    Bicubic,
+    Nearest,
+}
 
-/// `Resize(resize)` (bilinear, antialiased) + `CenterCrop(crop)` + `ToTensor` + `Normalize`:
-/// a `[3, crop, crop]` tensor, as one image of a batch. Working memory follows the output:
-/// past `MAX_RESIZED_PIXELS` only the part of the source the crop sees is resized.
+impl std::str::FromStr for Interpolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bilinear" => Ok(Interpolation::Bilinear),
+            "bicubic" => Ok(Interpolation::Bicubic),
+            "nearest" => Ok(Interpolation::Nearest),
+            _ => Err(format!(
+                "unknown interpolation '{s}' (bilinear, bicubic or nearest)"
+            )),
+        }
+    }
+}
+
+impl Interpolation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Interpolation::Bilinear => "bilinear",
+            Interpolation::Bicubic => "bicubic",
+            Interpolation::Nearest => "nearest",
+        }
+    }
+}
+
+/// How the scaled image becomes the input's size (timm's `crop_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CropMode {
+    /// Shorter side to `size / crop_pct`, then the central `size` (torchvision's
+    /// `Resize` + `CenterCrop`).
+    Center,
+    /// Both sides to `size / crop_pct` (the aspect ratio not kept), then the center.
+    Squash,
+    /// Longer side to `size / crop_pct`, then padded with the mean colour to `size`.
+    Border,
+}
+
+impl std::str::FromStr for CropMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "center" => Ok(CropMode::Center),
+            "squash" => Ok(CropMode::Squash),
+            "border" => Ok(CropMode::Border),
+            _ => Err(format!(
+                "unknown crop mode '{s}' (center, squash or border)"
+            )),
+        }
+    }
+}
+
+impl CropMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CropMode::Center => "center",
+            CropMode::Squash => "squash",
+            CropMode::Border => "border",
+        }
+    }
+}
+
+/// How images are prepared for a model: timm's eval transform (`resolve_data_config` +
+/// `create_transform`), of which torchvision's `Resize(256)` + `CenterCrop(224)` is the
+/// case `size` 224, `crop_pct` 0.875, bilinear, center.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    /// The input tensor's height and width.
+    pub size: [usize; 2],
+    /// The image is scaled to `floor(size / crop_pct)` before the crop (1: no margin).
+    pub crop_pct: f64,
+    pub interpolation: Interpolation,
+    pub crop_mode: CropMode,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// Torchvision's `Resize(resize)` + `CenterCrop(crop)`, bilinear.
+    pub fn resize_crop(resize: usize, crop: usize, mean: [f32; 3], std: [f32; 3]) -> Preprocess {
+        Preprocess {
+            size: [crop, crop],
+            crop_pct: crop as f64 / resize as f64,
+            interpolation: Interpolation::Bilinear,
+            crop_mode: CropMode::Center,
+            mean,
+            std,
+        }
+    }
+
+    /// The size the image is scaled to before the crop: `floor(size / crop_pct)` per side.
+    pub fn scale_size(&self) -> [usize; 2] {
+        self.size
+            .map(|x| ((x as f64 / self.crop_pct).floor() as usize).max(1))
+    }
+
+    /// Every field in range: sizes from 1 to 4096, `crop_pct` in (0, 1] past 1/16,
+    /// finite means, positive finite stds.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.size.iter().any(|&s| !(1..=4096).contains(&s)) {
+            return Err(format!(
+                "input size {}x{} is outside 1..=4096",
+                self.size[0], self.size[1]
+            ));
+        }
+        if !(self.crop_pct > 1.0 / 16.0 && self.crop_pct <= 1.0) {
+            return Err(format!("crop_pct {} is outside (0.0625, 1]", self.crop_pct));
+        }
+        if self.mean.iter().any(|m| !m.is_finite()) {
+            return Err("the mean must be finite".into());
+        }
+        if self.std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return Err("the std must be positive and finite".into());
+        }
+        Ok(())
+    }
+}
+
+impl Preprocess {
+    /// These settings overridden by the ones a timm `pretrained_cfg` names (`input_size`
+    /// as `[3, h, w]`, `[h, w]` or one number; `crop_pct`, `interpolation`, `crop_mode`,
+    /// `mean`, `std`); other keys are ignored. The result is validated.
+    pub fn with_timm_cfg(mut self, cfg: &serde_json::Value) -> Result<Preprocess, String> {
+        let num = |v: &serde_json::Value, what: &str| {
+            v.as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("{what} must be a number"))
+        };
+        let int = |v: &serde_json::Value| {
+            v.as_u64()
+                .filter(|&x| x > 0 && x <= 4096)
+                .map(|x| x as usize)
+                .ok_or_else(|| format!("input_size {v} is not a size from 1 to 4096"))
+        };
+        if let Some(v) = cfg.get("input_size").filter(|v| !v.is_null()) {
+            self.size = match v.as_array().map(|a| a.as_slice()) {
+                Some([c, h, w]) => {
+                    if c.as_u64() != Some(3) {
+                        return Err(format!(
+                            "input_size {v}: only 3 channels (RGB) are supported"
+                        ));
+                    }
+                    [int(h)?, int(w)?]
+                }
+                Some([h, w]) => [int(h)?, int(w)?],
+                Some(_) => return Err(format!("input_size {v} is not [3, h, w] or [h, w]")),
+                None => {
+                    let n = int(v)?;
+                    [n, n]
+                }
+            };
+        }
+        if let Some(v) = cfg.get("crop_pct").filter(|v| !v.is_null()) {
+            self.crop_pct = num(v, "crop_pct")?;
+        }
+        if let Some(v) = cfg.get("interpolation").filter(|v| !v.is_null()) {
+            self.interpolation = v
+                .as_str()
+                .ok_or("interpolation must be a string")?
+                .parse()?;
+        }
+        if let Some(v) = cfg.get("crop_mode").filter(|v| !v.is_null()) {
+            self.crop_mode = v.as_str().ok_or("crop_mode must be a string")?.parse()?;
+        }
+        for (key, dst) in [("mean", &mut self.mean), ("std", &mut self.std)] {
+            if let Some(v) = cfg.get(key).filter(|v| !v.is_null()) {
+                match v.as_array().map(|a| a.as_slice()) {
+                    Some([a, b, c]) => {
+                        *dst = [
+                            num(a, key)? as f32,
+                            num(b, key)? as f32,
+                            num(c, key)? as f32,
+                        ]
+                    }
+                    _ => return Err(format!("{key} must be three numbers (R, G, B)")),
+                }
+            }
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The settings in timm's `pretrained_cfg` names (what [`Preprocess::with_timm_cfg`] reads).
+    pub fn to_timm_cfg(&self) -> serde_json::Value {
+        serde_json::json!({
+            "input_size": [3, self.size[0], self.size[1]],
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation.name(),
+            "crop_mode": self.crop_mode.name(),
+            "mean": self.mean,
+            "std": self.std,
+        })
+    }
+}
+
+/// PIL's fixed point for 8-bit resampling (`PRECISION_BITS` in its Resample.c).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// The resampling weights of output pixels `range` of an `n_in` -> `n_out` resize along one
+/// axis, as PIL computes them (`precompute_coeffs` + `normalize_coeffs_8bpc`): for each
+/// output pixel its first source pixel and fixed-point weights.
+fn coeffs(
+    n_in: usize,
+    n_out: usize,
+    f: Interpolation,
+    range: std::ops::Range<usize>,
+) -> Vec<(usize, Vec<i32>)> {
+    let (support, filter): (f64, fn(f64) -> f64) = match f {
+        Interpolation::Bilinear => (1.0, |x: f64| {
+            let x = x.abs();
+            if x < 1.0 {
+                1.0 - x
+            } else {
+                0.0
+            }
+        }),
+        // Keys' cubic with a = -0.5.
+        Interpolation::Bicubic => (2.0, |x: f64| {
+            let a = -0.5;
+            let x = x.abs();
+            if x < 1.0 {
+                ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+            } else if x < 2.0 {
+                (((x - 5.0) * x + 8.0) * x - 4.0) * a
+            } else {
+                0.0
+            }
+        }),
+        Interpolation::Nearest => unreachable!("nearest takes no weights"),
+    };
+    let scale = n_in as f64 / n_out as f64;
+    let filterscale = scale.max(1.0);
+    let support = support * filterscale;
+    range
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's truncating casts, as PIL rounds.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(n_in as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax.max(xmin))
+                .map(|x| filter((x as f64 - center + 0.5) * ss))
+                .collect();
+            let total: f64 = w.iter().sum();
+            let k = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let fx = v * (1u32 << PRECISION_BITS) as f64;
+                    if fx < 0.0 {
+                        (fx - 0.5) as i32
+                    } else {
+                        (fx + 0.5) as i32
+                    }
+                })
+                .collect();
+            (xmin, k)
+        })
+        .collect()
+}
+
+/// PIL's `clip8`: a fixed-point sum back to a byte.
+fn clip8(v: i64) -> u8 {
+    if v >= (1i64 << PRECISION_BITS << 8) {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PRECISION_BITS) as u8
+    }
+}
+
+/// Rows `rows` x columns `cols` of `src` (`w` x `h`, RGB) resized to `ow` x `oh` as PIL's
+/// `Image.resize` does (horizontal pass first, each pass rounded to bytes; nearest by its
+/// affine sampling). Only those output pixels are computed, so memory follows the crop,
+/// and each equals the full resize's.
+fn resize_window(
+    src: &image::RgbImage,
+    (ow, oh): (usize, usize),
+    f: Interpolation,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Vec<[u8; 3]> {
+    let (w, h) = (src.width() as usize, src.height() as usize);
+    let px = |x: usize, y: usize| src.get_pixel(x as u32, y as u32).0;
+    if f == Interpolation::Nearest {
+        let pick = |o: usize, n_in: usize, n_out: usize| {
+            (((o as f64 + 0.5) * (n_in as f64 / n_out as f64)) as usize).min(n_in - 1)
+        };
+        return rows
+            .flat_map(|y| cols.clone().map(move |x| (x, y)))
+            .map(|(x, y)| px(pick(x, w, ow), pick(y, h, oh)))
+            .collect();
+    }
+    let (same_w, same_h) = (w == ow, h == oh);
+    let kx = (!same_w).then(|| coeffs(w, ow, f, cols.clone()));
+    let ky = (!same_h).then(|| coeffs(h, oh, f, rows.clone()));
+    // The source rows the vertical pass reads.
+    let (y0, y1) = match &ky {
+        Some(k) => (
+            k.iter().map(|(s, _)| *s).min().unwrap_or(0),
+            k.iter().map(|(s, w)| s + w.len()).max().unwrap_or(0),
+        ),
+        None => (rows.start, rows.end),
+    };
+    let nc = cols.len();
+    // Horizontal pass over the rows needed: [y1 - y0][nc] bytes.
+    let mut tmp = vec![[0u8; 3]; (y1 - y0) * nc];
+    for y in y0..y1 {
+        for (i, x) in cols.clone().enumerate() {
+            tmp[(y - y0) * nc + i] = match &kx {
+                None => px(x, y),
+                Some(k) => {
+                    let (s, ws) = &k[i];
+                    let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+                    for (j, &wt) in ws.iter().enumerate() {
+                        let p = px(s + j, y);
+                        for c in 0..3 {
+                            acc[c] += p[c] as i64 * wt as i64;
+                        }
+                    }
+                    acc.map(clip8)
+                }
+            };
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len() * nc);
+    for (r, y) in rows.clone().enumerate() {
+        for i in 0..nc {
+            out.push(match &ky {
+                None => tmp[(y - y0) * nc + i],
+                Some(k) => {
+                    let (s, ws) = &k[r];
+                    let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+                    for (j, &wt) in ws.iter().enumerate() {
+                        let p = tmp[(s + j - y0) * nc + i];
+                        for c in 0..3 {
+                            acc[c] += p[c] as i64 * wt as i64;
+                        }
+                    }
+                    acc.map(clip8)
+                }
+            });
+        }
+    }
+    out
+}
+
+/// Where a `crop`-long window starts along an axis of `n` (negative: padded), as
+/// torchvision's `center_crop` and timm's `CenterCropOrPad` place it.
+fn crop_start(n: usize, crop: usize) -> i64 {
+    if crop > n {
+        -(((crop - n) / 2) as i64)
+    } else {
+        round_half_even((n as f64 - crop as f64) / 2.0)
+    }
+}
+
+/// The scaled size (height, width) of an `h` x `w` image before the crop.
+fn scaled(p: &Preprocess, h: usize, w: usize) -> (usize, usize) {
+    let [sh, sw] = p.scale_size();
+    let keep_ratio = |longest: f64| {
+        // timm's ResizeKeepRatio: one ratio for both sides, Python's round.
+        let (rh, rw) = (h as f64 / sh as f64, w as f64 / sw as f64);
+        let ratio = rh.max(rw) * longest + rh.min(rw) * (1.0 - longest);
+        (
+            round_half_even(h as f64 / ratio).max(1) as usize,
+            round_half_even(w as f64 / ratio).max(1) as usize,
+        )
+    };
+    match p.crop_mode {
+        CropMode::Squash => (sh, sw),
+        CropMode::Border => keep_ratio(1.0),
+        CropMode::Center if sh == sw => {
+            // torchvision's Resize(int): the shorter side to `s`, the longer one scaled and
+            // truncated.
+            let s = sh;
+            if w <= h {
+                (((s as f64 * h as f64 / w as f64) as usize).max(1), s)
+            } else {
+                (s, ((s as f64 * w as f64 / h as f64) as usize).max(1))
+            }
+        }
+        CropMode::Center => keep_ratio(0.0),
+    }
+}
+
+/// The eval transform ([`Preprocess`]) + `ToTensor` + `Normalize`: a `[3, h, w]` tensor,
+/// as one image of a batch. Resized pixels equal PIL's; only those the crop keeps are
+/// computed.
 pub fn to_chw(img: &DynamicImage, p: &Preprocess) -> Vec<f32> {
     let mut rgb = img.to_rgb8();
     // An empty image (which `decode` refuses, but a caller can build one) is one black
@@ -118,66 +507,43 @@ pub fn to_chw(img: &DynamicImage, p: &Preprocess) -> Vec<f32> {
         rgb = image::RgbImage::new(1, 1);
     }
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    // Shorter side to `resize`, the longer one scaled and truncated, as torchvision does.
-    let (nw, nh) = if w <= h {
-        (p.resize, (p.resize as f64 * h as f64 / w as f64) as usize)
-    } else {
-        ((p.resize as f64 * w as f64 / h as f64) as usize, p.resize)
+    let (nh, nw) = scaled(p, h, w);
+    let [ch, cw] = p.size;
+    let (top, left) = (crop_start(nh, ch), crop_start(nw, cw));
+    // The resized pixels the crop reads.
+    let rows = top.max(0) as usize..((top + ch as i64).min(nh as i64)) as usize;
+    let cols = left.max(0) as usize..((left + cw as i64).min(nw as i64)) as usize;
+    let pixels = resize_window(&rgb, (nw, nh), p.interpolation, rows.clone(), cols.clone());
+    // Padding: black for a crop, the mean colour for a border (timm's fill).
+    let fill: [u8; 3] = match p.crop_mode {
+        CropMode::Border => p
+            .mean
+            .map(|m| round_half_even(255.0 * m as f64).clamp(0, 255) as u8),
+        _ => [0; 3],
     };
-    let (nw, nh) = (nw.max(1), nh.max(1));
-    let top = round_half_even((nh as f64 - p.crop as f64) / 2.0);
-    let left = round_half_even((nw as f64 - p.crop as f64) / 2.0);
-    // The resized pixels the crop reads: rows top..top+crop, columns left..left+crop.
-    let (resized, (top, left)) = if nw as u64 * nh as u64 <= MAX_RESIZED_PIXELS {
-        let r = image::imageops::resize(&rgb, nw as u32, nh as u32, FilterType::Triangle);
-        (r, (top, left))
-    } else {
-        // Resize only the source window under the crop, one filter reach wider.
-        let window = |start: i64, n_out: usize, n_in: usize| {
-            let scale = n_in as f64 / n_out as f64;
-            let a = (start.max(0) as f64 * scale - scale.ceil() - 1.0)
-                .floor()
-                .max(0.0);
-            let b = ((start + p.crop as i64).min(n_out as i64) as f64 * scale + scale.ceil() + 1.0)
-                .ceil()
-                .min(n_in as f64);
-            // Whole resized pixels: a window of `k` output pixels starting at output `o`.
-            let o = (a / scale).floor() as usize;
-            let k = (((b / scale).ceil() as usize).min(n_out) - o).max(1);
-            let src0 = ((o as f64 * scale) as usize).min(n_in - 1);
-            let src1 = (((o + k) as f64 * scale).ceil() as usize).clamp(src0 + 1, n_in);
-            (o, k, src0, src1 - src0)
-        };
-        let (oy, ky, sy, hy) = window(top, nh, h);
-        let (ox, kx, sx, wx) = window(left, nw, w);
-        let part =
-            image::imageops::crop_imm(&rgb, sx as u32, sy as u32, wx as u32, hy as u32).to_image();
-        let r = image::imageops::resize(&part, kx as u32, ky as u32, FilterType::Triangle);
-        (r, (top - oy as i64, left - ox as i64))
-    };
-    let (rw, rh) = (resized.width() as i64, resized.height() as i64);
-    let mut out = vec![0f32; 3 * p.crop * p.crop];
-    for y in 0..p.crop {
-        for x in 0..p.crop {
+    let mut out = vec![0f32; 3 * ch * cw];
+    for y in 0..ch {
+        for x in 0..cw {
             let (sy, sx) = (y as i64 + top, x as i64 + left);
-            // A crop larger than the image pads with zeros (torchvision pads too).
-            let px = if sy >= 0 && sx >= 0 && sy < rh && sx < rw {
-                resized.get_pixel(sx as u32, sy as u32).0
+            let inside = (rows.start as i64..rows.end as i64).contains(&sy)
+                && (cols.start as i64..cols.end as i64).contains(&sx);
+            let px = if inside {
+                pixels[(sy as usize - rows.start) * cols.len() + (sx as usize - cols.start)]
             } else {
-                [0, 0, 0]
+                fill
             };
             for c in 0..3 {
-                out[(c * p.crop + y) * p.crop + x] = (px[c] as f32 / 255.0 - p.mean[c]) / p.std[c];
+                out[(c * ch + y) * cw + x] = (px[c] as f32 / 255.0 - p.mean[c]) / p.std[c];
             }
         }
     }
     out
 }
 
-/// Decode and preprocess several images into one `[N, 3, crop, crop]` batch.
+/// Decode and preprocess several images into one `[N, 3, h, w]` batch.
 pub fn batch(images: &[DynamicImage], p: &Preprocess) -> Tensor {
     let data: Vec<f32> = images.iter().flat_map(|i| to_chw(i, p)).collect();
-    Tensor::new([images.len(), 3, p.crop, p.crop], data).expect("sizes match")
+    Tensor::new([images.len(), 3, p.size[0], p.size[1]], data).expect("sizes match")
 }
 
 #[cfg(test)]
@@ -201,12 +567,7 @@ mod tests {
         );
         let e = decode(gif).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
-        let p = Preprocess {
-            resize: 8,
-            crop: 4,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        };
+        let p = Preprocess::resize_crop(8, 4, [0.5; 3], [0.5; 3]);
         let x = to_chw(&DynamicImage::new_rgb8(0, 3), &p);
         assert_eq!(x, vec![-1.0; 3 * 4 * 4]);
     }
@@ -280,12 +641,7 @@ mod tests {
 
     #[test]
     fn extreme_aspect_ratios_resize_only_what_the_crop_sees() {
-        let p = Preprocess {
-            resize: 256,
-            crop: 224,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-        };
+        let p = Preprocess::resize_crop(256, 224, [0.0; 3], [1.0; 3]);
         // 1 x 20000: resizing it whole would make 256 x 5,120,000 pixels (3.9 GB).
         let strip = image::RgbImage::from_fn(1, 20000, |_, y| {
             image::Rgb([(y / 100) as u8, 128, 255 - (y / 100) as u8])
@@ -304,12 +660,7 @@ mod tests {
 
     #[test]
     fn resize_and_crop_follow_torchvision() {
-        let p = Preprocess {
-            resize: 8,
-            crop: 6,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        };
+        let p = Preprocess::resize_crop(8, 6, [0.5; 3], [0.5; 3]);
         // A 16x32 image becomes 8x16, then the central 6x6: all white maps to 1.0.
         let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
             32,

@@ -101,7 +101,6 @@ fn tensor_js(t: Tensor) -> JsValue {
 }
 
 fn model_js(m: &Model) -> JsValue {
-    let p = &m.preprocess;
     obj(&[
         ("id", m.id.as_str().into()),
         ("params", (m.param_count() as f64).into()),
@@ -118,29 +117,25 @@ fn model_js(m: &Model) -> JsValue {
                 .into(),
         ),
         ("cam", (m.classifier() == "fc").into()),
-        (
-            "preprocess",
-            obj(&[
-                ("resize", (p.resize as u32).into()),
-                ("crop", (p.crop as u32).into()),
-                (
-                    "mean",
-                    p.mean
-                        .iter()
-                        .map(|&v| JsValue::from(v))
-                        .collect::<Array>()
-                        .into(),
-                ),
-                (
-                    "std",
-                    p.std
-                        .iter()
-                        .map(|&v| JsValue::from(v))
-                        .collect::<Array>()
-                        .into(),
-                ),
-            ]),
-        ),
+        ("preprocess", preprocess_js(&m.preprocess)),
+    ])
+}
+
+/// A transform as JS sees it: `{size: [h, w], cropPct, interpolation, cropMode, mean, std}`.
+fn preprocess_js(p: &crate::preprocess::Preprocess) -> JsValue {
+    let floats = |v: &[f32; 3]| -> JsValue {
+        v.iter()
+            .map(|&x| JsValue::from(x))
+            .collect::<Array>()
+            .into()
+    };
+    obj(&[
+        ("size", usizes(&p.size)),
+        ("cropPct", p.crop_pct.into()),
+        ("interpolation", p.interpolation.name().into()),
+        ("cropMode", p.crop_mode.name().into()),
+        ("mean", floats(&p.mean)),
+        ("std", floats(&p.std)),
     ])
 }
 
@@ -435,6 +430,7 @@ impl Engine {
         tuning: String,
         tuning_cache: Option<String>,
         labels: Option<String>,
+        preprocess: Option<String>,
     ) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
             let model = Model::get(&model_id).map_err(|e| js_err(e.into()))?;
@@ -477,6 +473,15 @@ impl Engine {
             if let Some(text) = labels {
                 let names = crate::models::Labels::parse(&text).map_err(|e| js_err(e.into()))?;
                 model = model.with_labels(names).map_err(|e| js_err(e.into()))?;
+            }
+            if let Some(cfg) = preprocess {
+                let cfg: serde_json::Value =
+                    serde_json::from_str(&cfg).map_err(|e| bad(format!("preprocess: {e}")))?;
+                model.preprocess = model
+                    .preprocess
+                    .clone()
+                    .with_timm_cfg(&cfg)
+                    .map_err(|e| bad(format!("preprocess: {e}")))?;
             }
             let graph = model.default_graph(1);
             let opts = crate::backend::gpu::GpuOptions {
@@ -525,6 +530,7 @@ impl Engine {
                     target.notice.as_deref().map_or(JsValue::NULL, |n| n.into()),
                 ),
                 ("inputSize", usizes(&model.input)),
+                ("preprocess", preprocess_js(&model.preprocess)),
                 ("labels", model.labels.id().into()),
                 ("numClasses", (model.num_classes() as u32).into()),
                 (

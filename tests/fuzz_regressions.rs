@@ -40,12 +40,13 @@ static ALLOC: Watch = Watch;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("safetensors", common::safetensors),
     ("npy", common::npy),
     ("image", common::image),
     ("graph", common::graph),
     ("source", common::source),
+    ("checkpoint", common::checkpoint),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -243,5 +244,20 @@ fn write_seeds() {
     .enumerate()
     {
         put("source", &format!("{i}.txt"), s.as_bytes());
+    }
+    // checkpoint: every torch.save layout of the fixtures, its first 4 (zip) or 3 (legacy)
+    // bytes replaced by the byte that makes the target put them back.
+    let pth = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/own-model/pth");
+    for f in files(&pth) {
+        if f.extension().is_some_and(|e| e == "pth") {
+            let b = std::fs::read(&f).unwrap();
+            let seed: Vec<u8> = if b.starts_with(b"PK\x03\x04") {
+                [&[0u8][..], &b[4..]].concat()
+            } else {
+                [&[1u8][..], &b[3..]].concat()
+            };
+            let name = f.file_stem().unwrap().to_string_lossy();
+            put("checkpoint", &format!("{name}.bin"), &seed);
+        }
     }
 }

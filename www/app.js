@@ -45,13 +45,18 @@ function renderTiming() {
     `first run: ${fmtMs(t.first)} · steady run: ${fmtMs(t.steady)}`;
 }
 
+const WEIGHTS_EXT = /\.(safetensors|pth|pt|bin)$/i;
+const LABELS_EXT = /\.(txt|json)$/i;
+
 function weightsChoice() {
   const src = document.querySelector('input[name=wsrc]:checked').value;
   const model = $('model').value;
   if (src === 'file') {
-    const f = $('weights-file').files[0];
-    if (!f) throw new Error('pick a .safetensors file for the weights');
-    return { kind: 'file', file: f };
+    // The weights, and beside them (optionally) a label file naming the head's classes.
+    const all = [...$('weights-file').files];
+    const f = all.find((x) => WEIGHTS_EXT.test(x.name));
+    if (!f) throw new Error('pick a weights file (.safetensors, or a PyTorch .pth / .pt / .bin)');
+    return { kind: 'file', file: f, labels: all.find((x) => LABELS_EXT.test(x.name)) };
   }
   if (src === 'url') {
     const url = $('weights-url').value.trim();
@@ -73,7 +78,10 @@ async function loadModel() {
   // ?threads=N caps the CPU backend's threads (used only on a cross-origin isolated page).
   const threads = Number(query.get('threads')) || undefined;
   const args = { model, seed: 1, device: query.get('device') || 'auto', threads };
-  if (choice.kind === 'file') args.weightsBytes = await choice.file.arrayBuffer();
+  if (choice.kind === 'file') {
+    args.weightsBytes = await choice.file.arrayBuffer();
+    args.labels = choice.labels;
+  }
   if (choice.kind === 'url') args.weightsUrl = choice.url;
   $('progress-box').hidden = choice.kind !== 'url';
   const job = call('load', args, (p) => {
@@ -212,12 +220,13 @@ function wire() {
   drop.ondrop = (e) => {
     e.preventDefault();
     drop.classList.remove('over');
-    const f = e.dataTransfer.files[0];
+    const files = [...e.dataTransfer.files];
+    const f = files[0];
     if (!f) return;
-    if (f.name.endsWith('.safetensors')) {
-      // A dropped weights file becomes the weights source.
+    if (files.some((x) => WEIGHTS_EXT.test(x.name))) {
+      // Dropped weights (with their label file, if one comes along) become the weights source.
       const dt = new DataTransfer();
-      dt.items.add(f);
+      files.filter((x) => WEIGHTS_EXT.test(x.name) || LABELS_EXT.test(x.name)).forEach((x) => dt.items.add(x));
       $('weights-file').files = dt.files;
       document.querySelector('input[value=file]').checked = true;
       loadModel();

@@ -19,6 +19,7 @@ const handlers = {
     model = await load({
       model: args.model,
       weights,
+      labels: args.labels ?? undefined,
       device: args.device ?? 'auto',
       threads: args.threads,
       onProgress: (p) => {
@@ -33,7 +34,8 @@ const handlers = {
       notice: info.notice,
       weightsMs: t1 - t0,
       prepareMs: performance.now() - t1,
-      info: models().find((m) => m.id === info.id),
+      // The zoo's facts, with what the weights decided: the head's size and class names.
+      info: { ...models().find((m) => m.id === info.id), numClasses: info.numClasses, classNames: info.classNames },
     };
   },
   classify: async ({ image, top }) => {

@@ -39,6 +39,37 @@ pub fn safetensors(data: &[u8]) {
     }
 }
 
+/// A PyTorch checkpoint (`torch.save`'s zip or legacy format) through the restricted
+/// unpickler and the head fitting: whatever the pickle says, an error or tensors whose
+/// data matches their shape, never a panic, a hang or an allocation the file cannot back.
+pub fn checkpoint(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    // A zip's first bytes or the legacy pickle's, so the fuzzer explores past the sniffing.
+    let mut file = match pick % 3 {
+        0 => b"PK\x03\x04".to_vec(),
+        1 => vec![0x80, 0x02, 0x8a],
+        _ => vec![],
+    };
+    file.extend_from_slice(bytes);
+    let Ok((w, _)) = webcnn::weights::read(&file) else {
+        return;
+    };
+    // Each tensor is at most its storage's size, so what the file holds bounds the values.
+    let values: usize = w.values().map(|t| t.len()).sum();
+    for t in w.values() {
+        assert_eq!(t.len(), t.shape().iter().product::<usize>());
+    }
+    assert!(values <= file.len() * w.len().max(1), "{values} values");
+    let model = Model::get(MODELS[pick as usize % MODELS.len()]).expect("a zoo model");
+    if let Ok(l) = webcnn::weights::fit(model, w, vec![]) {
+        for p in l.model.default_graph(1).params() {
+            assert_eq!(l.tensors[&p.name].shape(), p.shape.as_slice(), "{}", p.name);
+        }
+    }
+}
+
 /// `.npy` bytes as the CLI reads input tensors and embedding indexes.
 pub fn npy(data: &[u8]) {
     if let Ok(t) = webcnn::npy::read(data, data.len() as u64) {
@@ -47,16 +78,34 @@ pub fn npy(data: &[u8]) {
     }
 }
 
-/// Image bytes through decoding and both preprocessing sizes (ImageNet and CIFAR).
+/// Image bytes through decoding and the preprocessing of ImageNet and CIFAR, and every
+/// interpolation and crop mode at an odd non-square size.
 pub fn image(data: &[u8]) {
     let Ok(img) = webcnn::preprocess::decode(data) else {
         return;
     };
     assert!(img.width() as u64 * img.height() as u64 <= webcnn::preprocess::MAX_DECODED_PIXELS);
-    for id in ["resnet18", "vgg11_cifar"] {
-        let p = Model::get(id).expect("a zoo model").preprocess;
+    let odd = |interpolation, crop_mode| webcnn::preprocess::Preprocess {
+        size: [7, 13],
+        crop_pct: 0.9,
+        interpolation,
+        crop_mode,
+        mean: [0.5; 3],
+        std: [0.25; 3],
+    };
+    use webcnn::preprocess::{CropMode as C, Interpolation as I};
+    let mut all = vec![
+        Model::get("resnet18").expect("a zoo model").preprocess,
+        Model::get("vgg11_cifar").expect("a zoo model").preprocess,
+    ];
+    let pick = data.len() % 3;
+    all.push(odd(
+        [I::Bilinear, I::Bicubic, I::Nearest][pick],
+        [C::Center, C::Squash, C::Border][(data.len() / 3) % 3],
+    ));
+    for p in all {
         let x = webcnn::preprocess::to_chw(&img, &p);
-        assert_eq!(x.len(), 3 * p.crop * p.crop);
+        assert_eq!(x.len(), 3 * p.size[0] * p.size[1]);
     }
 }
 

@@ -36,6 +36,8 @@ pub struct EmbedArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    #[command(flatten)]
+    transform: super::infer::TransformArgs,
     #[arg(long, default_value = "auto")]
     device: Device,
 }
@@ -166,7 +168,14 @@ pub fn embed(a: EmbedArgs) -> R<()> {
     let names_path = sidecar(&a.out, "txt");
     let meta_path = sidecar(&a.out, "json");
     let mut emb = Embedder::new(&a.model, &a.weights, a.layer.as_deref(), a.device)?;
-    let meta = serde_json::json!({"model": a.model, "weights": a.weights, "layer": emb.layer});
+    let default = emb.model.preprocess.clone();
+    emb.model.preprocess = a.transform.apply(default.clone())?;
+    let mut meta = serde_json::json!({"model": a.model, "weights": a.weights, "layer": emb.layer});
+    // A transform other than the model's is part of what the rows mean (and what `similar`
+    // applies to its queries).
+    if emb.model.preprocess != default {
+        meta["preprocess"] = emb.model.preprocess.to_timm_cfg();
+    }
     // Rows already there: keep them, embed only new files.
     let (mut rows, mut names): (Vec<Vec<f32>>, Vec<String>) = if a.out.exists() {
         let old: serde_json::Value = serde_json::from_str(
@@ -315,6 +324,14 @@ pub fn similar(a: SimilarArgs) -> R<()> {
     let rows: Vec<Vec<f32>> = index.data().chunks(d.max(1)).map(normalized).collect();
     let layer = field("layer")?;
     let mut emb = Embedder::new(&field("model")?, &field("weights")?, Some(&layer), a.device)?;
+    if let Some(cfg) = meta.get("preprocess") {
+        emb.model.preprocess = emb
+            .model
+            .preprocess
+            .clone()
+            .with_timm_cfg(cfg)
+            .map_err(|e| format!("{}: preprocess: {e}", meta_path.display()))?;
+    }
     let mut results = vec![];
     for q in &a.queries {
         let img = decode_file(q).map_err(|e| format!("{}: {e}", q.display()))?;

@@ -52,11 +52,73 @@ pub struct ClassifyArgs {
     /// How many labels per image.
     #[arg(long, default_value_t = 5)]
     top: usize,
+    #[command(flatten)]
+    transform: TransformArgs,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
     #[arg(long, default_value = "auto")]
     device: Device,
+}
+
+/// The eval transform: each flag overrides the model's default (timm's settings).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TransformArgs {
+    /// Input size: N or HxW (default: the model's).
+    #[arg(long, value_name = "N|HxW")]
+    size: Option<String>,
+    /// The image is scaled to size / crop-pct before the crop (torchvision's 256 -> 224: 0.875).
+    #[arg(long)]
+    crop_pct: Option<f64>,
+    /// bilinear, bicubic or nearest (PIL's, antialiased as torchvision and timm use it).
+    #[arg(long)]
+    interpolation: Option<String>,
+    /// center (shorter side scaled, then cropped), squash (both sides scaled) or border
+    /// (longer side scaled, padded with the mean colour).
+    #[arg(long)]
+    crop_mode: Option<String>,
+    /// Normalisation mean, R,G,B.
+    #[arg(long, value_delimiter = ',', value_name = "R,G,B")]
+    mean: Vec<f64>,
+    /// Normalisation std, R,G,B.
+    #[arg(long, value_delimiter = ',', value_name = "R,G,B")]
+    std: Vec<f64>,
+}
+
+impl TransformArgs {
+    /// `p` with the flags given applied.
+    pub fn apply(&self, p: webcnn::preprocess::Preprocess) -> R<webcnn::preprocess::Preprocess> {
+        use serde_json::json;
+        let mut cfg = serde_json::Map::new();
+        if let Some(s) = &self.size {
+            let dims: Vec<usize> = s
+                .split('x')
+                .map(|d| d.trim().parse())
+                .collect::<Result<_, _>>()
+                .map_err(|_| format!("--size '{s}': expected N or HxW"))?;
+            let hw = match dims[..] {
+                [n] => [n, n],
+                [h, w] => [h, w],
+                _ => return Err(format!("--size '{s}': expected N or HxW").into()),
+            };
+            cfg.insert("input_size".into(), json!(hw));
+        }
+        if let Some(c) = self.crop_pct {
+            cfg.insert("crop_pct".into(), json!(c));
+        }
+        if let Some(i) = &self.interpolation {
+            cfg.insert("interpolation".into(), json!(i));
+        }
+        if let Some(m) = &self.crop_mode {
+            cfg.insert("crop_mode".into(), json!(m));
+        }
+        for (key, v) in [("mean", &self.mean), ("std", &self.std)] {
+            if !v.is_empty() {
+                cfg.insert(key.into(), json!(v));
+            }
+        }
+        Ok(p.with_timm_cfg(&serde_json::Value::Object(cfg))?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -77,6 +139,8 @@ pub struct FeaturesArgs {
     /// pooled vector).
     #[arg(long, value_delimiter = ',')]
     layers: Vec<String>,
+    #[command(flatten)]
+    transform: TransformArgs,
     #[arg(long, default_value = "auto")]
     device: Device,
 }
@@ -206,7 +270,8 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
         eprintln!("warning: no --weights given: using untrained synthetic:1 weights, the labels are meaningless");
         "synthetic:1".to_string()
     });
-    let (model, w) = load_weights(&src, model, a.labels.as_deref())?;
+    let (mut model, w) = load_weights(&src, model, a.labels.as_deref())?;
+    model.preprocess = a.transform.apply(model.preprocess)?;
     if !model.has_classifier() {
         return Err(format!(
             "the weights have no classifier ({}): they make a feature extractor; use `webcnn features` or `webcnn embed`",
@@ -255,7 +320,8 @@ pub fn features(a: FeaturesArgs) -> R<()> {
         eprintln!("warning: no --weights given: using untrained synthetic:1 weights");
         "synthetic:1".to_string()
     });
-    let (model, w) = load_weights(&src, Model::get(&a.model)?, None)?;
+    let (mut model, w) = load_weights(&src, Model::get(&a.model)?, None)?;
+    model.preprocess = a.transform.apply(model.preprocess)?;
     let is_npy = a
         .input
         .extension()

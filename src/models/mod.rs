@@ -10,23 +10,12 @@ pub use resnet::{Variant as ResNetVariant, Width as ResNetWidth};
 use crate::graph::{Graph, GraphBuilder, GraphError, Op};
 use std::sync::Arc;
 
-/// How images are prepared for a model (torchvision's eval transforms).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Preprocess {
-    /// Resize the shorter side to this many pixels (bilinear, antialiased).
-    pub resize: usize,
-    /// Then center-crop to `crop` x `crop`.
-    pub crop: usize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
+pub use crate::preprocess::{CropMode, Interpolation, Preprocess};
 
-const IMAGENET: Preprocess = Preprocess {
-    resize: 256,
-    crop: 224,
-    mean: [0.485, 0.456, 0.406],
-    std: [0.229, 0.224, 0.225],
-};
+/// torchvision's ImageNet eval transform: `Resize(256)` + `CenterCrop(224)`, bilinear.
+fn imagenet() -> Preprocess {
+    Preprocess::resize_crop(256, 224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+}
 
 /// The names of a classifier's classes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -349,22 +338,14 @@ impl Model {
             Family::AlexNetLrn => (
                 [3, 227, 227],
                 Labels::ImageNet1k,
-                Preprocess {
-                    crop: 227,
-                    ..IMAGENET
-                },
+                Preprocess::resize_crop(256, 227, imagenet().mean, imagenet().std),
             ),
             Family::Vgg { cifar: true, .. } => (
                 [3, 32, 32],
                 Labels::Cifar10,
-                Preprocess {
-                    resize: 32,
-                    crop: 32,
-                    mean: [0.4914, 0.4822, 0.4465],
-                    std: [0.2470, 0.2435, 0.2616],
-                },
+                Preprocess::resize_crop(32, 32, [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
             ),
-            _ => ([3, 224, 224], Labels::ImageNet1k, IMAGENET),
+            _ => ([3, 224, 224], Labels::ImageNet1k, imagenet()),
         };
         Ok(Model {
             id: id.to_string(),

@@ -1001,6 +1001,13 @@ fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>, String> {
     if count == 0 {
         return Ok(vec![]);
     }
+    // A view reading elements more than once (stride 0) could turn a small file into any
+    // amount of memory: no state dict needs one.
+    if count > elems {
+        return Err(format!(
+            "its {count} elements are more than its storage's {elems}"
+        ));
+    }
     // The furthest element the view reaches.
     let last = t
         .size

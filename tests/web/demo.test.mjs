@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { chromium } from 'playwright-core';
+import { torchSaveFromSafetensors } from './helpers.mjs';
 
 const root = path.resolve(import.meta.dirname, '../..');
 const dist = path.join(root, 'dist');
@@ -20,7 +21,7 @@ const WEBGPU = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vul
   '--use-webgpu-adapter=swiftshader'];
 const LONG = 600_000;
 
-let server, base, expected, csp;
+let server, base, expected, expectedPets, csp;
 const violations = [];
 const hits = new Map();
 
@@ -29,6 +30,13 @@ before(() => {
   execFileSync(cli, ['export-synthetic', 'resnet18', '--seed', '3', '-o', path.join(tmp, 'r18.safetensors')]);
   execFileSync(cli, ['export-synthetic', 'vgg11_cifar', '--seed', '1', '-o', path.join(tmp, 'other.safetensors')]);
   fs.writeFileSync(path.join(tmp, 'notes.png'), 'this is text, not an image');
+  // A user's own model: resnet18 fine-tuned for 3 classes, saved by torch.save, and its labels.
+  execFileSync(cli, ['export-synthetic', 'resnet18', '--seed', '4', '--classes', '3', '-o', path.join(tmp, 'pets3.safetensors')]);
+  fs.writeFileSync(path.join(tmp, 'pets3.pth'), torchSaveFromSafetensors(path.join(tmp, 'pets3.safetensors')));
+  fs.writeFileSync(path.join(tmp, 'pets3.txt'), 'cat\ndog\nbird\n');
+  expectedPets = JSON.parse(execFileSync(cli, ['classify', demo, '--model', 'resnet18', '--weights',
+    path.join(tmp, 'pets3.pth'), '--labels', path.join(tmp, 'pets3.txt'), '--json', '--device', 'cpu'],
+  { stdio: ['ignore', 'pipe', 'ignore'] })).results[0].predictions;
   const out = execFileSync(cli, ['classify', demo, '--model', 'resnet18', '--weights',
     path.join(tmp, 'r18.safetensors'), '--json', '--top', '5', '--device', 'cpu']);
   expected = JSON.parse(out).results[0].predictions;
@@ -202,6 +210,29 @@ test('a non-image and a mismatched weights file show errors, and the page recove
     await page.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(`${base}/w/absent.safetensors`)}&noimage=1`);
     assert.equal(await status(page, ['error', 'ready']), 'error');
     assert.match(await page.textContent('[data-testid=error]'), /HTTP 404/);
+  } finally {
+    await browser.close();
+  }
+});
+
+test('your own fine-tuned .pth with its label file: the CLI's answer, in the page (CPU)', { timeout: LONG }, async () => {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, '--disable-gpu'] });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1`);
+    assert.equal(await status(page, ['ready', 'error']), 'ready');
+    await act(page, () => page.setInputFiles('[data-testid=image-input]', demo));
+    assert.equal(await status(page, ['done', 'error']), 'done');
+    await act(page, () => page.setInputFiles('[data-testid=weights-input]',
+      [path.join(tmp, 'pets3.pth'), path.join(tmp, 'pets3.txt')]));
+    assert.equal(await status(page, ['done', 'error']), 'done', await page.textContent('[data-testid=error]'));
+    const preds = await predictions(page);
+    assert.equal(preds.length, 3);
+    preds.forEach((p, i) => {
+      assert.equal(p.label, expectedPets[i].label, `rank ${i + 1}`);
+      assert.ok(Math.abs(p.probability - expectedPets[i].probability) < 1e-4, `${p.probability} vs ${expectedPets[i].probability}`);
+    });
+    assert.deepEqual(preds.map((p) => p.label).sort(), ['bird', 'cat', 'dog']);
   } finally {
     await browser.close();
   }

@@ -142,3 +142,67 @@ export function serve(dir, routes = {}, headers = {}) {
 
 /** The headers that make a page cross-origin isolated (shared memory, wasm threads). */
 export const ISOLATED = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
+
+/**
+ * A safetensors file's tensors as `torch.save` writes them from a DataParallel model inside a
+ * training checkpoint: `{'epoch': 3, 'state_dict': {'module.' + key: tensor}}`, the zip
+ * format with stored entries and protocol-2 pickle (what `torch.load` reads). For the tests
+ * that load `.pth` files: the package must read them as PyTorch writes them.
+ */
+export function torchSaveFromSafetensors(file) {
+  const b = fs.readFileSync(file);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString('utf8'));
+  const keys = Object.keys(header).filter((k) => k !== '__metadata__').sort();
+  const parts = [];
+  const op = (...bytes) => parts.push(Buffer.from(bytes));
+  const str = (s) => { const t = Buffer.from(s, 'utf8'); const l = Buffer.alloc(4); l.writeUInt32LE(t.length); parts.push(Buffer.from('X'), l, t); };
+  const int = (v) => { const l = Buffer.alloc(4); l.writeInt32LE(v); parts.push(Buffer.from('J'), l); };
+  const raw = (s) => parts.push(Buffer.from(s, 'latin1'));
+  op(0x80, 2);
+  raw('}(');
+  str('epoch'); int(3);
+  str('state_dict');
+  raw('ccollections\nOrderedDict\n)R(');
+  const storages = [];
+  keys.forEach((k, i) => {
+    const { dtype, shape, data_offsets: [s, e] } = header[k];
+    if (dtype !== 'F32') throw new Error(`${k}: ${dtype}`);
+    storages.push(b.subarray(8 + n + s, 8 + n + e));
+    str(`module.${k}`);
+    raw('ctorch._utils\n_rebuild_tensor_v2\n((');
+    str('storage'); raw('ctorch\nFloatStorage\n'); str(String(i)); str('cpu'); int((e - s) / 4);
+    raw('tQ'); int(0);
+    raw('('); shape.forEach(int); raw('t');
+    const stride = shape.map((_, d) => shape.slice(d + 1).reduce((a, x) => a * x, 1));
+    raw('('); stride.forEach(int); raw('t');
+    op(0x89); raw('ccollections\nOrderedDict\n)RtR');
+  });
+  raw('uu.');
+  const entries = [['archive/data.pkl', Buffer.concat(parts)], ['archive/byteorder', Buffer.from('little')],
+    ...storages.map((d, i) => [`archive/data/${i}`, d]), ['archive/version', Buffer.from('3\n')]];
+  // A zip of stored entries: local headers and data, then the central directory.
+  const out = [];
+  const central = [];
+  let off = 0;
+  for (const [name, data] of entries) {
+    const nm = Buffer.from(name);
+    const crc = zlib.crc32(data);
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0); local.writeUInt16LE(20, 4);
+    local.writeUInt32LE(crc, 14); local.writeUInt32LE(data.length, 18); local.writeUInt32LE(data.length, 22);
+    local.writeUInt16LE(nm.length, 26);
+    const cd = Buffer.alloc(46);
+    cd.writeUInt32LE(0x02014b50, 0); cd.writeUInt16LE(20, 4); cd.writeUInt16LE(20, 6);
+    cd.writeUInt32LE(crc, 16); cd.writeUInt32LE(data.length, 20); cd.writeUInt32LE(data.length, 24);
+    cd.writeUInt16LE(nm.length, 28); cd.writeUInt32LE(off, 42);
+    out.push(local, nm, data);
+    central.push(cd, nm);
+    off += 30 + nm.length + data.length;
+  }
+  const cdBuf = Buffer.concat(central);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0); end.writeUInt16LE(entries.length, 8); end.writeUInt16LE(entries.length, 10);
+  end.writeUInt32LE(cdBuf.length, 12); end.writeUInt32LE(off, 16);
+  return new Uint8Array(Buffer.concat([...out, cdBuf, end]));
+}

@@ -10,15 +10,19 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import {
   root, golden, installPackage, webcnn, synthInput, readNpy, relL2, encodePng, testPixels, serve,
+  torchSaveFromSafetensors,
 } from './helpers.mjs';
 
 const TOL = 1e-4;
 let app, pkg, srv;
 const files = {};
 
-function exportWeights(model, seed) {
-  const f = path.join(app, `${model}-s${seed}.safetensors`);
-  if (!fs.existsSync(f)) webcnn('export-synthetic', model, '--seed', String(seed), '-o', f);
+function exportWeights(model, seed, classes) {
+  const c = classes === undefined ? '' : `-c${classes}`;
+  const f = path.join(app, `${model}-s${seed}${c}.safetensors`);
+  if (!fs.existsSync(f)) {
+    webcnn('export-synthetic', model, '--seed', String(seed), ...(c ? ['--classes', String(classes)] : []), '-o', f);
+  }
   return f;
 }
 
@@ -83,7 +87,8 @@ test('the installed package exposes the API and the model zoo', () => {
   }
   for (const f of ['load', 'models', 'init', 'WebcnnError', 'Model']) assert.ok(pkg[f], f);
   const zoo = pkg.models();
-  assert.equal(zoo.length, 30);
+  assert.equal(zoo.length, 35);
+  assert.ok(zoo.find((m) => m.id === 'resnext50_32x4d').cam);
   const r50 = zoo.find((m) => m.id === 'resnet50');
   assert.equal(r50.params, 25557032);
   assert.deepEqual(r50.input, [3, 224, 224]);
@@ -157,6 +162,46 @@ for (const dir of ['resnet18-s1-1x3x64x64', 'vgg16_cifar-s1-2x3x32x32', 'alexnet
     m.dispose();
   });
 }
+
+test('a fine-tuned head saved by torch.save: golden outputs, its own labels, and a headless backbone', async () => {
+  // resnet18 with a 3-class head, as a training script saves it (.pth, DataParallel).
+  const c = JSON.parse(fs.readFileSync(path.join(golden, 'models', 'resnet18-s1-c3-1x3x64x64.json'), 'utf8'));
+  const pth = torchSaveFromSafetensors(exportWeights('resnet18', c.weights_seed, 3));
+  const m = await pkg.load({ model: 'resnet18', weights: pth, labels: ['cat', 'dog', 'bird'], device: 'cpu' });
+  assert.equal(m.info.numClasses, 3);
+  assert.equal(m.info.labels, 'custom');
+  assert.deepEqual([...m.info.classNames], ['cat', 'dog', 'bird']);
+  assert.equal(m.info.notices.length, 2, m.info.notices.join('; '));
+  assert.match(m.info.notices[1], /module\./);
+  const y = await m.forward(synthInput(c.input_shape, c.input_seed), c.input_shape);
+  assert.deepEqual(y.shape, [1, 3]);
+  const e = relL2(y.data, c.output);
+  assert.ok(e <= TOL, `relative L2 ${e}`);
+  const top = await m.classify(new Uint8Array(fs.readFileSync(files.png)), { topK: 5 });
+  assert.equal(top.length, 3);
+  assert.deepEqual(top.map((p) => p.label).sort(), ['bird', 'cat', 'dog']);
+  m.dispose();
+  // A label file by path (one per line), and one of another count.
+  fs.writeFileSync(path.join(app, 'labels3.txt'), 'cat\ndog\nbird\n');
+  const m2 = await pkg.load({ model: 'resnet18', weights: pth, labels: path.join(app, 'labels3.txt'), device: 'cpu' });
+  assert.equal(m2.info.classNames[2], 'bird');
+  m2.dispose();
+  await rejects(pkg.load({ model: 'resnet18', weights: pth, labels: ['cat', 'dog'], device: 'cpu' }), 'BAD_LABELS', /2 labels for a head of 3 classes/);
+  // No labels: numbered.
+  const m3 = await pkg.load({ model: 'resnet18', weights: pth, device: 'cpu' });
+  assert.equal(m3.info.labels, 'numbered');
+  assert.equal(m3.info.classNames[0], 'class 0');
+  m3.dispose();
+  // A headless backbone: features, and classify / cam say why they cannot.
+  const hl = await pkg.load({ model: 'resnet18', weights: exportWeights('resnet18', 1, 0), device: 'cpu' });
+  assert.equal(hl.info.numClasses, 0);
+  const png = new Uint8Array(fs.readFileSync(files.png));
+  await rejects(hl.classify(png), 'NO_CLASSIFIER', /feature extractor/);
+  await rejects(hl.cam(png), 'NO_CLASSIFIER');
+  const f = await hl.features(png, ['flatten']);
+  assert.deepEqual(f.flatten.shape, [1, 512]);
+  hl.dispose();
+});
 
 test('overlapping calls are queued and each gets its own answer', async () => {
   const m = await pkg.load({ model: 'resnet18', weights: 'synthetic:2', device: 'cpu' });

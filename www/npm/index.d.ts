@@ -53,8 +53,8 @@ export interface ModelSpec {
   featureNodes: string[];
   /** Whether `cam()` works (ResNets). */
   cam: boolean;
-  /** torchvision's eval transform the package applies to images. */
-  preprocess: { resize: number; crop: number; mean: [number, number, number]; std: [number, number, number] };
+  /** The eval transform the package applies to images (timm's settings). */
+  preprocess: Preprocess;
 }
 
 /** The 35 models of the zoo. */
@@ -77,6 +77,24 @@ export interface Progress {
   cached?: boolean;
 }
 
+/**
+ * How images become the input tensor: timm's eval transform (`resolve_data_config` +
+ * `create_transform`), resized pixels equal to PIL's. torchvision's `Resize(256)` +
+ * `CenterCrop(224)` is `{ size: [224, 224], cropPct: 0.875, interpolation: 'bilinear', cropMode: 'center' }`.
+ */
+export interface Preprocess {
+  /** The input's [height, width] (a number: square). */
+  size: [number, number];
+  /** The image is scaled to floor(size / cropPct) before the crop. */
+  cropPct: number;
+  /** PIL's filters, antialiased when shrinking. */
+  interpolation: 'bilinear' | 'bicubic' | 'nearest';
+  /** 'center': shorter side scaled, then cropped; 'squash': both sides; 'border': longer side, padded with the mean colour. */
+  cropMode: 'center' | 'squash' | 'border';
+  mean: [number, number, number];
+  std: [number, number, number];
+}
+
 export interface LoadOptions {
   model: ModelId;
   /**
@@ -86,12 +104,14 @@ export interface LoadOptions {
    */
   weights: WeightsSource;
   /**
-   * Names of the head's classes: an array, or the URL (a path in Node) of a label file: one
+   * Names of the head's classes: an array, or a label file (a Blob / File, its URL, or a path in Node): one
    * per line, a JSON array, a JSON object of index to name, or a timm config.json with
    * label_names. A count other than the head's rejects with BAD_LABELS. Default: the id's
    * own (ImageNet, CIFAR-10) where the count is theirs, else 'class 0' .. 'class N-1'.
    */
-  labels?: string[] | string | URL;
+  labels?: string[] | string | URL | Blob;
+  /** The eval transform your model was trained with; each setting given overrides the id's default (BAD_ARGUMENT if out of range). */
+  preprocess?: Partial<Omit<Preprocess, 'size'>> & { size?: [number, number] | number };
   /** 'auto' (default): WebGPU on a hardware adapter, else the CPU (wasm); 'webgpu' forces WebGPU. */
   device?: Device;
   /**
@@ -138,6 +158,8 @@ export interface ModelInfo {
   /** Why the CPU runs although 'auto' was asked for, else null. */
   notice: string | null;
   inputSize: [number, number, number];
+  /** The transform applied to images. */
+  preprocess: Preprocess;
   /** Where the class names come from: the id's own sets, numbers, or the `labels` option. */
   labels: 'imagenet1k' | 'cifar10' | 'numbered' | 'custom';
   /** Classes of the head the weights hold; 0 for a feature extractor. */

@@ -247,6 +247,7 @@ export async function load(options) {
   const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
   const source = weightsSource(weights, options);
   const labels = await labelsText(options.labels);
+  const preprocess = preprocessJson(options.preprocess);
   try {
     await init({ wasm: options.wasm, threads: options.threads });
   } catch (e) {
@@ -262,7 +263,7 @@ export async function load(options) {
       progress({ phase: 'prepare', loaded: 0, total: 1 });
       const cache = device === 'cpu' ? null : await env.tuningGet();
       const engine = await Promise.race([
-        wasmModule.Engine.load(model, bytes, source.seed ?? 1, device, precision, tuning, cache ?? undefined, labels),
+        wasmModule.Engine.load(model, bytes, source.seed ?? 1, device, precision, tuning, cache ?? undefined, labels, preprocess),
         panicOf(gen).promise,
       ]);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
@@ -286,8 +287,9 @@ async function labelsText(labels) {
     if (!labels.every((l) => typeof l === 'string')) fail('BAD_LABELS', 'labels must be strings');
     return JSON.stringify(labels);
   }
+  if (typeof Blob !== 'undefined' && labels instanceof Blob) return labels.text();
   if (typeof labels !== 'string' && !(typeof URL !== 'undefined' && labels instanceof URL)) {
-    fail('BAD_ARGUMENT', 'labels must be an array of names, or the URL of a label file');
+    fail('BAD_ARGUMENT', 'labels must be an array of names, a label file (Blob / File), or its URL');
   }
   const where = String(labels);
   const file = env.localFile(where);
@@ -303,6 +305,22 @@ async function labelsText(labels) {
   }
 }
 
+/**
+ * The `preprocess` option ({ size, cropPct, interpolation, cropMode, mean, std }, each
+ * optional) in timm's names, as the engine reads them; the engine checks the values.
+ */
+function preprocessJson(p) {
+  if (p === undefined || p === null) return undefined;
+  if (typeof p !== 'object') fail('BAD_ARGUMENT', 'preprocess must be an object { size, cropPct, interpolation, cropMode, mean, std }');
+  const known = { size: 'input_size', cropPct: 'crop_pct', interpolation: 'interpolation', cropMode: 'crop_mode', mean: 'mean', std: 'std' };
+  const cfg = {};
+  for (const [k, v] of Object.entries(p)) {
+    if (!(k in known)) fail('BAD_ARGUMENT', `preprocess: unknown setting '${k}' (${Object.keys(known).join(', ')})`);
+    if (v !== undefined) cfg[known[k]] = v;
+  }
+  return JSON.stringify(cfg);
+}
+
 /** The public `info` of an engine. */
 function describe(engine) {
   const raw = engine.info;
@@ -315,6 +333,7 @@ function describe(engine) {
     tunedShapes: raw.tunedShapes,
     notice: raw.notice,
     inputSize: raw.inputSize,
+    preprocess: raw.preprocess,
     labels: raw.labels,
     numClasses: raw.numClasses,
     classNames: Object.freeze([...raw.classNames]),
@@ -410,7 +429,7 @@ export class Model {
     this.#create = create;
   }
 
-  /** `{ id, backend, adapter, precision, threads, tunedShapes, notice, inputSize, labels, numClasses, classNames, notices, warnings }`. */
+  /** `{ id, backend, adapter, precision, threads, tunedShapes, notice, inputSize, preprocess, labels, numClasses, classNames, notices, warnings }`. */
   get info() {
     return this.#info;
   }
