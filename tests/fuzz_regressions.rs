@@ -100,6 +100,9 @@ fn hub_names_stay_inside_the_cache() {
         "hf:a/",
         "hf:/b",
         "hf:a/b\0",
+        "hf:a/b@..",
+        "hf:a/b@x/y",
+        "hf:a/b@",
     ] {
         assert!(
             bad.parse::<webcnn::weights::Source>().is_err(),

@@ -233,8 +233,26 @@ fn weight_sources_parse() {
     );
     assert_eq!(
         "hf:timm/resnet50.tv_in1k".parse::<Source>().unwrap(),
-        Source::Hub("timm/resnet50.tv_in1k".into())
+        Source::Hub {
+            repo: "timm/resnet50.tv_in1k".into(),
+            revision: "main".into()
+        }
     );
+    assert_eq!(
+        "hf:me/pets@v1.2".parse::<Source>().unwrap(),
+        Source::Hub {
+            repo: "me/pets".into(),
+            revision: "v1.2".into()
+        }
+    );
+    for bad in [
+        "hf:me/pets@",
+        "hf:me/pets@../x",
+        "hf:me/pets@a/b",
+        "hf:me/pets@a@b",
+    ] {
+        assert!(bad.parse::<Source>().is_err(), "{bad}");
+    }
     assert_eq!(
         "w.safetensors".parse::<Source>().unwrap(),
         Source::File("w.safetensors".into())

@@ -109,17 +109,17 @@ pub fn image(data: &[u8]) {
     }
 }
 
-/// A weights source string (`hf:OWNER/NAME`, `synthetic:SEED`, a path): a Hub repository
-/// must map to a cache file inside the cache folder.
+/// A weights source string (`hf:OWNER/NAME[@REV]`, `synthetic:SEED`, a path): a Hub
+/// repository and revision must map to a cache file inside the cache folder.
 pub fn source(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(webcnn::weights::Source::Hub(repo)) = s.parse() {
-        let path = webcnn::weights::hub::cached_path(&repo);
+    if let Ok(webcnn::weights::Source::Hub { repo, revision }) = s.parse() {
+        let path = webcnn::weights::hub::cached_path(&repo, &revision, "model.safetensors");
         let base = webcnn::weights::hub::cache_dir().join("hub");
         let rel = path.strip_prefix(&base).expect("inside the cache");
-        assert_eq!(rel.components().count(), 2, "{rel:?}");
+        assert_eq!(rel.components().count(), 3, "{rel:?}");
         assert!(rel
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_))));

@@ -19,8 +19,9 @@ pub struct EmbedArgs {
     /// Image files and folders (searched recursively for images).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+    /// Model id; may be left out where the weights come with a timm config.json.
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or hf:REPO
     /// (a headless backbone serves).
     #[arg(long)]
@@ -108,8 +109,8 @@ struct Embedder {
 }
 
 impl Embedder {
-    fn new(model: &str, weights: &str, layer: Option<&str>, device: Device) -> R<Self> {
-        let (model, w) = load_weights(weights, Model::get(model)?, None)?;
+    fn new(model: Option<&str>, weights: &str, layer: Option<&str>, device: Device) -> R<Self> {
+        let (model, w) = load_weights(weights, model, None)?;
         let layer = layer.map_or_else(|| model.pooled_node(), str::to_string);
         let full = model.default_graph(1);
         // Fails early on an unknown node, naming the nearest ones.
@@ -167,10 +168,11 @@ pub fn embed(a: EmbedArgs) -> R<()> {
     let files = collect_images(&a.paths)?;
     let names_path = sidecar(&a.out, "txt");
     let meta_path = sidecar(&a.out, "json");
-    let mut emb = Embedder::new(&a.model, &a.weights, a.layer.as_deref(), a.device)?;
+    let mut emb = Embedder::new(a.model.as_deref(), &a.weights, a.layer.as_deref(), a.device)?;
     let default = emb.model.preprocess.clone();
     emb.model.preprocess = a.transform.apply(default.clone())?;
-    let mut meta = serde_json::json!({"model": a.model, "weights": a.weights, "layer": emb.layer});
+    let mut meta =
+        serde_json::json!({"model": emb.model.id, "weights": a.weights, "layer": emb.layer});
     // A transform other than the model's is part of what the rows mean (and what `similar`
     // applies to its queries).
     if emb.model.preprocess != default {
@@ -323,7 +325,12 @@ pub fn similar(a: SimilarArgs) -> R<()> {
     let d = index.shape()[1];
     let rows: Vec<Vec<f32>> = index.data().chunks(d.max(1)).map(normalized).collect();
     let layer = field("layer")?;
-    let mut emb = Embedder::new(&field("model")?, &field("weights")?, Some(&layer), a.device)?;
+    let mut emb = Embedder::new(
+        Some(&field("model")?),
+        &field("weights")?,
+        Some(&layer),
+        a.device,
+    )?;
     if let Some(cfg) = meta.get("preprocess") {
         emb.model.preprocess = emb
             .model

@@ -14,9 +14,10 @@ const DEMO_IMAGE: &[u8] = include_bytes!("../../www/demo.png");
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Model id (see `webcnn models`).
+    /// Model id (see `webcnn models`); may be left out where the weights come with a timm
+    /// config.json (a Hub repository or a folder) naming it.
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
     /// hf:REPO (the head's size comes from them).
     #[arg(long)]
@@ -39,8 +40,10 @@ pub struct RunArgs {
 pub struct ClassifyArgs {
     /// Image files (JPEG, PNG, WebP, GIF, BMP); none: the built-in demo photo (a cat).
     images: Vec<PathBuf>,
+    /// Model id (see `webcnn models`); may be left out where the weights come with a timm
+    /// config.json (a Hub repository or a folder) naming it.
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
     /// hf:REPO (default: untrained synthetic:1). A fine-tuned head of any size is read from them.
     #[arg(long)]
@@ -123,8 +126,9 @@ impl TransformArgs {
 
 #[derive(clap::Args)]
 pub struct FeaturesArgs {
+    /// Model id; may be left out where the weights come with a timm config.json.
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
     /// hf:REPO (default: untrained synthetic:1).
     #[arg(long)]
@@ -145,15 +149,17 @@ pub struct FeaturesArgs {
     device: Device,
 }
 
-/// `model`'s weights from `src`, its head fitted to them (any class count, or none),
-/// then the user's labels; notices and warnings on stderr.
+/// The model and its weights from `src`: the architecture `model` (else the one a timm
+/// config.json beside the weights names, with its labels and transform), the head fitted to
+/// the weights (any class count, or none), then the user's labels; notices and warnings on
+/// stderr.
 pub(super) fn load_weights(
     src: &str,
-    model: Model,
+    model: Option<&str>,
     labels: Option<&Path>,
 ) -> R<(Model, weights::TensorMap)> {
     let source: Source = src.parse()?;
-    let l = weights::load(&source, model, true)?;
+    let l = weights::load_for(&source, model, true)?;
     for n in &l.notices {
         eprintln!("notice: {n}");
     }
@@ -203,7 +209,7 @@ fn session(graph: &Graph, w: weights::TensorMap, device: Device) -> R<Session> {
 
 pub fn run(a: RunArgs) -> R<()> {
     let x = read_npy(&a.input)?;
-    let (model, w) = load_weights(&a.weights, Model::get(&a.model)?, None)?;
+    let (model, w) = load_weights(&a.weights, a.model.as_deref(), None)?;
     let graph = model.graph(x.shape())?;
     let t0 = Instant::now();
     let mut s = session(&graph, w, a.device)?;
@@ -248,7 +254,9 @@ pub fn run(a: RunArgs) -> R<()> {
 }
 
 pub fn classify(a: ClassifyArgs) -> R<()> {
-    let model = Model::get(&a.model)?;
+    if let Some(id) = &a.model {
+        Model::get(id)?;
+    }
     if a.top == 0 {
         return Err("--top must be at least 1".into());
     }
@@ -270,7 +278,7 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
         eprintln!("warning: no --weights given: using untrained synthetic:1 weights, the labels are meaningless");
         "synthetic:1".to_string()
     });
-    let (mut model, w) = load_weights(&src, model, a.labels.as_deref())?;
+    let (mut model, w) = load_weights(&src, a.model.as_deref(), a.labels.as_deref())?;
     model.preprocess = a.transform.apply(model.preprocess)?;
     if !model.has_classifier() {
         return Err(format!(
@@ -320,7 +328,7 @@ pub fn features(a: FeaturesArgs) -> R<()> {
         eprintln!("warning: no --weights given: using untrained synthetic:1 weights");
         "synthetic:1".to_string()
     });
-    let (mut model, w) = load_weights(&src, Model::get(&a.model)?, None)?;
+    let (mut model, w) = load_weights(&src, a.model.as_deref(), None)?;
     model.preprocess = a.transform.apply(model.preprocess)?;
     let is_npy = a
         .input

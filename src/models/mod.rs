@@ -2,9 +2,11 @@
 //! so state-dict keys, feature names and error messages all speak the user's names.
 
 mod alexnet;
+mod config;
 mod resnet;
 mod vgg;
 
+pub use config::HubConfig;
 pub use resnet::{Variant as ResNetVariant, Width as ResNetWidth};
 
 use crate::graph::{Graph, GraphBuilder, GraphError, Op};

@@ -292,8 +292,11 @@ pub fn check(graph: &Graph, w: &TensorMap) -> Result<Vec<String>, WeightsError> 
 pub enum Source {
     /// The golden PRNG's weights (untrained).
     Synthetic(u64),
-    /// A Hugging Face Hub repository's `model.safetensors`.
-    Hub(String),
+    /// A Hugging Face Hub repository (`owner/name`) at a revision (a branch, tag or
+    /// commit; `main` unless `hf:OWNER/NAME@REV`): its `model.safetensors` (else
+    /// `pytorch_model.bin`) and its timm `config.json`, if it has one.
+    Hub { repo: String, revision: String },
+    /// A weights file, or a folder laid out as a Hub repository.
     File(String),
 }
 
@@ -309,7 +312,8 @@ impl std::str::FromStr for Source {
         if s == "synthetic" {
             return Ok(Source::Synthetic(1));
         }
-        if let Some(repo) = s.strip_prefix("hf:") {
+        if let Some(spec) = s.strip_prefix("hf:") {
+            let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
             // The Hub's own rule for names; it also keeps the cache path inside the cache
             // (no '..', no separators, nothing a file system reads specially).
             let part_ok = |p: &str| {
@@ -320,10 +324,13 @@ impl std::str::FromStr for Source {
                     && !p.contains("..")
                     && !p.contains("--")
             };
-            if repo.split('/').count() != 2 || !repo.split('/').all(part_ok) {
+            if repo.split('/').count() != 2 || !repo.split('/').all(part_ok) || !part_ok(revision) {
                 return Err(WeightsError::BadSource(s.into()));
             }
-            return Ok(Source::Hub(repo.to_string()));
+            return Ok(Source::Hub {
+                repo: repo.to_string(),
+                revision: revision.to_string(),
+            });
         }
         if s.is_empty() {
             return Err(WeightsError::BadSource(s.into()));
@@ -386,26 +393,86 @@ pub fn synthetic(graph: &Graph, seed: u64) -> TensorMap {
     crate::prng::synth_params(graph, seed).expect("every model parameter has a synthesis rule")
 }
 
-/// Weights for `model` from `source` (native: reads files, downloads `hf:` repos), its
-/// head fitted to them; synthetic weights keep the model's head.
+/// Where a model's files are: the weights, and timm's `config.json` beside them if any.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Files {
+    pub weights: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+/// The files weights come from: a file as it is; a folder's (or a Hub repository's)
+/// `model.safetensors`, else `pytorch_model.bin`, and its `config.json`. `None` for
+/// synthetic weights.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn locate(source: &Source, progress: bool) -> Result<Option<Files>, WeightsError> {
+    const WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+    match source {
+        Source::Synthetic(_) => Ok(None),
+        Source::Hub { repo, revision } => {
+            let config = hub::fetch(repo, revision, "config.json", false)?;
+            for f in WEIGHTS {
+                if let Some(weights) = hub::fetch(repo, revision, f, progress)? {
+                    return Ok(Some(Files { weights, config }));
+                }
+            }
+            Err(WeightsError::Download(format!(
+                "'{repo}' (at {revision}) has neither {} (HTTP 404)",
+                WEIGHTS.join(" nor ")
+            )))
+        }
+        Source::File(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_dir() {
+                return Ok(Some(Files {
+                    weights: p,
+                    config: None,
+                }));
+            }
+            let config = Some(p.join("config.json")).filter(|c| c.is_file());
+            let weights = WEIGHTS
+                .iter()
+                .map(|f| p.join(f))
+                .find(|f| f.is_file())
+                .ok_or_else(|| {
+                    WeightsError::Io(format!(
+                        "{}: a folder with neither {}",
+                        p.display(),
+                        WEIGHTS.join(" nor ")
+                    ))
+                })?;
+            Ok(Some(Files { weights, config }))
+        }
+    }
+}
+
+/// Weights for `model` from `source` (native: reads files and folders, downloads `hf:`
+/// repos), its head fitted to them; synthetic weights keep the model's head. A
+/// `config.json` beside the weights is not read here ([`load_for`] reads it).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load(source: &Source, model: Model, progress: bool) -> Result<Loaded, WeightsError> {
-    let path = match source {
-        Source::Synthetic(seed) => {
-            let tensors = synthetic(&model.default_graph(1), *seed);
-            return Ok(Loaded {
-                model,
-                tensors,
-                non_finite: vec![],
-                notices: vec![],
-            });
-        }
-        Source::Hub(repo) => hub::fetch(repo, progress)?,
-        Source::File(p) => PathBuf::from(p),
+    let Some(files) = locate(source, progress)? else {
+        let seed = match source {
+            Source::Synthetic(s) => *s,
+            _ => unreachable!("only synthetic weights have no files"),
+        };
+        let tensors = synthetic(&model.default_graph(1), seed);
+        return Ok(Loaded {
+            model,
+            tensors,
+            non_finite: vec![],
+            notices: vec![],
+        });
     };
-    // Refused before reading when it cannot fit: the tensors take at least the file's size
-    // again once parsed (f16 / bf16 files twice that).
-    let size = std::fs::metadata(&path)
+    from_bytes_for(model, &read_file(&files.weights)?)
+}
+
+/// A weights file's bytes, refused before reading when they cannot fit in memory.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, WeightsError> {
+    // The tensors take at least the file's size again once parsed (f16 / bf16 files twice
+    // that).
+    let size = std::fs::metadata(path)
         .map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))?
         .len();
     if let Some(avail) = available_memory().filter(|&a| size.saturating_mul(2) > a) {
@@ -414,9 +481,64 @@ pub fn load(source: &Source, model: Model, progress: bool) -> Result<Loaded, Wei
             path.display()
         )));
     }
-    let bytes = std::fs::read(&path)
-        .map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))?;
-    from_bytes_for(model, &bytes)
+    std::fs::read(path).map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))
+}
+
+/// A user's model from `source`: the architecture from `model_id`, else from the timm
+/// `config.json` beside the weights (a Hub repository or folder), which also gives the
+/// class names and the eval transform; the head fitted to the weights.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_for(
+    source: &Source,
+    model_id: Option<&str>,
+    progress: bool,
+) -> Result<Loaded, crate::Error> {
+    use crate::models::HubConfig;
+    let files = locate(source, progress)?;
+    let config = match files.as_ref().and_then(|f| f.config.as_ref()) {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))?;
+            Some(
+                HubConfig::parse(&text)
+                    .map_err(|e| crate::Error::BadArgument(format!("{}: {e}", path.display())))?,
+            )
+        }
+        None => None,
+    };
+    let id = match (model_id, &config) {
+        (Some(m), Some(c)) if c.model_id() != m => {
+            return Err(crate::Error::BadArgument(format!(
+                "the weights' config.json says architecture '{}', not '{m}'",
+                c.architecture
+            )))
+        }
+        (Some(m), _) => m.to_string(),
+        (None, Some(c)) => c.model_id().to_string(),
+        (None, None) => {
+            return Err(crate::Error::BadArgument(
+                "name the model (--model ID): the weights come without a config.json naming their architecture".into(),
+            ))
+        }
+    };
+    let model = match (&config, model_id) {
+        (Some(c), None) => Model::get(&id).map_err(|_| {
+            crate::Error::BadArgument(format!(
+                "the weights' config.json names architecture '{}', which webcnn does not have; it has {}",
+                c.architecture,
+                crate::models::ids().join(", ")
+            ))
+        })?,
+        _ => Model::get(&id)?,
+    };
+    let mut loaded = match files {
+        Some(f) => from_bytes_for(model, &read_file(&f.weights)?)?,
+        None => load(source, model, progress)?,
+    };
+    if let Some(c) = config {
+        loaded.model = c.apply(loaded.model)?;
+    }
+    Ok(loaded)
 }
 
 /// Memory the system can still give this process (Linux's MemAvailable), if known.
