@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
+import zlib from 'node:zlib';
 import {
   root, golden, installPackage, webcnn, synthInput, readNpy, relL2, encodePng, testPixels, serve,
   torchSaveFromSafetensors,
@@ -65,6 +66,15 @@ before(async () => {
   process.env.WEBCNN_CACHE = path.join(app, 'cache');
   srv = await serve(app, {
     '/missing.safetensors': (req, res) => res.writeHead(404).end(),
+    // As a CDN serves it: compressed on the wire, Content-Length the encoded size.
+    '/gz/r18.safetensors': (req, res) => {
+      const body = zlib.gzipSync(fs.readFileSync(files.r18), { level: 1 });
+      res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': body.length }).end(body);
+    },
+    '/br/r18.safetensors': (req, res) => {
+      const body = zlib.brotliCompressSync(fs.readFileSync(files.r18), { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1 } });
+      res.writeHead(200, { 'content-encoding': 'br', 'content-length': body.length }).end(body);
+    },
     '/timm/resnet18.tv_in1k/resolve/main/model.safetensors': (req, res) => {
       const body = fs.readFileSync(files.r18);
       res.writeHead(200, { 'content-length': body.length }).end(body);
@@ -201,6 +211,19 @@ test('a fine-tuned head saved by torch.save: golden outputs, its own labels, and
   const f = await hl.features(png, ['flatten']);
   assert.deepEqual(f.flatten.shape, [1, 512]);
   hl.dispose();
+});
+
+test('weights served compressed (gzip, br) load: the decoded bytes are checked, not the encoded length', async () => {
+  const want = await pkg.load({ model: 'resnet18', weights: files.r18, device: 'cpu' });
+  const x = synthInput([1, 3, 64, 64], 1);
+  const y0 = await want.forward(x, [1, 3, 64, 64]);
+  for (const enc of ['gz', 'br']) {
+    const m = await pkg.load({ model: 'resnet18', weights: `${srv.base}/${enc}/r18.safetensors`, device: 'cpu', cache: false });
+    const y = await m.forward(x, [1, 3, 64, 64]);
+    assert.deepEqual([...y.data], [...y0.data], enc);
+    m.dispose();
+  }
+  want.dispose();
 });
 
 test('overlapping calls are queued and each gets its own answer', async () => {

@@ -203,7 +203,12 @@ async function download(url, key, onProgress, useCache) {
     fail('DOWNLOAD', `network error downloading ${url}: ${(e && e.message) || e}`);
   }
   if (!resp.ok) fail('DOWNLOAD', `downloading ${url} failed: HTTP ${resp.status}`);
-  const total = Number(resp.headers.get('content-length')) || 0;
+  // Content-Length counts the bytes on the wire: a compressed body (gzip, br) arrives
+  // decoded, longer, so only an unencoded one is checked against it.
+  const encoding = (resp.headers.get('content-encoding') || 'identity').trim().toLowerCase();
+  const total = encoding === 'identity' ? Number(resp.headers.get('content-length')) || 0 : 0;
+  // Known length: one buffer, filled as the bytes come (no chunk list, no joined copy).
+  let bytes = total ? new Uint8Array(total) : null;
   const chunks = [];
   let loaded = 0;
   try {
@@ -211,17 +216,25 @@ async function download(url, key, onProgress, useCache) {
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
-      chunks.push(value);
+      if (bytes) {
+        if (loaded + value.length > total) fail('DOWNLOAD', `downloading ${url}: more than the ${total} bytes announced`);
+        bytes.set(value, loaded);
+      } else {
+        chunks.push(value);
+      }
       loaded += value.length;
       onProgress({ phase: 'download', loaded, total });
     }
   } catch (e) {
+    if (e instanceof WebcnnError) throw e;
     fail('DOWNLOAD', `downloading ${url} broke off after ${loaded} bytes: ${(e && e.message) || e}`);
   }
   if (total && loaded !== total) fail('DOWNLOAD', `downloading ${url}: got ${loaded} of ${total} bytes`);
-  const bytes = new Uint8Array(loaded);
-  let off = 0;
-  for (const c of chunks) { bytes.set(c, off); off += c.length; }
+  if (!bytes) {
+    bytes = new Uint8Array(loaded);
+    let off = 0;
+    for (const c of chunks.splice(0)) { bytes.set(c, off); off += c.length; }
+  }
   if (useCache) await env.cachePut(key, bytes);
   return bytes;
 }
