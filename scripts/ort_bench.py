@@ -1,6 +1,7 @@
 """ONNX Runtime on the CPU next to webcnn's CPU backend, in one run: the ratio table.
 
-The ONNX models are torchvision's ResNet-18/50, VGG-16 and AlexNet at 224x224 (eval mode,
+The ONNX models are torchvision's ResNet-18/50, ResNeXt-50 32x4d, Wide ResNet-50-2, VGG-16
+and AlexNet at 224x224 (eval mode,
 random weights), built layer by layer with onnx.helper so that no PyTorch install is needed.
 Run through scripts/bench-ort, which makes the virtual environment and builds webcnn.
 
@@ -43,10 +44,10 @@ class Builder:
         self.nodes.append(helper.make_node(kind, inputs, [out], **attrs))
         return out
 
-    def conv(self, x, cin, cout, k, s=1, p=0, bias=True):
-        w = self.init(self.rng.standard_normal((cout, cin, k, k)) * np.sqrt(2 / (cin * k * k)))
+    def conv(self, x, cin, cout, k, s=1, p=0, bias=True, groups=1):
+        w = self.init(self.rng.standard_normal((cout, cin // groups, k, k)) * np.sqrt(2 / (cin // groups * k * k)))
         ins = [x, w] + ([self.init(self.rng.standard_normal(cout) * 0.01)] if bias else [])
-        return self.op("Conv", ins, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
+        return self.op("Conv", ins, kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], group=groups)
 
     def bn(self, x, c):
         scale = self.init(1 + 0.1 * self.rng.standard_normal(c))
@@ -74,7 +75,8 @@ class Builder:
         return m
 
 
-def resnet(batch, blocks, bottleneck):
+def resnet(batch, blocks, bottleneck, groups=1, per_group=64):
+    """torchvision's ResNet; ResNeXt and Wide ResNet widen (and group) the bottleneck's 3x3."""
     b = Builder(batch)
     x = b.relu(b.bn(b.conv("input", 3, 64, 7, 2, 3, bias=False), 64))
     x = b.maxpool(x, 3, 2, 1)
@@ -84,9 +86,10 @@ def resnet(batch, blocks, bottleneck):
             s = 2 if stage > 0 and i == 0 else 1
             cout = width * 4 if bottleneck else width
             if bottleneck:
-                y = b.relu(b.bn(b.conv(x, cin, width, 1, bias=False), width))
-                y = b.relu(b.bn(b.conv(y, width, width, 3, s, 1, bias=False), width))
-                y = b.bn(b.conv(y, width, cout, 1, bias=False), cout)
+                inner = width * per_group // 64 * groups
+                y = b.relu(b.bn(b.conv(x, cin, inner, 1, bias=False), inner))
+                y = b.relu(b.bn(b.conv(y, inner, inner, 3, s, 1, bias=False, groups=groups), inner))
+                y = b.bn(b.conv(y, inner, cout, 1, bias=False), cout)
             else:
                 y = b.relu(b.bn(b.conv(x, cin, width, 3, s, 1, bias=False), width))
                 y = b.bn(b.conv(y, width, width, 3, 1, 1, bias=False), width)
@@ -129,6 +132,8 @@ def alexnet(batch):
 MODELS = {
     "resnet18": lambda n: resnet(n, [2, 2, 2, 2], False),
     "resnet50": lambda n: resnet(n, [3, 4, 6, 3], True),
+    "resnext50_32x4d": lambda n: resnet(n, [3, 4, 6, 3], True, groups=32, per_group=4),
+    "wide_resnet50_2": lambda n: resnet(n, [3, 4, 6, 3], True, per_group=128),
     "vgg16": vgg16,
     "alexnet": alexnet,
 }
