@@ -419,7 +419,9 @@ impl Engine {
     /// from the choices in `tuning_cache` (JSON from an earlier [`Engine::tuning_cache`]).
     /// `weights` are safetensors or a PyTorch checkpoint; the head's size comes from them,
     /// and `labels` (a label file's text: lines, a JSON array or object, a timm config)
-    /// name its classes.
+    /// name its classes. `config` (a timm config.json) names the architecture where
+    /// `model_id` is empty, the class names and the transform; `preprocess` (timm's
+    /// settings as JSON) overrides the transform.
     #[allow(clippy::too_many_arguments)]
     pub fn load(
         model_id: String,
@@ -431,9 +433,17 @@ impl Engine {
         tuning_cache: Option<String>,
         labels: Option<String>,
         preprocess: Option<String>,
+        config: Option<String>,
     ) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
-            let model = Model::get(&model_id).map_err(|e| js_err(e.into()))?;
+            // A Hub repository's timm config.json: the architecture (when `model_id` is
+            // empty), the class names and the transform.
+            let config = config
+                .map(|t| crate::models::HubConfig::parse(&t))
+                .transpose()
+                .map_err(|e| bad(format!("config.json: {e}")))?;
+            let id = Some(model_id.as_str()).filter(|m| !m.is_empty());
+            let model = crate::weights::resolve_model(id, config.as_ref()).map_err(js_err)?;
             let device = match device.as_str() {
                 "auto" => Device::Auto,
                 "webgpu" | "gpu" => Device::Gpu,
@@ -470,6 +480,9 @@ impl Engine {
                     (model, t, vec![], vec![])
                 }
             };
+            if let Some(c) = &config {
+                model = c.apply(model).map_err(js_err)?;
+            }
             if let Some(text) = labels {
                 let names = crate::models::Labels::parse(&text).map_err(|e| js_err(e.into()))?;
                 model = model.with_labels(names).map_err(|e| js_err(e.into()))?;

@@ -79,7 +79,8 @@ fn jpeg_pixels_against_libjpeg_turbo_and_what_they_change_downstream() {
     // coffee.png saved by cjpeg -quality 90 (4:2:0), and the same file decoded by
     // libjpeg-turbo 2.1.5's djpeg (PIL's decoder, default settings) stored as PNG.
     let ours = decode(&std::fs::read(dir().join("coffee_q90.jpg")).unwrap()).unwrap();
-    let turbo = decode(&std::fs::read(dir().join("coffee_q90_libjpeg_turbo.png")).unwrap()).unwrap();
+    let turbo =
+        decode(&std::fs::read(dir().join("coffee_q90_libjpeg_turbo.png")).unwrap()).unwrap();
     let (a, b) = (ours.to_rgb8(), turbo.to_rgb8());
     assert_eq!(a.dimensions(), b.dimensions());
     let diffs: Vec<i32> = a
@@ -91,7 +92,10 @@ fn jpeg_pixels_against_libjpeg_turbo_and_what_they_change_downstream() {
     let max = *diffs.iter().max().unwrap();
     let differ = diffs.iter().filter(|&&d| d > 0).count() as f64 / diffs.len() as f64;
     let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
-    eprintln!("JPEG pixels vs libjpeg-turbo: max {max} levels, {:.1}% differ, mean {mean:.3}", differ * 100.0);
+    eprintln!(
+        "JPEG pixels vs libjpeg-turbo: max {max} levels, {:.1}% differ, mean {mean:.3}",
+        differ * 100.0
+    );
     // The decoders round the IDCT and chroma upsampling differently: measured here, 17.5% of
     // values off, by 0.24 levels on average and 6 at most.
     assert!(max <= 8 && mean < 0.5, "max {max}, mean {mean}");

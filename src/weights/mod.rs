@@ -393,6 +393,31 @@ pub fn synthetic(graph: &Graph, seed: u64) -> TensorMap {
     crate::prng::synth_params(graph, seed).expect("every model parameter has a synthesis rule")
 }
 
+/// The zoo model for weights: `model_id` where given (a `config` must agree with it), else
+/// the architecture the timm `config` names.
+pub fn resolve_model(
+    model_id: Option<&str>,
+    config: Option<&crate::models::HubConfig>,
+) -> Result<Model, crate::Error> {
+    match (model_id, config) {
+        (Some(m), Some(c)) if c.model_id() != m => Err(crate::Error::BadArgument(format!(
+            "the weights' config.json says architecture '{}', not '{m}'",
+            c.architecture
+        ))),
+        (Some(m), _) => Ok(Model::get(m)?),
+        (None, Some(c)) => Model::get(c.model_id()).map_err(|_| {
+            crate::Error::BadArgument(format!(
+                "the weights' config.json names architecture '{}', which webcnn does not have; it has {}",
+                c.architecture,
+                crate::models::ids().join(", ")
+            ))
+        }),
+        (None, None) => Err(crate::Error::BadArgument(
+            "name the model (--model ID): the weights come without a config.json naming their architecture".into(),
+        )),
+    }
+}
+
 /// Where a model's files are: the weights, and timm's `config.json` beside them if any.
 #[cfg(not(target_arch = "wasm32"))]
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -506,31 +531,7 @@ pub fn load_for(
         }
         None => None,
     };
-    let id = match (model_id, &config) {
-        (Some(m), Some(c)) if c.model_id() != m => {
-            return Err(crate::Error::BadArgument(format!(
-                "the weights' config.json says architecture '{}', not '{m}'",
-                c.architecture
-            )))
-        }
-        (Some(m), _) => m.to_string(),
-        (None, Some(c)) => c.model_id().to_string(),
-        (None, None) => {
-            return Err(crate::Error::BadArgument(
-                "name the model (--model ID): the weights come without a config.json naming their architecture".into(),
-            ))
-        }
-    };
-    let model = match (&config, model_id) {
-        (Some(c), None) => Model::get(&id).map_err(|_| {
-            crate::Error::BadArgument(format!(
-                "the weights' config.json names architecture '{}', which webcnn does not have; it has {}",
-                c.architecture,
-                crate::models::ids().join(", ")
-            ))
-        })?,
-        _ => Model::get(&id)?,
-    };
+    let model = resolve_model(model_id, config.as_ref())?;
     let mut loaded = match files {
         Some(f) => from_bytes_for(model, &read_file(&f.weights)?)?,
         None => load(source, model, progress)?,

@@ -119,14 +119,34 @@ struct Seq<T> {
     depth: usize,
 }
 
-impl<T> Seq<T> {
+fn too_deep(depth: usize) -> Result<(), WeightsError> {
+    if depth > MAX_DEPTH {
+        return Err(err(format!(
+            "containers nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    Ok(())
+}
+
+impl<T: Clone> Seq<T> {
     fn new(items: Vec<T>, depth: usize) -> Result<Rc<Seq<T>>, WeightsError> {
-        if depth > MAX_DEPTH {
-            return Err(err(format!(
-                "containers nest deeper than {MAX_DEPTH} levels"
-            )));
-        }
+        too_deep(depth)?;
         Ok(Rc::new(Seq { items, depth }))
+    }
+
+    /// Append `items` (whose deepest is `add` levels deep), copying the container first
+    /// where the memo shares it.
+    fn extend(
+        this: &mut Rc<Seq<T>>,
+        items: impl IntoIterator<Item = T>,
+        add: usize,
+    ) -> Result<(), WeightsError> {
+        let depth = this.depth.max(add);
+        too_deep(depth)?;
+        let s = Rc::make_mut(this);
+        s.depth = depth;
+        s.items.extend(items);
+        Ok(())
     }
 }
 
@@ -202,6 +222,9 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    /// Items copied because a container was shared (memo and stack) when changed: bounded,
+    /// so a crafted pickle cannot make reading quadratic.
+    copied: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -212,7 +235,19 @@ impl<'a> Machine<'a> {
             stack: vec![],
             marks: vec![],
             memo: HashMap::new(),
+            copied: 0,
         }
+    }
+
+    /// Count the items a change to a shared container copies.
+    fn copy_budget(&mut self, shared: bool, items: usize) -> Result<(), WeightsError> {
+        if shared {
+            self.copied += items;
+            if self.copied > 16 * self.data.len() + (1 << 20) {
+                return Err(err("the pickle rewrites shared containers over and over"));
+            }
+        }
+        Ok(())
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], WeightsError> {
@@ -303,46 +338,37 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
+    /// Count what changing the container on top of the stack copies, if it is shared.
+    fn charge_top(&mut self) -> Result<(), WeightsError> {
+        let (shared, n) = match self.top()? {
+            Value::List(l) => (Rc::strong_count(l) > 1, l.items.len()),
+            Value::Dict(d) => (Rc::strong_count(d) > 1, d.items.len()),
+            _ => (false, 0),
+        };
+        self.copy_budget(shared, n)
+    }
+
     /// Append `items` to the list (or set) on top of the stack.
     fn extend_list(&mut self, items: Vec<Value>) -> Result<(), WeightsError> {
         let add = seq_depth(&items);
+        self.charge_top()?;
         match self.top()? {
-            Value::List(l) => {
-                let depth = l.depth.max(add);
-                if depth > MAX_DEPTH {
-                    return Err(err(format!(
-                        "containers nest deeper than {MAX_DEPTH} levels"
-                    )));
-                }
-                let l = Rc::make_mut(l);
-                l.depth = depth;
-                l.items.extend(items);
-                Ok(())
-            }
+            Value::List(l) => Seq::extend(l, items, add),
             v => Err(err(format!("the pickle appends to {}", v.kind()))),
         }
     }
+
+    /// Set key-value pairs (`items` alternating) in the dict on top of the stack.
     fn extend_dict(&mut self, items: Vec<Value>) -> Result<(), WeightsError> {
         if !items.len().is_multiple_of(2) {
             return Err(err("the pickle sets a key without a value"));
         }
         let add = seq_depth(&items);
+        self.charge_top()?;
+        let mut it = items.into_iter();
+        let pairs = std::iter::from_fn(move || Some((it.next()?, it.next()?)));
         match self.top()? {
-            Value::Dict(d) => {
-                let depth = d.depth.max(add);
-                if depth > MAX_DEPTH {
-                    return Err(err(format!(
-                        "containers nest deeper than {MAX_DEPTH} levels"
-                    )));
-                }
-                let d = Rc::make_mut(d);
-                d.depth = depth;
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    d.items.push((k, v));
-                }
-                Ok(())
-            }
+            Value::Dict(d) => Seq::extend(d, pairs, add),
             v => Err(err(format!("the pickle sets an item of {}", v.kind()))),
         }
     }
@@ -808,7 +834,7 @@ fn load_legacy(bytes: &[u8]) -> Result<(TensorMap, Vec<String>), WeightsError> {
     // The storages follow in the order of `keys`: an i64 element count, then the data.
     // Their element sizes come from the types the main pickle gave them.
     let mut dtypes = HashMap::new();
-    collect_storages(&root, &mut dtypes);
+    collect_storages(&root, &mut dtypes, &mut std::collections::HashSet::new());
     let mut blobs: HashMap<String, &[u8]> = HashMap::new();
     for k in keys.items("the legacy storage keys")? {
         let Value::Str(k) = k else {
@@ -838,14 +864,30 @@ fn load_legacy(bytes: &[u8]) -> Result<(TensorMap, Vec<String>), WeightsError> {
     })
 }
 
-/// Every storage the tensors of a state dict (or its wrappers) view, by key.
-fn collect_storages(v: &Value, out: &mut HashMap<String, Dtype>) {
+/// Every storage the tensors of a state dict (or its wrappers) view, by key. Containers
+/// shared through the memo are visited once: a crafted pickle nesting one list twice per
+/// level must not take 2^depth steps.
+fn collect_storages(
+    v: &Value,
+    out: &mut HashMap<String, Dtype>,
+    seen: &mut std::collections::HashSet<*const ()>,
+) {
     match v {
         Value::Tensor(t) => {
             out.insert(t.storage.key.clone(), t.storage.dtype);
         }
-        Value::Dict(d) => d.items.iter().for_each(|(_, v)| collect_storages(v, out)),
-        Value::List(s) | Value::Tuple(s) => s.items.iter().for_each(|v| collect_storages(v, out)),
+        Value::Dict(d) => {
+            if seen.insert(Rc::as_ptr(d) as *const ()) {
+                d.items
+                    .iter()
+                    .for_each(|(_, v)| collect_storages(v, out, seen));
+            }
+        }
+        Value::List(s) | Value::Tuple(s) => {
+            if seen.insert(Rc::as_ptr(s) as *const ()) {
+                s.items.iter().for_each(|v| collect_storages(v, out, seen));
+            }
+        }
         _ => {}
     }
 }
@@ -1058,4 +1100,53 @@ fn gather(t: &TensorRef, data: &[u8]) -> Result<Vec<f32>, String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The legacy format's three leading pickles, then `root`, then an empty key list.
+    fn legacy(root: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x80, 2, 0x8a, 10];
+        b.extend(&LEGACY_MAGIC.to_le_bytes()[..10]);
+        b.push(b'.');
+        b.extend([0x80, 2, b'M', 0xe9, 0x03, b'.']);
+        b.extend([0x80, 2, b'}', b'.']);
+        b.extend([0x80, 2]);
+        b.extend(root);
+        b.extend([b'.', 0x80, 2, b']', b'.']);
+        b
+    }
+
+    #[test]
+    fn a_pickle_sharing_one_list_at_every_level_is_walked_once() {
+        // Each level a pair of the level below, through the memo: 2^200 paths, 200 lists.
+        let mut p = vec![b']', b'q', 0];
+        for _ in 0..200 {
+            p.extend([b'h', 0, b'h', 0, 0x86, b'q', 0]);
+        }
+        let t = std::time::Instant::now();
+        let e = load(&legacy(&p)).unwrap_err();
+        assert!(e.to_string().contains("not a dict"), "{e}");
+        assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
+        // Past the depth bound: refused, not recursed into.
+        let mut deep = vec![b')'];
+        deep.extend(std::iter::repeat_n(0x85, 300));
+        let e = load(&legacy(&deep)).unwrap_err();
+        assert!(e.to_string().contains("nest deeper"), "{e}");
+    }
+
+    #[test]
+    fn rewriting_a_shared_list_over_and_over_is_stopped() {
+        // Put the list in the memo, append, put it again, append...: each append copies.
+        let mut p = vec![b']'];
+        for _ in 0..100_000 {
+            p.extend([b'q', 0, b'K', 1, b'a']);
+        }
+        let t = std::time::Instant::now();
+        let e = load(&legacy(&p)).unwrap_err();
+        assert!(e.to_string().contains("over and over"), "{e}");
+        assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
+    }
 }

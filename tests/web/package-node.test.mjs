@@ -213,6 +213,34 @@ test('a fine-tuned head saved by torch.save: golden outputs, its own labels, and
   hl.dispose();
 });
 
+test("hf: with timm's layout (config.json + pytorch_model.bin): the architecture, classes and labels come from the repository", async () => {
+  const c = JSON.parse(fs.readFileSync(path.join(golden, 'models', 'resnet18-s1-c3-1x3x64x64.json'), 'utf8'));
+  const dir = path.join(app, 'me/pets/resolve/main');
+  fs.mkdirSync(dir, { recursive: true });
+  fs.copyFileSync(path.join(root, 'tests/fixtures/own-model/timm/resnet18-ft3/config.json'), path.join(dir, 'config.json'));
+  fs.writeFileSync(path.join(dir, 'pytorch_model.bin'), torchSaveFromSafetensors(exportWeights('resnet18', c.weights_seed, 3)));
+  const m = await pkg.load({ weights: 'hf:me/pets', device: 'cpu' });
+  assert.equal(m.info.id, 'resnet18');
+  assert.equal(m.info.numClasses, 3);
+  assert.deepEqual([...m.info.classNames], ['cat', 'dog', 'bird']);
+  assert.deepEqual(m.info.preprocess.size, [224, 224]);
+  assert.equal(m.info.preprocess.interpolation, 'bilinear');
+  const y = await m.forward(synthInput(c.input_shape, c.input_seed), c.input_shape);
+  const e = relL2(y.data, c.output);
+  assert.ok(e <= TOL, `relative L2 ${e}`);
+  m.dispose();
+  // A model id that disagrees with the config is named.
+  await rejects(pkg.load({ model: 'resnet50', weights: 'hf:me/pets', device: 'cpu' }), 'BAD_ARGUMENT', /architecture 'resnet18', not 'resnet50'/);
+  // The transform can be set by hand too.
+  const p = await pkg.load({ weights: 'hf:me/pets', device: 'cpu', preprocess: { size: 96, interpolation: 'bicubic' } });
+  assert.deepEqual(p.info.preprocess.size, [96, 96]);
+  assert.equal(p.info.preprocess.interpolation, 'bicubic');
+  assert.equal((await p.classify(new Uint8Array(fs.readFileSync(files.png)))).length, 3);
+  p.dispose();
+  await rejects(pkg.load({ weights: 'hf:me/pets', device: 'cpu', preprocess: { cropPct: 2 } }), 'BAD_ARGUMENT', /crop_pct/);
+  await rejects(pkg.load({ weights: 'hf:me/pets', device: 'cpu', preprocess: { zoom: 2 } }), 'BAD_ARGUMENT', /unknown setting 'zoom'/);
+});
+
 test('weights served compressed (gzip, br) load: the decoded bytes are checked, not the encoded length', async () => {
   const want = await pkg.load({ model: 'resnet18', weights: files.r18, device: 'cpu' });
   const x = synthInput([1, 3, 64, 64], 1);
@@ -323,7 +351,7 @@ test('hf: downloads once into the cache (HF_ENDPOINT), with progress', async () 
   const before = srv.hits.get('/timm/resnet18.tv_in1k/resolve/main/model.safetensors') ?? 0;
   const seen = [];
   const m1 = await pkg.load({ model: 'resnet18', weights: 'hf:timm/resnet18.tv_in1k', device: 'cpu', onProgress: (p) => seen.push(p) });
-  assert.ok(fs.existsSync(path.join(app, 'cache/hub/timm--resnet18.tv_in1k/model.safetensors')), 'cached in the CLI layout');
+  assert.ok(fs.existsSync(path.join(app, 'cache/hub/timm--resnet18.tv_in1k/main/model.safetensors')), 'cached in the CLI layout');
   const dl = seen.filter((p) => p.phase === 'download');
   assert.ok(dl.length > 0 && dl.at(-1).loaded === dl.at(-1).total && dl.at(-1).total === fs.statSync(files.r18).size);
   assert.deepEqual(seen.filter((p) => p.phase === 'prepare').map((p) => p.loaded), [0, 1]);

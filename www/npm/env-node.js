@@ -1,5 +1,5 @@
 // Node: the wasm is read from the file next to this module; downloads are cached in
-// $WEBCNN_CACHE or ~/.cache/webcnn, in the CLI's layout (`hub/OWNER--NAME/model.safetensors`).
+// $WEBCNN_CACHE or ~/.cache/webcnn, in the CLI's layout (`hub/OWNER--NAME/REVISION/FILE`).
 import { mkdir, readFile as fsReadFile, rename, writeFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { homedir, tmpdir } from 'node:os';
@@ -48,7 +48,9 @@ function cacheDir() {
 }
 
 function cachePath(key) {
-  if (key.startsWith('hf:')) return join(cacheDir(), 'hub', key.slice(3).replace('/', '--'), 'model.safetensors');
+  // 'hf:OWNER/NAME[@REVISION][#FILE]' (checked by the caller: no separators or '..').
+  const hf = /^hf:([^/@#]+)\/([^/@#]+)(?:@([^/#]+))?(?:#([^/]+))?$/.exec(key);
+  if (hf) return join(cacheDir(), 'hub', `${hf[1]}--${hf[2]}`, hf[3] ?? 'main', hf[4] ?? 'model.safetensors');
   return join(cacheDir(), 'urls', `${createHash('sha256').update(key).digest('hex')}.safetensors`);
 }
 

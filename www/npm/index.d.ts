@@ -96,7 +96,8 @@ export interface Preprocess {
 }
 
 export interface LoadOptions {
-  model: ModelId;
+  /** The architecture; may be left out for an `hf:` repository whose timm config.json names it. */
+  model?: ModelId;
   /**
    * safetensors or a PyTorch checkpoint (`torch.save`: .pth / .pt / .bin). The head's size
    * comes from the weights: a fine-tuned classifier of any class count, or none (a

@@ -167,13 +167,31 @@ function weightsSource(weights, opts) {
     if (file) {
       return { read: async () => env.readFile(file) };
     } else if (weights.startsWith('hf:')) {
-      const repo = weights.slice(3);
+      const [repo, revision = 'main'] = weights.slice(3).split(/@(.*)/s, 2);
       // The Hub's rule for names (as the CLI checks it): no '..', '--' or separators.
       const part = (p) => /^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$/.test(p) && !p.includes('..') && !p.includes('--');
-      if (repo.split('/').length !== 2 || !repo.split('/').every(part)) fail('BAD_ARGUMENT', `bad Hub repository '${repo}': use hf:OWNER/NAME`);
+      if (repo.split('/').length !== 2 || !repo.split('/').every(part) || !part(revision)) {
+        fail('BAD_ARGUMENT', `bad Hub repository '${weights.slice(3)}': use hf:OWNER/NAME or hf:OWNER/NAME@REVISION`);
+      }
       const endpoint = (opts.hfEndpoint ?? env.hfEndpoint() ?? 'https://huggingface.co').replace(/\/+$/, '');
-      url = `${endpoint}/${repo}/resolve/main/model.safetensors`;
-      key = weights;
+      const base = `${endpoint}/${repo}/resolve/${revision}`;
+      const cache = opts.cache !== false;
+      // timm's layout: config.json (if the repository has one), then model.safetensors,
+      // else pytorch_model.bin.
+      return {
+        hub: true,
+        config: async () => {
+          const b = await download(`${base}/config.json`, `${weights}#config.json`, () => {}, cache, true);
+          return b && new TextDecoder().decode(b);
+        },
+        read: async (onProgress) => {
+          const st = await download(`${base}/model.safetensors`, weights, onProgress, cache, true);
+          if (st) return st;
+          const bin = await download(`${base}/pytorch_model.bin`, `${weights}#pytorch_model.bin`, onProgress, cache, true);
+          if (bin) return bin;
+          return fail('DOWNLOAD', `'${weights.slice(3)}' has neither model.safetensors nor pytorch_model.bin (HTTP 404)`);
+        },
+      };
     } else if (typeof location !== 'undefined' && location.href) {
       url = new URL(weights, location.href).href;
       key = url;
@@ -190,7 +208,8 @@ function weightsSource(weights, opts) {
   return fail('BAD_ARGUMENT', "weights must be a URL, 'hf:OWNER/NAME', 'synthetic:SEED', an ArrayBuffer, a Uint8Array or a Blob");
 }
 
-async function download(url, key, onProgress, useCache) {
+/** A URL's bytes (from the cache where kept); `null` for HTTP 404 where `optional`. */
+async function download(url, key, onProgress, useCache, optional = false) {
   const cached = useCache ? await env.cacheGet(key) : null;
   if (cached) {
     onProgress({ phase: 'download', loaded: cached.length, total: cached.length, cached: true });
@@ -202,6 +221,7 @@ async function download(url, key, onProgress, useCache) {
   } catch (e) {
     fail('DOWNLOAD', `network error downloading ${url}: ${(e && e.message) || e}`);
   }
+  if (optional && resp.status === 404) return null;
   if (!resp.ok) fail('DOWNLOAD', `downloading ${url} failed: HTTP ${resp.status}`);
   // Content-Length counts the bytes on the wire: a compressed body (gzip, br) arrives
   // decoded, longer, so only an unencoded one is checked against it.
@@ -246,7 +266,9 @@ async function download(url, key, onProgress, useCache) {
 export async function load(options) {
   if (!options || typeof options !== 'object') fail('BAD_ARGUMENT', 'load() takes an options object: { model, weights, device }');
   const { model, weights, device = 'auto', precision = 'f32', tuning = 'auto', onProgress } = options;
-  if (typeof model !== 'string' || !MODELS.some((m) => m.id === model)) {
+  // A Hub repository with timm's config.json names its own architecture.
+  const fromHub = typeof weights === 'string' && weights.startsWith('hf:');
+  if (!(model === undefined && fromHub) && (typeof model !== 'string' || !MODELS.some((m) => m.id === model))) {
     fail('UNKNOWN_MODEL', `unknown model '${model}'; known: ${MODELS.map((m) => m.id).join(', ')}`);
   }
   if (weights === undefined || weights === null) {
@@ -269,6 +291,7 @@ export async function load(options) {
   }
   // Also what a model calls to prepare itself again (a lost device, a new instance).
   const create = async () => {
+    const config = source.config ? await source.config().catch((e) => { throw wrap(e); }) : null;
     const bytes = await source.read(progress).catch((e) => { throw wrap(e); });
     await init(initOptions).catch((e) => { throw wrap(e); });
     const gen = generation;
@@ -276,7 +299,7 @@ export async function load(options) {
       progress({ phase: 'prepare', loaded: 0, total: 1 });
       const cache = device === 'cpu' ? null : await env.tuningGet();
       const engine = await Promise.race([
-        wasmModule.Engine.load(model, bytes, source.seed ?? 1, device, precision, tuning, cache ?? undefined, labels, preprocess),
+        wasmModule.Engine.load(model ?? '', bytes, source.seed ?? 1, device, precision, tuning, cache ?? undefined, labels, preprocess, config ?? undefined),
         panicOf(gen).promise,
       ]);
       progress({ phase: 'prepare', loaded: 1, total: 1 });
