@@ -215,7 +215,7 @@ test('a non-image and a mismatched weights file show errors, and the page recove
   }
 });
 
-test('your own fine-tuned .pth with its label file: the CLI's answer, in the page (CPU)', { timeout: LONG }, async () => {
+test("your own fine-tuned .pth with its label file: the CLI's answer, in the page (CPU)", { timeout: LONG }, async () => {
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, '--disable-gpu'] });
   try {
     const page = await browser.newPage();
