@@ -876,17 +876,12 @@ fn collect_storages(
         Value::Tensor(t) => {
             out.insert(t.storage.key.clone(), t.storage.dtype);
         }
-        Value::Dict(d) => {
-            if seen.insert(Rc::as_ptr(d) as *const ()) {
-                d.items
-                    .iter()
-                    .for_each(|(_, v)| collect_storages(v, out, seen));
-            }
-        }
-        Value::List(s) | Value::Tuple(s) => {
-            if seen.insert(Rc::as_ptr(s) as *const ()) {
-                s.items.iter().for_each(|v| collect_storages(v, out, seen));
-            }
+        Value::Dict(d) if seen.insert(Rc::as_ptr(d) as *const ()) => d
+            .items
+            .iter()
+            .for_each(|(_, v)| collect_storages(v, out, seen)),
+        Value::List(s) | Value::Tuple(s) if seen.insert(Rc::as_ptr(s) as *const ()) => {
+            s.items.iter().for_each(|v| collect_storages(v, out, seen))
         }
         _ => {}
     }
