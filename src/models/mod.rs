@@ -77,16 +77,12 @@ impl Labels {
                 .map_err(|e| LabelsError::Format(format!("not valid JSON: {e}")))?;
             from_json(&j)?
         } else {
-            text.lines()
-                .map(|l| l.trim_end_matches('\r').to_string())
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .skip_while(|l| l.trim().is_empty())
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect()
+            // One per line; blank lines at the end are not classes.
+            let mut v: Vec<String> = text.lines().map(String::from).collect();
+            while v.last().is_some_and(|l| l.trim().is_empty()) {
+                v.pop();
+            }
+            v
         };
         if names.is_empty() {
             return Err(LabelsError::Format("no labels in it".into()));
