@@ -381,6 +381,19 @@ fn clip8(v: i64) -> u8 {
     }
 }
 
+/// One output pixel of a resampling pass: the fixed-point weights `ws` times the pixels
+/// `pixel(j)` they weigh, rounded as PIL rounds.
+fn taps(ws: &[i32], pixel: impl Fn(usize) -> [u8; 3]) -> [u8; 3] {
+    let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+    for (j, &wt) in ws.iter().enumerate() {
+        let p = pixel(j);
+        for c in 0..3 {
+            acc[c] += p[c] as i64 * wt as i64;
+        }
+    }
+    acc.map(clip8)
+}
+
 /// Rows `rows` x columns `cols` of `src` (`w` x `h`, RGB) resized to `ow` x `oh` as PIL's
 /// `Image.resize` does (horizontal pass first, each pass rounded to bytes; nearest by its
 /// affine sampling). Only those output pixels are computed, so memory follows the crop,
@@ -423,14 +436,7 @@ fn resize_window(
                 None => px(x, y),
                 Some(k) => {
                     let (s, ws) = &k[i];
-                    let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-                    for (j, &wt) in ws.iter().enumerate() {
-                        let p = px(s + j, y);
-                        for c in 0..3 {
-                            acc[c] += p[c] as i64 * wt as i64;
-                        }
-                    }
-                    acc.map(clip8)
+                    taps(ws, |j| px(s + j, y))
                 }
             };
         }
@@ -442,14 +448,7 @@ fn resize_window(
                 None => tmp[(y - y0) * nc + i],
                 Some(k) => {
                     let (s, ws) = &k[r];
-                    let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-                    for (j, &wt) in ws.iter().enumerate() {
-                        let p = tmp[(s + j - y0) * nc + i];
-                        for c in 0..3 {
-                            acc[c] += p[c] as i64 * wt as i64;
-                        }
-                    }
-                    acc.map(clip8)
+                    taps(ws, |j| tmp[(s + j - y0) * nc + i])
                 }
             });
         }
