@@ -399,6 +399,33 @@ where
     })
 }
 
+/// A weights file fed in pieces as it downloads or is read ([`crate::weights::stream`]):
+/// a safetensors file becomes f32 tensors as its bytes arrive, so the page never holds the
+/// file beside them. Handed to [`Engine::load`].
+#[wasm_bindgen]
+pub struct WeightsStream {
+    reader: crate::weights::stream::Reader,
+}
+
+#[wasm_bindgen]
+impl WeightsStream {
+    /// A stream of `total` bytes where known (it bounds the header's claims at once).
+    #[wasm_bindgen(constructor)]
+    pub fn new(total: Option<f64>) -> WeightsStream {
+        let total = total
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .map(|t| t as u64);
+        WeightsStream {
+            reader: crate::weights::stream::Reader::new(total),
+        }
+    }
+
+    /// The next bytes (copied into wasm memory and converted; the caller's buffer can go).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
+        self.reader.push(chunk).map_err(|e| js_err(e.into()))
+    }
+}
+
 /// One model with its weights loaded once on WebGPU or the CPU backend.
 #[wasm_bindgen]
 pub struct Engine {
@@ -411,7 +438,7 @@ pub struct Engine {
 
 #[wasm_bindgen]
 impl Engine {
-    /// Load `model_id` with safetensors `weights` (synthetic weights of `seed` when
+    /// Load `model_id` with `weights` streamed in (synthetic weights of `seed` when
     /// absent) on `device`: "auto" (WebGPU, else the CPU with a notice), "webgpu" or "cpu";
     /// WebGPU stores values at `precision`, "f32" or "f16" (the adapter's shader-f16), and
     /// picks each convolution's kernel by `tuning` ("auto": the static table for known
@@ -425,7 +452,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn load(
         model_id: String,
-        weights: Option<Vec<u8>>,
+        weights: Option<WeightsStream>,
         seed: u32,
         device: String,
         precision: String,
@@ -470,9 +497,10 @@ impl Engine {
                 }
             };
             let (mut model, tensors, warnings, notices) = match weights {
-                Some(bytes) => {
-                    let l = crate::weights::from_bytes_for(model, &bytes)
-                        .map_err(|e| js_err(e.into()))?;
+                Some(stream) => {
+                    let (w, notices) = stream.reader.finish().map_err(|e| js_err(e.into()))?;
+                    let w = crate::weights::map_timm_keys(w);
+                    let l = crate::weights::fit(model, w, notices).map_err(|e| js_err(e.into()))?;
                     (l.model, l.tensors, l.non_finite, l.notices)
                 }
                 None => {

@@ -79,7 +79,8 @@ async function loadModel() {
   const threads = Number(query.get('threads')) || undefined;
   const args = { model, seed: 1, device: query.get('device') || 'auto', threads };
   if (choice.kind === 'file') {
-    args.weightsBytes = await choice.file.arrayBuffer();
+    // The File itself: posting it copies no bytes, and the package streams it in pieces.
+    args.weightsFile = choice.file;
     args.labels = choice.labels;
   }
   if (choice.kind === 'url') args.weightsUrl = choice.url;

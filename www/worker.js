@@ -14,8 +14,7 @@ const handlers = {
     const t0 = performance.now();
     let t1 = t0;
     if (model) { model.dispose(); model = null; }
-    const weights = args.weightsBytes ? new Uint8Array(args.weightsBytes)
-      : args.weightsUrl ?? `synthetic:${args.seed ?? 1}`;
+    const weights = args.weightsFile ?? args.weightsUrl ?? `synthetic:${args.seed ?? 1}`;
     model = await load({
       model: args.model,
       weights,

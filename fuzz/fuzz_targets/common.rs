@@ -32,11 +32,58 @@ pub fn safetensors(data: &[u8]) {
         }
     }
     // The parser alone, on what the model check would refuse early.
-    if let Ok(w) = webcnn::weights::load_safetensors(bytes) {
-        for t in webcnn::weights::map_timm_keys(w).values() {
+    let whole = webcnn::weights::load_safetensors(bytes);
+    if let Ok(w) = &whole {
+        for t in w.values() {
             assert_eq!(t.len(), t.shape().iter().product::<usize>());
         }
     }
+    // Fed in pieces of any size, with or without the length known, it reads the same.
+    let step = 1 + bytes.len() % 61;
+    for total in [None, Some(bytes.len() as u64)] {
+        let mut r = webcnn::weights::stream::Reader::new(total);
+        let fed = bytes.chunks(step).try_for_each(|c| r.push(c));
+        let pieces = fed.and_then(|()| r.finish()).map(|(w, _)| w);
+        match (&whole, &pieces) {
+            (Ok(a), Ok(b)) => assert!(same(a, b), "pieces of {step} read other tensors"),
+            (Err(_), Err(_)) => {}
+            _ if webcnn::weights::pth::looks_like(bytes) => {}
+            (a, b) => panic!(
+                "whole: {:?}, in pieces of {step}: {:?}",
+                a.as_ref().err(),
+                b.as_ref().err()
+            ),
+        }
+    }
+    // What the safetensors crate reads as float tensors, we read too, to the bit.
+    if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {
+        use safetensors::Dtype::*;
+        let floats = st.iter().all(|(k, v)| {
+            matches!(v.dtype(), F32 | F16 | BF16 | F64) || k.ends_with("num_batches_tracked")
+        });
+        if floats && !webcnn::weights::pth::looks_like(bytes) {
+            let w = whole.as_ref().expect("a file the safetensors crate reads");
+            for (k, v) in st.iter() {
+                if let Some(t) = w.get(k) {
+                    assert_eq!(t.shape(), v.shape(), "{k}");
+                }
+            }
+        }
+    }
+}
+
+/// The same keys, shapes and values (to the bit: NaN equals NaN).
+fn same(a: &webcnn::weights::TensorMap, b: &webcnn::weights::TensorMap) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|(k, t)| {
+            b.get(k).is_some_and(|u| {
+                t.shape() == u.shape()
+                    && t.data()
+                        .iter()
+                        .zip(u.data())
+                        .all(|(x, y)| x.to_bits() == y.to_bits())
+            })
+        })
 }
 
 /// A PyTorch checkpoint (`torch.save`'s zip or legacy format) through the restricted

@@ -5,11 +5,12 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
 pub mod pth;
+pub mod stream;
 
 use crate::graph::Graph;
 use crate::models::Model;
 use crate::tensor::Tensor;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::PathBuf;
@@ -55,74 +56,19 @@ pub enum WeightsError {
 
 /// Parse a `.safetensors` file into f32 tensors.
 pub fn load_safetensors(bytes: &[u8]) -> Result<TensorMap, WeightsError> {
-    if bytes.len() < 8 {
-        return Err(WeightsError::NotSafetensors(format!(
-            "{} bytes is too short for a header",
-            bytes.len()
-        )));
+    if pth::looks_like(bytes) {
+        return Err(WeightsError::NotSafetensors(
+            "this is a PyTorch checkpoint (use weights::read)".into(),
+        ));
     }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    if n.saturating_add(8) > bytes.len() as u64 {
-        return Err(WeightsError::NotSafetensors(format!(
-            "header length {n} is beyond the file's {} bytes (truncated, or not a safetensors file)",
-            bytes.len()
-        )));
-    }
-    // The parser keeps the last of duplicate keys; a file that names a tensor twice is
-    // ambiguous, so it is refused by name.
-    if let Some(k) = duplicate_key(&bytes[8..8 + n as usize]) {
-        return Err(WeightsError::NotSafetensors(format!(
-            "the header names '{k}' twice"
-        )));
-    }
-    let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        use safetensors::SafeTensorError as E;
-        match e {
-            E::MetadataIncompleteBuffer => WeightsError::Truncated(format!(
-                "tensor data ends past the file's {} bytes",
-                bytes.len()
-            )),
-            E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) | E::JsonError(_) => {
-                WeightsError::NotSafetensors("the header is not safetensors JSON".into())
-            }
-            other => WeightsError::NotSafetensors(format!("{other:?}")),
-        }
-    })?;
-    let mut out = HashMap::new();
-    for (key, view) in st.iter() {
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
-            d => {
-                if key.ends_with("num_batches_tracked") {
-                    continue;
-                }
-                return Err(WeightsError::UnsupportedDtype {
-                    key: key.to_string(),
-                    dtype: format!("{d:?}"),
-                });
-            }
-        };
-        let t = Tensor::new(view.shape().to_vec(), values)
-            .map_err(|e| WeightsError::Truncated(format!("tensor '{key}': {e}")))?;
-        out.insert(key.to_string(), t);
-    }
-    Ok(out)
+    Ok(read_raw(bytes)?.0)
+}
+
+/// A whole file through the [`stream::Reader`] (the one parser of every weights file).
+fn read_raw(bytes: &[u8]) -> Result<(TensorMap, Vec<String>), WeightsError> {
+    let mut r = stream::Reader::new(Some(bytes.len() as u64));
+    r.push(bytes)?;
+    r.finish()
 }
 
 /// The first key that a JSON object header repeats, if any (not JSON: None, for the
@@ -343,11 +289,7 @@ impl std::str::FromStr for Source {
 /// PyTorch checkpoint (`.pth` / `.pt` / `.bin`, wrappers unwrapped); timm's keys mapped.
 /// Also returns notices saying what was unwrapped or renamed.
 pub fn read(bytes: &[u8]) -> Result<(TensorMap, Vec<String>), WeightsError> {
-    let (w, notices) = if pth::looks_like(bytes) {
-        pth::load(bytes)?
-    } else {
-        (load_safetensors(bytes)?, vec![])
-    };
+    let (w, notices) = read_raw(bytes)?;
     Ok((map_timm_keys(w), notices))
 }
 
@@ -489,24 +431,46 @@ pub fn load(source: &Source, model: Model, progress: bool) -> Result<Loaded, Wei
             notices: vec![],
         });
     };
-    from_bytes_for(model, &read_file(&files.weights)?)
+    let (w, notices) = read_file(&files.weights)?;
+    fit(model, map_timm_keys(w), notices)
 }
 
-/// A weights file's bytes, refused before reading when they cannot fit in memory.
+/// A weights file's tensors, read in pieces: a safetensors file is never held whole
+/// beside its tensors. Refused before reading when the tensors cannot fit in memory.
 #[cfg(not(target_arch = "wasm32"))]
-fn read_file(path: &std::path::Path) -> Result<Vec<u8>, WeightsError> {
-    // The tensors take at least the file's size again once parsed (f16 / bf16 files twice
-    // that).
-    let size = std::fs::metadata(path)
-        .map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))?
-        .len();
-    if let Some(avail) = available_memory().filter(|&a| size.saturating_mul(2) > a) {
+fn read_file(path: &std::path::Path) -> Result<(TensorMap, Vec<String>), WeightsError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| WeightsError::Io(format!("reading {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    // f32 tensors take the file's size (f16 / bf16 files twice that).
+    if let Some(avail) = available_memory().filter(|&a| size > a) {
         return Err(WeightsError::Io(format!(
-            "{}: {size} bytes of weights need about twice that in memory, and {avail} bytes are available",
+            "{}: {size} bytes of weights need at least that much memory, and {avail} bytes are available",
             path.display()
         )));
     }
-    std::fs::read(path).map_err(|e| WeightsError::Io(format!("reading {}: {e}", path.display())))
+    let mut reader = stream::Reader::new(Some(size));
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        reader.push(&buf[..n]).map_err(|e| in_file(path, e))?;
+    }
+    reader.finish().map_err(|e| in_file(path, e))
+}
+
+/// A read error that says which file (the parser's own errors name no file).
+#[cfg(not(target_arch = "wasm32"))]
+fn in_file(path: &std::path::Path, e: WeightsError) -> WeightsError {
+    match e {
+        WeightsError::Io(m) => WeightsError::Io(format!("{}: {m}", path.display())),
+        e => e,
+    }
 }
 
 /// A user's model from `source`: the architecture from `model_id`, else from the timm
@@ -533,7 +497,10 @@ pub fn load_for(
     };
     let model = resolve_model(model_id, config.as_ref())?;
     let mut loaded = match files {
-        Some(f) => from_bytes_for(model, &read_file(&f.weights)?)?,
+        Some(f) => {
+            let (w, notices) = read_file(&f.weights)?;
+            fit(model, map_timm_keys(w), notices)?
+        }
         None => load(source, model, progress)?,
     };
     if let Some(c) = config {

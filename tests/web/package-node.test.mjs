@@ -75,6 +75,12 @@ before(async () => {
       const body = zlib.brotliCompressSync(fs.readFileSync(files.r18), { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 1 } });
       res.writeHead(200, { 'content-encoding': 'br', 'content-length': body.length }).end(body);
     },
+    // Half the file, then the connection drops.
+    '/cut/r18.safetensors': (req, res) => {
+      const body = fs.readFileSync(files.r18);
+      res.writeHead(200, { 'content-length': body.length });
+      res.write(body.subarray(0, body.length >> 1), () => res.destroy());
+    },
     '/timm/resnet18.tv_in1k/resolve/main/model.safetensors': (req, res) => {
       const body = fs.readFileSync(files.r18);
       res.writeHead(200, { 'content-length': body.length }).end(body);
@@ -252,6 +258,36 @@ test('weights served compressed (gzip, br) load: the decoded bytes are checked, 
     m.dispose();
   }
   want.dispose();
+});
+
+test('weights stream into the wasm: memory grows by the tensors, not the file beside them; every source reads the same', async () => {
+  // In a fresh process (wasm memory never shrinks), ResNet-18 from a file path grows the
+  // wasm memory by about its tensors (the file's size); reading the file whole would
+  // hold the file and its tensors at once (twice the size).
+  const size = fs.statSync(files.r18).size;
+  const script = `import { load } from 'webcnn';
+const m = await load({ model: 'resnet18', weights: process.argv.at(-1), device: 'cpu' });
+console.log(m[Symbol.for('webcnn.wasmMemory')]());`;
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', script, files.r18], { cwd: app, encoding: 'utf8' });
+  const wasm = Number(out.trim());
+  assert.ok(wasm > size && wasm < 1.15 * size + (8 << 20), `wasm memory ${wasm} bytes for a ${size}-byte file`);
+  const m = await pkg.load({ model: 'resnet18', weights: files.r18, device: 'cpu' });
+  const x = synthInput([1, 3, 64, 64], 2);
+  const want = [...(await m.forward(x, [1, 3, 64, 64])).data];
+  m.dispose();
+  const bytes = new Uint8Array(fs.readFileSync(files.r18));
+  for (const [what, weights] of [['a Blob', new Blob([bytes])], ['an ArrayBuffer', bytes.buffer], ['a URL', `${srv.base}/${path.basename(files.r18)}`]]) {
+    const o = await pkg.load({ model: 'resnet18', weights, device: 'cpu', cache: false });
+    assert.deepEqual([...(await o.forward(x, [1, 3, 64, 64])).data], want, what);
+    o.dispose();
+  }
+  // A download cut off halfway is a DOWNLOAD error and leaves nothing in the cache.
+  await rejects(pkg.load({ model: 'resnet18', weights: `${srv.base}/cut/r18.safetensors`, device: 'cpu' }), 'DOWNLOAD');
+  const urls = path.join(app, 'cache/urls');
+  assert.deepEqual(fs.existsSync(urls) ? fs.readdirSync(urls) : [], [], 'no file or .part kept');
+  // A file that is not weights fails as it streams in, and is not cached either.
+  await rejects(pkg.load({ model: 'resnet18', weights: `${srv.base}/demo.png`, device: 'cpu' }), 'WEIGHTS_FORMAT');
+  assert.deepEqual(fs.existsSync(urls) ? fs.readdirSync(urls) : [], [], 'no file or .part kept');
 });
 
 test('overlapping calls are queued and each gets its own answer', async () => {

@@ -29,6 +29,10 @@ export async function readFile() {
   throw new Error('no local files in browsers');
 }
 
+export async function openFile() {
+  throw new Error('no local files in browsers');
+}
+
 export function hfEndpoint() {
   return undefined;
 }
@@ -41,17 +45,49 @@ async function open() {
   }
 }
 
-export async function cacheGet(key) {
-  const hit = await (await open())?.match(key);
-  return hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+const SIZE = 'x-webcnn-size';
+
+/** A cached download as its size (where stored) and body stream, or null. */
+export async function cacheOpen(key) {
+  let hit;
+  try {
+    hit = await (await open())?.match(key);
+  } catch {
+    return null;
+  }
+  if (!hit || !hit.body) return null;
+  // The server's Content-Length, unless it counted compressed bytes (the body is decoded).
+  const encoding = (hit.headers.get('content-encoding') || 'identity').trim().toLowerCase();
+  const size = encoding === 'identity' ? Number(hit.headers.get('content-length')) || undefined : undefined;
+  return { size, stream: hit.body };
 }
 
-export async function cachePut(key, bytes) {
+/**
+ * Keep a download in the Cache API as it arrives: a clone of the response (made before
+ * its body is read) streams into `cache.put` inside the browser, so the page never holds
+ * the file. Stored only when the whole body came; a file the reader refused is removed;
+ * a failure to store costs only the cache (a warning), never the load.
+ */
+export async function cacheWriter(key, resp) {
+  const cache = await open();
+  if (!cache) return null;
+  let stored;
   try {
-    await (await open())?.put(key, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
+    stored = cache.put(key, resp.clone());
   } catch (e) {
     console.warn(`webcnn: could not cache ${key}: ${(e && e.message) || e}`);
+    return null;
   }
+  return {
+    write() {},
+    async commit() {
+      await stored.catch((e) => console.warn(`webcnn: could not cache ${key}: ${(e && e.message) || e}`));
+    },
+    // Not waited for: the clone may still be downloading the refused file.
+    abort() {
+      stored.catch(() => {}).then(() => cache.delete(key)).catch(() => {});
+    },
+  };
 }
 
 // GPU kernel choices measured on this browser's adapters (the JSON the wasm exports),

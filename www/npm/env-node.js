@@ -1,6 +1,7 @@
 // Node: the wasm is read from the file next to this module; downloads are cached in
 // $WEBCNN_CACHE or ~/.cache/webcnn, in the CLI's layout (`hub/OWNER--NAME/REVISION/FILE`).
-import { mkdir, readFile as fsReadFile, rename, writeFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open as fsOpen, readFile as fsReadFile, rename, stat, unlink } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -31,10 +32,41 @@ export async function readFile(path) {
   try {
     return new Uint8Array(await fsReadFile(path));
   } catch (e) {
-    const err = new Error(`reading weights ${path}: ${e.message}`);
-    err.code = 'IO';
-    throw err;
+    throw ioError(`reading weights ${path}: ${e.message}`);
   }
+}
+
+function ioError(message) {
+  const err = new Error(message);
+  err.code = 'IO';
+  return err;
+}
+
+// Files are read in pieces of this size (the wasm converts each as it comes).
+const PIECE = 4 << 20;
+
+/** A file's size and its bytes as an async iterable of pieces. */
+async function pieces(path, what) {
+  let size;
+  try {
+    const s = await stat(path);
+    if (!s.isFile()) throw new Error('not a file');
+    size = s.size;
+  } catch (e) {
+    throw ioError(`reading ${what} ${path}: ${e.message}`);
+  }
+  async function* chunks() {
+    try {
+      for await (const c of createReadStream(path, { highWaterMark: PIECE })) yield c;
+    } catch (e) {
+      throw ioError(`reading ${what} ${path}: ${e.message}`);
+    }
+  }
+  return { size, chunks: chunks() };
+}
+
+export function openFile(path) {
+  return pieces(path, 'weights');
 }
 
 export function hfEndpoint() {
@@ -54,24 +86,59 @@ function cachePath(key) {
   return join(cacheDir(), 'urls', `${createHash('sha256').update(key).digest('hex')}.safetensors`);
 }
 
-export async function cacheGet(key) {
+/** A cached download as pieces, or null. */
+export async function cacheOpen(key) {
   try {
-    return new Uint8Array(await fsReadFile(cachePath(key)));
+    return await pieces(cachePath(key), 'cached weights');
   } catch {
     return null;
   }
 }
 
-export async function cachePut(key, bytes) {
+/**
+ * Keep a download in the cache as it arrives: written to a private `.part` file, renamed
+ * into place on commit. A failure to write costs only the cache (a warning), never the load.
+ */
+export async function cacheWriter(key) {
   const path = cachePath(key);
   const tmp = `${path}.${process.pid}.part`;
+  const warn = (e) => process.emitWarning(`webcnn: could not cache ${key} in ${path}: ${e.message}`);
+  let fh;
   try {
     await mkdir(dirname(path), { recursive: true });
-    await writeFile(tmp, bytes);
-    await rename(tmp, path);
+    fh = await fsOpen(tmp, 'w');
   } catch (e) {
-    process.emitWarning(`webcnn: could not cache ${key} in ${path}: ${e.message}`);
+    warn(e);
+    return null;
   }
+  let broken = false;
+  const drop = async () => {
+    broken = true;
+    await fh.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+  };
+  return {
+    async write(chunk) {
+      if (broken) return;
+      try {
+        for (let off = 0; off < chunk.length;) off += (await fh.write(chunk, off)).bytesWritten;
+      } catch (e) {
+        warn(e);
+        await drop();
+      }
+    },
+    async commit() {
+      if (broken) return;
+      try {
+        await fh.close();
+        await rename(tmp, path);
+      } catch (e) {
+        warn(e);
+        await unlink(tmp).catch(() => {});
+      }
+    },
+    abort: () => (broken ? undefined : drop()),
+  };
 }
 
 /** Node has no WebGPU here: nothing to keep. */

@@ -154,18 +154,32 @@ const PRECISIONS = new Set(['f32', 'f16']);
 const TUNINGS = new Set(['auto', 'table', 'measure']);
 
 /** Where the weights come from; `read` gives the bytes (again, after a device loss). */
+// Weights reach the wasm in pieces of this size: a piece is copied into wasm memory and
+// converted there, so neither JS nor wasm holds the whole file beside its tensors.
+const PIECE = 4 << 20;
+
+/**
+ * Where the weights come from: `feed(open, onProgress)` streams them into the sink that
+ * `open(totalBytes | undefined)` returns (a wasm WeightsStream); `seed` for synthetic ones.
+ */
 function weightsSource(weights, opts) {
   if (typeof weights === 'string') {
     const syn = /^synthetic(?::(\d+))?$/.exec(weights);
     if (syn) {
       const seed = Number(syn[1] ?? 1);
       if (!Number.isSafeInteger(seed) || seed > 0xffffffff) fail('BAD_ARGUMENT', `bad synthetic seed in '${weights}'`);
-      return { seed, read: async () => undefined };
+      return { seed, feed: async () => {} };
     }
     let url = weights, key = weights;
     const file = weights.startsWith('hf:') ? null : env.localFile(weights);
     if (file) {
-      return { read: async () => env.readFile(file) };
+      return {
+        feed: async (open) => {
+          const { size, chunks } = await env.openFile(file);
+          const sink = open(size);
+          for await (const c of chunks) sink.push(c);
+        },
+      };
     } else if (weights.startsWith('hf:')) {
       const [repo, revision = 'main'] = weights.slice(3).split(/@(.*)/s, 2);
       // The Hub's rule for names (as the CLI checks it): no '..', '--' or separators.
@@ -181,39 +195,92 @@ function weightsSource(weights, opts) {
       return {
         hub: true,
         config: async () => {
-          const b = await download(`${base}/config.json`, `${weights}#config.json`, () => {}, cache, true);
+          const b = await downloadSmall(`${base}/config.json`, `${weights}#config.json`, cache);
           return b && new TextDecoder().decode(b);
         },
-        read: async (onProgress) => {
-          const st = await download(`${base}/model.safetensors`, weights, onProgress, cache, true);
-          if (st) return st;
-          const bin = await download(`${base}/pytorch_model.bin`, `${weights}#pytorch_model.bin`, onProgress, cache, true);
-          if (bin) return bin;
-          return fail('DOWNLOAD', `'${weights.slice(3)}' has neither model.safetensors nor pytorch_model.bin (HTTP 404)`);
+        feed: async (open, onProgress) => {
+          if (await download(`${base}/model.safetensors`, weights, open, onProgress, cache, true)) return;
+          if (await download(`${base}/pytorch_model.bin`, `${weights}#pytorch_model.bin`, open, onProgress, cache, true)) return;
+          fail('DOWNLOAD', `'${weights.slice(3)}' has neither model.safetensors nor pytorch_model.bin (HTTP 404)`);
         },
       };
     } else if (typeof location !== 'undefined' && location.href) {
       url = new URL(weights, location.href).href;
       key = url;
     }
-    return { read: (onProgress) => download(url, key, onProgress, opts.cache !== false) };
+    return { feed: (open, onProgress) => download(url, key, open, onProgress, opts.cache !== false) };
   }
-  if (weights instanceof ArrayBuffer) return { read: async () => new Uint8Array(weights) };
+  const pushAll = (bytes) => async (open) => {
+    const sink = open(bytes.length);
+    for (let o = 0; o < bytes.length; o += PIECE) sink.push(bytes.subarray(o, o + PIECE));
+  };
+  if (weights instanceof ArrayBuffer) return { feed: pushAll(new Uint8Array(weights)) };
   if (ArrayBuffer.isView(weights)) {
-    return { read: async () => new Uint8Array(weights.buffer, weights.byteOffset, weights.byteLength) };
+    return { feed: pushAll(new Uint8Array(weights.buffer, weights.byteOffset, weights.byteLength)) };
   }
   if (typeof Blob !== 'undefined' && weights instanceof Blob) {
-    return { read: async () => new Uint8Array(await weights.arrayBuffer()) };
+    return {
+      feed: async (open) => {
+        const sink = open(weights.size);
+        for await (const c of chunksOf(weights.stream())) sink.push(c);
+      },
+    };
   }
   return fail('BAD_ARGUMENT', "weights must be a URL, 'hf:OWNER/NAME', 'synthetic:SEED', an ArrayBuffer, a Uint8Array or a Blob");
 }
 
-/** A URL's bytes (from the cache where kept); `null` for HTTP 404 where `optional`. */
-async function download(url, key, onProgress, useCache, optional = false) {
-  const cached = useCache ? await env.cacheGet(key) : null;
+/**
+ * A byte stream's chunks, read into one reused buffer where the stream lets a reader bring
+ * its own (a fetch body, a Blob): no garbage chunk per read for the collector to catch up
+ * with. Each chunk is valid until the next is asked for.
+ */
+export async function* chunksOf(stream) {
+  let reader, buf = null;
+  try {
+    reader = stream.getReader({ mode: 'byob' });
+    buf = new ArrayBuffer(PIECE);
+  } catch {
+    reader = stream.getReader();
+  }
+  try {
+    for (;;) {
+      const { done, value } = await (buf ? reader.read(new Uint8Array(buf, 0, PIECE)) : reader.read());
+      if (done) return;
+      yield value;
+      if (buf) buf = value.buffer;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** A small file's bytes (config.json), from the cache where kept; null for HTTP 404. */
+async function downloadSmall(url, key, useCache) {
+  const parts = [];
+  const open = () => ({ push: (c) => parts.push(c.slice()) });
+  if (!(await download(url, key, open, () => {}, useCache, true))) return null;
+  const bytes = new Uint8Array(parts.reduce((n, c) => n + c.length, 0));
+  let off = 0;
+  for (const c of parts) { bytes.set(c, off); off += c.length; }
+  return bytes;
+}
+
+/**
+ * Stream a URL (from the cache where kept) into `open(total)`'s sink, keeping it in the
+ * cache as it arrives; false for HTTP 404 where `optional`. The sink's own errors (a bad
+ * file) pass through; the network's are DOWNLOAD errors.
+ */
+async function download(url, key, open, onProgress, useCache, optional = false) {
+  const cached = useCache ? await env.cacheOpen(key) : null;
   if (cached) {
-    onProgress({ phase: 'download', loaded: cached.length, total: cached.length, cached: true });
-    return cached;
+    const sink = open(cached.size);
+    let loaded = 0;
+    for await (const c of cached.stream ? chunksOf(cached.stream) : cached.chunks) {
+      sink.push(c);
+      loaded += c.length;
+      onProgress({ phase: 'download', loaded, total: cached.size ?? loaded, cached: true });
+    }
+    return true;
   }
   let resp;
   try {
@@ -221,42 +288,42 @@ async function download(url, key, onProgress, useCache, optional = false) {
   } catch (e) {
     fail('DOWNLOAD', `network error downloading ${url}: ${(e && e.message) || e}`);
   }
-  if (optional && resp.status === 404) return null;
+  if (optional && resp.status === 404) return false;
   if (!resp.ok) fail('DOWNLOAD', `downloading ${url} failed: HTTP ${resp.status}`);
   // Content-Length counts the bytes on the wire: a compressed body (gzip, br) arrives
   // decoded, longer, so only an unencoded one is checked against it.
   const encoding = (resp.headers.get('content-encoding') || 'identity').trim().toLowerCase();
   const total = encoding === 'identity' ? Number(resp.headers.get('content-length')) || 0 : 0;
-  // Known length: one buffer, filled as the bytes come (no chunk list, no joined copy).
-  let bytes = total ? new Uint8Array(total) : null;
-  const chunks = [];
+  const sink = open(total || undefined);
+  const keep = useCache ? await env.cacheWriter(key, resp) : null;
   let loaded = 0;
+  const chunks = chunksOf(resp.body);
   try {
-    const reader = resp.body.getReader();
     for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (bytes) {
-        if (loaded + value.length > total) fail('DOWNLOAD', `downloading ${url}: more than the ${total} bytes announced`);
-        bytes.set(value, loaded);
-      } else {
-        chunks.push(value);
+      let next;
+      try {
+        next = await chunks.next();
+      } catch (e) {
+        fail('DOWNLOAD', `downloading ${url} broke off after ${loaded} bytes: ${(e && e.message) || e}`);
       }
+      if (next.done) break;
+      const value = next.value;
+      if (total && loaded + value.length > total) fail('DOWNLOAD', `downloading ${url}: more than the ${total} bytes announced`);
+      sink.push(value);
+      // Written before the next read reuses the buffer.
+      await keep?.write(value);
       loaded += value.length;
       onProgress({ phase: 'download', loaded, total });
     }
+    if (total && loaded !== total) fail('DOWNLOAD', `downloading ${url}: got ${loaded} of ${total} bytes`);
   } catch (e) {
-    if (e instanceof WebcnnError) throw e;
-    fail('DOWNLOAD', `downloading ${url} broke off after ${loaded} bytes: ${(e && e.message) || e}`);
+    chunks.return().catch(() => {});
+    resp.body.cancel().catch(() => {});
+    await keep?.abort();
+    throw e;
   }
-  if (total && loaded !== total) fail('DOWNLOAD', `downloading ${url}: got ${loaded} of ${total} bytes`);
-  if (!bytes) {
-    bytes = new Uint8Array(loaded);
-    let off = 0;
-    for (const c of chunks.splice(0)) { bytes.set(c, off); off += c.length; }
-  }
-  if (useCache) await env.cachePut(key, bytes);
-  return bytes;
+  await keep?.commit();
+  return true;
 }
 
 /**
@@ -292,14 +359,23 @@ export async function load(options) {
   // Also what a model calls to prepare itself again (a lost device, a new instance).
   const create = async () => {
     const config = source.config ? await source.config().catch((e) => { throw wrap(e); }) : null;
-    const bytes = await source.read(progress).catch((e) => { throw wrap(e); });
     await init(initOptions).catch((e) => { throw wrap(e); });
     const gen = generation;
+    // The weights stream into this instance's memory as they arrive.
+    let stream;
+    const open = (total) => (stream = new wasmModule.WeightsStream(total));
+    try {
+      await source.feed(open, progress);
+    } catch (e) {
+      stream?.free();
+      retire(e, gen);
+      throw wrap(e);
+    }
     try {
       progress({ phase: 'prepare', loaded: 0, total: 1 });
       const cache = device === 'cpu' ? null : await env.tuningGet();
       const engine = await Promise.race([
-        wasmModule.Engine.load(model ?? '', bytes, source.seed ?? 1, device, precision, tuning, cache ?? undefined, labels, preprocess, config ?? undefined),
+        wasmModule.Engine.load(model ?? '', stream, source.seed ?? 1, device, precision, tuning, cache ?? undefined, labels, preprocess, config ?? undefined),
         panicOf(gen).promise,
       ]);
       progress({ phase: 'prepare', loaded: 1, total: 1 });

@@ -227,16 +227,42 @@ impl GpuContext {
     /// Run `f`, which creates device objects, inside validation and out-of-memory error
     /// scopes: what they catch becomes `Error::Gpu("{what}: ...")` rather than a panic.
     pub(crate) async fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.scoped_async(what, async { f() }).await
+    }
+
+    /// [`Self::scoped`] around a future (work that waits on the device between steps).
+    pub(crate) async fn scoped_async<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let dev = &self.shared.device;
         let val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let r = f();
+        let r = f.await;
         let oom_err = oom.pop().await;
         let val_err = val.pop().await;
         let v = r?;
         match oom_err.or(val_err) {
             Some(e) => Err(Error::Gpu(format!("{what}: {e}"))),
             None => Ok(v),
+        }
+    }
+
+    /// Submit what was written to buffers and wait until the device has done it: the
+    /// staging memory of the writes is free again afterwards.
+    pub(crate) async fn settle(&self) -> Result<()> {
+        let s = &self.shared;
+        s.queue.submit(std::iter::empty());
+        #[cfg(not(target_arch = "wasm32"))]
+        return wait(&s.device);
+        #[cfg(target_arch = "wasm32")]
+        {
+            let done = super::OneShot::new();
+            let tx = done.sender();
+            s.queue.on_submitted_work_done(move || tx(()));
+            done.await;
+            Ok(())
         }
     }
 

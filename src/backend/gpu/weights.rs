@@ -13,7 +13,6 @@ use crate::tensor::Tensor;
 use crate::weights::TensorMap;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use wgpu::util::DeviceExt;
 
 /// Part of a weight tensor in one buffer: `groups` conv groups from `group`, and in each
 /// of them `rows` output rows from `row` (Linear: one group).
@@ -34,6 +33,8 @@ pub struct GpuWeights {
     small: TensorMap,
     shapes: HashMap<String, Vec<usize>>,
     device_bytes: u64,
+    /// Bytes written since the device last caught up (while uploading).
+    unsettled: u64,
     /// Weights in the form a kernel wants (Winograd's transformed kernels), made on the
     /// device by the first plan that needs them and shared by the others.
     derived: Mutex<HashMap<String, wgpu::Buffer>>,
@@ -52,19 +53,21 @@ impl GpuWeights {
     /// Upload every parameter of `graph` from `weights` (checked against the graph's
     /// shapes). The caller may drop its host tensors afterwards.
     pub async fn upload(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
-        ctx.scoped("uploading the weights", || {
-            Self::upload_all(ctx, graph, weights)
-        })
+        ctx.scoped_async(
+            "uploading the weights",
+            Self::upload_all(ctx, graph, weights),
+        )
         .await
     }
 
-    fn upload_all(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
+    async fn upload_all(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
         let mut w = GpuWeights {
             ctx: ctx.clone(),
             matrices: HashMap::new(),
             small: TensorMap::new(),
             shapes: HashMap::new(),
             device_bytes: 0,
+            unsettled: 0,
             derived: Mutex::new(HashMap::new()),
         };
         for p in graph.params() {
@@ -80,21 +83,23 @@ impl GpuWeights {
                 Op::Linear(l) => (1, l.out_features),
                 _ => unreachable!("is_matrix"),
             };
-            let chunks = w.upload_chunked(&p.name, t.data(), groups, rows)?;
+            let chunks = w.upload_chunked(&p.name, t.data(), groups, rows).await?;
             w.matrices.insert(p.name, chunks);
         }
+        w.ctx.settle().await?;
+        w.unsettled = 0;
         Ok(w)
     }
 
-    fn buffer(&mut self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        let buf = upload(&self.ctx, label, data);
+    async fn buffer(&mut self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        let buf = upload_settled(&self.ctx, label, data, &mut self.unsettled).await?;
         self.device_bytes += buf.size();
-        buf
+        Ok(buf)
     }
 
     /// Upload `w` (`groups` x `rows` x `row_len`) in chunks that each fit one binding:
     /// whole groups where a group fits, else runs of rows within a group.
-    fn upload_chunked(
+    async fn upload_chunked(
         &mut self,
         name: &str,
         w: &[f32],
@@ -112,7 +117,7 @@ impl GpuWeights {
             let per = ((limit / group_bytes.max(1)) as usize).clamp(1, groups.max(1));
             for g in (0..groups).step_by(per) {
                 let n = per.min(groups - g);
-                let buf = self.buffer(name, &w[slice(g, 0, n * rows)]);
+                let buf = self.buffer(name, &w[slice(g, 0, n * rows)]).await?;
                 chunks.push(Chunk {
                     buf,
                     group: g,
@@ -131,7 +136,7 @@ impl GpuWeights {
             for g in 0..groups {
                 for r in (0..rows).step_by(per) {
                     let n = per.min(rows - r);
-                    let buf = self.buffer(name, &w[slice(g, r, n)]);
+                    let buf = self.buffer(name, &w[slice(g, r, n)]).await?;
                     chunks.push(Chunk {
                         buf,
                         group: g,
@@ -263,14 +268,74 @@ pub(crate) fn from_device(precision: Precision, bytes: &[u8]) -> Vec<f32> {
 
 /// A storage buffer holding `data` (one value when empty: bindings cannot be empty).
 pub(crate) fn upload(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
-    let zero = [0f32];
-    let data = if data.is_empty() { &zero[..] } else { data };
-    ctx.shared
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &to_device(ctx.precision(), data),
-            // COPY_SRC: a weight row can be read back (class activation maps).
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
+    let buf = storage(ctx, label, data.len());
+    for (offset, piece) in pieces(ctx.precision(), data) {
+        write(ctx, &buf, offset, piece);
+    }
+    buf
+}
+
+/// Values per write: no copy of a whole tensor is made on the way (in browsers the pieces
+/// pass through the page's transfer buffers, not a mapping as large as the tensor).
+const PIECE: usize = 1 << 20;
+
+/// Written data waits in staging memory (in browsers, in the page's transfer buffers)
+/// until the device takes it: [`upload_settled`] waits for the device every this many
+/// bytes, so that staging never holds the whole model.
+const SETTLE_BYTES: u64 = 16 << 20;
+
+/// [`upload`] for large tensors: `unsettled` counts the bytes written since the device
+/// last caught up.
+async fn upload_settled(
+    ctx: &GpuContext,
+    label: &str,
+    data: &[f32],
+    unsettled: &mut u64,
+) -> Result<wgpu::Buffer> {
+    let buf = storage(ctx, label, data.len());
+    for (offset, piece) in pieces(ctx.precision(), data) {
+        write(ctx, &buf, offset, piece);
+        *unsettled += (piece.len() * ctx.elem_bytes()) as u64;
+        if *unsettled >= SETTLE_BYTES {
+            ctx.settle().await?;
+            *unsettled = 0;
+        }
+    }
+    Ok(buf)
+}
+
+/// An uninitialised storage buffer for `len` values (at least one).
+fn storage(ctx: &GpuContext, label: &str, len: usize) -> wgpu::Buffer {
+    let size = match ctx.precision() {
+        Precision::F32 => len.max(1) * 4,
+        Precision::F16 => (len.max(1) * 2).next_multiple_of(4),
+    };
+    ctx.shared.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size as u64,
+        // COPY_SRC: a weight row can be read back (class activation maps).
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// `data` in pieces of [`PIECE`] values, with their byte offsets on the device.
+fn pieces(precision: Precision, data: &[f32]) -> impl Iterator<Item = (u64, &[f32])> {
+    let elem = match precision {
+        Precision::F32 => 4,
+        Precision::F16 => 2,
+    };
+    data.chunks(PIECE)
+        .enumerate()
+        .map(move |(i, p)| ((i * PIECE * elem) as u64, p))
+}
+
+fn write(ctx: &GpuContext, buf: &wgpu::Buffer, offset: u64, piece: &[f32]) {
+    let q = &ctx.shared.queue;
+    match ctx.precision() {
+        Precision::F32 => q.write_buffer(buf, offset, bytemuck::cast_slice(piece)),
+        Precision::F16 => q.write_buffer(buf, offset, &to_device(Precision::F16, piece)),
+    }
 }
