@@ -282,7 +282,7 @@ const PIECE: usize = 1 << 20;
 /// Written data waits in staging memory (in browsers, in the page's transfer buffers)
 /// until the device takes it: [`upload_settled`] waits for the device every this many
 /// bytes, so that staging never holds the whole model.
-const SETTLE_BYTES: u64 = 16 << 20;
+const SETTLE_BYTES: u64 = 4 << 20;
 
 /// [`upload`] for large tensors: `unsettled` counts the bytes written since the device
 /// last caught up.
