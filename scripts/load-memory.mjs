@@ -28,6 +28,9 @@ const dtype = opt('dtype', 'f32');
 const sourceKind = opt('source', 'url');
 const jsonOut = opt('json', null);
 const repeat = Number(opt('repeat', '1'));
+// --cache: the package's default (downloads kept in the Cache API); each page starts with
+// an empty cache, so the figure is a first load's.
+const useCache = args.includes('--cache');
 const cli = process.env.WEBCNN_BIN
   || [path.join(root, 'target/release/webcnn'), path.join(root, 'target/debug/webcnn')].find((p) => fs.existsSync(p));
 if (!cli) throw new Error('build the CLI first (cargo build --release)');
@@ -60,7 +63,7 @@ window.run = async (weights, model, device, asBytes) => {
   const w = asBytes === 'bytes' ? await (await fetch(weights)).arrayBuffer()
     : asBytes === 'synthetic' ? 'synthetic:1' : weights;
   window.mark?.();
-  const m = await load({ model, weights: w, device, cache: false });
+  const m = await load({ model, weights: w, device, cache: ${useCache} });
   const info = m.info;
   return { backend: info.backend, numClasses: info.numClasses, wasm: m[Symbol.for('webcnn.wasmMemory')]() };
 };

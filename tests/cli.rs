@@ -909,6 +909,23 @@ fn info_names_the_cpu_kernels_and_the_gpu_adapter() {
     assert!(out.lines().any(|l| l.starts_with("chosen: ")), "{out}");
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn probing_the_gpu_without_xdg_runtime_dir_prints_no_foreign_errors() {
+    // Root shells, containers and CI often have no XDG_RUNTIME_DIR; Mesa's Wayland probe
+    // then printed "error: XDG_RUNTIME_DIR is invalid or not set" before our output.
+    let o = bin()
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("chosen: ")), "{out}");
+}
+
 #[cfg(unix)]
 #[test]
 fn a_reader_that_closes_the_pipe_early_ends_the_command_without_a_panic() {

@@ -69,6 +69,30 @@ enum Cmd {
     },
 }
 
+/// Mesa's Vulkan drivers probe for Wayland when the GPU is opened, and its client library
+/// prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` (two to four
+/// times) where that variable is unset: root shells, containers, CI. It reads as an error of
+/// ours; a private directory of this user's makes the probe quiet. Runs before any thread.
+fn quiet_wayland_probe() {
+    #[cfg(target_os = "linux")]
+    {
+        let set = std::env::var_os("XDG_RUNTIME_DIR")
+            .is_some_and(|v| std::path::Path::new(&v).is_absolute());
+        if set {
+            return;
+        }
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let dir = std::env::temp_dir().join(format!("webcnn-runtime-{uid}"));
+        use std::os::unix::fs::DirBuilderExt;
+        let made = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        if made.is_ok() || dir.is_dir() {
+            // Single-threaded here: nothing reads the environment concurrently.
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     // A reader that closes the pipe early (`webcnn models | head`) ends the process quietly,
     // as it does other Unix tools, instead of a panic in `println!`.
@@ -77,6 +101,7 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    quiet_wayland_probe();
     init_logging();
     let cli = Cli::parse();
     let r = match cli.cmd {

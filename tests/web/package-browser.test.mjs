@@ -311,7 +311,11 @@ test('cross-origin isolated: the CPU backend computes on a pool of web workers; 
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, '--disable-gpu'] });
   try {
     const page = await browser.newPage();
-    page.on('console', (m) => m.type() === 'error' && console.log('[page]', m.text()));
+    const warnings = [];
+    page.on('console', (m) => {
+      if (m.type() === 'error') console.log('[page]', m.text());
+      if (m.type() === 'warning' || m.type() === 'error') warnings.push(m.text());
+    });
     await page.goto(`${iso.base}/browser.html?weights=r18-s3.safetensors&image=demo.png&device=cpu`);
     await page.waitForSelector('#out[data-state=done], #out[data-state=error]', { timeout: LONG });
     assert.equal(await page.getAttribute('#out', 'data-state'), 'done', await page.textContent('#out'));
@@ -352,6 +356,8 @@ test('cross-origin isolated: the CPU backend computes on a pool of web workers; 
     }
     const bad = await inWorker(0);
     assert.match(bad.error, /^BAD_ARGUMENT: threads must be/);
+    // The pool's workers start the module as wasm-bindgen wants now: no deprecation notice.
+    assert.ok(!warnings.some((w) => w.includes('deprecated')), warnings.join('\n'));
   } finally {
     await browser.close();
   }
