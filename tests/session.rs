@@ -76,7 +76,14 @@ fn cpu_weights_are_one_host_copy_for_every_plan() {
     let (s, one_copy) = vgg16_three_plans(&Target::cpu());
     let b = s.weight_bytes();
     assert_eq!(b.device, 0);
-    assert_eq!(b.host, one_copy);
+    // Convolution weights are held packed for the direct kernels (blocks of output
+    // channels padded), not beside their PyTorch layout: one copy, give or take the padding.
+    let ratio = b.host as f64 / one_copy as f64;
+    assert!(
+        (1.0..=1.01).contains(&ratio),
+        "CPU weight bytes {} vs one copy {one_copy}: {ratio:.4}x",
+        b.host
+    );
 }
 
 #[test]

@@ -195,6 +195,30 @@ pub fn pack(weight: &[f32], cfg: &Conv2d, block: usize, lanes: usize) -> Vec<f32
     out
 }
 
+/// [`pack`]'s inverse: the weight in PyTorch's order again (the padding lanes dropped).
+pub fn unpack(panels: &[f32], cfg: &Conv2d, block: usize, lanes: usize) -> Vec<f32> {
+    let g = cfg.groups;
+    let ocg = cfg.out_channels / g;
+    let icg = cfg.in_channels / g;
+    let khw = cfg.kernel[0] * cfg.kernel[1];
+    let k = icg * khw;
+    let nb = ocg.div_ceil(block);
+    let mut out = vec![0f32; cfg.out_channels * k];
+    for gi in 0..g {
+        for o in 0..ocg {
+            let (b, lane) = (o / block, o % block);
+            let panel = (gi * nb + b) * k * block;
+            let dst = &mut out[(gi * ocg + o) * k..(gi * ocg + o + 1) * k];
+            for t in 0..k {
+                let (cb, rest) = (t / (khw * lanes), t % (khw * lanes));
+                let (tap, c8) = (rest / lanes, rest % lanes);
+                dst[(cb * lanes + c8) * khw + tap] = panels[panel + t * block + lane];
+            }
+        }
+    }
+    out
+}
+
 /// One convolution planned for the direct kernel: geometry fixed at prepare (the plan's
 /// shapes never change), packed weights shared between plans of the same model.
 pub struct DirectConv {

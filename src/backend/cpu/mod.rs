@@ -20,73 +20,143 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// A model's weights on the CPU: the one host copy every plan of the model reads,
-/// checked against the model's graph, and the conv weights packed for the direct kernels
-/// (made by the first plan that needs them).
+/// checked against the model's graph. Where the CPU has direct kernels, each convolution
+/// weight is held in one form at a time: PyTorch's layout until a plan first packs it for
+/// its kernel, then packed (the layout a plan of another shape wants is made from that
+/// one), so that packing does not hold a model's convolutions twice.
 pub struct CpuWeights {
+    /// Every parameter but the convolution weights in `convs`.
     tensors: TensorMap,
-    /// Conv weights packed for the direct kernel, by key and block width: made by the
-    /// first plan that needs them, shared by the rest.
-    packed: Mutex<PackCache>,
+    /// The convolution weights the direct kernels read packed, by key.
+    convs: HashMap<String, Mutex<ConvWeight>>,
+    /// Their shapes (the graph checks them before any is packed).
+    conv_shapes: HashMap<String, Vec<usize>>,
 }
 
-/// Packed panels by (weight key, block width, interleaved input channels).
-type PackCache = HashMap<(String, usize, usize), Arc<[f32]>>;
+/// One convolution weight, in the forms the plans so far wanted.
+struct ConvWeight {
+    /// PyTorch's layout, until the first packing replaces it.
+    raw: Option<Vec<f32>>,
+    /// Packed panels by (block width, interleaved input channels).
+    packed: HashMap<(usize, usize), Arc<[f32]>>,
+}
 
 impl Weights for CpuWeights {
     fn get(&self, key: &str) -> Option<&Tensor> {
         self.tensors.get(key)
+    }
+    fn shape(&self, key: &str) -> Option<&[usize]> {
+        match self.tensors.get(key) {
+            Some(t) => Some(t.shape()),
+            None => self.conv_shapes.get(key).map(Vec::as_slice),
+        }
     }
 }
 
 impl CpuWeights {
     /// Check `w` against `graph`'s parameters and take it over; keys the graph does not
     /// use are dropped.
-    pub fn new(graph: &Graph, mut w: TensorMap) -> Result<Self> {
-        let mut tensors = TensorMap::new();
+    pub fn new(graph: &Graph, w: TensorMap) -> Result<Self> {
+        Self::taking(graph, w, Isa::detect().is_some())
+    }
+
+    /// `direct`: convolution weights go to the one-form store (plans on direct kernels);
+    /// else every parameter stays as it is (the portable kernels read them so).
+    fn taking(graph: &Graph, mut w: TensorMap, direct: bool) -> Result<Self> {
+        let mut out = CpuWeights {
+            tensors: TensorMap::new(),
+            convs: HashMap::new(),
+            conv_shapes: HashMap::new(),
+        };
         for p in graph.params() {
             param(&w, &p)?;
             let t = w.remove(&p.name).expect("checked");
-            tensors.insert(p.name, t);
+            let conv = p.name.strip_suffix(".weight").and_then(|n| graph.find(n));
+            let conv =
+                conv.is_some_and(|n| matches!(graph.node(n).op, crate::graph::Op::Conv2d(_)));
+            if direct && conv {
+                out.conv_shapes.insert(p.name.clone(), t.shape().to_vec());
+                let c = ConvWeight {
+                    raw: Some(t.into_data()),
+                    packed: HashMap::new(),
+                };
+                out.convs.insert(p.name, Mutex::new(c));
+            } else {
+                out.tensors.insert(p.name, t);
+            }
         }
-        Ok(CpuWeights::from_map(tensors))
+        Ok(out)
     }
 
-    fn from_map(tensors: TensorMap) -> Self {
-        CpuWeights {
-            tensors,
-            packed: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `key` packed for `shape`'s blocks of output channels and input order (cached).
+    /// `key` packed for `shape`'s blocks of output channels and input order (made once;
+    /// the first packing replaces PyTorch's layout, later ones are made from a packing).
     fn packed(&self, key: &str, cfg: &crate::graph::Conv2d, shape: Shape) -> Result<Arc<[f32]>> {
-        let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
-        let id = (key.to_string(), shape.block, shape.lanes);
-        if let Some(p) = cache.get(&id) {
+        let Some(entry) = self.convs.get(key) else {
+            // Weights taken for the portable kernels: packed from their tensor each time.
+            let w = self
+                .tensors
+                .get(key)
+                .ok_or_else(|| Error::MissingWeight(key.to_string()))?;
+            return Ok(direct::pack(w.data(), cfg, shape.block, shape.lanes).into());
+        };
+        let mut c = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let id = (shape.block, shape.lanes);
+        if let Some(p) = c.packed.get(&id) {
             return Ok(p.clone());
         }
-        let w = self
-            .tensors
-            .get(key)
-            .ok_or_else(|| Error::MissingWeight(key.to_string()))?;
-        let p: Arc<[f32]> = direct::pack(w.data(), cfg, shape.block, shape.lanes).into();
-        cache.insert(id, p.clone());
+        let raw = match c.raw.take() {
+            Some(raw) => raw,
+            None => {
+                let (&(block, lanes), panels) =
+                    c.packed.iter().next().expect("a weight is raw or packed");
+                direct::unpack(panels, cfg, block, lanes)
+            }
+        };
+        let p: Arc<[f32]> = direct::pack(&raw, cfg, shape.block, shape.lanes).into();
+        c.packed.insert(id, p.clone());
         Ok(p)
+    }
+
+    /// `key` in PyTorch's layout for a plan without direct kernels: the tensor, or for a
+    /// weight in the one-form store, a copy (unpacked where it is packed already).
+    fn plain(&self, key: &str, cfg: &crate::graph::Conv2d) -> Option<Arc<[f32]>> {
+        let c = self.convs.get(key)?;
+        let c = c.lock().unwrap_or_else(|e| e.into_inner());
+        Some(match (&c.raw, c.packed.iter().next()) {
+            (Some(raw), _) => raw.as_slice().into(),
+            (None, Some((&(block, lanes), p))) => direct::unpack(p, cfg, block, lanes).into(),
+            (None, None) => unreachable!("a weight is raw or packed"),
+        })
     }
 
     /// A checked copy of the parameters `graph` needs from `w` (one-off models and tests).
     pub fn copied(graph: &Graph, w: &dyn Weights) -> Result<Self> {
+        Self::copied_for(graph, w, Isa::detect().is_some())
+    }
+
+    fn copied_for(graph: &Graph, w: &dyn Weights, direct: bool) -> Result<Self> {
         let tensors = graph
             .params()
             .into_iter()
             .map(|p| Ok((p.name.clone(), param(w, &p)?.clone())))
             .collect::<Result<TensorMap>>()?;
-        Ok(CpuWeights::from_map(tensors))
+        Self::taking(graph, tensors, direct)
     }
 
-    /// Bytes held.
+    /// Bytes held (each convolution weight in every form held).
     pub fn bytes(&self) -> u64 {
-        self.tensors.values().map(|t| t.len() as u64 * 4).sum()
+        let plain: u64 = self.tensors.values().map(|t| t.len() as u64 * 4).sum();
+        let convs: u64 = self
+            .convs
+            .values()
+            .map(|c| {
+                let c = c.lock().unwrap_or_else(|e| e.into_inner());
+                let raw = c.raw.as_ref().map_or(0, |r| r.len());
+                let packed: usize = c.packed.values().map(|p| p.len()).sum();
+                (raw + packed) as u64 * 4
+            })
+            .sum();
+        plain + convs
     }
 }
 
@@ -102,6 +172,9 @@ pub struct CpuModel {
     plan: MemoryPlan,
     /// Per step: the direct convolution planned for it, where the CPU has a microkernel.
     direct: Vec<Option<DirectConv>>,
+    /// Per step: a convolution's weight in PyTorch's layout where it runs without a direct
+    /// kernel but its weight is held packed (plans on the portable kernels).
+    plain: Vec<Option<Arc<[f32]>>>,
     /// Per step: the layouts of its first input and its output (see [`layouts`]).
     io_layout: Vec<(Layout, Layout)>,
     /// Floats of the values stored [`Layout::Padded`] (the rest take their shape's).
@@ -323,7 +396,7 @@ impl CpuModel {
                 )))
             }
         };
-        let w = Arc::new(CpuWeights::copied(graph, weights)?);
+        let w = Arc::new(CpuWeights::copied_for(graph, weights, isa.is_some())?);
         Self::prepare_isa(graph, &w, true, isa)
     }
 
@@ -366,6 +439,7 @@ impl CpuModel {
                     params: vec![],
                     weights: weights.clone(),
                     direct: vec![],
+                    plain: vec![],
                     io_layout: vec![],
                     padded: HashMap::new(),
                     arenas: Mutex::new(vec![]),
@@ -418,6 +492,18 @@ impl CpuModel {
             };
             direct.push(d);
         }
+        let plain = program
+            .steps
+            .iter()
+            .zip(&direct)
+            .enumerate()
+            .map(|(i, (step, d))| match &step.kernel {
+                Kernel::Conv { cfg, node, .. } if d.is_none() && i >= from => {
+                    weights.plain(&format!("{node}.weight"), cfg)
+                }
+                _ => None,
+            })
+            .collect();
         let io_layout = layouts.iter().map(|l| (l.input, l.output)).collect();
         let scratch_len = direct
             .iter()
@@ -435,6 +521,7 @@ impl CpuModel {
             weights: weights.clone(),
             plan,
             direct,
+            plain,
             io_layout,
             padded,
             arenas: Mutex::new(vec![arena]),
@@ -600,16 +687,18 @@ impl CpuModel {
         copy_out(results, slots, seed);
         let params = self.params[steps.clone()].iter();
         let direct = self.direct[steps.clone()].iter();
+        let plain = self.plain[steps.clone()].iter();
         let numbered = steps.clone().zip(&p.steps[steps]);
-        for ((i, step), (params, direct)) in numbered.zip(params.zip(direct)) {
+        for ((i, step), ((params, direct), plain)) in numbered.zip(params.zip(direct).zip(plain)) {
             // The direct convolutions hold their weights packed: no lookup for them.
-            let weight = match params.weight.as_ref().filter(|_| direct.is_none()) {
-                Some(k) => self
+            let weight = match (params.weight.as_ref().filter(|_| direct.is_none()), plain) {
+                (Some(_), Some(w)) => &w[..],
+                (Some(k), None) => self
                     .weights
                     .get(k)
                     .map(|t| t.data())
                     .ok_or_else(|| Error::MissingWeight(k.clone()))?,
-                None => &[][..],
+                (None, _) => &[][..],
             };
             // The plan never puts a step's output in the slot of one of its inputs: take
             // the output slot out while the inputs are borrowed.
@@ -832,6 +921,55 @@ mod tests {
     use super::*;
     use crate::graph::{Conv2d, GraphBuilder};
     use crate::prng::{synth, synth_params};
+
+    #[test]
+    fn packing_is_undone_exactly() {
+        let cfgs = [
+            Conv2d::new(48, 20, 3).padding(1),
+            Conv2d::new(64, 64, 3).groups(8),
+            Conv2d::new(16, 24, 1),
+            Conv2d::new(3, 10, 7).stride(2),
+        ];
+        for cfg in cfgs {
+            let w = synth("c.weight", &cfg.weight_shape(), 9)
+                .unwrap()
+                .into_data();
+            for (block, lanes) in [(8, 1), (16, 1), (16, 8), (32, 1)] {
+                if lanes > 1 && !(cfg.in_channels / cfg.groups).is_multiple_of(lanes) {
+                    continue;
+                }
+                let p = direct::pack(&w, &cfg, block, lanes);
+                assert_eq!(
+                    direct::unpack(&p, &cfg, block, lanes),
+                    w,
+                    "{cfg:?} {block} {lanes}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn packed_convolutions_replace_their_weights_and_other_sizes_still_agree() {
+        // ResNet-18 planned at two input sizes (their tiles differ): the weights are held
+        // about once, and each plan answers as a private copy's plan does.
+        let model = crate::models::Model::get("resnet18").unwrap();
+        let g = model.graph(&[1, 3, 64, 64]).unwrap();
+        let w = synth_params(&g, 5).unwrap();
+        let shared = Arc::new(CpuWeights::new(&g, w.clone()).unwrap());
+        let before = shared.bytes();
+        for (i, hw) in [64, 96, 40].into_iter().enumerate() {
+            let gi = model.graph(&[1, 3, hw, hw]).unwrap();
+            let x = synth("x", &[1, 3, hw, hw], 2).unwrap();
+            let a = CpuModel::prepare_shared(&gi, &shared, true).unwrap();
+            let b = CpuModel::prepare(&gi, &w).unwrap().run(&x).unwrap();
+            assert_eq!(a.run(&x).unwrap()[0].data(), b[0].data(), "{hw}x{hw}");
+            if i == 0 && Isa::detect().is_some() {
+                // Packing pads blocks of output channels: a few percent, not a second copy.
+                let after = shared.bytes();
+                assert!(after < before * 11 / 10, "{before} -> {after} bytes");
+            }
+        }
+    }
 
     #[test]
     fn a_blocked_value_crosses_from_the_sub_batches_to_the_whole_batch_tail() {
