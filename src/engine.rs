@@ -155,6 +155,18 @@ impl Session {
         })
     }
 
+    /// A session over weights already on `target`'s GPU ([`crate::load::StreamLoad`]).
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    pub fn with_gpu_weights(graph: &Graph, weights: GpuWeights, target: &Target) -> Session {
+        Session {
+            graph: Arc::new(graph.clone()),
+            store: Store::Gpu(Arc::new(weights)),
+            plans: vec![],
+            notice: target.notice.clone(),
+            reload: None,
+        }
+    }
+
     /// Where to get the weights again if the GPU device is lost (the file they came
     /// from, the synthetic seed): the next run then re-creates the device and reloads.
     pub fn with_reload(mut self, reload: Reload) -> Session {

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod graph;
+pub mod load;
 pub mod lower;
 pub mod models;
 #[cfg(not(target_arch = "wasm32"))]

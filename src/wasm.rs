@@ -399,30 +399,153 @@ where
     })
 }
 
-/// A weights file fed in pieces as it downloads or is read ([`crate::weights::stream`]):
-/// a safetensors file becomes f32 tensors as its bytes arrive, so the page never holds the
-/// file beside them. Handed to [`Engine::load`].
+/// How to open the device: `device` "auto" (WebGPU, else the CPU with a notice), "webgpu"
+/// or "cpu"; WebGPU stores values at `precision`, "f32" or "f16" (the adapter's
+/// shader-f16), and picks each convolution's kernel by `tuning` ("auto": the static table
+/// for known adapter kinds, else timed; "table"; "measure": timed unless remembered).
+fn device_options(
+    device: &str,
+    precision: &str,
+    tuning: &str,
+) -> Result<(Device, crate::backend::gpu::GpuOptions), JsValue> {
+    let device = match device {
+        "auto" => Device::Auto,
+        "webgpu" | "gpu" => Device::Gpu,
+        "cpu" => Device::Cpu,
+        d => {
+            return Err(bad(format!(
+                "unknown device '{d}': use auto, webgpu or cpu"
+            )))
+        }
+    };
+    let precision = match precision {
+        "f32" => crate::backend::gpu::Precision::F32,
+        "f16" => crate::backend::gpu::Precision::F16,
+        p => return Err(bad(format!("unknown precision '{p}': use f32 or f16"))),
+    };
+    let tuning = match tuning {
+        "auto" => crate::backend::gpu::Tuning::Auto,
+        "table" => crate::backend::gpu::Tuning::Table,
+        "measure" => crate::backend::gpu::Tuning::Measure,
+        t => {
+            return Err(bad(format!(
+                "unknown tuning '{t}': use auto, table or measure"
+            )))
+        }
+    };
+    let opts = crate::backend::gpu::GpuOptions {
+        precision,
+        tuning,
+        ..Default::default()
+    };
+    Ok((device, opts))
+}
+
+/// The target for `device`, its GPU starting from the kernel choices in `tuning_cache`
+/// (JSON from an earlier [`Engine::tuning_cache`]; not JSON: measured again).
+async fn open_target(
+    device: Device,
+    opts: crate::backend::gpu::GpuOptions,
+    tuning_cache: Option<&str>,
+) -> Result<Target, JsValue> {
+    let target = Target::open_with(device, opts).await.map_err(js_err)?;
+    if let (Some(ctx), Some(cache)) = (target.gpu_context(), tuning_cache) {
+        ctx.import_tuning(cache);
+    }
+    Ok(target)
+}
+
+/// A timm config.json's text, parsed.
+fn hub_config(config: Option<String>) -> Result<Option<crate::models::HubConfig>, JsValue> {
+    config
+        .map(|t| crate::models::HubConfig::parse(&t))
+        .transpose()
+        .map_err(|e| bad(format!("config.json: {e}")))
+}
+
+/// `labels` (a label file's text) and `preprocess` (timm's settings as JSON) applied.
+fn with_labels_and_transform(
+    mut model: Model,
+    labels: Option<String>,
+    preprocess: Option<String>,
+) -> Result<Model, JsValue> {
+    if let Some(text) = labels {
+        let names = crate::models::Labels::parse(&text).map_err(|e| js_err(e.into()))?;
+        model = model.with_labels(names).map_err(|e| js_err(e.into()))?;
+    }
+    if let Some(cfg) = preprocess {
+        let cfg: serde_json::Value =
+            serde_json::from_str(&cfg).map_err(|e| bad(format!("preprocess: {e}")))?;
+        model.preprocess = model
+            .preprocess
+            .clone()
+            .with_timm_cfg(&cfg)
+            .map_err(|e| bad(format!("preprocess: {e}")))?;
+    }
+    Ok(model)
+}
+
+/// A model whose weights stream in: [`Engine::begin`] makes it, `push` takes the file's
+/// bytes in order (a safetensors file's conv and linear weights go to WebGPU as they
+/// arrive, so the page never holds them), `finish` makes the [`Engine`].
 #[wasm_bindgen]
-pub struct WeightsStream {
-    reader: crate::weights::stream::Reader,
+pub struct Loader {
+    load: Rc<RefCell<Option<crate::load::StreamLoad>>>,
+    target: Target,
+    tuning_cache: Option<String>,
 }
 
 #[wasm_bindgen]
-impl WeightsStream {
-    /// A stream of `total` bytes where known (it bounds the header's claims at once).
-    #[wasm_bindgen(constructor)]
-    pub fn new(total: Option<f64>) -> WeightsStream {
-        let total = total
-            .filter(|t| t.is_finite() && *t >= 0.0)
-            .map(|t| t as u64);
-        WeightsStream {
-            reader: crate::weights::stream::Reader::new(total),
-        }
+impl Loader {
+    /// The file's next bytes (copied into wasm memory and used at once; the caller's
+    /// buffer can go). True when the caller should await [`Loader::settle`] before the next.
+    pub fn push(&self, chunk: &[u8]) -> Result<bool, JsValue> {
+        let mut cell = self
+            .load
+            .try_borrow_mut()
+            .map_err(|_| bad("push while the loader settles: await settle() first"))?;
+        let load = cell
+            .as_mut()
+            .ok_or_else(|| bad("the loader has finished"))?;
+        load.push(chunk).map_err(js_err)
     }
 
-    /// The next bytes (copied into wasm memory and converted; the caller's buffer can go).
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
-        self.reader.push(chunk).map_err(|e| js_err(e.into()))
+    /// Waits until WebGPU has taken the weights written so far.
+    pub fn settle(&self) -> js_sys::Promise {
+        let load = self.load.clone();
+        let ctx = self.target.gpu_context().cloned();
+        wasm_bindgen_futures::future_to_promise(async move {
+            if let Some(ctx) = ctx {
+                ctx.settle().await.map_err(js_err)?;
+            }
+            if let Some(l) = load.borrow_mut().as_mut() {
+                l.settled();
+            }
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The [`Engine`], once every byte was pushed: the head fitted to the weights, `labels`
+    /// (a label file's text) naming its classes, `preprocess` (timm's settings as JSON)
+    /// overriding the transform.
+    pub fn finish(&self, labels: Option<String>, preprocess: Option<String>) -> js_sys::Promise {
+        let load = self.load.borrow_mut().take();
+        let target = self.target.clone();
+        let tuning_cache = self.tuning_cache.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let load = load.ok_or_else(|| bad("the loader has finished"))?;
+            let s = load.finish().await.map_err(js_err)?;
+            let model = with_labels_and_transform(s.model, labels, preprocess)?;
+            Ok(Engine::made(
+                model,
+                s.session,
+                &target,
+                &s.non_finite,
+                s.notices,
+                tuning_cache,
+            )
+            .into())
+        })
     }
 }
 
@@ -438,21 +561,45 @@ pub struct Engine {
 
 #[wasm_bindgen]
 impl Engine {
-    /// Load `model_id` with `weights` streamed in (synthetic weights of `seed` when
-    /// absent) on `device`: "auto" (WebGPU, else the CPU with a notice), "webgpu" or "cpu";
-    /// WebGPU stores values at `precision`, "f32" or "f16" (the adapter's shader-f16), and
-    /// picks each convolution's kernel by `tuning` ("auto": the static table for known
-    /// adapter kinds, else timed; "table"; "measure": timed unless remembered), starting
-    /// from the choices in `tuning_cache` (JSON from an earlier [`Engine::tuning_cache`]).
-    /// `weights` are safetensors or a PyTorch checkpoint; the head's size comes from them,
-    /// and `labels` (a label file's text: lines, a JSON array or object, a timm config)
-    /// name its classes. `config` (a timm config.json) names the architecture where
-    /// `model_id` is empty, the class names and the transform; `preprocess` (timm's
-    /// settings as JSON) overrides the transform.
+    /// Start loading `model_id` (or, where it is empty, the architecture `config` names: a
+    /// timm config.json, which also gives class names and the transform) on `device` (see
+    /// [`device_options`]) from a weights file of `total` bytes where known; a
+    /// [`Loader`] takes the file's bytes.
     #[allow(clippy::too_many_arguments)]
-    pub fn load(
+    pub fn begin(
         model_id: String,
-        weights: Option<WeightsStream>,
+        device: String,
+        precision: String,
+        tuning: String,
+        tuning_cache: Option<String>,
+        config: Option<String>,
+        total: Option<f64>,
+    ) -> js_sys::Promise {
+        wasm_bindgen_futures::future_to_promise(async move {
+            let config = hub_config(config)?;
+            let id = Some(model_id.as_str()).filter(|m| !m.is_empty());
+            let model = crate::weights::resolve_model(id, config.as_ref()).map_err(js_err)?;
+            let (device, opts) = device_options(&device, &precision, &tuning)?;
+            let target = open_target(device, opts, tuning_cache.as_deref()).await?;
+            let total = total
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(|t| t as u64);
+            let load = crate::load::StreamLoad::new(model, config, &target, total);
+            Ok(Loader {
+                load: Rc::new(RefCell::new(Some(load))),
+                target,
+                tuning_cache,
+            }
+            .into())
+        })
+    }
+
+    /// Load `model_id` with synthetic weights of `seed` (the golden PRNG's, untrained) on
+    /// `device` (see [`device_options`]); `labels` and `preprocess` as [`Loader::finish`]
+    /// takes them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn synthetic(
+        model_id: String,
         seed: u32,
         device: String,
         precision: String,
@@ -460,155 +607,97 @@ impl Engine {
         tuning_cache: Option<String>,
         labels: Option<String>,
         preprocess: Option<String>,
-        config: Option<String>,
     ) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
-            // A Hub repository's timm config.json: the architecture (when `model_id` is
-            // empty), the class names and the transform.
-            let config = config
-                .map(|t| crate::models::HubConfig::parse(&t))
-                .transpose()
-                .map_err(|e| bad(format!("config.json: {e}")))?;
-            let id = Some(model_id.as_str()).filter(|m| !m.is_empty());
-            let model = crate::weights::resolve_model(id, config.as_ref()).map_err(js_err)?;
-            let device = match device.as_str() {
-                "auto" => Device::Auto,
-                "webgpu" | "gpu" => Device::Gpu,
-                "cpu" => Device::Cpu,
-                d => {
-                    return Err(bad(format!(
-                        "unknown device '{d}': use auto, webgpu or cpu"
-                    )))
-                }
-            };
-            let precision = match precision.as_str() {
-                "f32" => crate::backend::gpu::Precision::F32,
-                "f16" => crate::backend::gpu::Precision::F16,
-                p => return Err(bad(format!("unknown precision '{p}': use f32 or f16"))),
-            };
-            let tuning = match tuning.as_str() {
-                "auto" => crate::backend::gpu::Tuning::Auto,
-                "table" => crate::backend::gpu::Tuning::Table,
-                "measure" => crate::backend::gpu::Tuning::Measure,
-                t => {
-                    return Err(bad(format!(
-                        "unknown tuning '{t}': use auto, table or measure"
-                    )))
-                }
-            };
-            let (mut model, tensors, warnings, notices) = match weights {
-                Some(stream) => {
-                    let (w, notices) = stream.reader.finish().map_err(|e| js_err(e.into()))?;
-                    let w = crate::weights::map_timm_keys(w);
-                    let l = crate::weights::fit(model, w, notices).map_err(|e| js_err(e.into()))?;
-                    (l.model, l.tensors, l.non_finite, l.notices)
-                }
-                None => {
-                    let t = crate::weights::synthetic(&model.default_graph(1), seed as u64);
-                    (model, t, vec![], vec![])
-                }
-            };
-            if let Some(c) = &config {
-                model = c.apply(model).map_err(js_err)?;
-            }
-            if let Some(text) = labels {
-                let names = crate::models::Labels::parse(&text).map_err(|e| js_err(e.into()))?;
-                model = model.with_labels(names).map_err(|e| js_err(e.into()))?;
-            }
-            if let Some(cfg) = preprocess {
-                let cfg: serde_json::Value =
-                    serde_json::from_str(&cfg).map_err(|e| bad(format!("preprocess: {e}")))?;
-                model.preprocess = model
-                    .preprocess
-                    .clone()
-                    .with_timm_cfg(&cfg)
-                    .map_err(|e| bad(format!("preprocess: {e}")))?;
-            }
-            let graph = model.default_graph(1);
-            let opts = crate::backend::gpu::GpuOptions {
-                precision,
-                tuning,
-                ..Default::default()
-            };
-            let target = Target::open_with(device, opts).await.map_err(js_err)?;
-            // A cache that is not JSON is ignored: measured again, then written over.
-            if let (Some(ctx), Some(cache)) = (target.gpu_context(), &tuning_cache) {
-                ctx.import_tuning(cache);
-            }
+            let model = crate::weights::resolve_model(Some(&model_id), None).map_err(js_err)?;
+            let tensors = crate::weights::synthetic(&model.default_graph(1), seed as u64);
+            let model = with_labels_and_transform(model, labels, preprocess)?;
+            let (device, opts) = device_options(&device, &precision, &tuning)?;
+            let target = open_target(device, opts, tuning_cache.as_deref()).await?;
             // The tensors move in: on WebGPU they are dropped once uploaded.
-            let session = Session::load(&graph, tensors, &target)
+            let session = Session::load(&model.default_graph(1), tensors, &target)
                 .await
                 .map_err(js_err)?;
-            let gpu = session.gpu_context().cloned();
-            let adapter = gpu.as_ref().map(|c| c.adapter_name().to_string());
-            let info = obj(&[
-                ("id", model.id.as_str().into()),
-                (
-                    "backend",
-                    if gpu.is_some() { "webgpu" } else { "cpu" }.into(),
-                ),
-                ("adapter", adapter.map_or(JsValue::NULL, |a| a.into())),
-                (
-                    "precision",
-                    match &gpu {
-                        Some(c) if c.precision() == crate::backend::gpu::Precision::F16 => "f16",
-                        _ => "f32",
-                    }
-                    .into(),
-                ),
-                (
-                    "threads",
-                    if gpu.is_some() { 1 } else { cpu_threads() }.into(),
-                ),
-                (
-                    "tunedShapes",
-                    gpu.as_ref()
-                        .map_or(0, |c| c.measured_shapes() as u32)
-                        .into(),
-                ),
-                (
-                    "notice",
-                    target.notice.as_deref().map_or(JsValue::NULL, |n| n.into()),
-                ),
-                ("inputSize", usizes(&model.input)),
-                ("preprocess", preprocess_js(&model.preprocess)),
-                ("labels", model.labels.id().into()),
-                ("numClasses", (model.num_classes() as u32).into()),
-                (
-                    "classNames",
-                    model
-                        .labels
-                        .names()
-                        .into_iter()
-                        .map(JsValue::from)
-                        .collect::<Array>()
-                        .into(),
-                ),
-                (
-                    "notices",
-                    notices
-                        .into_iter()
-                        .map(JsValue::from)
-                        .collect::<Array>()
-                        .into(),
-                ),
-                (
-                    "warnings",
-                    warnings
-                        .iter()
-                        .map(|k| JsValue::from(format!("weight '{k}' holds NaN or Inf")))
-                        .collect::<Array>()
-                        .into(),
-                ),
-            ]);
-            Ok(Engine {
-                inner: Rc::new(RefCell::new(Some(Inner { model, session }))),
-                info,
-                gpu,
-                tuning_base: tuning_cache,
-            }
-            .into())
+            Ok(Engine::made(model, session, &target, &[], vec![], tuning_cache).into())
         })
+    }
+
+    fn made(
+        model: Model,
+        session: Session,
+        target: &Target,
+        warnings: &[String],
+        notices: Vec<String>,
+        tuning_cache: Option<String>,
+    ) -> Engine {
+        let gpu = session.gpu_context().cloned();
+        let adapter = gpu.as_ref().map(|c| c.adapter_name().to_string());
+        let info = obj(&[
+            ("id", model.id.as_str().into()),
+            (
+                "backend",
+                if gpu.is_some() { "webgpu" } else { "cpu" }.into(),
+            ),
+            ("adapter", adapter.map_or(JsValue::NULL, |a| a.into())),
+            (
+                "precision",
+                match &gpu {
+                    Some(c) if c.precision() == crate::backend::gpu::Precision::F16 => "f16",
+                    _ => "f32",
+                }
+                .into(),
+            ),
+            (
+                "threads",
+                if gpu.is_some() { 1 } else { cpu_threads() }.into(),
+            ),
+            (
+                "tunedShapes",
+                gpu.as_ref()
+                    .map_or(0, |c| c.measured_shapes() as u32)
+                    .into(),
+            ),
+            (
+                "notice",
+                target.notice.as_deref().map_or(JsValue::NULL, |n| n.into()),
+            ),
+            ("inputSize", usizes(&model.input)),
+            ("preprocess", preprocess_js(&model.preprocess)),
+            ("labels", model.labels.id().into()),
+            ("numClasses", (model.num_classes() as u32).into()),
+            (
+                "classNames",
+                model
+                    .labels
+                    .names()
+                    .into_iter()
+                    .map(JsValue::from)
+                    .collect::<Array>()
+                    .into(),
+            ),
+            (
+                "notices",
+                notices
+                    .into_iter()
+                    .map(JsValue::from)
+                    .collect::<Array>()
+                    .into(),
+            ),
+            (
+                "warnings",
+                warnings
+                    .iter()
+                    .map(|k| JsValue::from(format!("weight '{k}' holds NaN or Inf")))
+                    .collect::<Array>()
+                    .into(),
+            ),
+        ]);
+        Engine {
+            inner: Rc::new(RefCell::new(Some(Inner { model, session }))),
+            info,
+            gpu,
+            tuning_base: tuning_cache,
+        }
     }
 
     /// `{id, backend, adapter, notice, inputSize, labels, numClasses, warnings}`.

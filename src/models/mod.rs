@@ -396,14 +396,23 @@ impl Model {
     /// count from the classifier's weight, any count >= 1; without classifier keys a
     /// feature extractor. Shapes are checked later, against the graph ([`crate::weights::check`]).
     pub fn fit_head(self, weights: &crate::weights::TensorMap) -> Model {
+        let shapes = weights
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+            .collect();
+        self.fit_head_to(&shapes)
+    }
+
+    /// [`Model::fit_head`] from the tensors' shapes alone (a file's header, before its data).
+    pub fn fit_head_to(self, shapes: &std::collections::HashMap<String, Vec<usize>>) -> Model {
         let key = format!("{}.weight", self.classifier());
-        let head = match weights.get(&key).map(|t| t.shape()) {
+        let head = match shapes.get(&key).map(Vec::as_slice) {
             Some(&[n, _]) if n > 0 => Head::Classes(n),
             // A mis-shaped classifier keeps the id's head, for the check to name.
             Some(_) => self.head,
-            None if weights.contains_key(&format!("{}.bias", self.classifier())) => self.head,
+            None if shapes.contains_key(&format!("{}.bias", self.classifier())) => self.head,
             None => {
-                let mut rest = weights.keys().filter(|k| k.starts_with("classifier."));
+                let mut rest = shapes.keys().filter(|k| k.starts_with("classifier."));
                 match self.family {
                     Family::ResNet { .. } => Head::Headless,
                     _ if rest.next().is_some() => Head::Headless,

@@ -157,46 +157,85 @@ pub fn save_safetensors_as(tensors: &TensorMap, dtype: StoreAs) -> Vec<u8> {
     safetensors::serialize(views, None).expect("tensors serialise")
 }
 
-/// Rename timm's checkpoint keys to torchvision's where they differ: timm's VGG keeps
-/// the classifier as 7x7 and 1x1 convolutions (`pre_logits.fc1`, `pre_logits.fc2`) and
-/// `head.fc`. ResNet keys already match.
-pub fn map_timm_keys(mut w: TensorMap) -> TensorMap {
-    let renames = [
-        ("pre_logits.fc1", "classifier.0"),
-        ("pre_logits.fc2", "classifier.3"),
-        ("head.fc", "classifier.6"),
-    ];
-    if !w.contains_key("pre_logits.fc1.weight") {
-        return w;
-    }
-    for (from, to) in renames {
-        for leaf in ["weight", "bias"] {
-            if let Some(t) = w.remove(&format!("{from}.{leaf}")) {
-                // A conv weight [out, in, kh, kw] is the linear weight [out, in*kh*kw]. Other
-                // ranks (a broken file) pass through for the shape check to name.
-                let t = match t.shape() {
-                    &[rows, ..] if leaf == "weight" && t.shape().len() == 4 && rows > 0 => {
-                        let n = t.len() / rows;
-                        t.reshape([rows, n]).expect("same count")
+/// Tensor shapes by key (a file's header).
+pub type ShapeMap = HashMap<String, Vec<usize>>;
+
+/// [`map_timm_keys`] for one tensor of a file whose keys are `keys`: its key and shape in
+/// torchvision's terms (the values are the same, row-major).
+pub fn timm_key(key: &str, shape: &[usize], has_pre_logits: bool) -> (String, Vec<usize>) {
+    if has_pre_logits {
+        let renames = [
+            ("pre_logits.fc1.", "classifier.0."),
+            ("pre_logits.fc2.", "classifier.3."),
+            ("head.fc.", "classifier.6."),
+        ];
+        for (from, to) in renames {
+            if let Some(leaf) = key
+                .strip_prefix(from)
+                .filter(|l| *l == "weight" || *l == "bias")
+            {
+                let shape = match shape {
+                    &[rows, ..] if leaf == "weight" && shape.len() == 4 && rows > 0 => {
+                        vec![rows, shape.iter().product::<usize>() / rows]
                     }
-                    _ => t,
+                    _ => shape.to_vec(),
                 };
-                w.insert(format!("{to}.{leaf}"), t);
+                return (format!("{to}{leaf}"), shape);
             }
         }
     }
-    w
+    (key.to_string(), shape.to_vec())
+}
+
+/// Rename timm's checkpoint keys to torchvision's where they differ: timm's VGG keeps
+/// the classifier as 7x7 and 1x1 convolutions (`pre_logits.fc1`, `pre_logits.fc2`) and
+/// `head.fc`. ResNet keys already match.
+pub fn map_timm_keys(w: TensorMap) -> TensorMap {
+    if !w.contains_key("pre_logits.fc1.weight") {
+        return w;
+    }
+    w.into_iter()
+        .map(|(k, t)| {
+            let (key, shape) = timm_key(&k, t.shape(), true);
+            // Other ranks (a broken file) pass through for the shape check to name.
+            let t = if shape != t.shape() {
+                t.reshape(shape).expect("same count")
+            } else {
+                t
+            };
+            (key, t)
+        })
+        .collect()
 }
 
 /// Check `w` against every parameter of `graph`: the first missing, unexpected or
 /// mis-shaped key is the error. `num_batches_tracked` is ignored. NaN / Inf values are
 /// returned as warnings (the keys holding them).
 pub fn check(graph: &Graph, w: &TensorMap) -> Result<Vec<String>, WeightsError> {
+    let shapes = w
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+        .collect();
+    check_shapes(graph, &shapes)?;
+    let mut bad: Vec<String> = w
+        .iter()
+        .filter(|(_, t)| t.data().iter().any(|v| !v.is_finite()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    bad.sort();
+    Ok(bad)
+}
+
+/// [`check`]'s key and shape checks from shapes alone (a file's header, before its data).
+pub fn check_shapes(graph: &Graph, shapes: &ShapeMap) -> Result<(), WeightsError> {
     let params = graph.params();
     for p in &params {
-        match w.get(&p.name) {
+        match shapes.get(&p.name) {
             None => {
-                let hint = match w.keys().find(|k| k.ends_with(&p.name) && *k != &p.name) {
+                let hint = match shapes
+                    .keys()
+                    .find(|k| k.ends_with(&p.name) && *k != &p.name)
+                {
                     Some(k) => format!("; the file has '{k}' (strip a prefix?)"),
                     None => String::new(),
                 };
@@ -206,31 +245,25 @@ pub fn check(graph: &Graph, w: &TensorMap) -> Result<Vec<String>, WeightsError> 
                     hint,
                 });
             }
-            Some(t) if t.shape() != p.shape.as_slice() => {
+            Some(s) if s != &p.shape => {
                 return Err(WeightsError::Shape {
                     key: p.name.clone(),
                     expected: p.shape.clone(),
-                    got: t.shape().to_vec(),
+                    got: s.clone(),
                 })
             }
             _ => {}
         }
     }
-    let mut extra: Vec<&String> = w
+    let mut extra: Vec<&String> = shapes
         .keys()
         .filter(|k| !k.ends_with("num_batches_tracked") && !params.iter().any(|p| &&p.name == k))
         .collect();
     extra.sort();
-    if let Some(k) = extra.first() {
-        return Err(WeightsError::Unexpected(k.to_string()));
+    match extra.first() {
+        Some(k) => Err(WeightsError::Unexpected(k.to_string())),
+        None => Ok(()),
     }
-    let mut bad: Vec<String> = w
-        .iter()
-        .filter(|(_, t)| t.data().iter().any(|v| !v.is_finite()))
-        .map(|(k, _)| k.clone())
-        .collect();
-    bad.sort();
-    Ok(bad)
 }
 
 /// Where weights come from, as written on a command line or in a URL.

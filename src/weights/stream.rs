@@ -10,13 +10,42 @@ use crate::tensor::Tensor;
 /// The longest header accepted (the safetensors crate's own limit).
 const MAX_HEADER: u64 = 100_000_000;
 
+/// Where a safetensors file's tensors may go instead of the reader's map: a device they
+/// are written to as their values arrive, so that the reader never holds them.
+pub trait Sink {
+    /// Once the header is read: every tensor's key (as the file names it) and shape, in
+    /// the order of their bytes. Returns the keys whose values go to [`Sink::values`].
+    fn header(
+        &mut self,
+        tensors: &[(String, Vec<usize>)],
+    ) -> Result<std::collections::HashSet<String>, WeightsError>;
+    /// Values `at..at + values.len()` (row-major) of a tensor [`Sink::header`] took, in order.
+    fn values(&mut self, key: &str, at: usize, values: &[f32]) -> Result<(), WeightsError>;
+}
+
+/// Every tensor into the reader's map.
+pub struct Keep;
+
+impl Sink for Keep {
+    fn header(
+        &mut self,
+        _: &[(String, Vec<usize>)],
+    ) -> Result<std::collections::HashSet<String>, WeightsError> {
+        Ok(Default::default())
+    }
+    fn values(&mut self, key: &str, _: usize, _: &[f32]) -> Result<(), WeightsError> {
+        unreachable!("'{key}' was not diverted")
+    }
+}
+
 /// A weights file fed in pieces: [`Reader::push`] each chunk, then [`Reader::finish`].
-pub struct Reader {
+pub struct Reader<S: Sink = Keep> {
     /// The file's length where known (a download's Content-Length, a file's size): bounds
     /// what the header may claim before any data arrives.
     total: Option<u64>,
     received: u64,
     state: State,
+    sink: S,
 }
 
 enum State {
@@ -69,6 +98,8 @@ struct Entry {
     key: String,
     kind: Kind,
     shape: Vec<usize>,
+    /// Its values go to the sink.
+    divert: bool,
     /// Byte offsets in the data section.
     start: u64,
     end: u64,
@@ -86,6 +117,8 @@ struct Data {
     /// Bytes of one value split between two chunks.
     carry: Vec<u8>,
     values: Vec<f32>,
+    /// Values of the entry being filled already handed to the sink.
+    emitted: usize,
     out: TensorMap,
 }
 
@@ -98,11 +131,25 @@ impl Default for Reader {
 impl Reader {
     /// A reader for a file of `total` bytes, if known.
     pub fn new(total: Option<u64>) -> Reader {
+        Reader::with_sink(total, Keep)
+    }
+}
+
+impl<S: Sink> Reader<S> {
+    /// A reader that offers a safetensors file's tensors to `sink` (a checkpoint's, read
+    /// whole at the end, all stay in the map).
+    pub fn with_sink(total: Option<u64>, sink: S) -> Reader<S> {
         Reader {
             total,
             received: 0,
             state: State::Start(Vec::with_capacity(8)),
+            sink,
         }
+    }
+
+    /// The sink, to ask it how it is doing.
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
     }
 
     /// The next bytes of the file. An error is final: every later call returns it too.
@@ -149,12 +196,23 @@ impl Reader {
                     chunk = &chunk[take..];
                     if bytes.len() as u64 == *len {
                         let (len, header) = (*len, std::mem::take(bytes));
-                        let data = self.header(len, &header)?;
+                        let mut data = self.header(len, &header)?;
+                        let list: Vec<(String, Vec<usize>)> = data
+                            .entries
+                            .iter()
+                            .filter(|e| e.kind != Kind::Skip)
+                            .map(|e| (e.key.clone(), e.shape.clone()))
+                            .collect();
+                        let divert = self.sink.header(&list)?;
+                        for e in &mut data.entries {
+                            e.divert = e.kind != Kind::Skip && divert.contains(&e.key);
+                        }
+                        data.settle()?;
                         self.state = State::Data(data);
                     }
                 }
                 State::Data(d) => {
-                    let used = d.feed(chunk)?;
+                    let used = d.feed(chunk, &mut self.sink)?;
                     chunk = &chunk[used..];
                     if !chunk.is_empty() {
                         return Err(WeightsError::NotSafetensors(format!(
@@ -261,6 +319,7 @@ impl Reader {
                 key,
                 kind,
                 shape,
+                divert: false,
                 start,
                 end,
             });
@@ -285,47 +344,64 @@ impl Reader {
                 )));
             }
         }
-        let mut d = Data {
+        Ok(Data {
             entries,
             next: 0,
             pos: 0,
             end: at,
             carry: Vec::with_capacity(8),
             values: Vec::new(),
+            emitted: 0,
             out: TensorMap::new(),
-        };
-        d.settle()?;
-        Ok(d)
+        })
     }
 
     /// The tensors, once every byte has been pushed, and what was unwrapped (checkpoints).
     pub fn finish(self) -> Result<(TensorMap, Vec<String>), WeightsError> {
-        let got = self.received;
-        if let Some(t) = self.total.filter(|&t| t != got) {
+        self.finish_with_sink().map(|(w, n, _)| (w, n))
+    }
+
+    /// [`Reader::finish`], also giving the sink back (it holds what it took). A sink's
+    /// tensors are not in the map.
+    pub fn finish_with_sink(self) -> Result<(TensorMap, Vec<String>, S), WeightsError> {
+        let Reader {
+            total,
+            received: got,
+            state,
+            sink,
+        } = self;
+        if let Some(t) = total.filter(|&t| t != got) {
             return Err(WeightsError::Truncated(format!(
                 "got {got} of the file's {t} bytes"
             )));
         }
-        match self.state {
-            State::Start(first) if pth::looks_like(&first) => pth::load(&first),
-            State::Start(_) => Err(WeightsError::NotSafetensors(format!(
-                "{got} bytes is too short for a header"
-            ))),
-            State::Whole(bytes) => pth::load(&bytes),
-            State::Header { len, .. } => Err(beyond(len, got)),
-            State::Data(d) if d.pos < d.end => Err(WeightsError::Truncated(format!(
-                "tensor data ends past the file's {got} bytes"
-            ))),
-            State::Data(d) => Ok((d.out, vec![])),
-            State::Failed(e) => Err(e),
-        }
+        let (w, notices) = match state {
+            State::Start(first) if pth::looks_like(&first) => pth::load(&first)?,
+            State::Start(_) => {
+                return Err(WeightsError::NotSafetensors(format!(
+                    "{got} bytes is too short for a header"
+                )))
+            }
+            State::Whole(bytes) => pth::load(&bytes)?,
+            State::Header { len, .. } => return Err(beyond(len, got)),
+            State::Data(d) if d.pos < d.end => {
+                return Err(WeightsError::Truncated(format!(
+                    "tensor data ends past the file's {got} bytes"
+                )))
+            }
+            State::Data(d) => (d.out, vec![]),
+            State::Failed(e) => return Err(e),
+        };
+        Ok((w, notices, sink))
     }
 }
 
 impl Data {
-    /// Take what `chunk` has of the data section; returns the bytes used.
-    fn feed(&mut self, chunk: &[u8]) -> Result<usize, WeightsError> {
+    /// Take what `chunk` has of the data section; returns the bytes used. The values of a
+    /// diverted tensor go to `sink` as they are decoded.
+    fn feed<S: Sink>(&mut self, chunk: &[u8], sink: &mut S) -> Result<usize, WeightsError> {
         let mut used = 0;
+        let mut out = Vec::new();
         while used < chunk.len() && self.next < self.entries.len() {
             let e = &self.entries[self.next];
             let take = (e.end - self.pos).min((chunk.len() - used) as u64) as usize;
@@ -333,21 +409,26 @@ impl Data {
             used += take;
             self.pos += take as u64;
             if e.kind != Kind::Skip {
-                let size = e.kind.size();
+                let (size, kind) = (e.kind.size(), e.kind);
+                // A diverted tensor's values are decoded into a scratch buffer per chunk.
+                let dst = if e.divert { &mut out } else { &mut self.values };
                 if !self.carry.is_empty() {
                     let n = (size - self.carry.len()).min(part.len());
                     self.carry.extend_from_slice(&part[..n]);
                     part = &part[n..];
                     if self.carry.len() == size {
-                        self.values.push(e.kind.decode(&self.carry));
+                        dst.push(kind.decode(&self.carry));
                         self.carry.clear();
                     }
                 }
                 let whole = part.len() / size * size;
-                let kind = e.kind;
-                self.values
-                    .extend(part[..whole].chunks_exact(size).map(|b| kind.decode(b)));
+                dst.extend(part[..whole].chunks_exact(size).map(|b| kind.decode(b)));
                 self.carry.extend_from_slice(&part[whole..]);
+                if e.divert && !out.is_empty() {
+                    sink.values(&e.key, self.emitted, &out)?;
+                    self.emitted += out.len();
+                    out.clear();
+                }
             }
             self.settle()?;
         }
@@ -359,7 +440,7 @@ impl Data {
     fn settle(&mut self) -> Result<(), WeightsError> {
         while let Some(e) = self.entries.get(self.next) {
             if self.pos < e.end {
-                if self.values.capacity() == 0 && e.kind != Kind::Skip {
+                if self.values.capacity() == 0 && e.kind != Kind::Skip && !e.divert {
                     let n = (e.end - e.start) / e.kind.size() as u64;
                     // Reserved exactly: the values never move while they arrive.
                     let n = usize::try_from(n).map_err(|_| too_big(e.end - e.start))?;
@@ -369,12 +450,13 @@ impl Data {
                 }
                 return Ok(());
             }
-            if e.kind != Kind::Skip {
+            if e.kind != Kind::Skip && !e.divert {
                 let values = std::mem::take(&mut self.values);
                 let t = Tensor::new(e.shape.clone(), values)
                     .map_err(|err| WeightsError::Truncated(format!("tensor '{}': {err}", e.key)))?;
                 self.out.insert(e.key.clone(), t);
             }
+            self.emitted = 0;
             self.next += 1;
         }
         Ok(())
@@ -448,6 +530,59 @@ mod tests {
                 assert_eq!(got, w, "chunks of {step}");
                 assert!(notices.is_empty());
             }
+        }
+    }
+
+    /// Takes the tensors named, collecting their values as they come.
+    #[derive(Default)]
+    struct Take(std::collections::HashSet<String>, TensorMap, Vec<String>);
+
+    impl Sink for Take {
+        fn header(
+            &mut self,
+            tensors: &[(String, Vec<usize>)],
+        ) -> Result<std::collections::HashSet<String>, WeightsError> {
+            for (k, shape) in tensors {
+                self.2.push(k.clone());
+                if self.0.contains(k) {
+                    self.1.insert(k.clone(), Tensor::zeros(shape.clone()));
+                }
+            }
+            Ok(self.0.clone())
+        }
+        fn values(&mut self, key: &str, at: usize, values: &[f32]) -> Result<(), WeightsError> {
+            let t = self.1.get_mut(key).expect("taken");
+            t.data_mut()[at..at + values.len()].copy_from_slice(values);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sink_gets_the_tensors_it_takes_and_the_map_the_rest() {
+        let (w, bytes) = file();
+        for step in [1, 3, 5, 64, bytes.len()] {
+            let take = ["a.weight", "empty"]
+                .map(String::from)
+                .into_iter()
+                .collect();
+            let mut r = Reader::with_sink(
+                Some(bytes.len() as u64),
+                Take(take, TensorMap::new(), vec![]),
+            );
+            for c in bytes.chunks(step) {
+                r.push(c).unwrap();
+            }
+            let (kept, _, sink) = r.finish_with_sink().unwrap();
+            assert_eq!(
+                kept.keys().collect::<Vec<_>>(),
+                ["a.bias"],
+                "chunks of {step}"
+            );
+            assert_eq!(kept["a.bias"], w["a.bias"]);
+            assert_eq!(sink.1["a.weight"], w["a.weight"], "chunks of {step}");
+            assert_eq!(sink.1["empty"], w["empty"]);
+            // In the order of their bytes (sorted keys, as save_safetensors writes them).
+            assert_eq!(sink.2, ["a.bias", "a.weight", "empty"]);
         }
     }
 

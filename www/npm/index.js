@@ -160,7 +160,8 @@ const PIECE = 4 << 20;
 
 /**
  * Where the weights come from: `feed(open, onProgress)` streams them into the sink that
- * `open(totalBytes | undefined)` returns (a wasm WeightsStream); `seed` for synthetic ones.
+ * `await open(totalBytes | undefined)` gives (`await sink.push(chunk)` for each piece, in
+ * order); `seed` for synthetic ones.
  */
 function weightsSource(weights, opts) {
   if (typeof weights === 'string') {
@@ -176,8 +177,8 @@ function weightsSource(weights, opts) {
       return {
         feed: async (open) => {
           const { size, chunks } = await env.openFile(file);
-          const sink = open(size);
-          for await (const c of chunks) sink.push(c);
+          const sink = await open(size);
+          for await (const c of chunks) await sink.push(c);
         },
       };
     } else if (weights.startsWith('hf:')) {
@@ -211,8 +212,8 @@ function weightsSource(weights, opts) {
     return { feed: (open, onProgress) => download(url, key, open, onProgress, opts.cache !== false) };
   }
   const pushAll = (bytes) => async (open) => {
-    const sink = open(bytes.length);
-    for (let o = 0; o < bytes.length; o += PIECE) sink.push(bytes.subarray(o, o + PIECE));
+    const sink = await open(bytes.length);
+    for (let o = 0; o < bytes.length; o += PIECE) await sink.push(bytes.subarray(o, o + PIECE));
   };
   if (weights instanceof ArrayBuffer) return { feed: pushAll(new Uint8Array(weights)) };
   if (ArrayBuffer.isView(weights)) {
@@ -221,8 +222,8 @@ function weightsSource(weights, opts) {
   if (typeof Blob !== 'undefined' && weights instanceof Blob) {
     return {
       feed: async (open) => {
-        const sink = open(weights.size);
-        for await (const c of chunksOf(weights.stream())) sink.push(c);
+        const sink = await open(weights.size);
+        for await (const c of chunksOf(weights.stream())) await sink.push(c);
       },
     };
   }
@@ -257,7 +258,7 @@ export async function* chunksOf(stream) {
 /** A small file's bytes (config.json), from the cache where kept; null for HTTP 404. */
 async function downloadSmall(url, key, useCache) {
   const parts = [];
-  const open = () => ({ push: (c) => parts.push(c.slice()) });
+  const open = async () => ({ push: async (c) => { parts.push(c.slice()); } });
   if (!(await download(url, key, open, () => {}, useCache, true))) return null;
   const bytes = new Uint8Array(parts.reduce((n, c) => n + c.length, 0));
   let off = 0;
@@ -273,10 +274,10 @@ async function downloadSmall(url, key, useCache) {
 async function download(url, key, open, onProgress, useCache, optional = false) {
   const cached = useCache ? await env.cacheOpen(key) : null;
   if (cached) {
-    const sink = open(cached.size);
+    const sink = await open(cached.size);
     let loaded = 0;
     for await (const c of cached.stream ? chunksOf(cached.stream) : cached.chunks) {
-      sink.push(c);
+      await sink.push(c);
       loaded += c.length;
       onProgress({ phase: 'download', loaded, total: cached.size ?? loaded, cached: true });
     }
@@ -294,8 +295,15 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
   // decoded, longer, so only an unencoded one is checked against it.
   const encoding = (resp.headers.get('content-encoding') || 'identity').trim().toLowerCase();
   const total = encoding === 'identity' ? Number(resp.headers.get('content-length')) || 0 : 0;
-  const sink = open(total || undefined);
   const keep = useCache ? await env.cacheWriter(key, resp) : null;
+  let sink;
+  try {
+    sink = await open(total || undefined);
+  } catch (e) {
+    resp.body.cancel().catch(() => {});
+    await keep?.abort();
+    throw e;
+  }
   let loaded = 0;
   const chunks = chunksOf(resp.body);
   try {
@@ -309,7 +317,7 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
       if (next.done) break;
       const value = next.value;
       if (total && loaded + value.length > total) fail('DOWNLOAD', `downloading ${url}: more than the ${total} bytes announced`);
-      sink.push(value);
+      await sink.push(value);
       // Written before the next read reuses the buffer.
       await keep?.write(value);
       loaded += value.length;
@@ -361,26 +369,35 @@ export async function load(options) {
     const config = source.config ? await source.config().catch((e) => { throw wrap(e); }) : null;
     await init(initOptions).catch((e) => { throw wrap(e); });
     const gen = generation;
-    // The weights stream into this instance's memory as they arrive.
-    let stream;
-    const open = (total) => (stream = new wasmModule.WeightsStream(total));
+    const race = (p) => Promise.race([p, panicOf(gen).promise]);
+    let loader = null;
     try {
-      await source.feed(open, progress);
-    } catch (e) {
-      stream?.free();
-      retire(e, gen);
-      throw wrap(e);
-    }
-    try {
-      progress({ phase: 'prepare', loaded: 0, total: 1 });
       const cache = device === 'cpu' ? null : await env.tuningGet();
-      const engine = await Promise.race([
-        wasmModule.Engine.load(model ?? '', stream, source.seed ?? 1, device, precision, tuning, cache ?? undefined, labels, preprocess, config ?? undefined),
-        panicOf(gen).promise,
-      ]);
+      let engine;
+      if (source.seed !== undefined) {
+        progress({ phase: 'prepare', loaded: 0, total: 1 });
+        engine = await race(wasmModule.Engine.synthetic(model, source.seed, device, precision, tuning,
+          cache ?? undefined, labels, preprocess));
+      } else {
+        // The device is opened first; the weights then stream into it as they arrive (on
+        // WebGPU the conv and linear weights go to the device piece by piece).
+        const open = async (total) => {
+          loader = await race(wasmModule.Engine.begin(model ?? '', device, precision, tuning,
+            cache ?? undefined, config ?? undefined, total));
+          return {
+            push: async (chunk) => {
+              if (loader.push(chunk)) await race(loader.settle());
+            },
+          };
+        };
+        await source.feed(open, progress);
+        progress({ phase: 'prepare', loaded: 0, total: 1 });
+        engine = await race(loader.finish(labels, preprocess));
+      }
       progress({ phase: 'prepare', loaded: 1, total: 1 });
       return { engine, gen };
     } catch (e) {
+      try { loader?.free(); } catch { /* a retired instance */ }
       retire(e, gen);
       throw wrap(e);
     }

@@ -16,7 +16,7 @@ pub use context::{GpuContext, GpuOptions, Kernels};
 pub use kernels::Precision;
 pub use model::{GpuModel, MemoryReport, StepClock};
 pub use tuning::Tuning;
-pub use weights::GpuWeights;
+pub use weights::{GpuStream, GpuWeights};
 
 use std::future::Future;
 use std::pin::Pin;

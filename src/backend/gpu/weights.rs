@@ -14,6 +14,111 @@ use crate::weights::TensorMap;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// Where one buffer's values lie in a weight tensor (see [`Chunk`]).
+struct Span {
+    range: std::ops::Range<usize>,
+    group: usize,
+    groups: usize,
+    row: usize,
+    rows: usize,
+}
+
+impl Span {
+    fn chunk(self, buf: wgpu::Buffer) -> Chunk {
+        Chunk {
+            buf,
+            group: self.group,
+            groups: self.groups,
+            row: self.row,
+            rows: self.rows,
+        }
+    }
+}
+
+/// Weights written to the device as a file's values arrive ([`GpuWeights::stream`]):
+/// [`GpuStream::write`] each run of values, [`GpuStream::settle`] when
+/// [`GpuStream::unsettled`] says so, then [`GpuStream::finish`] with the small tensors.
+pub struct GpuStream {
+    w: GpuWeights,
+    /// Each matrix's buffers' value ranges, in the order of its chunks.
+    spans: HashMap<String, Vec<std::ops::Range<usize>>>,
+    /// Values written per matrix.
+    written: HashMap<String, usize>,
+}
+
+impl GpuStream {
+    /// Whether `key` is one of the weights written to the device.
+    pub fn takes(&self, key: &str) -> bool {
+        self.spans.contains_key(key)
+    }
+
+    /// Values `at..at + values.len()` of the matrix `key`, written where they land.
+    pub fn write(&mut self, key: &str, at: usize, values: &[f32]) -> Result<()> {
+        let (Some(spans), Some(chunks)) = (self.spans.get(key), self.w.matrices.get(key)) else {
+            return Err(Error::MissingWeight(key.to_string()));
+        };
+        let end = at + values.len();
+        for (range, chunk) in spans.iter().zip(chunks) {
+            let (lo, hi) = (at.max(range.start), end.min(range.end));
+            if lo >= hi {
+                continue;
+            }
+            let part = &values[lo - at..hi - at];
+            let offset = ((lo - range.start) * 4) as u64;
+            self.w
+                .ctx
+                .shared
+                .queue
+                .write_buffer(&chunk.buf, offset, bytemuck::cast_slice(part));
+        }
+        *self.written.entry(key.to_string()).or_default() += values.len();
+        self.w.unsettled += (values.len() * 4) as u64;
+        Ok(())
+    }
+
+    /// Whether enough was written since the device last caught up to wait for it now.
+    pub fn unsettled(&self) -> bool {
+        self.w.unsettled >= SETTLE_BYTES
+    }
+
+    /// Wait until the device has taken what was written (its staging memory is free).
+    pub async fn settle(ctx: &GpuContext) -> Result<()> {
+        ctx.settle().await
+    }
+
+    /// The writes so far are settled.
+    pub fn settled(&mut self) {
+        self.w.unsettled = 0;
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.w.ctx
+    }
+
+    /// The weights, once every matrix was written whole, with the small tensors of
+    /// `graph` from `small` (checked against its shapes).
+    pub async fn finish(mut self, graph: &Graph, small: &dyn Weights) -> Result<GpuWeights> {
+        for p in graph.params() {
+            if let Some(spans) = self.spans.get(&p.name) {
+                let want = spans.last().map_or(0, |r| r.end);
+                let got = self.written.get(&p.name).copied().unwrap_or(0);
+                if got != want {
+                    return Err(Error::MissingWeight(format!(
+                        "{} ({got} of {want} values arrived)",
+                        p.name
+                    )));
+                }
+            } else {
+                let t = param(small, &p)?;
+                self.w.small.insert(p.name, t.clone());
+            }
+        }
+        self.w.ctx.settle().await?;
+        self.w.unsettled = 0;
+        Ok(self.w)
+    }
+}
+
 /// Part of a weight tensor in one buffer: `groups` conv groups from `group`, and in each
 /// of them `rows` output rows from `row` (Linear: one group).
 #[derive(Clone)]
@@ -61,15 +166,7 @@ impl GpuWeights {
     }
 
     async fn upload_all(ctx: &GpuContext, graph: &Graph, weights: &dyn Weights) -> Result<Self> {
-        let mut w = GpuWeights {
-            ctx: ctx.clone(),
-            matrices: HashMap::new(),
-            small: TensorMap::new(),
-            shapes: HashMap::new(),
-            device_bytes: 0,
-            unsettled: 0,
-            derived: Mutex::new(HashMap::new()),
-        };
+        let mut w = GpuWeights::empty(ctx);
         for p in graph.params() {
             let t = param(weights, &p)?;
             w.shapes.insert(p.name.clone(), p.shape.clone());
@@ -77,13 +174,13 @@ impl GpuWeights {
                 w.small.insert(p.name, t.clone());
                 continue;
             }
-            let node = graph.node(graph.find(&p.name[..p.name.len() - 7]).expect("a matrix"));
-            let (groups, rows) = match &node.op {
-                Op::Conv2d(c) => (c.groups, c.out_channels / c.groups),
-                Op::Linear(l) => (1, l.out_features),
-                _ => unreachable!("is_matrix"),
-            };
-            let chunks = w.upload_chunked(&p.name, t.data(), groups, rows).await?;
+            let mut chunks = vec![];
+            for span in w.spans(graph, &p.name, t.len())? {
+                let data = &t.data()[span.range.clone()];
+                let buf = upload_settled(&w.ctx, &p.name, data, &mut w.unsettled).await?;
+                w.device_bytes += buf.size();
+                chunks.push(span.chunk(buf));
+            }
             w.matrices.insert(p.name, chunks);
         }
         w.ctx.settle().await?;
@@ -91,35 +188,41 @@ impl GpuWeights {
         Ok(w)
     }
 
-    async fn buffer(&mut self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
-        let buf = upload_settled(&self.ctx, label, data, &mut self.unsettled).await?;
-        self.device_bytes += buf.size();
-        Ok(buf)
+    fn empty(ctx: &GpuContext) -> Self {
+        GpuWeights {
+            ctx: ctx.clone(),
+            matrices: HashMap::new(),
+            small: TensorMap::new(),
+            shapes: HashMap::new(),
+            device_bytes: 0,
+            unsettled: 0,
+            derived: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Upload `w` (`groups` x `rows` x `row_len`) in chunks that each fit one binding:
-    /// whole groups where a group fits, else runs of rows within a group.
-    async fn upload_chunked(
-        &mut self,
-        name: &str,
-        w: &[f32],
-        groups: usize,
-        rows: usize,
-    ) -> Result<Vec<Chunk>> {
+    /// How the matrix `name` of `graph` (`len` values: `groups` x `rows` x `row_len`) is
+    /// split into buffers that each fit one binding: whole groups where a group fits, else
+    /// runs of rows within a group. Each span is a contiguous range of the values.
+    fn spans(&self, graph: &Graph, name: &str, len: usize) -> Result<Vec<Span>> {
+        let node = graph.node(graph.find(&name[..name.len() - 7]).expect("a matrix"));
+        let (groups, rows) = match &node.op {
+            Op::Conv2d(c) => (c.groups, c.out_channels / c.groups),
+            Op::Linear(l) => (1, l.out_features),
+            _ => unreachable!("is_matrix"),
+        };
         let limit = self.ctx.binding_limit();
-        let row_len = w.len() / (groups * rows).max(1);
+        let row_len = len / (groups * rows).max(1);
         let row_bytes = (row_len * self.ctx.elem_bytes()) as u64;
         let group_bytes = row_bytes * rows as u64;
-        let slice =
+        let range =
             |g: usize, r: usize, n: usize| (g * rows + r) * row_len..(g * rows + r + n) * row_len;
-        let mut chunks = vec![];
+        let mut spans = vec![];
         if group_bytes <= limit {
             let per = ((limit / group_bytes.max(1)) as usize).clamp(1, groups.max(1));
             for g in (0..groups).step_by(per) {
                 let n = per.min(groups - g);
-                let buf = self.buffer(name, &w[slice(g, 0, n * rows)]).await?;
-                chunks.push(Chunk {
-                    buf,
+                spans.push(Span {
+                    range: range(g, 0, n * rows),
                     group: g,
                     groups: n,
                     row: 0,
@@ -136,9 +239,8 @@ impl GpuWeights {
             for g in 0..groups {
                 for r in (0..rows).step_by(per) {
                     let n = per.min(rows - r);
-                    let buf = self.buffer(name, &w[slice(g, r, n)]).await?;
-                    chunks.push(Chunk {
-                        buf,
+                    spans.push(Span {
+                        range: range(g, r, n),
                         group: g,
                         groups: 1,
                         row: r,
@@ -147,7 +249,42 @@ impl GpuWeights {
                 }
             }
         }
-        Ok(chunks)
+        Ok(spans)
+    }
+
+    /// Device buffers for every conv and linear weight of `graph`, made from its shapes,
+    /// for a file's values to be written into as they arrive ([`GpuStream`]). Needs f32
+    /// storage (values are written where they land, without conversion).
+    pub fn stream(ctx: &GpuContext, graph: &Graph) -> Result<GpuStream> {
+        if ctx.precision() != Precision::F32 {
+            return Err(Error::BadArgument(
+                "weights stream to the device at f32 precision only".into(),
+            ));
+        }
+        let mut w = GpuWeights::empty(ctx);
+        let mut spans = HashMap::new();
+        for p in graph.params() {
+            w.shapes.insert(p.name.clone(), p.shape.clone());
+            if !is_matrix(graph, &p.name) {
+                continue;
+            }
+            let len = p.shape.iter().product();
+            let mut chunks = vec![];
+            let mut ranges = vec![];
+            for span in w.spans(graph, &p.name, len)? {
+                let buf = storage(ctx, &p.name, span.range.len());
+                w.device_bytes += buf.size();
+                ranges.push(span.range.clone());
+                chunks.push(span.chunk(buf));
+            }
+            w.matrices.insert(p.name.clone(), chunks);
+            spans.insert(p.name, ranges);
+        }
+        Ok(GpuStream {
+            w,
+            spans,
+            written: HashMap::new(),
+        })
     }
 
     pub fn context(&self) -> &GpuContext {
