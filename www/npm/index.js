@@ -232,12 +232,13 @@ function weightsSource(weights, opts) {
 
 /**
  * A byte stream's chunks, read into one reused buffer where the stream lets a reader bring
- * its own (a fetch body, a Blob): no garbage chunk per read for the collector to catch up
- * with. Each chunk is valid until the next is asked for.
+ * its own (a fetch body, a Blob) and `reuse` allows: no garbage chunk per read for the
+ * collector to catch up with. Each chunk is then valid until the next is asked for.
  */
-export async function* chunksOf(stream) {
+export async function* chunksOf(stream, reuse = true) {
   let reader, buf = null;
   try {
+    if (!reuse) throw new Error('a new buffer per chunk');
     reader = stream.getReader({ mode: 'byob' });
     buf = new ArrayBuffer(PIECE);
   } catch {
@@ -305,7 +306,8 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
     throw e;
   }
   let loaded = 0;
-  const chunks = chunksOf(resp.body);
+  // A cache that keeps the pieces it is given (not `copies`) needs a fresh buffer each.
+  const chunks = chunksOf(resp.body, !keep || keep.copies === true);
   try {
     for (;;) {
       let next;
@@ -318,7 +320,7 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
       const value = next.value;
       if (total && loaded + value.length > total) fail('DOWNLOAD', `downloading ${url}: more than the ${total} bytes announced`);
       await sink.push(value);
-      // Written before the next read reuses the buffer.
+      // Kept before the next read (the cache takes each piece in turn).
       await keep?.write(value);
       loaded += value.length;
       onProgress({ phase: 'download', loaded, total });
