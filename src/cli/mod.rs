@@ -1,6 +1,8 @@
 //! Subcommands of the `webcnn` binary.
 
 mod bench;
+#[cfg(test)]
+mod docs_check;
 mod embed;
 mod infer;
 mod soak;

@@ -124,6 +124,12 @@ test('WebGPU on SwiftShader: the top-5 equal the CLI, then weights come from the
     assertSameAsCli(await predictions(page));
     assert.match(await page.textContent('[data-testid=timing]'), /weights load: \d+ ms.*first run: \d+ ms/);
     assert.equal(hits.get('/w/r18.safetensors'), 1);
+    // The README's picture of the demo is this page (WEBCNN_SCREENSHOT=docs/demo.png writes it).
+    const shot = process.env.WEBCNN_SCREENSHOT
+      ? path.resolve(root, process.env.WEBCNN_SCREENSHOT) : path.join(root, 'target/screenshots/demo.png');
+    fs.mkdirSync(path.dirname(shot), { recursive: true });
+    await page.screenshot({ path: shot, fullPage: true });
+    assert.ok(fs.statSync(shot).size > 10_000, 'the screenshot has content');
 
     // The GPU device is lost: the next run prepares the model again and gives the same answer.
     assert.equal(await page.evaluate(() => window.webcnnDebug.loseDevice()), true);
@@ -132,7 +138,7 @@ test('WebGPU on SwiftShader: the top-5 equal the CLI, then weights come from the
     assertSameAsCli(await predictions(page));
     assert.match(await page.textContent('[data-testid=backend]'), /^WebGPU: /);
 
-    // A second visit loads the same weights URL from the Cache API: no new request.
+    // A second visit loads the same weights URL from the cache: no new request.
     const again = await ctx.newPage();
     await again.goto(`${base}/?model=resnet18&weights=${encodeURIComponent(weightsUrl())}&noimage=1&device=webgpu`);
     assert.equal(await status(again, ['ready', 'error']), 'ready');

@@ -511,3 +511,39 @@ test('NaN inputs give NaN outputs and a warning', async () => {
   assert.match(warnings.join('\n'), /1 of 3072 input values are NaN or Inf/);
   m.dispose();
 });
+
+test("the package README's option and field names are the .d.ts's; the README's wasm sizes are the package's", () => {
+  const readme = fs.readFileSync(path.join(root, 'www/npm/README.md'), 'utf8');
+  const dts = fs.readFileSync(path.join(root, 'www/npm/index.d.ts'), 'utf8');
+  const members = (name) => {
+    const body = dts.match(new RegExp(`interface ${name} \\{([\\s\\S]*?)\\n\\}`))?.[1];
+    assert.ok(body, `index.d.ts has interface ${name}`);
+    return new Set([...body.matchAll(/^ {2}(?:readonly )?(\w+)\??:/gm)].map((m) => m[1]));
+  };
+  const api = readme.match(/## API\n\n```ts\n([\s\S]*?)```/)?.[1];
+  assert.ok(api, 'the package README has its API block');
+  const check = (shown, iface) => {
+    const known = members(iface);
+    assert.ok(shown.length > 0, `the API block shows ${iface}`);
+    for (const k of shown) assert.ok(known.has(k), `the README shows '${k}', which ${iface} does not have`);
+    for (const k of known) assert.ok(readme.includes(k), `${iface}.${k} is not in the package README`);
+  };
+  const loadCall = api.match(/load\(\{\n([\s\S]*?)\n\}\);/)[1];
+  check([...loadCall.matchAll(/^ {2}(\w+)[,:]/gm)].map((m) => m[1]), 'LoadOptions');
+  check(api.match(/m\.info;\s+\/\/ \{ ([^}]*) \}/)[1].split(',').map((s) => s.trim().split(':')[0]), 'ModelInfo');
+  check(api.match(/preprocess: \{[^}]*\}, \/\/ optional: your transform \(([^)]*)\)/)[1].split(',').map((s) => s.trim()), 'Preprocess');
+
+  // The wasm sizes the main README gives are the packed files' (within 3%): the size is watched.
+  const main = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  for (const [file, shown] of [['wasm/webcnn_bg.wasm', /`webcnn_bg\.wasm` ([\d.]+) MB \(([\d.]+) MB gzipped\)/],
+    ['wasm-mt/webcnn_bg.wasm', /`wasm-mt\/webcnn_bg\.wasm` ([\d.]+) MB \(([\d.]+) MB gzipped\)/]]) {
+    const m = main.match(shown);
+    assert.ok(m, `README.md gives the size of ${file}`);
+    const bytes = fs.readFileSync(path.join(app, 'node_modules/webcnn', file));
+    const gz = zlib.gzipSync(bytes, { level: 9 }).length;
+    for (const [said, real] of [[Number(m[1]), bytes.length], [Number(m[2]), gz]]) {
+      assert.ok(Math.abs(said * 1e6 - real) <= 0.03 * real,
+        `README.md gives ${file} as ${said} MB; scripts/build-npm made ${(real / 1e6).toFixed(2)} MB: update the README`);
+    }
+  }
+});

@@ -59,7 +59,7 @@ pub enum Kernels {
 
 impl Kernels {
     /// The kernels for an adapter: register-blocked on software renderers (measured
-    /// 1.3-2x faster on lavapipe; see the README), tiled elsewhere.
+    /// 1.3-2x faster on lavapipe; see docs/performance.md), tiled elsewhere.
     pub fn for_adapter(software: bool) -> Kernels {
         if software {
             Kernels::RegisterBlocked
