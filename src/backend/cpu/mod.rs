@@ -7,158 +7,25 @@
 mod crew;
 mod direct;
 mod kernels;
+mod layout;
+mod linear;
+mod par;
+mod pool;
+mod schedule;
+mod weights;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Value};
-use crate::lower::{param, Kernel, Program, Step, StepParams, Weights};
+use crate::lower::{Kernel, Program, StepParams, Weights};
 use crate::plan::MemoryPlan;
 use crate::tensor::numel;
 use crate::tensor::Tensor;
-use crate::weights::TensorMap;
-use direct::{DirectConv, Isa, Layout, Shape};
+use direct::{DirectConv, Isa};
+use layout::Layout;
+use schedule::{layouts, sub_batch, tail_cut};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// A model's weights on the CPU: the one host copy every plan of the model reads,
-/// checked against the model's graph. Where the CPU has direct kernels, each convolution
-/// weight is held in one form at a time: PyTorch's layout until a plan first packs it for
-/// its kernel, then packed (the layout a plan of another shape wants is made from that
-/// one), so that packing does not hold a model's convolutions twice.
-pub struct CpuWeights {
-    /// Every parameter but the convolution weights in `convs`.
-    tensors: TensorMap,
-    /// The convolution weights the direct kernels read packed, by key.
-    convs: HashMap<String, Mutex<ConvWeight>>,
-    /// Their shapes (the graph checks them before any is packed).
-    conv_shapes: HashMap<String, Vec<usize>>,
-}
-
-/// One convolution weight, in the forms the plans so far wanted.
-struct ConvWeight {
-    /// PyTorch's layout, until the first packing replaces it.
-    raw: Option<Vec<f32>>,
-    /// Packed panels by (block width, interleaved input channels).
-    packed: HashMap<(usize, usize), Arc<[f32]>>,
-}
-
-impl Weights for CpuWeights {
-    fn get(&self, key: &str) -> Option<&Tensor> {
-        self.tensors.get(key)
-    }
-    fn shape(&self, key: &str) -> Option<&[usize]> {
-        match self.tensors.get(key) {
-            Some(t) => Some(t.shape()),
-            None => self.conv_shapes.get(key).map(Vec::as_slice),
-        }
-    }
-}
-
-impl CpuWeights {
-    /// Check `w` against `graph`'s parameters and take it over; keys the graph does not
-    /// use are dropped.
-    pub fn new(graph: &Graph, w: TensorMap) -> Result<Self> {
-        Self::taking(graph, w, Isa::detect().is_some())
-    }
-
-    /// `direct`: convolution weights go to the one-form store (plans on direct kernels);
-    /// else every parameter stays as it is (the portable kernels read them so).
-    fn taking(graph: &Graph, mut w: TensorMap, direct: bool) -> Result<Self> {
-        let mut out = CpuWeights {
-            tensors: TensorMap::new(),
-            convs: HashMap::new(),
-            conv_shapes: HashMap::new(),
-        };
-        for p in graph.params() {
-            param(&w, &p)?;
-            let t = w.remove(&p.name).expect("checked");
-            let conv = p.name.strip_suffix(".weight").and_then(|n| graph.find(n));
-            let conv =
-                conv.is_some_and(|n| matches!(graph.node(n).op, crate::graph::Op::Conv2d(_)));
-            if direct && conv {
-                out.conv_shapes.insert(p.name.clone(), t.shape().to_vec());
-                let c = ConvWeight {
-                    raw: Some(t.into_data()),
-                    packed: HashMap::new(),
-                };
-                out.convs.insert(p.name, Mutex::new(c));
-            } else {
-                out.tensors.insert(p.name, t);
-            }
-        }
-        Ok(out)
-    }
-
-    /// `key` packed for `shape`'s blocks of output channels and input order (made once;
-    /// the first packing replaces PyTorch's layout, later ones are made from a packing).
-    fn packed(&self, key: &str, cfg: &crate::graph::Conv2d, shape: Shape) -> Result<Arc<[f32]>> {
-        let Some(entry) = self.convs.get(key) else {
-            // Weights taken for the portable kernels: packed from their tensor each time.
-            let w = self
-                .tensors
-                .get(key)
-                .ok_or_else(|| Error::MissingWeight(key.to_string()))?;
-            return Ok(direct::pack(w.data(), cfg, shape.block, shape.lanes).into());
-        };
-        let mut c = entry.lock().unwrap_or_else(|e| e.into_inner());
-        let id = (shape.block, shape.lanes);
-        if let Some(p) = c.packed.get(&id) {
-            return Ok(p.clone());
-        }
-        let raw = match c.raw.take() {
-            Some(raw) => raw,
-            None => {
-                let (&(block, lanes), panels) =
-                    c.packed.iter().next().expect("a weight is raw or packed");
-                direct::unpack(panels, cfg, block, lanes)
-            }
-        };
-        let p: Arc<[f32]> = direct::pack(&raw, cfg, shape.block, shape.lanes).into();
-        c.packed.insert(id, p.clone());
-        Ok(p)
-    }
-
-    /// `key` in PyTorch's layout for a plan without direct kernels: the tensor, or for a
-    /// weight in the one-form store, a copy (unpacked where it is packed already).
-    fn plain(&self, key: &str, cfg: &crate::graph::Conv2d) -> Option<Arc<[f32]>> {
-        let c = self.convs.get(key)?;
-        let c = c.lock().unwrap_or_else(|e| e.into_inner());
-        Some(match (&c.raw, c.packed.iter().next()) {
-            (Some(raw), _) => raw.as_slice().into(),
-            (None, Some((&(block, lanes), p))) => direct::unpack(p, cfg, block, lanes).into(),
-            (None, None) => unreachable!("a weight is raw or packed"),
-        })
-    }
-
-    /// A checked copy of the parameters `graph` needs from `w` (one-off models and tests).
-    pub fn copied(graph: &Graph, w: &dyn Weights) -> Result<Self> {
-        Self::copied_for(graph, w, Isa::detect().is_some())
-    }
-
-    fn copied_for(graph: &Graph, w: &dyn Weights, direct: bool) -> Result<Self> {
-        let tensors = graph
-            .params()
-            .into_iter()
-            .map(|p| Ok((p.name.clone(), param(w, &p)?.clone())))
-            .collect::<Result<TensorMap>>()?;
-        Self::taking(graph, tensors, direct)
-    }
-
-    /// Bytes held (each convolution weight in every form held).
-    pub fn bytes(&self) -> u64 {
-        let plain: u64 = self.tensors.values().map(|t| t.len() as u64 * 4).sum();
-        let convs: u64 = self
-            .convs
-            .values()
-            .map(|c| {
-                let c = c.lock().unwrap_or_else(|e| e.into_inner());
-                let raw = c.raw.as_ref().map_or(0, |r| r.len());
-                let packed: usize = c.packed.values().map(|p| p.len()).sum();
-                (raw + packed) as u64 * 4
-            })
-            .sum();
-        plain + convs
-    }
-}
+pub use weights::CpuWeights;
 
 /// Seconds per program step, named by its nodes joined with '+'.
 pub type StepTimes = Vec<(String, f64)>;
@@ -208,105 +75,6 @@ struct Tail {
     from: usize,
     seed: Value,
     model: Box<CpuModel>,
-}
-
-/// Bytes of one image's activations a step may touch (inputs, residual, output) times the
-/// sub-batch, kept under this so that a layer's data stays in the last-level cache, beside
-/// the phase copies and the weights.
-const SUB_BATCH_BYTES: usize = 16 << 20;
-/// [`SUB_BATCH_BYTES`] for the AVX-512 kernels, which read planes and copy every padded
-/// layer's input: a quarter of a 32 MiB L3 (on Zen 5 at 2 threads and batch 8, ResNet-18
-/// 3-4% faster than with 16 MiB, ResNet-50 1-2%; 4 MiB no better). The AVX2 kernels, whose
-/// activations stay blocked, ran ResNet-50 0-2% slower with 8 MiB on the same CPU (ResNet-18
-/// the same).
-#[cfg(target_arch = "x86_64")]
-const SUB_BATCH_BYTES_AVX512: usize = 8 << 20;
-
-/// [`SUB_BATCH_BYTES`] for the kernels `isa` names.
-fn sub_batch_bytes(isa: Option<Isa>) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Some(Isa::Avx512) {
-        return SUB_BATCH_BYTES_AVX512;
-    }
-    let _ = isa;
-    SUB_BATCH_BYTES
-}
-/// Linear weights beyond this want the whole batch: streaming them once per sub-batch
-/// would cost more than the cache saves (VGG's and AlexNet's classifiers hold 200-500 MB).
-const SUB_BATCH_MAX_LINEAR_BYTES: usize = 32 << 20;
-
-/// Images per sub-batch for `program` at batch `n` on the kernels `isa` names: `n` where
-/// splitting does not pay.
-fn sub_batch(program: &Program, isa: Option<Isa>) -> usize {
-    let n = program.shape(program.input)[0];
-    let mut linear = 0;
-    let mut widest = 1;
-    for step in &program.steps {
-        if let Kernel::Linear { cfg, .. } = &step.kernel {
-            linear += cfg.in_features * cfg.out_features * 4;
-        }
-        widest = widest.max(touched(program, step));
-    }
-    if linear > SUB_BATCH_MAX_LINEAR_BYTES {
-        return n;
-    }
-    (sub_batch_bytes(isa) / widest).clamp(1, n)
-}
-
-/// Bytes of one image's activations `step` touches: its inputs, residual and output.
-fn touched(program: &Program, step: &Step) -> usize {
-    let per_image = |v: Value| numel(&program.shape(v)[1..]) * 4;
-    let values = step
-        .inputs
-        .iter()
-        .chain(&step.residual)
-        .chain([&step.output]);
-    values.map(|&v| per_image(v)).sum()
-}
-
-/// Where a split batch may go back to the whole batch: the first step from which every
-/// step's activations for the whole batch fit [`sub_batch_bytes`] for `isa`, at a cut that
-/// one value (not the input) crosses; that value's step and the value.
-fn tail_cut(program: &Program, isa: Option<Isa>) -> Option<(usize, Value)> {
-    let n = program.shape(program.input)[0];
-    let budget = sub_batch_bytes(isa);
-    let steps = &program.steps;
-    let mut from = steps.len();
-    while from > 0 && touched(program, &steps[from - 1]) * n <= budget {
-        from -= 1;
-    }
-    let made = producers(steps);
-    // Parts and tail pass the crossing value as it is shaped, not padded.
-    let lay = layouts(program, isa);
-    let padded = |v: Value| {
-        made.get(&v)
-            .is_some_and(|&i| matches!(lay[i].output, Layout::Padded(_)))
-    };
-    let mut last_read: HashMap<Value, usize> = HashMap::new();
-    for (i, s) in steps.iter().enumerate() {
-        for &v in s.inputs.iter().chain(&s.residual) {
-            last_read.insert(v, i);
-        }
-    }
-    (from.max(1)..steps.len()).find_map(|cut| {
-        let mut crossing = last_read
-            .iter()
-            .filter(|&(v, &last)| last >= cut && made.get(v).is_none_or(|&m| m < cut))
-            .map(|(&v, _)| v);
-        match (crossing.next(), crossing.next()) {
-            (Some(v), None) if v != program.input && !padded(v) => Some((cut, v)),
-            _ => None,
-        }
-    })
-}
-
-/// The step that makes each value, by value.
-fn producers(steps: &[Step]) -> HashMap<Value, usize> {
-    steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.output, i))
-        .collect()
 }
 
 struct Arena {
@@ -470,7 +238,7 @@ impl CpuModel {
         let mut padded = HashMap::new();
         for (step, l) in program.steps.iter().zip(&layouts) {
             if let Layout::Padded(pad) = l.output {
-                let len = direct::padded_len(kernels::dims4(program.shape(step.output)), pad);
+                let len = layout::padded_len(kernels::dims4(program.shape(step.output)), pad);
                 padded.insert(step.output, len);
             }
         }
@@ -723,13 +491,13 @@ impl CpuModel {
                 // Of the other steps `layouts` lets only these read a blocked input.
                 (None, Kernel::AdaptiveAvgPool { .. }) if input == Layout::Blocked => {
                     let [b, c, h, w] = kernels::dims4(ins[0].1);
-                    kernels::global_avg_pool_blocked(ins[0].0, [b, c, h * w], &mut out[..n]);
+                    pool::global_avg_pool_blocked(ins[0].0, [b, c, h * w], &mut out[..n]);
                 }
                 (None, Kernel::MaxPool(pool)) if input == Layout::Blocked => {
                     let planes = output == Layout::Planes;
                     let (x, xs) = (ins[0].0, kernels::dims4(ins[0].1));
                     let os = kernels::dims4(p.shape(step.output));
-                    kernels::max_pool_blocked(x, xs, pool, os, &mut out[..n], planes);
+                    pool::max_pool_blocked(x, xs, pool, os, &mut out[..n], planes);
                 }
                 (Some(d), _) => d.run(
                     ins[0].0,
@@ -761,146 +529,6 @@ impl CpuModel {
         }
         Ok(())
     }
-}
-
-/// How a step reads its first input and stores its output, and a convolution's tile.
-#[derive(Clone, Copy, Debug)]
-struct StepLayout {
-    shape: Option<Shape>,
-    input: Layout,
-    output: Layout,
-}
-
-/// The layouts of `program`'s values when its convolutions run on `isa`: a convolution's
-/// (or a max pooling's, from a blocked input) output is blocked ([`Layout::Blocked`]) where
-/// it can store so and every reader can take it so (a convolution reading it as its input,
-/// one adding it as the residual of a blocked output, max pooling, global average
-/// pooling), the output being no graph output and its own residual (if any) blocked too;
-/// else padded planes ([`Layout::Padded`]) where a convolution's one reader is a padded
-/// stride-1 convolution that takes them; else planes. A convolution that then reads and stores planes takes the tile it would
-/// without neighbours to keep blocked. Depends on the program's steps and shapes only,
-/// not on the batch, so that the plans of a split batch agree on the value that crosses
-/// from one to the other.
-fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
-    let steps = &program.steps;
-    let planes = StepLayout {
-        shape: None,
-        input: Layout::Planes,
-        output: Layout::Planes,
-    };
-    let Some(isa) = isa else {
-        return vec![planes; steps.len()];
-    };
-    let conv_out = |s: &Step| {
-        let os = program.shape(s.output);
-        [os[2], os[3]]
-    };
-    // What each step can read and store blocked, on the tile that keeps neighbours so.
-    let can: Vec<(bool, bool)> = steps
-        .iter()
-        .map(|s| match &s.kernel {
-            Kernel::Conv { cfg, .. } => {
-                let shape = DirectConv::choose(isa, cfg, conv_out(s), false);
-                DirectConv::blocks(isa, shape, cfg)
-            }
-            Kernel::AdaptiveAvgPool { output: [1, 1] } => (true, false),
-            // Blocked out only from a blocked input (checked below).
-            Kernel::MaxPool(_) => (true, true),
-            _ => (false, false),
-        })
-        .collect();
-    let made = producers(steps);
-    let blocked =
-        |v: &Value, out: &[Layout]| made.get(v).is_some_and(|&i| out[i] == Layout::Blocked);
-    let mut out: Vec<Layout> = can
-        .iter()
-        .map(|&(_, o)| if o { Layout::Blocked } else { Layout::Planes })
-        .collect();
-    // Demote until every blocked output is read only where blocked values may go (every
-    // round but the last demotes at least one step).
-    loop {
-        let mut changed = false;
-        for i in 0..steps.len() {
-            if out[i] != Layout::Blocked {
-                continue;
-            }
-            let v = steps[i].output;
-            let readers_take_it = steps.iter().enumerate().all(|(j, s)| {
-                let first = s.inputs.first() != Some(&v) || can[j].0;
-                let rest = !s.inputs.iter().skip(1).any(|&u| u == v);
-                let residual = s.residual != Some(v) || out[j] == Layout::Blocked;
-                first && rest && residual
-            });
-            let output = program.outputs.iter().any(|(o, _)| *o == v);
-            let residual = steps[i].residual.is_none_or(|r| blocked(&r, &out));
-            // Pooling keeps the layout it reads.
-            let pooled = matches!(steps[i].kernel, Kernel::MaxPool(_));
-            let keeps = !pooled || steps[i].inputs.first().is_some_and(|u| blocked(u, &out));
-            if !readers_take_it || output || !residual || !keeps {
-                out[i] = Layout::Planes;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    // A convolution whose one reader is a padded stride-1 convolution stores that
-    // reader's padded planes, which then reads them in place: a copy less (ResNet-18's
-    // second convolution of each block, 8 of VGG-16's 13 layers).
-    for (i, s) in steps.iter().enumerate() {
-        let Kernel::Conv { cfg, .. } = &s.kernel else {
-            continue;
-        };
-        let v = s.output;
-        let output = program.outputs.iter().any(|(o, _)| *o == v);
-        let first_planes = s.inputs.first().is_some_and(|u| !blocked(u, &out));
-        if out[i] != Layout::Planes || s.residual.is_some() || output || !first_planes {
-            continue;
-        }
-        let shape = DirectConv::choose(isa, cfg, conv_out(s), true);
-        let mut readers = steps
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.inputs.contains(&v) || r.residual == Some(v));
-        let (Some((j, r)), None) = (readers.next(), readers.next()) else {
-            continue;
-        };
-        let Kernel::Conv { cfg: rcfg, .. } = &r.kernel else {
-            continue;
-        };
-        let rshape = DirectConv::choose(isa, rcfg, conv_out(r), true);
-        if j > i
-            && r.inputs.as_slice() == [v]
-            && r.residual != Some(v)
-            && DirectConv::stores_padded(isa, shape)
-            && DirectConv::reads_padded(rshape, rcfg)
-        {
-            out[i] = Layout::Padded(rcfg.padding);
-        }
-    }
-    steps
-        .iter()
-        .zip(&out)
-        .map(|(s, &output)| {
-            let input = match s.inputs.first().and_then(|v| made.get(v)) {
-                Some(&i) if out[i] != Layout::Planes => out[i],
-                _ => Layout::Planes,
-            };
-            let shape = match &s.kernel {
-                Kernel::Conv { cfg, .. } => {
-                    let all_planes = input != Layout::Blocked && output != Layout::Blocked;
-                    Some(DirectConv::choose(isa, cfg, conv_out(s), all_planes))
-                }
-                _ => None,
-            };
-            StepLayout {
-                shape,
-                input,
-                output,
-            }
-        })
-        .collect()
 }
 
 /// `f` on one of the pool's threads, with the others spinning beside it as its crew

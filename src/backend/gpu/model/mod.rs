@@ -2,7 +2,7 @@
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
 use super::context::GpuContext;
-use super::kernels::{self, conv, elementwise, linear, norm, pool, Bind, Buffers, Family, Uniform};
+use super::kernels::{self, conv, Bind, Buffers, Family, Uniform};
 use super::tuning;
 use super::weights::{from_device, to_device, upload, Chunk, GpuWeights};
 use super::OneShot;
@@ -13,6 +13,14 @@ use crate::plan::MemoryPlan;
 use crate::tensor::{numel, Tensor};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
+
+mod chunks;
+mod convs;
+mod steps;
+
+use chunks::{batch_chunk, chunk_stride};
+use convs::conv_work;
+use steps::StepIo;
 
 /// Device memory of a prepared model, in bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -466,32 +474,6 @@ impl GpuModel {
     }
 }
 
-/// The largest batch chunk whose every activation fits one binding of `limit` bytes.
-fn batch_chunk(program: &Program, limit: u64, elem: usize) -> Result<usize> {
-    let n = program.shape(program.input)[0];
-    let per_image = |v| (numel(&program.shape(v)[1..]) * elem) as u64;
-    let (biggest, big_v) = program
-        .steps
-        .iter()
-        .map(|s| (per_image(s.output), s.nodes.join("+")))
-        .chain([(per_image(program.input), "input".to_string())])
-        .max_by_key(|(b, _)| *b)
-        .expect("an input");
-    if biggest > limit {
-        return Err(Error::DeviceLimit(format!(
-            "activation of '{big_v}' needs {biggest} bytes per image, more than the {limit}-byte storage binding limit"
-        )));
-    }
-    Ok(((limit / biggest) as usize).clamp(1, n))
-}
-
-/// Bytes between batch chunks of `images` images of `image_bytes` each in the upload and
-/// read-back buffers: every chunk starts on a 4-byte word (copies move whole words; at
-/// half precision an image may hold an odd number of values).
-fn chunk_stride(images: usize, image_bytes: usize) -> usize {
-    (images * image_bytes).next_multiple_of(4)
-}
-
 fn encode(cmds: &[Cmd], enc: &mut wgpu::CommandEncoder) {
     for c in cmds {
         match c {
@@ -709,10 +691,17 @@ impl<'a> Builder<'a> {
                     let len = numel(&program.shape(v)[1..]) * nb;
                     Bind::first(&slots[plan.slot_of[&v]], len, elem)
                 };
-                let ins: Vec<Bind> = step.inputs.iter().map(|&v| bind(v)).collect();
-                let res = step.residual.map(bind);
-                let out = bind(step.output);
-                self.dispatch_step(program, step, up, nb, &ins, res, out)?;
+                let io = StepIo {
+                    xs: program.shape(step.inputs[0]).to_vec(),
+                    os: program.shape(step.output).to_vec(),
+                    what: step.nodes.join("+"),
+                    relu: step.relu as u32,
+                    ins: step.inputs.iter().map(|&v| bind(v)).collect(),
+                    res: step.residual.map(bind),
+                    out: bind(step.output),
+                    nb,
+                };
+                self.dispatch_step(program, step, up, io)?;
                 copy_out(&mut self.pending, step.output);
             }
         }
@@ -814,602 +803,35 @@ impl<'a> Builder<'a> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Queue `step`'s dispatches: each op family's own method says how (convs.rs,
+    /// steps.rs).
     fn dispatch_step(
         &mut self,
         program: &Program,
         step: &Step,
         up: &Uploaded,
-        nb: usize,
-        ins: &[Bind],
-        res: Option<Bind>,
-        out: Bind,
+        io: StepIo,
     ) -> Result<()> {
-        let xs = program.shape(step.inputs[0]);
-        let os = program.shape(step.output);
-        let what = step.nodes.join("+");
-        let relu = step.relu as u32;
-        let has_res = res.is_some() as u32;
-        let res = res.unwrap_or_else(|| Bind::whole(&self.dummy));
-        let total = numel(&os[1..]) * nb;
-        let x = ins[0].clone();
-        let u = |v: usize| v as u32;
-        // One invocation per output element.
-        let per_element = |b: &Self, n: usize| b.fold(n.div_ceil(kernels::WG), &what);
         match &step.kernel {
-            Kernel::Conv { cfg, .. } => {
-                let c = xs[1];
-                let (oc, oh, ow) = (os[1], os[2], os[3]);
-                let g = cfg.groups;
-                let (icg, ocg) = (c / g, oc / g);
-                let affine = up.bias.clone().expect("conv bias");
-                let (v, special) = self.conv_kernels[self.step].expect("planned for every conv");
-                if let Some(sp) = special {
-                    let res = (has_res != 0).then_some(res);
-                    return self.special_conv(program, step, up, sp, nb, (x, res), out);
-                }
-                let max = self.max_groups as usize;
-                // A layer split along k (one weight chunk) stores each slice's plain sums
-                // into the scratch; conv_split_sum then adds them with the epilogue.
-                let (splits, k_chunk) = self.conv_splits[self.step];
-                let dummy = Bind::whole(&self.dummy);
-                let sums = (splits > 1).then(|| {
-                    let scratch = self.split_scratch.as_ref().expect("sized for every split");
-                    let len = splits * total * self.f32_slots();
-                    Bind::first(scratch, len, self.ctx.elem_bytes())
-                });
-                for ch in &up.chunks {
-                    let prm = conv::Params {
-                        icg: u(icg),
-                        ocg: u(ocg),
-                        g_count: u(ch.groups),
-                        g_base: u(ch.group),
-                        k: u(icg * cfg.kernel[0] * cfg.kernel[1]),
-                        has_res,
-                        relu,
-                        m_base: u(ch.row),
-                        m_count: u(ch.rows),
-                        plain: sums.is_some() as u32,
-                        splits: u(splits),
-                        k_chunk: u(k_chunk),
-                        ..conv::Params::layer(cfg, xs, os, nb)
-                    };
-                    let (affine, res, y) = match &sums {
-                        Some(s) => (dummy.clone(), dummy.clone(), s.clone()),
-                        None => (Bind::whole(&affine), res.clone(), out.clone()),
-                    };
-                    let bufs = conv::Buffers {
-                        x: x.clone(),
-                        wt: Bind::whole(&ch.buf),
-                        affine,
-                        res,
-                        y,
-                        x4: dummy.clone(),
-                        wt4: dummy.clone(),
-                    };
-                    let [gx, gy, gz] = v.grid(oh * ow, ch.rows, nb * ch.groups, max);
-                    let grid = [gx, gy, gz * splits];
-                    self.push(&conv::FAMILY, v.entry(), &prm, bufs, grid, &what)?;
-                }
-                if let Some(sums) = sums {
-                    let prm = conv::Params {
-                        has_res,
-                        relu,
-                        splits: u(splits),
-                        ..conv::Params::layer(cfg, xs, os, nb)
-                    };
-                    let bufs = conv::Buffers {
-                        x: sums,
-                        wt: dummy.clone(),
-                        affine: Bind::whole(&affine),
-                        res,
-                        y: out,
-                        x4: dummy.clone(),
-                        wt4: dummy,
-                    };
-                    let grid = per_element(self, total)?;
-                    self.push(&conv::FAMILY, "conv_split_sum", &prm, bufs, grid, &what)?;
-                }
-            }
-            Kernel::Linear { cfg, .. } => {
-                let bias = up.bias.clone().expect("linear bias");
-                for ch in &up.chunks {
-                    let prm = linear::Params {
-                        batch: u(nb),
-                        k: u(cfg.in_features),
-                        n_total: u(cfg.out_features),
-                        rows: u(ch.rows),
-                        n_base: u(ch.row),
-                        relu,
-                        ..Default::default()
-                    };
-                    let bufs = linear::Buffers {
-                        x: x.clone(),
-                        wt: Bind::whole(&ch.buf),
-                        bias: Bind::whole(&bias),
-                        y: out.clone(),
-                        x4: x.clone(),
-                        wt4: Bind::whole(&ch.buf),
-                    };
-                    let (entry, groups) = linear::plan(self.variant, ch.rows, cfg.in_features);
-                    let grid = self.fold(groups, &what)?;
-                    self.push(&linear::FAMILY, entry, &prm, bufs, grid, &what)?;
-                }
-            }
-            Kernel::MaxPool(pl) | Kernel::AvgPool(pl) => {
-                let entry = if matches!(step.kernel, Kernel::MaxPool(_)) {
-                    "max_pool"
-                } else {
-                    "avg_pool"
-                };
-                let prm = pool::Params {
-                    total: u(total),
-                    h: u(xs[2]),
-                    w: u(xs[3]),
-                    oh: u(os[2]),
-                    ow: u(os[3]),
-                    kh: u(pl.kernel[0]),
-                    kw: u(pl.kernel[1]),
-                    sh: u(pl.stride[0]),
-                    sw: u(pl.stride[1]),
-                    ph: u(pl.padding[0]),
-                    pw: u(pl.padding[1]),
-                    count_include_pad: pl.count_include_pad as u32,
-                };
-                let grid = per_element(self, total)?;
-                let bufs = pool::Buffers { x, y: out };
-                self.push(&pool::FAMILY, entry, &prm, bufs, grid, &what)?;
-            }
-            Kernel::AdaptiveAvgPool { output } => {
-                let prm = pool::Params {
-                    total: u(total),
-                    h: u(xs[2]),
-                    w: u(xs[3]),
-                    oh: u(output[0]),
-                    ow: u(output[1]),
-                    ..Default::default()
-                };
-                let grid = per_element(self, total)?;
-                let bufs = pool::Buffers { x, y: out };
-                self.push(&pool::FAMILY, "adaptive_avg_pool", &prm, bufs, grid, &what)?;
-            }
-            Kernel::Lrn(l) => {
-                let prm = norm::Params {
-                    total: u(total),
-                    c: u(xs[1]),
-                    hw: u(xs[2] * xs[3]),
-                    size: u(l.size),
-                    alpha: l.alpha,
-                    beta: l.beta,
-                    k: l.k,
-                    ..Default::default()
-                };
-                let grid = per_element(self, total)?;
-                let dummy = Bind::whole(&self.dummy);
-                let bufs = norm::Buffers {
-                    x,
-                    scale: dummy.clone(),
-                    shift: dummy,
-                    res,
-                    y: out,
-                };
-                self.push(&norm::FAMILY, "lrn", &prm, bufs, grid, &what)?;
-            }
+            Kernel::Conv { cfg, .. } => self.conv_step(program, step, up, cfg, io),
+            Kernel::Linear { cfg, .. } => self.linear_step(up, cfg, &io),
+            Kernel::MaxPool(pl) => self.pool_step("max_pool", pl, &io),
+            Kernel::AvgPool(pl) => self.pool_step("avg_pool", pl, &io),
+            Kernel::AdaptiveAvgPool { output } => self.adaptive_pool_step(*output, &io),
+            Kernel::Lrn(l) => self.lrn_step(l, &io),
             Kernel::BatchNorm { .. } | Kernel::GroupNorm { .. } => {
-                let (entry, groups, eps, grid) = match &step.kernel {
-                    Kernel::GroupNorm { cfg, .. } => (
-                        "group_norm",
-                        cfg.groups,
-                        cfg.eps,
-                        self.fold(nb * cfg.groups, &what)?,
-                    ),
-                    _ => ("batch_norm", 1, 0.0, per_element(self, total)?),
+                let scale = up.scale.as_ref().expect("norm scale");
+                let shift = up.bias.as_ref().expect("norm shift");
+                let groups = match &step.kernel {
+                    Kernel::GroupNorm { cfg, .. } => Some((cfg.groups, cfg.eps)),
+                    _ => None,
                 };
-                let prm = norm::Params {
-                    total: u(total),
-                    c: u(xs[1]),
-                    hw: u(xs[2] * xs[3]),
-                    eps,
-                    groups: u(groups),
-                    has_res,
-                    relu,
-                    ..Default::default()
-                };
-                let bufs = norm::Buffers {
-                    x,
-                    scale: Bind::whole(up.scale.as_ref().expect("norm scale")),
-                    shift: Bind::whole(up.bias.as_ref().expect("norm shift")),
-                    res,
-                    y: out,
-                };
-                self.push(&norm::FAMILY, entry, &prm, bufs, grid, &what)?;
+                self.norm_step((scale, shift), groups, &io)
             }
-            Kernel::Add => {
-                let prm = elementwise::Params {
-                    total: u(total),
-                    relu,
-                    ..Default::default()
-                };
-                let grid = per_element(self, total)?;
-                let bufs = elementwise::Buffers {
-                    a: x,
-                    b: ins[1].clone(),
-                    y: out,
-                };
-                self.push(&elementwise::FAMILY, "add", &prm, bufs, grid, &what)?;
-            }
-            Kernel::Relu => {
-                let prm = elementwise::Params {
-                    total: u(total),
-                    ..Default::default()
-                };
-                let grid = per_element(self, total)?;
-                let bufs = elementwise::Buffers {
-                    a: x,
-                    b: Bind::whole(&self.dummy),
-                    y: out,
-                };
-                self.push(&elementwise::FAMILY, "relu", &prm, bufs, grid, &what)?;
-            }
-            Kernel::Softmax { dim } => {
-                let dim_len = xs[*dim];
-                let inner: usize = xs[dim + 1..].iter().product();
-                let rows = total / dim_len;
-                let prm = elementwise::Params {
-                    total: u(rows),
-                    relu: 0,
-                    dim_len: u(dim_len),
-                    inner: u(inner),
-                };
-                let grid = per_element(self, rows)?;
-                let bufs = elementwise::Buffers {
-                    a: x,
-                    b: Bind::whole(&self.dummy),
-                    y: out,
-                };
-                self.push(&elementwise::FAMILY, "softmax", &prm, bufs, grid, &what)?;
-            }
+            Kernel::Add => self.elementwise_step("add", &io),
+            Kernel::Relu => self.elementwise_step("relu", &io),
+            Kernel::Softmax { dim } => self.softmax_step(*dim, &io),
         }
-        Ok(())
-    }
-
-    /// The kernel a convolution step runs on at `nb` images: the variant (forced, else
-    /// measured, else the table's), and on the register-blocked set the special kernel
-    /// for its shape, where the device can hold what that needs.
-    fn conv_kernel(
-        &self,
-        program: &Program,
-        step: &Step,
-        nb: usize,
-    ) -> (conv::Variant, Option<conv::Special>) {
-        let Kernel::Conv { cfg, .. } = &step.kernel else {
-            unreachable!("a convolution step")
-        };
-        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
-        let key = tuning::shape_key(cfg, [nb, xs[1], xs[2], xs[3]], self.ctx.precision());
-        // Not measured (wasm, or timing failed): the table's choice.
-        let v = self
-            .force
-            .or_else(|| self.ctx.conv_choice(&key, cfg, conv_work(cfg, os, nb)))
-            .unwrap_or(self.variant);
-        let shape = |s: &[usize]| [s[1], s[2], s[3]];
-        let special = match v {
-            conv::Variant::Tiled | conv::Variant::TiledLarge | conv::Variant::TiledSmall => {
-                return (v, None)
-            }
-            conv::Variant::TiledWinograd => {
-                conv::tiled_winograd(cfg, xs[1], [os[2], os[3]]).map(conv::Special::Winograd)
-            }
-            conv::Variant::RegisterBlocked => conv::special(cfg, shape(xs), [os[2], os[3]]),
-        };
-        let special = special.filter(|sp| {
-            // Its buffers within one binding, and the weights in one chunk.
-            let fits = |n: usize| (n * self.ctx.elem_bytes()) as u64 <= self.limit;
-            let (a, b) = sp.scratch_len(nb);
-            self.whole_weights(step) && fits(a) && fits(b) && fits(sp.weight_len())
-        });
-        if v == conv::Variant::TiledWinograd && special.is_none() {
-            // Not a Winograd layer (or too large for it): tiled.
-            let limits = &self.ctx.shared.limits;
-            return (conv::Variant::choose(super::Kernels::Tiled, limits), None);
-        }
-        (v, special)
-    }
-
-    /// Choose every convolution's kernel for chunks of `nb` images, count the special
-    /// ones, and make the scratch they share (the GEMM's input: im2col copies or
-    /// Winograd's transformed input; and Winograd's products), as large as the largest
-    /// needs.
-    fn plan_convs(&mut self, program: &Program, nb: usize) {
-        self.conv_kernels = program
-            .steps
-            .iter()
-            .map(|step| {
-                matches!(step.kernel, Kernel::Conv { .. })
-                    .then(|| self.conv_kernel(program, step, nb))
-            })
-            .collect();
-        let (mut al, mut bl) = (0, 0);
-        for &(_, sp) in self.conv_kernels.iter().flatten() {
-            let Some(sp) = sp else {
-                continue;
-            };
-            match sp {
-                conv::Special::Winograd(_) => self.report.winograd_layers += 1,
-                conv::Special::Gemm(_) => self.report.gemm_layers += 1,
-                conv::Special::Direct { .. } => self.report.direct_layers += 1,
-            }
-            let (a, b) = sp.scratch_len(nb);
-            al = al.max(a);
-            bl = bl.max(b);
-        }
-        if al + bl > 0 {
-            self.report.workspace += ((al + bl) * self.ctx.elem_bytes()) as u64;
-            let a = self.storage("gemm input", al, wgpu::BufferUsages::empty());
-            let b = self.storage("winograd products", bl, wgpu::BufferUsages::empty());
-            self.scratch = Some((a, b));
-        }
-        self.conv_splits = program
-            .steps
-            .iter()
-            .zip(&self.conv_kernels)
-            .map(|(step, k)| match k {
-                Some((v, None)) => self.conv_split(program, step, *v, nb),
-                _ => (1, 0),
-            })
-            .collect();
-        let partials = program
-            .steps
-            .iter()
-            .zip(&self.conv_splits)
-            .filter(|(_, &(s, _))| s > 1)
-            .map(|(step, &(s, _))| s * nb * numel(&program.shape(step.output)[1..]))
-            .max()
-            .map(|sums| sums * self.f32_slots());
-        if let Some(len) = partials {
-            self.report.k_split_layers = self.conv_splits.iter().filter(|s| s.0 > 1).count();
-            self.report.workspace += (len * self.ctx.elem_bytes()) as u64;
-            self.split_scratch =
-                Some(self.storage("k-split sums", len, wgpu::BufferUsages::empty()));
-        }
-    }
-
-    /// Whether a conv step's weights are one chunk (the special kernels and the split
-    /// along k read them whole).
-    fn whole_weights(&self, step: &Step) -> bool {
-        self.weights
-            .chunks(&format!("{}.weight", step.nodes[0]))
-            .is_ok_and(|c| c.len() == 1)
-    }
-
-    /// Stored values per f32: the split layers' partial sums keep about f32 precision in
-    /// f16 models as the sum of two f16 (see `f32_pack` in the generated WGSL header).
-    fn f32_slots(&self) -> usize {
-        4 / self.ctx.elem_bytes()
-    }
-
-    /// A tiled convolution's split along k at `nb` images: the variant's rule, where the
-    /// weights are one chunk and the (f32) partial sums fit one binding.
-    fn conv_split(
-        &self,
-        program: &Program,
-        step: &Step,
-        v: conv::Variant,
-        nb: usize,
-    ) -> (usize, usize) {
-        let Kernel::Conv { cfg, .. } = &step.kernel else {
-            return (1, 0);
-        };
-        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
-        let k = xs[1] / cfg.groups * cfg.kernel[0] * cfg.kernel[1];
-        let (s, chunk) = v.split_k(conv_work(cfg, os, nb), k);
-        let bytes = (s * nb * numel(&os[1..]) * 4) as u64;
-        if s > 1 && self.whole_weights(step) && bytes <= self.limit {
-            (s, chunk)
-        } else {
-            (1, 0)
-        }
-    }
-
-    /// A convolution on a special kernel: Winograd F(2x2, 3x3) (input transform, 16
-    /// GEMMs, output transform with the epilogue), a GEMM with the epilogue (on the
-    /// input, or on its im2col copy), or the direct kernel on the GEMM's weights.
-    #[allow(clippy::too_many_arguments)]
-    fn special_conv(
-        &mut self,
-        program: &Program,
-        step: &Step,
-        up: &Uploaded,
-        sp: conv::Special,
-        nb: usize,
-        (x, res): (Bind, Option<Bind>),
-        out: Bind,
-    ) -> Result<()> {
-        let what = step.nodes.join("+");
-        let Kernel::Conv { cfg, .. } = &step.kernel else {
-            unreachable!("a convolution step")
-        };
-        let (xs, os) = (program.shape(step.inputs[0]), program.shape(step.output));
-        let key = up.key.as_deref().expect("a conv weight");
-        let weights = Bind::whole(&self.derived_weights(key, &up.chunks[0], sp, &what)?);
-        let dummy = Bind::whole(&self.dummy);
-        let (a, b) = match sp.scratch_len(nb) {
-            (0, 0) => (dummy.clone(), dummy.clone()),
-            (a_len, b_len) => {
-                let (a, b) = self.scratch.as_ref().expect("sized for every layer");
-                let elem = self.ctx.elem_bytes();
-                (Bind::first(a, a_len, elem), Bind::first(b, b_len, elem))
-            }
-        };
-        let u = |v: usize| v as u32;
-        let has_res = res.is_some() as u32;
-        let oc = os[1];
-        let layer = conv::Params {
-            has_res,
-            relu: step.relu as u32,
-            m_count: u(oc),
-            ..conv::Params::layer(cfg, xs, os, nb)
-        };
-        let affine = Bind::whole(up.bias.as_ref().expect("conv bias"));
-        let bufs = |x: Bind, affine: Bind, res: Bind, y: Bind, gemm: bool| conv::Buffers {
-            x4: if gemm { x.clone() } else { dummy.clone() },
-            wt4: if gemm { weights.clone() } else { dummy.clone() },
-            x,
-            wt: dummy.clone(),
-            affine,
-            res,
-            y,
-        };
-        let per_element = |b: &Self, n: usize| b.fold(n.div_ceil(kernels::WG), &what);
-        let max = self.max_groups as usize;
-        match sp {
-            conv::Special::Winograd(wd) => {
-                let grid = per_element(self, nb * wd.c * wd.t4)?;
-                let bs = bufs(x, dummy.clone(), dummy.clone(), a.clone(), false);
-                self.push(&conv::FAMILY, "wino_input", &layer, bs, grid, &what)?;
-                // `oc` = `m_count`: the GEMM's rows are whole layers (conv_store's layout).
-                let products = conv::Params {
-                    k: u(wd.c),
-                    p: u(wd.t4),
-                    p4: u(wd.t4),
-                    oc: u(oc),
-                    m_count: u(oc),
-                    g_count: 16,
-                    plain: 1,
-                    ..Default::default()
-                };
-                if wd.tiled {
-                    // A 1x1 convolution of 16 groups (one per transform element) from
-                    // [image][element][c][t4] to [image][element][oc][t4].
-                    let prm = conv::Params {
-                        c: u(16 * wd.c),
-                        h: 1,
-                        w: u(wd.t4),
-                        oc: u(16 * oc),
-                        oh: 1,
-                        ow: u(wd.t4),
-                        kh: 1,
-                        kw: 1,
-                        sh: 1,
-                        sw: 1,
-                        dh: 1,
-                        dw: 1,
-                        icg: u(wd.c),
-                        ocg: u(oc),
-                        g_count: 16,
-                        k: u(wd.c),
-                        p: u(wd.t4),
-                        m_count: u(oc),
-                        batch: u(nb),
-                        plain: 1,
-                        ..Default::default()
-                    };
-                    let limits = &self.ctx.shared.limits;
-                    let v = conv::Variant::product_tiles(limits, [wd.t4, oc, nb * 16]);
-                    let bs = conv::Buffers {
-                        wt: weights.clone(),
-                        ..bufs(a, dummy.clone(), dummy.clone(), b.clone(), false)
-                    };
-                    let grid = v.grid(wd.t4, oc, nb * 16, max);
-                    self.push(&conv::FAMILY, v.entry(), &prm, bs, grid, &what)?;
-                } else {
-                    let (entry, grid) = conv::gemm_plan(wd.t4, oc, nb * 16, max);
-                    let bs = bufs(a, dummy.clone(), dummy.clone(), b.clone(), true);
-                    self.push(&conv::FAMILY, entry, &products, bs, grid, &what)?;
-                }
-                let grid = per_element(self, nb * oc * wd.tiles)?;
-                let bs = bufs(b, affine, res.unwrap_or(dummy.clone()), out, false);
-                self.push(&conv::FAMILY, "wino_output", &layer, bs, grid, &what)
-            }
-            conv::Special::Gemm(g) => {
-                let input = if g.im2col {
-                    let prm = conv::Params {
-                        k: u(g.k),
-                        p4: u(g.p4),
-                        ..layer
-                    };
-                    let grid = per_element(self, nb * g.k * os[2])?;
-                    let bs = bufs(x, dummy.clone(), dummy.clone(), a.clone(), false);
-                    self.push(&conv::FAMILY, "im2col", &prm, bs, grid, &what)?;
-                    a
-                } else {
-                    x
-                };
-                let prm = conv::Params {
-                    k: u(g.k),
-                    p: u(g.p),
-                    p4: u(g.p4),
-                    oc: u(oc),
-                    m_count: u(oc),
-                    g_count: 1,
-                    has_res,
-                    relu: step.relu as u32,
-                    ..Default::default()
-                };
-                let (entry, grid) = conv::gemm_plan(g.p4, oc, nb, max);
-                let bs = bufs(input, affine, res.unwrap_or(dummy.clone()), out, true);
-                self.push(&conv::FAMILY, entry, &prm, bs, grid, &what)
-            }
-            conv::Special::Direct { .. } => {
-                let grid = conv::gemm_grid(os[2] * os[3], oc, nb, max);
-                let bs = conv::Buffers {
-                    wt4: weights.clone(),
-                    ..bufs(x, affine, res.unwrap_or(dummy.clone()), out, false)
-                };
-                self.push(&conv::FAMILY, "conv2d_rbk", &layer, bs, grid, &what)
-            }
-        }
-    }
-
-    /// The form of conv weight `key` (in one chunk) that `sp` reads: the model's, else
-    /// made by a dispatch in this plan's prologue.
-    fn derived_weights(
-        &mut self,
-        key: &str,
-        chunk: &Chunk,
-        sp: conv::Special,
-        what: &str,
-    ) -> Result<wgpu::Buffer> {
-        let (entry, form) = sp.weight_form();
-        let name = format!("{key}#{form}");
-        if let Some(b) = self.weights.derived(&name) {
-            return Ok(b);
-        }
-        if let Some((_, b)) = self.derived.iter().find(|(k, _)| *k == name) {
-            return Ok(b.clone());
-        }
-        let buf = self.storage(&name, sp.weight_len(), wgpu::BufferUsages::empty());
-        let (c, oc, k) = match sp {
-            conv::Special::Gemm(conv::Gemm { k, oc, .. }) | conv::Special::Direct { k, oc } => {
-                (0, oc, k)
-            }
-            conv::Special::Winograd(w) => (w.c, w.oc, 0),
-        };
-        let tiled = matches!(sp, conv::Special::Winograd(w) if w.tiled);
-        let prm = conv::Params {
-            c: c as u32,
-            k: k as u32,
-            m_count: oc as u32,
-            // Winograd's weights for the tiled kernel: [element][oc][c].
-            plain: tiled as u32,
-            ..Default::default()
-        };
-        let dummy = Bind::whole(&self.dummy);
-        let bufs = conv::Buffers {
-            x: dummy.clone(),
-            wt: Bind::whole(&chunk.buf),
-            affine: dummy.clone(),
-            res: dummy.clone(),
-            y: Bind::whole(&buf),
-            x4: dummy.clone(),
-            wt4: dummy,
-        };
-        let n = oc * c.max(k);
-        let grid = self.fold(n.div_ceil(kernels::WG), what)?;
-        let d = self.pending_dispatch(&conv::FAMILY, entry, &prm, bufs, grid, what)?;
-        self.prologue.push(PendingCmd::Dispatch(d));
-        self.derived.push((name, buf.clone()));
-        Ok(buf)
     }
 
     /// Write every dispatch's uniforms into one buffer and make the bind groups.
@@ -1518,12 +940,6 @@ async fn tune(ctx: &GpuContext, program: &Program) -> Result<()> {
         ctx.shared.tuner.save();
     }
     Ok(())
-}
-
-/// What a convolution with output shape `os` makes at `nb` images: pixels by channels
-/// per each of its (image, group) planes.
-fn conv_work(cfg: &crate::graph::Conv2d, os: &[usize], nb: usize) -> [usize; 3] {
-    [os[2] * os[3], os[1] / cfg.groups, nb * cfg.groups]
 }
 
 /// Passes timed per submission while tuning: enough for about this many seconds, so that
