@@ -102,8 +102,10 @@ enum Plan {
     Cpu(CpuModel),
 }
 
-/// A plan's identity: input shape and requested output nodes.
-type PlanKey = (Vec<usize>, Vec<String>);
+/// A plan's identity: the whole graph it was made for (every node's op, parameters and
+/// shape, and the requested outputs), so that two graphs that agree in input shape and
+/// output names (ResNet-50 and its caffe variant) never share a plan.
+type PlanKey = Graph;
 
 /// Plans kept per session; the least recently used one is dropped beyond this.
 const MAX_PLANS: usize = 6;
@@ -221,10 +223,12 @@ impl Session {
     /// The plan for `graph` (same parameters as the loaded graph; any outputs and input
     /// shape), made now if there is none.
     async fn prepare(&mut self, graph: &Graph) -> Result<&mut Plan> {
-        // Looked up without allocating: this runs on every run.
-        let outputs = || graph.outputs().iter().map(|&v| &graph.node(v).name);
-        let found = self.plans.iter().position(|((shape, names), _)| {
-            shape.as_slice() == graph.input_shape() && names.iter().eq(outputs())
+        // Compared without allocating (this runs on every run): the input shape and the
+        // outputs first, which tell most plans apart at once.
+        let found = self.plans.iter().position(|(key, _)| {
+            key.input_shape() == graph.input_shape()
+                && key.outputs() == graph.outputs()
+                && key.nodes() == graph.nodes()
         });
         let i = match found {
             Some(i) => i,
@@ -236,8 +240,7 @@ impl Session {
                 if self.plans.len() >= MAX_PLANS {
                     self.plans.remove(0);
                 }
-                let key = (graph.input_shape().to_vec(), outputs().cloned().collect());
-                self.plans.push((key, plan));
+                self.plans.push((graph.clone(), plan));
                 self.plans.len() - 1
             }
         };

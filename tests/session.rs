@@ -271,3 +271,30 @@ fn a_lost_gpu_device_is_a_typed_error_and_the_next_run_makes_a_new_one() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn two_graphs_with_the_same_input_and_output_names_never_share_a_plan() {
+    // ResNet-50 and its caffe variant have the same parameters, input shape and output
+    // names, and differ in strides: a session asked for both must run each.
+    let shape = [1, 3, 64, 64];
+    let tv = Model::get("resnet50").unwrap().graph(&shape).unwrap();
+    let caffe = Model::get("resnet50_caffe").unwrap().graph(&shape).unwrap();
+    let w = synth_params(&tv, 3).unwrap();
+    let x = synth("input", &shape, 7).unwrap();
+    for target in [Target::cpu(), Target::gpu(common::gpu())] {
+        let mut s = pollster::block_on(Session::load(&tv, w.clone(), &target)).unwrap();
+        let a = s.run_blocking(&x).unwrap().remove(0);
+        let b = s.run_graph_blocking(&caffe, &x).unwrap().remove(0);
+        assert_eq!(s.plan_count(), 2, "the caffe graph got a plan of its own");
+        let mut alone = pollster::block_on(Session::load(&caffe, w.clone(), &target)).unwrap();
+        let want = alone.run_blocking(&x).unwrap().remove(0);
+        assert_eq!(b.data(), want.data(), "the caffe graph's answer is its own");
+        assert!(
+            rel_l2(a.data(), &f64s(b.data())) > 1e-3,
+            "the two graphs differ"
+        );
+        // Each graph again reuses its own plan.
+        assert_eq!(s.run_blocking(&x).unwrap().remove(0).data(), a.data());
+        assert_eq!(s.plan_count(), 2);
+    }
+}
