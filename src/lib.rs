@@ -12,6 +12,7 @@ pub mod npy;
 pub mod plan;
 pub mod preprocess;
 pub mod prng;
+pub mod tasks;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

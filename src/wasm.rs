@@ -2,7 +2,7 @@
 //! demo's worker uses that package). Inputs arrive already normalised by the wrapper;
 //! every failure is a JS `Error` carrying a stable `code` (see `Error::code`).
 
-use crate::engine::{top_k, Device, Session, Target};
+use crate::engine::{Device, Session, Target};
 use crate::error::Error;
 use crate::models::{ids, Model};
 use crate::preprocess;
@@ -296,19 +296,16 @@ impl Inner {
         self.classifier()?;
         let x = self.input(&input)?;
         let logits = self.run(&x, &[]).await?.remove(0);
-        let labels = self.model.labels.names();
-        let classes = self.model.num_classes();
-        let rows: Array = logits
-            .data()
-            .chunks(classes)
+        let rows = crate::tasks::classify(&self.model, &logits, k as usize).map_err(js_err)?;
+        let rows: Array = rows
+            .into_iter()
             .map(|row| -> JsValue {
-                top_k(row, k as usize)
-                    .into_iter()
-                    .map(|(c, p)| {
+                row.into_iter()
+                    .map(|p| {
                         obj(&[
-                            ("index", (c as u32).into()),
-                            ("label", labels[c].as_str().into()),
-                            ("probability", p.into()),
+                            ("index", (p.index as u32).into()),
+                            ("label", p.label.as_str().into()),
+                            ("probability", p.probability.into()),
                         ])
                     })
                     .collect::<Array>()
@@ -332,50 +329,20 @@ impl Inner {
         Ok(o.into())
     }
 
-    /// Class activation map of a ResNet (global average pool + fc): the fc row of the class
-    /// weighting `layer4`, scaled to [0, 1].
+    /// Class activation map of a ResNet ([`crate::tasks::cam`]).
     async fn cam(&mut self, input: JsValue, class: Option<u32>) -> Result<JsValue, JsValue> {
-        if self.model.classifier() != "fc" {
-            return Err(bad(format!(
-                "class activation maps need a ResNet, not {}",
-                self.model.id
-            )));
-        }
-        self.classifier()?;
-        let classes = self.model.num_classes();
-        if let Some(c) = class.filter(|&c| c as usize >= classes) {
-            return Err(bad(format!(
-                "class {c} is out of range: {} has {classes} classes",
-                self.model.id
-            )));
+        if self.model.classifier() == "fc" {
+            self.classifier()?;
         }
         let x = self.input(&input)?;
-        if x.shape()[0] != 1 {
-            return Err(bad("a class activation map takes one image"));
-        }
-        let mut outs = self.run(&x, &["layer4", "fc"]).await?;
-        let logits = outs.remove(1);
-        let feat = outs.remove(0);
-        let cls = class.map_or_else(|| top_k(logits.data(), 1)[0].0, |c| c as usize);
-        let row = self
-            .session
-            .weight_row("fc.weight", cls)
+        let class = class.map(|c| c as usize);
+        let cam = crate::tasks::cam(&mut self.session, &self.model, &x, class)
             .await
             .map_err(js_err)?;
-        let (h, w) = (feat.shape()[2], feat.shape()[3]);
-        let mut map = vec![0f32; h * w];
-        for (plane, &wt) in feat.data().chunks(h * w).zip(&row) {
-            map.iter_mut().zip(plane).for_each(|(m, &v)| *m += wt * v);
-        }
-        let (lo, hi) = map
-            .iter()
-            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-        let span = if hi > lo { hi - lo } else { 1.0 };
-        map.iter_mut().for_each(|v| *v = (*v - lo) / span);
         Ok(obj(&[
-            ("data", Float32Array::from(&map[..]).into()),
-            ("shape", usizes(&[h, w])),
-            ("class", (cls as u32).into()),
+            ("data", Float32Array::from(&cam.data[..]).into()),
+            ("shape", usizes(&cam.shape)),
+            ("class", (cam.class as u32).into()),
         ]))
     }
 }

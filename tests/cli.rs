@@ -953,3 +953,125 @@ fn a_reader_that_closes_the_pipe_early_ends_the_command_without_a_panic() {
     child.wait().unwrap();
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn cam_writes_the_map_over_the_image_and_agrees_with_the_features_and_fc_weights() {
+    let img = tmp("cam-input.png");
+    let mut pic = image::RgbImage::new(260, 240);
+    for (x, y, p) in pic.enumerate_pixels_mut() {
+        *p = image::Rgb([(x % 256) as u8, (y * 3 % 256) as u8, ((x + y) % 256) as u8]);
+    }
+    pic.save(&img).unwrap();
+    // The reference: layer4 and the logits from `features`, the class's fc row from the
+    // same synthetic weights, weighted and scaled to [0, 1] here.
+    let dir = tmp("cam-features");
+    ok(bin()
+        .args([
+            "features",
+            "--model",
+            "resnet18",
+            "--weights",
+            "synthetic:2",
+        ])
+        .args(["--layers", "layer4,fc", "--device", "cpu", "--input"])
+        .arg(&img)
+        .arg("--out-dir")
+        .arg(&dir)
+        .output()
+        .unwrap());
+    let (fs, feat) = read_npy(&dir.join("layer4.npy"));
+    let (_, logits) = read_npy(&dir.join("fc.npy"));
+    let top = webcnn::engine::top_k(&logits, 1)[0].0;
+    let graph = webcnn::models::Model::get("resnet18")
+        .unwrap()
+        .graph(&[1, 3, 224, 224])
+        .unwrap();
+    let w = webcnn::prng::synth_params(&graph, 2).unwrap();
+    let fc = &w["fc.weight"];
+    let hw = fs[2] * fs[3];
+    let row = &fc.data()[top * fs[1]..(top + 1) * fs[1]];
+    let mut want = vec![0f64; hw];
+    for (plane, &wt) in feat.chunks(hw).zip(row) {
+        want.iter_mut()
+            .zip(plane)
+            .for_each(|(m, &v)| *m += wt as f64 * v as f64);
+    }
+    let (lo, hi) = want
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    want.iter_mut().for_each(|v| *v = (*v - lo) / (hi - lo));
+    for device in ["cpu", "gpu"] {
+        let png = tmp(&format!("cam-{device}.png"));
+        let out = ok(bin()
+            .args([
+                "cam",
+                "--model",
+                "resnet18",
+                "--weights",
+                "synthetic:2",
+                "--json",
+            ])
+            .args(["--device", device])
+            .arg(&img)
+            .arg("-o")
+            .arg(&png)
+            .output()
+            .unwrap());
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            j["class"].as_u64().unwrap() as usize,
+            top,
+            "{device}: the top class"
+        );
+        assert_eq!(j["shape"], serde_json::json!([fs[2], fs[3]]));
+        let map: Vec<f32> = j["map"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let err = rel_l2(&map, &want);
+        assert!(err < 1e-4, "{device}: the map is {err} from the reference");
+        let p = j["probability"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0, "{p}");
+        let written = image::open(&png).unwrap();
+        assert_eq!((written.width(), written.height()), (224, 224), "{device}");
+    }
+    // The class asked for; a class out of range, and a model without a CAM, are errors.
+    let out = ok(bin()
+        .args([
+            "cam",
+            "--model",
+            "resnet18",
+            "--weights",
+            "synthetic:2",
+            "--json",
+        ])
+        .args(["--class", "7", "--device", "cpu", "-o"])
+        .arg(tmp("cam-7.png"))
+        .arg(&img)
+        .output()
+        .unwrap());
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["class"], 7);
+    fails(
+        bin()
+            .args([
+                "cam", "--model", "resnet18", "--class", "1000", "--device", "cpu", "-o",
+            ])
+            .arg(tmp("x.png"))
+            .arg(&img)
+            .output()
+            .unwrap(),
+        "out of range",
+    );
+    fails(
+        bin()
+            .args(["cam", "--model", "alexnet", "--device", "cpu", "-o"])
+            .arg(tmp("x.png"))
+            .arg(&img)
+            .output()
+            .unwrap(),
+        "need a ResNet",
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use webcnn::engine::{top_k, Device, Session};
+use webcnn::engine::{Device, Session};
 use webcnn::models::{Labels, Model};
 use webcnn::weights::{self, Source};
 use webcnn::{Graph, Tensor};
@@ -58,6 +58,36 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     transform: TransformArgs,
     /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: Device,
+}
+
+/// `webcnn cam`: a ResNet's class activation map over the image, as a PNG.
+#[derive(clap::Args)]
+pub struct CamArgs {
+    /// The image (JPEG, PNG, WebP, GIF, BMP); none: the built-in demo photo.
+    image: Option<PathBuf>,
+    /// Model id: a ResNet, ResNeXt or Wide ResNet (see `webcnn models`).
+    #[arg(long)]
+    model: Option<String>,
+    /// Weights, as for `classify` (default: untrained synthetic:1).
+    #[arg(long)]
+    weights: Option<String>,
+    /// Class names, as for `classify`.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// The class to explain (default: the most probable).
+    #[arg(long)]
+    class: Option<usize>,
+    /// The PNG to write: the image as the model sees it (resized and cropped), the map
+    /// laid over it.
+    #[arg(short, long, default_value = "cam.png")]
+    output: PathBuf,
+    #[command(flatten)]
+    transform: TransformArgs,
+    /// Machine-readable output (the class, its probability, the map's grid and values).
     #[arg(long)]
     json: bool,
     #[arg(long, default_value = "auto")]
@@ -291,25 +321,29 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
     let graph = model.graph(x.shape())?;
     let mut s = session(&graph, w, a.device)?;
     let logits = s.run_blocking(&x)?.remove(0);
-    let labels = model.labels.names();
-    let k = model.num_classes();
     let mut results = vec![];
-    for (i, path) in a.images.iter().enumerate() {
-        let top = top_k(&logits.data()[i * k..(i + 1) * k], a.top);
+    for (path, top) in a
+        .images
+        .iter()
+        .zip(webcnn::tasks::classify(&model, &logits, a.top)?)
+    {
         if a.json {
             let preds: Vec<_> = top
                 .iter()
-                .map(
-                    |&(c, p)| serde_json::json!({"class": c, "label": labels[c], "probability": p}),
-                )
+                .map(|p| serde_json::json!({"class": p.index, "label": p.label, "probability": p.probability}))
                 .collect();
             results.push(
                 serde_json::json!({"image": path.display().to_string(), "predictions": preds}),
             );
         } else {
             println!("{}", path.display());
-            for (c, p) in top {
-                println!("  {:>6.2}%  {} ({c})", p * 100.0, labels[c]);
+            for p in top {
+                println!(
+                    "  {:>6.2}%  {} ({})",
+                    p.probability * 100.0,
+                    p.label,
+                    p.index
+                );
             }
         }
     }
@@ -367,4 +401,86 @@ pub fn features(a: FeaturesArgs) -> R<()> {
         println!("{} {:?}", path.display(), t.shape());
     }
     Ok(())
+}
+
+/// `webcnn cam`: the map of the class asked for (else the top one) over the input image.
+pub fn cam(a: CamArgs) -> R<()> {
+    let (bytes, name) = match &a.image {
+        Some(p) => (
+            std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => {
+            eprintln!("notice: no image given, using the built-in demo photo (www/demo.png)");
+            (DEMO_IMAGE.to_vec(), "demo.png".to_string())
+        }
+    };
+    let img = webcnn::preprocess::decode(&bytes).map_err(|e| format!("{name}: {e}"))?;
+    let src = a.weights.clone().unwrap_or_else(|| {
+        eprintln!("warning: no --weights given: using untrained synthetic:1 weights, the map is meaningless");
+        "synthetic:1".to_string()
+    });
+    let (mut model, w) = load_weights(&src, a.model.as_deref(), a.labels.as_deref())?;
+    model.preprocess = a.transform.apply(model.preprocess)?;
+    let x = webcnn::preprocess::batch(&[img], &model.preprocess);
+    let graph = model.graph(x.shape())?;
+    let mut s = session(&graph, w, a.device)?;
+    let cam = webcnn::tasks::cam_blocking(&mut s, &model, &x, a.class)?;
+    let probability = cam.probability;
+    let label = &model.labels.names()[cam.class];
+    overlay(&x, &model.preprocess, &cam)
+        .save(&a.output)
+        .map_err(|e| format!("{}: {e}", a.output.display()))?;
+    if a.json {
+        let out = serde_json::json!({
+            "image": name, "model": model.id, "weights": src, "class": cam.class, "label": label,
+            "probability": probability, "shape": cam.shape, "map": cam.data,
+            "output": a.output.display().to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{name}: {label} ({}, {:.2}%): wrote {}",
+            cam.class,
+            probability * 100.0,
+            a.output.display()
+        );
+    }
+    Ok(())
+}
+
+/// The input image as the model saw it (the normalisation undone) with `cam` upsampled
+/// bilinearly to its size (half-pixel centres) in a blue-to-red colour scale, half and half.
+fn overlay(
+    x: &webcnn::Tensor,
+    p: &webcnn::preprocess::Preprocess,
+    cam: &webcnn::tasks::Cam,
+) -> image::RgbImage {
+    let (hh, ww) = (x.shape()[2], x.shape()[3]);
+    let [ch, cw] = cam.shape;
+    let sample = |y: usize, xx: usize| -> f32 {
+        let at = |d: usize, n: usize, big: usize| {
+            let s = ((d as f32 + 0.5) * n as f32 / big as f32 - 0.5).clamp(0.0, (n - 1) as f32);
+            let i = (s.floor() as usize).min(n - 1);
+            (i, (i + 1).min(n - 1), s - i as f32)
+        };
+        let (y0, y1, fy) = at(y, ch, hh);
+        let (x0, x1, fx) = at(xx, cw, ww);
+        let v = |r: usize, c: usize| cam.data[r * cw + c];
+        let top = v(y0, x0) * (1.0 - fx) + v(y0, x1) * fx;
+        let bottom = v(y1, x0) * (1.0 - fx) + v(y1, x1) * fx;
+        top * (1.0 - fy) + bottom * fy
+    };
+    let plane = hh * ww;
+    image::RgbImage::from_fn(ww as u32, hh as u32, |xx, y| {
+        let (xx, y) = (xx as usize, y as usize);
+        let v = sample(y, xx);
+        // A "jet" scale: blue (0) through green to red (1).
+        let jet = |centre: f32| (1.5 - (4.0 * v - centre).abs()).clamp(0.0, 1.0);
+        let heat = [jet(3.0), jet(2.0), jet(1.0)];
+        image::Rgb(std::array::from_fn(|c| {
+            let pixel = (x.data()[c * plane + y * ww + xx] * p.std[c] + p.mean[c]).clamp(0.0, 1.0);
+            ((0.5 * pixel + 0.5 * heat[c]) * 255.0).round() as u8
+        }))
+    })
 }

@@ -34,6 +34,8 @@ enum Cmd {
     Soak(soak::Args),
     /// Classify images: top-K labels with probabilities.
     Classify(infer::ClassifyArgs),
+    /// A ResNet's class activation map over the image, written as a PNG.
+    Cam(infer::CamArgs),
     /// Outputs of named nodes (default: the feature levels and the pooled vector) as .npy.
     Features(infer::FeaturesArgs),
     /// Images and folders in, one embedding row per image out (.npy + file names).
@@ -112,6 +114,7 @@ pub fn main() -> ExitCode {
         Cmd::Run(a) => infer::run(a),
         Cmd::Soak(a) => soak::run(a),
         Cmd::Classify(a) => infer::classify(a),
+        Cmd::Cam(a) => infer::cam(a),
         Cmd::Features(a) => infer::features(a),
         Cmd::Embed(a) => embed::embed(a),
         Cmd::Similar(a) => embed::similar(a),

@@ -252,6 +252,9 @@ impl GpuModel {
         self.readback.slice(..).map_async(wgpu::MapMode::Read, send);
         #[cfg(not(target_arch = "wasm32"))]
         if let Err(e) = super::context::wait(&s.device) {
+            // The map is still pending: cancel it, or the next run's map of this buffer
+            // fails and reads as a lost device.
+            self.readback.unmap();
             self.check_alive()?;
             return Err(e);
         }
@@ -268,35 +271,43 @@ impl GpuModel {
             self.check_alive()?;
             return Err(Error::Gpu(format!("running the graph: {e}")));
         }
-        let outputs: Vec<Vec<f32>> = {
-            let view = self
-                .readback
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
-            // Each output's chunks, as `Builder::build` lays them out.
-            let mut off = 0;
-            self.output_shapes
-                .iter()
-                .map(|shape| {
-                    let pi = numel(&shape[1..]) * elem;
-                    let stride = chunk_stride(self.report.batch_chunk, pi);
-                    let mut v = Vec::with_capacity(numel(shape));
-                    for (_, nb) in self.chunks() {
-                        v.extend(from_device(precision, &view[off..off + nb * pi]));
-                        off += stride;
-                    }
-                    v
-                })
-                .collect()
-        };
+        // Unmapped whatever the read gives, so that a failed read leaves the buffer
+        // ready for the next run.
+        let outputs = self.read_mapped(precision);
         self.readback.unmap();
+        let outputs = outputs?;
         self.check_alive()?;
         Ok(self
             .output_shapes
             .iter()
             .zip(outputs)
             .map(|(shape, data)| Tensor::new(shape.clone(), data).expect("planned shapes"))
+            .collect())
+    }
+
+    /// The outputs from the mapped read-back buffer, chunk by chunk as `Builder::build`
+    /// lays them out.
+    fn read_mapped(&self, precision: super::Precision) -> Result<Vec<Vec<f32>>> {
+        let elem = precision.bytes();
+        let view = self
+            .readback
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
+        let mut off = 0;
+        Ok(self
+            .output_shapes
+            .iter()
+            .map(|shape| {
+                let pi = numel(&shape[1..]) * elem;
+                let stride = chunk_stride(self.report.batch_chunk, pi);
+                let mut v = Vec::with_capacity(numel(shape));
+                for (_, nb) in self.chunks() {
+                    v.extend(from_device(precision, &view[off..off + nb * pi]));
+                    off += stride;
+                }
+                v
+            })
             .collect())
     }
 
