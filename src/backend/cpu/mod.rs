@@ -539,9 +539,43 @@ impl CpuModel {
 /// worker it would never reach the caller (the page hangs instead of reporting it).
 fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     #[cfg(not(target_arch = "wasm32"))]
-    return crew::run(f);
+    if spinning() {
+        crew::run(f)
+    } else {
+        // On a pool thread still (each step's split starts inside the pool), the others
+        // asleep until rayon wakes them.
+        rayon::scope(|_| f())
+    }
     #[cfg(target_arch = "wasm32")]
     f()
+}
+
+/// 0: not asked; 1: spin; 2: do not.
+#[cfg(not(target_arch = "wasm32"))]
+static SPIN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether a run's other threads spin beside it for its whole length (the default; ONNX
+/// Runtime's `allow_spinning`): the fastest runs, at the cost of every core busy while a
+/// run lasts, also in the gaps a short step leaves. Off, they sleep between steps and are
+/// woken for each (a few percent slower; kinder to other work on the machine and to
+/// batteries). `WEBCNN_CPU_SPIN=0` turns it off for the process; this call overrides that.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn set_spinning(on: bool) {
+    SPIN.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn spinning() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match SPIN.load(Relaxed) {
+        0 => {
+            let on = std::env::var("WEBCNN_CPU_SPIN").map_or(true, |v| v.trim() != "0");
+            // A racing `set_spinning` wins.
+            let _ = SPIN.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
+            SPIN.load(Relaxed) == 1
+        }
+        s => s == 1,
+    }
 }
 
 #[cfg(test)]
@@ -574,6 +608,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn without_spinning_a_run_has_no_crew_and_the_same_answer() {
+        let model = crate::models::Model::get("resnet18").unwrap();
+        let g = model.graph(&[2, 3, 48, 48]).unwrap();
+        let m = CpuModel::prepare(&g, &synth_params(&g, 4).unwrap()).unwrap();
+        let x = synth("x", &[2, 3, 48, 48], 8).unwrap();
+        set_spinning(true);
+        let spun = m.run(&x).unwrap();
+        assert!(
+            in_pool(|| crew::par(1, |_| {}).is_ok()),
+            "a crew while spinning"
+        );
+        set_spinning(false);
+        assert!(
+            in_pool(|| crew::par(1, |_| {}).is_err()),
+            "no crew without spinning"
+        );
+        let slept = m.run(&x).unwrap();
+        set_spinning(true);
+        assert_eq!(spun[0].data(), slept[0].data());
     }
 
     #[test]
