@@ -7,7 +7,7 @@ pub mod graph;
 pub mod load;
 pub mod lower;
 pub mod models;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(not(target_arch = "wasm32"), feature = "npy"))]
 pub mod npy;
 pub mod plan;
 pub mod preprocess;

@@ -197,8 +197,22 @@ fn downloads_are_cached_per_revision(srv: &Server) {
         save_safetensors(&w),
         "\"e1\"",
     );
-    let got = load_for(&src("hf:acme/vgg11_cifar"), Some("vgg11_cifar"), false).unwrap();
+    // Progress reaches the caller's observer: bytes up to the whole file, the end, a note.
+    let seen = std::sync::Mutex::new(vec![]);
+    let observe = |p: hub::Progress| seen.lock().unwrap().push(format!("{p:?}"));
+    let got = load_for(
+        &src("hf:acme/vgg11_cifar"),
+        Some("vgg11_cifar"),
+        Some(&observe),
+    )
+    .unwrap();
     assert_eq!(got.tensors, w);
+    let seen = seen.into_inner().unwrap();
+    let size = save_safetensors(&w).len();
+    let whole = format!("got: {size}, total: Some({size})");
+    assert!(seen.iter().any(|e| e.contains(&whole)), "{seen:?}");
+    assert!(seen.iter().any(|e| e == "End"), "{seen:?}");
+    assert!(seen.last().unwrap().contains("saved"), "{seen:?}");
     let path = hub::cached_path("acme/vgg11_cifar", "main", "model.safetensors");
     assert!(path.starts_with(cache()) && path.is_file());
     // The cache knows what it holds: the ETag and the repository commit.
@@ -212,7 +226,7 @@ fn downloads_are_cached_per_revision(srv: &Server) {
         .len();
     assert_eq!(n, 1);
     // Again: from the cache, no request (config.json's 404 is remembered too).
-    let again = load_for(&src("hf:acme/vgg11_cifar"), Some("vgg11_cifar"), false).unwrap();
+    let again = load_for(&src("hf:acme/vgg11_cifar"), Some("vgg11_cifar"), None).unwrap();
     assert_eq!(again.tensors, w);
     assert_eq!(
         srv.requests("/acme/vgg11_cifar/resolve/main/model.safetensors")
@@ -232,19 +246,19 @@ fn downloads_are_cached_per_revision(srv: &Server) {
         save_safetensors(&w2),
         "\"e2\"",
     );
-    let v2 = load_for(&src("hf:acme/vgg11_cifar@v2"), Some("vgg11_cifar"), false).unwrap();
+    let v2 = load_for(&src("hf:acme/vgg11_cifar@v2"), Some("vgg11_cifar"), None).unwrap();
     assert_eq!(v2.tensors, w2);
     assert!(hub::cached_path("acme/vgg11_cifar", "v2", "model.safetensors").is_file());
 
     // A repository without weights, an unreachable Hub: clear errors, nothing cached.
-    let e = load_for(&src("hf:acme/nothing"), Some("resnet18"), false).unwrap_err();
+    let e = load_for(&src("hf:acme/nothing"), Some("resnet18"), None).unwrap_err();
     assert!(
         e.to_string()
             .contains("neither model.safetensors nor pytorch_model.bin"),
         "{e}"
     );
     std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
-    let e = webcnn::weights::load(&src("hf:acme/other"), m, false).unwrap_err();
+    let e = webcnn::weights::load(&src("hf:acme/other"), m, None).unwrap_err();
     assert!(matches!(e, WeightsError::Download(_)), "{e}");
     std::env::set_var("HF_ENDPOINT", &srv.base);
 }
@@ -262,7 +276,7 @@ fn timm_repositories_bring_their_architecture_labels_and_transform(srv: &Server)
         common::torch_save(&w, false),
         "\"p\"",
     );
-    let l = load_for(&src("hf:me/pets"), None, false).unwrap();
+    let l = load_for(&src("hf:me/pets"), None, None).unwrap();
     assert_eq!(l.model.id, "resnet18");
     assert_eq!(l.model.num_classes(), 3);
     assert_eq!(l.model.labels.names(), ["cat", "dog", "bird"]);
@@ -287,7 +301,7 @@ fn timm_repositories_bring_their_architecture_labels_and_transform(srv: &Server)
         save_safetensors(&resnet18_with(1000, 1)),
         "\"m\"",
     );
-    let l = load_for(&src("hf:me/a1"), None, false).unwrap();
+    let l = load_for(&src("hf:me/a1"), None, None).unwrap();
     assert_eq!(
         l.model.preprocess.interpolation,
         webcnn::preprocess::Interpolation::Bicubic
@@ -319,15 +333,15 @@ fn folders_laid_out_as_a_repository(_srv: &Server) {
         ],
     );
     let s = Source::File(d.display().to_string());
-    let l = load_for(&s, None, false).unwrap();
+    let l = load_for(&s, None, None).unwrap();
     assert_eq!(
         (l.model.id.as_str(), l.model.num_classes()),
         ("resnet18", 3)
     );
     assert_eq!(l.model.labels.names()[2], "bird");
     // --model that agrees is fine; one that does not is named.
-    assert!(load_for(&s, Some("resnet18"), false).is_ok());
-    let e = load_for(&s, Some("resnet50"), false)
+    assert!(load_for(&s, Some("resnet18"), None).is_ok());
+    let e = load_for(&s, Some("resnet50"), None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("architecture 'resnet18', not 'resnet50'"), "{e}");
@@ -343,7 +357,7 @@ fn folders_laid_out_as_a_repository(_srv: &Server) {
             ("model.safetensors", save_safetensors(&w)),
         ],
     );
-    let e = load_for(&Source::File(d2.display().to_string()), None, false)
+    let e = load_for(&Source::File(d2.display().to_string()), None, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -358,7 +372,7 @@ fn folders_laid_out_as_a_repository(_srv: &Server) {
             ("model.safetensors", save_safetensors(&resnet18_with(5, 1))),
         ],
     );
-    let e = load_for(&Source::File(d3.display().to_string()), None, false)
+    let e = load_for(&Source::File(d3.display().to_string()), None, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -382,11 +396,11 @@ fn folders_laid_out_as_a_repository(_srv: &Server) {
             ("pytorch_model.bin", common::torch_save(&headless, false)),
         ],
     );
-    let l = load_for(&Source::File(d4.display().to_string()), None, false).unwrap();
+    let l = load_for(&Source::File(d4.display().to_string()), None, None).unwrap();
     assert!(!l.model.has_classifier());
     // A folder without weights; a file without config and without --model.
     let d5 = folder("empty", &[("config.json", FT3.into())]);
-    let e = load_for(&Source::File(d5.display().to_string()), None, false)
+    let e = load_for(&Source::File(d5.display().to_string()), None, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -394,7 +408,7 @@ fn folders_laid_out_as_a_repository(_srv: &Server) {
         "{e}"
     );
     let f = d.join("model.safetensors");
-    let e = load_for(&Source::File(f.display().to_string()), None, false)
+    let e = load_for(&Source::File(f.display().to_string()), None, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("--model"), "{e}");
@@ -436,7 +450,7 @@ fn slow_stalled_and_dropped_downloads_complete(srv: &Server) {
         let path = format!("/net/{repo}/resolve/main/model.safetensors");
         srv.put(&path, body.clone(), &format!("\"{repo}\""));
         srv.act(&path, &acts);
-        let l = load_for(&src(&format!("hf:net/{repo}")), Some("resnet18"), false)
+        let l = load_for(&src(&format!("hf:net/{repo}")), Some("resnet18"), None)
             .unwrap_or_else(|e| panic!("{repo}: {e}"));
         assert_eq!(l.tensors, w, "{repo}");
         let reqs = srv.requests(&path);
@@ -479,7 +493,7 @@ fn an_interrupted_download_resumes_and_one_process_downloads_at_a_time(srv: &Ser
         .find(|p| !Path::new(&format!("/proc/{p}")).exists())
         .unwrap();
     std::fs::write(side(".lock"), dead.to_string()).unwrap();
-    let l = load_for(&src("hf:net/resume"), Some("resnet18"), false).unwrap();
+    let l = load_for(&src("hf:net/resume"), Some("resnet18"), None).unwrap();
     assert_eq!(l.tensors, w);
     assert_eq!(
         srv.requests(path),
@@ -497,7 +511,7 @@ fn an_interrupted_download_resumes_and_one_process_downloads_at_a_time(srv: &Ser
         r#"{"etag":"\"old\"","commit":null,"size":0}"#,
     )
     .unwrap();
-    let l = load_for(&src("hf:net/changed"), Some("resnet18"), false).unwrap();
+    let l = load_for(&src("hf:net/changed"), Some("resnet18"), None).unwrap();
     assert_eq!(l.tensors, w);
 
     // Two downloads of one file at once: one downloads, the other waits for it.
@@ -511,11 +525,11 @@ fn an_interrupted_download_resumes_and_one_process_downloads_at_a_time(srv: &Ser
         }],
     );
     let a = std::thread::spawn(|| {
-        load_for(&src("hf:net/twice"), Some("resnet18"), false).map(|l| l.tensors)
+        load_for(&src("hf:net/twice"), Some("resnet18"), None).map(|l| l.tensors)
     });
     std::thread::sleep(Duration::from_millis(300));
     let b = std::thread::spawn(|| {
-        load_for(&src("hf:net/twice"), Some("resnet18"), false).map(|l| l.tensors)
+        load_for(&src("hf:net/twice"), Some("resnet18"), None).map(|l| l.tensors)
     });
     assert_eq!(a.join().unwrap().unwrap(), w);
     assert_eq!(b.join().unwrap().unwrap(), w);

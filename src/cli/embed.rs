@@ -121,7 +121,7 @@ impl Embedder {
         let m = model.clone();
         let session =
             Session::new_blocking(&full, w, device)?.with_reload(std::sync::Arc::new(move || {
-                Ok(webcnn::weights::load(&source, m.clone(), false)?.tensors)
+                Ok(webcnn::weights::load(&source, m.clone(), None)?.tensors)
             }));
         if let Some(n) = &session.notice {
             eprintln!("notice: {n}");

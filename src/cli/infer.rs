@@ -189,7 +189,8 @@ pub(super) fn load_weights(
     labels: Option<&Path>,
 ) -> R<(Model, weights::TensorMap)> {
     let source: Source = src.parse()?;
-    let l = weights::load_for(&source, model, true)?;
+    let bar = super::DownloadBar::new();
+    let l = weights::load_for(&source, model, Some(&|p| bar.observe(p)))?;
     for n in &l.notices {
         eprintln!("notice: {n}");
     }

@@ -73,6 +73,43 @@ enum Cmd {
     },
 }
 
+/// The CLI's view of a download: a progress bar on stderr, notes as `notice:` lines.
+pub(crate) struct DownloadBar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl DownloadBar {
+    pub(crate) fn new() -> DownloadBar {
+        DownloadBar(std::sync::Mutex::new(None))
+    }
+
+    pub(crate) fn observe(&self, p: webcnn::weights::hub::Progress) {
+        use webcnn::weights::hub::Progress;
+        let mut bar = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match p {
+            Progress::Bytes { repo, got, total } => {
+                let b = bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::new(total.unwrap_or(0));
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {bytes}/{total_bytes} ({percent}%, {bytes_per_sec})",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                    );
+                    b.set_message(format!("downloading {repo}"));
+                    b
+                });
+                b.set_position(got);
+            }
+            Progress::End => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+            }
+            Progress::Note(msg) => eprintln!("notice: {msg}"),
+        }
+    }
+}
+
 /// Mesa's Vulkan drivers probe for Wayland when the GPU is opened, and its client library
 /// prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` (two to four
 /// times) where that variable is unset: root shells, containers, CI. It reads as an error of

@@ -1,5 +1,6 @@
 //! `hf:OWNER/NAME[@REVISION]`: a repository's files from the Hugging Face Hub, downloaded once
-//! into a cache directory (one folder per revision) with a progress bar and reused afterwards.
+//! into a cache directory (one folder per revision), reporting progress to a callback, and
+//! reused afterwards.
 //! `HF_ENDPOINT` overrides the Hub's address (mirrors, and the tests' local server);
 //! `WEBCNN_CACHE` overrides the cache directory.
 //!
@@ -11,8 +12,11 @@
 //! over).
 
 use super::WeightsError;
-use std::io::{Read, Write};
+#[cfg(feature = "hub")]
+use std::io::Read;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "hub")]
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,7 @@ pub fn cache_dir() -> PathBuf {
     base.join("webcnn")
 }
 
+#[cfg(feature = "hub")]
 /// How long a download may go without a byte.
 fn stall_limit() -> Duration {
     std::env::var("WEBCNN_STALL_S")
@@ -84,9 +89,38 @@ pub fn origin(path: &Path) -> Option<Origin> {
     })
 }
 
+#[cfg(feature = "hub")]
 fn write_origin(path: &Path, o: &Origin) -> std::io::Result<()> {
     let j = serde_json::json!({"etag": o.etag, "commit": o.commit, "size": o.size});
     std::fs::write(side(path, ".origin"), j.to_string())
+}
+
+/// What a download reports as it goes, for a front end to show (the CLI draws a progress
+/// bar); the library itself prints nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Progress<'a> {
+    /// Bytes of the file so far (a resumed one starts where its `.part` ended), and the
+    /// total where the server gave it.
+    Bytes {
+        repo: &'a str,
+        got: u64,
+        total: Option<u64>,
+    },
+    /// The transfer ended: saved, or broken off (a retry may follow).
+    End,
+    /// Worth telling the user: a broken transfer resumed, another process downloading
+    /// the file, the file saved.
+    Note(String),
+}
+
+/// Who watches a download, if anyone.
+pub type OnProgress<'a> = Option<&'a (dyn Fn(Progress) + Sync)>;
+
+fn note(progress: OnProgress, msg: String) {
+    match progress {
+        Some(f) => f(Progress::Note(msg)),
+        None => log::info!("{msg}"),
+    }
 }
 
 /// `file` of `repo` at `revision`: from the cache, else downloaded into it. `None` when
@@ -95,7 +129,7 @@ pub fn fetch(
     repo: &str,
     revision: &str,
     file: &str,
-    progress: bool,
+    progress: OnProgress,
 ) -> Result<Option<PathBuf>, WeightsError> {
     let path = cached_path(repo, revision, file);
     if path.is_file() {
@@ -133,9 +167,7 @@ pub fn fetch(
             }
             Err(Failure::Final(e)) => return Err(e),
             Err(Failure::Retry(e)) => {
-                if progress {
-                    eprintln!("notice: {e}; resuming");
-                }
+                note(progress, format!("{e}; resuming"));
                 last = Some(e);
             }
         }
@@ -143,14 +175,30 @@ pub fn fetch(
     Err(last.expect("at least one attempt"))
 }
 
+#[cfg_attr(not(feature = "hub"), allow(dead_code))]
 enum Failure {
     /// Worth another attempt (a stall, a dropped connection, a server error).
     Retry(WeightsError),
     Final(WeightsError),
 }
 
+/// Built without the `hub` feature: no HTTP client, so nothing is downloaded (what is
+/// cached already is still read).
+#[cfg(not(feature = "hub"))]
+fn download(url: &str, _: &Path, _: &str, _: OnProgress) -> Result<Option<()>, Failure> {
+    Err(Failure::Final(WeightsError::Download(format!(
+        "{url}: this build of webcnn has no `hub` feature, so it downloads nothing"
+    ))))
+}
+
 /// One attempt: resumes `path`'s `.part` where it has one. `Ok(None)`: HTTP 404.
-fn download(url: &str, path: &Path, repo: &str, progress: bool) -> Result<Option<()>, Failure> {
+#[cfg(feature = "hub")]
+fn download(
+    url: &str,
+    path: &Path,
+    repo: &str,
+    progress: OnProgress,
+) -> Result<Option<()>, Failure> {
     let part = side(path, ".part");
     let io = |what: &str, p: &Path, e: std::io::Error| {
         Failure::Final(WeightsError::Io(format!("{what} {}: {e}", p.display())))
@@ -219,22 +267,18 @@ fn download(url: &str, path: &Path, repo: &str, progress: bool) -> Result<Option
         .truncate(!resumed)
         .open(&part)
         .map_err(|e| io("opening", &part, e))?;
-    let bar = if progress {
-        let b = indicatif::ProgressBar::new(total.unwrap_or(0));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({percent}%, {bytes_per_sec})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b.set_message(format!("downloading {repo}"));
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
+    let report = |got: u64| {
+        if let Some(f) = progress {
+            f(Progress::Bytes { repo, got, total })
+        }
+    };
+    let end = || {
+        if let Some(f) = progress {
+            f(Progress::End)
+        }
     };
     let mut got = start;
-    bar.set_position(got);
+    report(got);
     let mut reader = Idle::new(resp.into_body().into_reader(), stall_limit());
     loop {
         match reader.next() {
@@ -242,11 +286,11 @@ fn download(url: &str, path: &Path, repo: &str, progress: bool) -> Result<Option
                 file.write_all(&chunk)
                     .map_err(|e| io("writing", &part, e))?;
                 got += chunk.len() as u64;
-                bar.set_position(got);
+                report(got);
             }
             Ok(None) => break,
             Err(e) => {
-                bar.finish_and_clear();
+                end();
                 let _ = file.sync_all();
                 return Err(Failure::Retry(WeightsError::Download(format!(
                     "{url}: {e} after {got} bytes"
@@ -254,7 +298,7 @@ fn download(url: &str, path: &Path, repo: &str, progress: bool) -> Result<Option
             }
         }
     }
-    bar.finish_and_clear();
+    end();
     if let Some(t) = total {
         if got != t {
             let _ = file.sync_all();
@@ -267,20 +311,20 @@ fn download(url: &str, path: &Path, repo: &str, progress: bool) -> Result<Option
     drop(file);
     std::fs::rename(&part, path).map_err(|e| io("saving", path, e))?;
     let _ = std::fs::rename(side(&part, ".origin"), side(path, ".origin"));
-    if progress {
-        eprintln!("saved {} ({got} bytes)", path.display());
-    }
+    note(progress, format!("saved {} ({got} bytes)", path.display()));
     Ok(Some(()))
 }
 
 /// A body read in chunks on a helper thread, so that a read which never returns (a stalled
 /// connection) is noticed after `limit`: the helper is then abandoned with its socket, and
 /// ends when the socket does.
+#[cfg(feature = "hub")]
 struct Idle {
     chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     limit: Duration,
 }
 
+#[cfg(feature = "hub")]
 impl Idle {
     fn new(body: impl Read + Send + 'static, limit: Duration) -> Idle {
         let (tx, chunks) = mpsc::sync_channel(4);
@@ -323,7 +367,7 @@ enum Taken {
 }
 
 impl Lock {
-    fn take(path: &Path, progress: bool) -> Result<Taken, WeightsError> {
+    fn take(path: &Path, progress: OnProgress) -> Result<Taken, WeightsError> {
         let lock = side(path, ".lock");
         let started = Instant::now();
         let mut told = false;
@@ -364,11 +408,12 @@ impl Lock {
                     continue;
                 }
                 Some(pid) => {
-                    if !told && progress {
-                        eprintln!(
-                            "notice: process {pid} is downloading {}; waiting for it",
+                    if !told {
+                        let msg = format!(
+                            "process {pid} is downloading {}; waiting for it",
                             path.display()
                         );
+                        note(progress, msg);
                         told = true;
                     }
                 }

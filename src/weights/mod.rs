@@ -405,12 +405,12 @@ pub struct Files {
 /// `model.safetensors`, else `pytorch_model.bin`, and its `config.json`. `None` for
 /// synthetic weights.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn locate(source: &Source, progress: bool) -> Result<Option<Files>, WeightsError> {
+pub fn locate(source: &Source, progress: hub::OnProgress) -> Result<Option<Files>, WeightsError> {
     const WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
     match source {
         Source::Synthetic(_) => Ok(None),
         Source::Hub { repo, revision } => {
-            let config = hub::fetch(repo, revision, "config.json", false)?;
+            let config = hub::fetch(repo, revision, "config.json", None)?;
             for f in WEIGHTS {
                 if let Some(weights) = hub::fetch(repo, revision, f, progress)? {
                     return Ok(Some(Files { weights, config }));
@@ -450,7 +450,11 @@ pub fn locate(source: &Source, progress: bool) -> Result<Option<Files>, WeightsE
 /// repos), its head fitted to them; synthetic weights keep the model's head. A
 /// `config.json` beside the weights is not read here ([`load_for`] reads it).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn load(source: &Source, model: Model, progress: bool) -> Result<Loaded, WeightsError> {
+pub fn load(
+    source: &Source,
+    model: Model,
+    progress: hub::OnProgress,
+) -> Result<Loaded, WeightsError> {
     let Some(files) = locate(source, progress)? else {
         let seed = match source {
             Source::Synthetic(s) => *s,
@@ -513,7 +517,7 @@ fn in_file(path: &std::path::Path, e: WeightsError) -> WeightsError {
 pub fn load_for(
     source: &Source,
     model_id: Option<&str>,
-    progress: bool,
+    progress: hub::OnProgress,
 ) -> Result<Loaded, crate::Error> {
     use crate::models::HubConfig;
     let files = locate(source, progress)?;

@@ -314,10 +314,16 @@ mod tests {
                             run(|| {
                                 let n = AtomicU32::new(0);
                                 for _ in 0..50 {
-                                    let _ = par(8, |_| {
+                                    let unit = |_| {
                                         let (x, y) = rayon::join(|| k, || k);
                                         n.fetch_add((x + y) as u32, Relaxed);
-                                    });
+                                    };
+                                    // A run that started on the other run's helper has no
+                                    // crew of its own: its caller runs the units, as
+                                    // `par`'s callers do.
+                                    if let Err(unit) = par(8, unit) {
+                                        (0..8).for_each(unit);
+                                    }
                                 }
                                 n.load(Relaxed)
                             })
