@@ -220,6 +220,12 @@ impl Session {
         &self.graph
     }
 
+    /// Make the plan for `graph` now (else its first run makes it): pipelines, buffers and
+    /// the weights' kernel forms, so that their errors surface before any input.
+    pub async fn prepare_graph(&mut self, graph: &Graph) -> Result<()> {
+        self.prepare(graph).await.map(|_| ())
+    }
+
     /// The plan for `graph` (same parameters as the loaded graph; any outputs and input
     /// shape), made now if there is none.
     async fn prepare(&mut self, graph: &Graph) -> Result<&mut Plan> {

@@ -415,6 +415,21 @@ fn measured_conv_kernels_are_used_remembered_and_survive_a_bad_cache() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert!(saved.is_object());
+
+    // Without a file (the library's default) the choices live in the process only: a new
+    // device measures again, and nothing is written to the cache folder.
+    let cache = dir.join("cache");
+    std::env::set_var("WEBCNN_CACHE", &cache);
+    let mem = common::gpu_with(GpuOptions {
+        tuning: Tuning::Measure,
+        ..Default::default()
+    });
+    check(&mem, "kernels kept in memory");
+    assert_eq!(mem.measured_shapes(), shapes);
+    assert!(
+        !cache.join("gpu-tuning.json").exists(),
+        "a tuning file was written unasked"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

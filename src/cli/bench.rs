@@ -118,6 +118,7 @@ impl Args {
             },
             ..Default::default()
         }
+        .cached_tuning()
     }
 }
 

@@ -120,7 +120,7 @@ impl Embedder {
         let source: webcnn::weights::Source = weights.parse()?;
         let m = model.clone();
         let session =
-            Session::new_blocking(&full, w, device)?.with_reload(std::sync::Arc::new(move || {
+            super::open_session(&full, w, device)?.with_reload(std::sync::Arc::new(move || {
                 Ok(webcnn::weights::load(&source, m.clone(), None)?.tensors)
             }));
         if let Some(n) = &session.notice {

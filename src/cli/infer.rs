@@ -231,7 +231,7 @@ pub(super) fn write_npy(path: &Path, t: &Tensor) -> R<()> {
 }
 
 fn session(graph: &Graph, w: weights::TensorMap, device: Device) -> R<Session> {
-    let s = Session::new_blocking(graph, w, device)?;
+    let s = super::open_session(graph, w, device)?;
     if let Some(n) = &s.notice {
         eprintln!("notice: {n}");
     }

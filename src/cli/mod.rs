@@ -73,6 +73,23 @@ enum Cmd {
     },
 }
 
+/// A session on `device` for `graph`, the GPU (where it is used) keeping its measured
+/// kernel choices in the cache folder.
+pub(crate) fn open_session(
+    graph: &webcnn::Graph,
+    w: webcnn::weights::TensorMap,
+    device: webcnn::engine::Device,
+) -> Result<webcnn::engine::Session, webcnn::Error> {
+    pollster::block_on(async {
+        let opts = GpuOptions::default().cached_tuning();
+        let target = webcnn::engine::Target::open_with(device, opts).await?;
+        let mut s = webcnn::engine::Session::load(graph, w, &target).await?;
+        // Prepared now, as `Session::new` does: errors surface before any input is read.
+        s.prepare_graph(graph).await?;
+        Ok(s)
+    })
+}
+
 /// The CLI's view of a download: a progress bar on stderr, notes as `notice:` lines.
 pub(crate) struct DownloadBar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
 

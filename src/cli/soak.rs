@@ -87,7 +87,9 @@ pub fn run(a: Args) -> R<()> {
     for dev in &a.device {
         let target = match dev {
             BenchDevice::Cpu => Target::cpu(),
-            BenchDevice::Gpu => Target::gpu(GpuContext::new_blocking(GpuOptions::default())?),
+            BenchDevice::Gpu => Target::gpu(GpuContext::new_blocking(
+                GpuOptions::default().cached_tuning(),
+            )?),
         };
         let name = match dev {
             BenchDevice::Cpu => "cpu".to_string(),

@@ -21,12 +21,26 @@ pub struct GpuOptions {
     /// When to time the convolution kernels per layer shape instead of taking the static
     /// table for the adapter's kind.
     pub tuning: Tuning,
-    /// Where measured choices are kept across processes (natively; default
-    /// `gpu-tuning.json` in the cache folder, which `WEBCNN_CACHE` moves).
+    /// Where measured choices are kept across processes (natively). `None` (the default):
+    /// in this process only, nothing written; the CLI keeps them in `gpu-tuning.json` in
+    /// the cache folder ([`GpuOptions::cached_tuning`]).
     pub tuning_file: Option<std::path::PathBuf>,
     /// What activations and weights are stored as. F16 needs the adapter's `shader-f16`
     /// (opening the device fails without it).
     pub precision: Precision,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl GpuOptions {
+    /// These options with measured kernel choices kept in `gpu-tuning.json` in the cache
+    /// folder (`WEBCNN_CACHE`, else `~/.cache/webcnn`), so a layer shape is timed once per
+    /// adapter and driver, not once per process.
+    pub fn cached_tuning(self) -> GpuOptions {
+        GpuOptions {
+            tuning_file: Some(crate::weights::hub::cache_dir().join("gpu-tuning.json")),
+            ..self
+        }
+    }
 }
 
 /// The kernel sets for convolutions and linear layers (`shaders/conv.wgsl`,
@@ -191,11 +205,7 @@ impl GpuContext {
         // bindings' elements, then still fit.
         let binding_limit = (binding_limit & !15).max(16);
         #[cfg(not(target_arch = "wasm32"))]
-        let tuning_file = Some(
-            opts.tuning_file
-                .clone()
-                .unwrap_or_else(|| crate::weights::hub::cache_dir().join("gpu-tuning.json")),
-        );
+        let tuning_file = opts.tuning_file.clone();
         #[cfg(target_arch = "wasm32")]
         let tuning_file = None;
         let tuner = Tuner::new(&info, &name, tuning_file);
