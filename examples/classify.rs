@@ -1,7 +1,7 @@
 //! Classify a photo with your own checkpoint (any head size; `.pth` or `.safetensors`):
 //! `cargo run --release --example classify -- photo.jpg pets.pth resnet18`
-use webcnn::engine::{top_k, Device, Session};
-use webcnn::{models::Model, preprocess, weights};
+use webcnn::engine::{Device, Session};
+use webcnn::{models::Model, preprocess, tasks, weights};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -15,8 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut session =
         Session::new_blocking(&model.graph(x.shape())?, loaded.tensors, Device::Auto)?;
     let logits = session.run_blocking(&x)?.remove(0);
-    for (class, p) in top_k(logits.data(), 5) {
-        println!("{:>6.2}%  {}", p * 100.0, model.labels.names()[class]);
+    for p in &tasks::classify(&model, &logits, 5)?[0] {
+        println!("{:>6.2}%  {} ({})", p.probability * 100.0, p.label, p.index);
     }
     Ok(())
 }

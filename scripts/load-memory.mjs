@@ -28,7 +28,7 @@ const dtype = opt('dtype', 'f32');
 const sourceKind = opt('source', 'url');
 const jsonOut = opt('json', null);
 const repeat = Number(opt('repeat', '1'));
-// --cache: the package's default (downloads kept in the origin private file system); each page starts with
+// --cache: the package's default (downloads kept in the Cache API); each page starts with
 // an empty cache, so the figure is a first load's.
 const useCache = args.includes('--cache');
 const cli = process.env.WEBCNN_BIN

@@ -179,3 +179,14 @@ fn a_wrong_flag_is_caught() {
     assert!(check_flags(&command("webcnn clasify IMG").unwrap()).is_err());
     assert_eq!(words(r#"a 'b c' "d""#), ["a", "b c", "d"]);
 }
+
+#[test]
+fn the_readme_shows_the_rust_example_verbatim() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("examples/classify.rs")).unwrap();
+    assert!(
+        readme.contains(example.trim()),
+        "README.md does not show examples/classify.rs as it is"
+    );
+}

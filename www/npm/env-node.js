@@ -118,8 +118,6 @@ export async function cacheWriter(key) {
     await unlink(tmp).catch(() => {});
   };
   return {
-    // Written to the file when `write` resolves: the reader may reuse the piece.
-    copies: true,
     async write(chunk) {
       if (broken) return;
       try {

@@ -232,13 +232,12 @@ function weightsSource(weights, opts) {
 
 /**
  * A byte stream's chunks, read into one reused buffer where the stream lets a reader bring
- * its own (a fetch body, a Blob) and `reuse` allows: no garbage chunk per read for the
- * collector to catch up with. Each chunk is then valid until the next is asked for.
+ * its own (a fetch body, a Blob): no garbage chunk per read for the collector to catch up
+ * with. Each chunk is valid until the next is asked for.
  */
-export async function* chunksOf(stream, reuse = true) {
+export async function* chunksOf(stream) {
   let reader, buf = null;
   try {
-    if (!reuse) throw new Error('a new buffer per chunk');
     reader = stream.getReader({ mode: 'byob' });
     buf = new ArrayBuffer(PIECE);
   } catch {
@@ -306,8 +305,7 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
     throw e;
   }
   let loaded = 0;
-  // A cache that keeps the pieces it is given (not `copies`) needs a fresh buffer each.
-  const chunks = chunksOf(resp.body, !keep || keep.copies === true);
+  const chunks = chunksOf(resp.body);
   try {
     for (;;) {
       let next;
@@ -320,7 +318,7 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
       const value = next.value;
       if (total && loaded + value.length > total) fail('DOWNLOAD', `downloading ${url}: more than the ${total} bytes announced`);
       await sink.push(value);
-      // Kept before the next read (the cache takes each piece in turn).
+      // Written before the next read reuses the buffer.
       await keep?.write(value);
       loaded += value.length;
       onProgress({ phase: 'download', loaded, total });
