@@ -204,7 +204,17 @@ impl Session {
 
     /// Open `device` and load in one step.
     pub async fn new(graph: &Graph, weights: TensorMap, device: Device) -> Result<Session> {
-        let target = Target::open(device).await?;
+        Self::new_with(graph, weights, device, GpuOptions::default()).await
+    }
+
+    /// [`Session::new`] with the GPU (where it is used) opened with `opts`.
+    pub async fn new_with(
+        graph: &Graph,
+        weights: TensorMap,
+        device: Device,
+        opts: GpuOptions,
+    ) -> Result<Session> {
+        let target = Target::open_with(device, opts).await?;
         let mut s = Self::load(graph, weights, &target).await?;
         s.prepare(graph).await?;
         Ok(s)
@@ -218,12 +228,6 @@ impl Session {
     /// The graph the weights were loaded for.
     pub fn graph(&self) -> &Graph {
         &self.graph
-    }
-
-    /// Make the plan for `graph` now (else its first run makes it): pipelines, buffers and
-    /// the weights' kernel forms, so that their errors surface before any input.
-    pub async fn prepare_graph(&mut self, graph: &Graph) -> Result<()> {
-        self.prepare(graph).await.map(|_| ())
     }
 
     /// The plan for `graph` (same parameters as the loaded graph; any outputs and input

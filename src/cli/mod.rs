@@ -80,14 +80,8 @@ pub(crate) fn open_session(
     w: webcnn::weights::TensorMap,
     device: webcnn::engine::Device,
 ) -> Result<webcnn::engine::Session, webcnn::Error> {
-    pollster::block_on(async {
-        let opts = GpuOptions::default().cached_tuning();
-        let target = webcnn::engine::Target::open_with(device, opts).await?;
-        let mut s = webcnn::engine::Session::load(graph, w, &target).await?;
-        // Prepared now, as `Session::new` does: errors surface before any input is read.
-        s.prepare_graph(graph).await?;
-        Ok(s)
-    })
+    let opts = GpuOptions::default().cached_tuning();
+    pollster::block_on(webcnn::engine::Session::new_with(graph, w, device, opts))
 }
 
 /// The CLI's view of a download: a progress bar on stderr, notes as `notice:` lines.
