@@ -5,7 +5,7 @@
 // its resident memory just before (`VmHWM` reset through /proc/PID/clear_refs), the
 // package's wasm already instantiated. Prints a table; `--json FILE` also writes it.
 //   node scripts/load-memory.mjs [--models resnet50,vgg16] [--devices cpu,webgpu,node]
-//        [--dtype f32|f16] [--source url|bytes|synthetic] [--repeat N] [--json FILE]
+//        [--dtype f32|f16] [--source url|bytes|synthetic] [--cache | --cache-hit] [--repeat N] [--json FILE]
 // With --repeat N each figure is the largest of N loads (the peak varies by tens of MB
 // with the browser's timing).
 // Needs scripts/build-npm (the packed tarball), the CLI (target/release or $WEBCNN_BIN) and
@@ -28,9 +28,12 @@ const dtype = opt('dtype', 'f32');
 const sourceKind = opt('source', 'url');
 const jsonOut = opt('json', null);
 const repeat = Number(opt('repeat', '1'));
-// --cache: the package's default (downloads kept in the Cache API); each page starts with
-// an empty cache, so the figure is a first load's.
-const useCache = args.includes('--cache');
+// --cache: the package's default (downloads kept in the origin private file system); each
+// page starts with an empty cache, so the figure is a first load's. --cache-hit: the load
+// after that one, from the cache (the first, in another page of the same profile, is not
+// measured).
+const cacheHit = args.includes('--cache-hit');
+const useCache = cacheHit || args.includes('--cache');
 const cli = process.env.WEBCNN_BIN
   || [path.join(root, 'target/release/webcnn'), path.join(root, 'target/debug/webcnn')].find((p) => fs.existsSync(p));
 if (!cli) throw new Error('build the CLI first (cargo build --release)');
@@ -116,7 +119,15 @@ for (let round = 0; round < repeat; round++) for (const model of models) {
       continue;
     }
     // A new page per run: the renderer starts from the same state each time.
-    const page = await browser.newPage();
+    const ctx = await browser.newContext();
+    if (cacheHit) {
+      const first = await ctx.newPage();
+      await first.goto(`${srv.base}/mem.html`);
+      await first.evaluate(() => window.ready);
+      await first.evaluate(([w, m, d, b]) => window.run(w, m, d, b), [path.basename(file), model, device, sourceKind]);
+      await first.close();
+    }
+    const page = await ctx.newPage();
     await page.goto(`${srv.base}/mem.html`);
     await page.evaluate(() => window.ready);
     await page.evaluate(() => globalThis.gc?.());
@@ -132,7 +143,7 @@ for (let round = 0; round < repeat; round++) for (const model of models) {
     const kept = grew('renderer', 'VmRSS');
     const gpuPeak = grew('GPU', 'VmHWM');
     rows.push({ model, device: `chromium ${info.backend}`, file: size, peak, kept, gpuPeak, wasm: info.wasm });
-    await page.close();
+    await ctx.close();
   }
 }
 await browser?.close();
@@ -147,7 +158,7 @@ for (const r of rows) {
 }
 rows.splice(0, rows.length, ...worst.values());
 const cpu = (fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.*)$/m) || [])[1] || os.arch();
-console.log(`load() memory: ${dtype} safetensors from ${sourceKind === 'bytes' ? 'an ArrayBuffer' : sourceKind === 'synthetic' ? 'synthetic:1' : 'a URL / path'}; ${repeat > 1 ? `largest of ${repeat} loads; ` : ''}${cpu}; ${new Date().toISOString().slice(0, 10)}`);
+console.log(`load() memory: ${dtype} safetensors from ${sourceKind === 'bytes' ? 'an ArrayBuffer' : sourceKind === 'synthetic' ? 'synthetic:1' : 'a URL / path'}${cacheHit ? ', from the cache' : useCache ? ', kept in the cache' : ''}; ${repeat > 1 ? `largest of ${repeat} loads; ` : ''}${cpu}; ${new Date().toISOString().slice(0, 10)}`);
 console.log('| model | where | file | peak above start | peak / file | kept after | wasm memory | GPU process peak |');
 console.log('|---|---|---|---|---|---|---|---|');
 for (const r of rows) {

@@ -6,7 +6,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import zlib from 'node:zlib';
 import {
@@ -15,6 +16,7 @@ import {
 } from './helpers.mjs';
 
 const TOL = 1e-4;
+const execFileAsync = promisify(execFile);
 let app, pkg, srv;
 const files = {};
 
@@ -288,6 +290,63 @@ console.log(m[Symbol.for('webcnn.wasmMemory')]());`;
   // A file that is not weights fails as it streams in, and is not cached either.
   await rejects(pkg.load({ model: 'resnet18', weights: `${srv.base}/demo.png`, device: 'cpu' }), 'WEIGHTS_FORMAT');
   assert.deepEqual(fs.existsSync(urls) ? fs.readdirSync(urls) : [], [], 'no file or .part kept');
+});
+
+test('a cached copy that breaks off or stalls is dropped and downloaded again; a stalled cache never hangs a load', async () => {
+  // The package's own module with a cache that misbehaves in each way a browser's storage
+  // or a disk can: a read error halfway, a read that never ends, an open or a write that
+  // never answers. Each load still gives the same answer, from the network.
+  const url = `${srv.base}/${path.basename(files.r18)}`;
+  const script = `
+import fs from 'node:fs';
+import * as index from './node_modules/webcnn/index.js';
+import * as base from './node_modules/webcnn/env-node.js';
+const [file, url, mode] = process.argv.slice(2);
+const bytes = new Uint8Array(fs.readFileSync(file));
+const warned = [], dropped = [];
+const never = new Promise(() => {});
+index._setEnv({
+  ...base,
+  cacheStallMs: 300,
+  warn: (m) => warned.push(m),
+  cacheDrop: async (key) => { dropped.push(key); },
+  cacheOpen: async () => {
+    if (mode === 'open-stall') return never;
+    if (mode === 'write-stall') return null;
+    return { size: bytes.length, chunks: (async function* () {
+      yield bytes.subarray(0, 1 << 16);
+      if (mode === 'error') throw new Error('the disk went away');
+      await never;
+    })() };
+  },
+  cacheWriter: async () => (mode === 'write-stall' ? { copies: true, write: () => never, commit: async () => {}, abort: () => {} } : null),
+});
+const m = await index.load({ model: 'resnet18', weights: url, device: 'cpu' });
+const x = new Float32Array(3 * 64 * 64).map((_, i) => Math.sin(i));
+const y = await m.forward(x, [1, 3, 64, 64]);
+console.log(JSON.stringify({ y: [...y.data.slice(0, 8)], warned, dropped }));`;
+  fs.writeFileSync(path.join(app, 'cache-faults.mjs'), script);
+  const m = await pkg.load({ model: 'resnet18', weights: files.r18, device: 'cpu' });
+  const x = new Float32Array(3 * 64 * 64).map((_, i) => Math.sin(i));
+  const want = [...(await m.forward(x, [1, 3, 64, 64])).data.slice(0, 8)];
+  m.dispose();
+  const hits = () => srv.hits.get(`/${path.basename(files.r18)}`) ?? 0;
+  for (const [mode, warning, drops] of [
+    ['error', /cached copy of .* could not be read \(the disk went away\); downloading it again/, 1],
+    ['stall', /cached copy of .* could not be read \(no data for 0.3 s\)/, 1],
+    ['open-stall', /the cache did not answer for 0.3 s; .* is downloaded without it/, 0],
+    ['write-stall', /the cache took nothing for 0.3 s; .* is not kept/, 0],
+  ]) {
+    const before = hits();
+    // Not execFileSync: the server answering the child runs in this process.
+    const { stdout } = await execFileAsync(process.execPath, ['cache-faults.mjs', files.r18, url, mode], { cwd: app, timeout: 60_000 });
+    const out = JSON.parse(stdout);
+    assert.deepEqual(out.y, want, mode);
+    assert.equal(out.warned.length, 1, `${mode}: ${out.warned}`);
+    assert.match(out.warned[0], warning, mode);
+    assert.equal(out.dropped.length, drops, mode);
+    assert.equal(hits(), before + 1, `${mode}: downloaded once`);
+  }
 });
 
 test('overlapping calls are queued and each gets its own answer', async () => {

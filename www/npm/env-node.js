@@ -95,6 +95,16 @@ export async function cacheOpen(key) {
   }
 }
 
+/** Forget a cached download that could not be read. */
+export async function cacheDrop(key) {
+  await unlink(cachePath(key)).catch(() => {});
+}
+
+/** What the package has to say beside an answer (Node's warnings, not stdout). */
+export function warn(message) {
+  process.emitWarning(message);
+}
+
 /**
  * Keep a download in the cache as it arrives: written to a private `.part` file, renamed
  * into place on commit. A failure to write costs only the cache (a warning), never the load.
@@ -118,6 +128,8 @@ export async function cacheWriter(key) {
     await unlink(tmp).catch(() => {});
   };
   return {
+    // Written to the file when `write` resolves: the reader may reuse the piece.
+    copies: true,
     async write(chunk) {
       if (broken) return;
       try {

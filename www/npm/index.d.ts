@@ -130,7 +130,7 @@ export interface LoadOptions {
    */
   tuning?: 'auto' | 'table' | 'measure';
   onProgress?: (p: Progress) => void;
-  /** Keep downloads in the Cache API (browsers) or $WEBCNN_CACHE / ~/.cache/webcnn (Node). Default true. */
+  /** Keep downloads in the origin private file system, else the Cache API (browsers), or $WEBCNN_CACHE / ~/.cache/webcnn (Node). Default true. */
   cache?: boolean;
   /** The Hub's address for `hf:` (default: $HF_ENDPOINT in Node, else https://huggingface.co). */
   hfEndpoint?: string;

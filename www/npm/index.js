@@ -232,12 +232,13 @@ function weightsSource(weights, opts) {
 
 /**
  * A byte stream's chunks, read into one reused buffer where the stream lets a reader bring
- * its own (a fetch body, a Blob): no garbage chunk per read for the collector to catch up
- * with. Each chunk is valid until the next is asked for.
+ * its own (a fetch body, a Blob) and `reuse` allows: no garbage chunk per read for the
+ * collector to catch up with. Each chunk is then valid until the next is asked for.
  */
-export async function* chunksOf(stream) {
+export async function* chunksOf(stream, reuse = true) {
   let reader, buf = null;
   try {
+    if (!reuse) throw new Error('a new buffer per chunk');
     reader = stream.getReader({ mode: 'byob' });
     buf = new ArrayBuffer(PIECE);
   } catch {
@@ -266,22 +267,60 @@ async function downloadSmall(url, key, useCache) {
   return bytes;
 }
 
+// A cache (the browser's storage, a disk) that makes no progress for this long is given up
+// on and the network serves the load: a storage read that never ends must not hang a page.
+const STALLED = Symbol('stalled');
+const cacheStallMs = () => env.cacheStallMs ?? 30000;
+function orStall(promise) {
+  let timer;
+  const stall = new Promise((resolve) => { timer = setTimeout(() => resolve(STALLED), cacheStallMs()); });
+  return Promise.race([promise, stall]).finally(() => clearTimeout(timer));
+}
+const warn = (m) => (env.warn ?? console.warn)(`webcnn: ${m}`);
+
+/**
+ * Stream a cached copy into `open(total)`'s sink. False where the copy could not be read
+ * (an error, or no data for a while): it is dropped, and the caller downloads instead.
+ * The sink's own errors (a file that does not fit the model) pass through.
+ */
+async function fromCache(cached, key, open, onProgress) {
+  const sink = await open(cached.size);
+  const pieces = (cached.stream ? chunksOf(cached.stream) : cached.chunks)[Symbol.asyncIterator]();
+  let loaded = 0;
+  for (;;) {
+    let next;
+    try {
+      next = await orStall(pieces.next());
+      if (next === STALLED) throw new Error(`no data for ${cacheStallMs() / 1000} s`);
+    } catch (e) {
+      // Not waited for: a stalled read may never end.
+      pieces.return?.()?.catch(() => {});
+      warn(`the cached copy of ${key} could not be read (${(e && e.message) || e}); downloading it again`);
+      await orStall(Promise.resolve(env.cacheDrop?.(key)).catch(() => {}));
+      return false;
+    }
+    if (next.done) return true;
+    await sink.push(next.value);
+    loaded += next.value.length;
+    onProgress({ phase: 'download', loaded, total: cached.size ?? loaded, cached: true });
+  }
+}
+
 /**
  * Stream a URL (from the cache where kept) into `open(total)`'s sink, keeping it in the
  * cache as it arrives; false for HTTP 404 where `optional`. The sink's own errors (a bad
- * file) pass through; the network's are DOWNLOAD errors.
+ * file) pass through; the network's are DOWNLOAD errors. `open` may be called again when
+ * a cached copy breaks off.
  */
 async function download(url, key, open, onProgress, useCache, optional = false) {
-  const cached = useCache ? await env.cacheOpen(key) : null;
-  if (cached) {
-    const sink = await open(cached.size);
-    let loaded = 0;
-    for await (const c of cached.stream ? chunksOf(cached.stream) : cached.chunks) {
-      await sink.push(c);
-      loaded += c.length;
-      onProgress({ phase: 'download', loaded, total: cached.size ?? loaded, cached: true });
+  if (useCache) {
+    const cached = await orStall(env.cacheOpen(key).catch(() => null));
+    if (cached === STALLED) {
+      warn(`the cache did not answer for ${cacheStallMs() / 1000} s; ${key} is downloaded without it`);
+      useCache = false;
+    } else if (cached && (await fromCache(cached, key, open, onProgress))) {
+      return true;
     }
-    return true;
   }
   let resp;
   try {
@@ -295,17 +334,22 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
   // decoded, longer, so only an unencoded one is checked against it.
   const encoding = (resp.headers.get('content-encoding') || 'identity').trim().toLowerCase();
   const total = encoding === 'identity' ? Number(resp.headers.get('content-length')) || 0 : 0;
-  const keep = useCache ? await env.cacheWriter(key, resp) : null;
+  let keep = useCache ? await orStall(env.cacheWriter(key, resp).catch(() => null)) : null;
+  if (keep === STALLED) {
+    warn(`the cache did not answer for ${cacheStallMs() / 1000} s; ${key} is downloaded without it`);
+    keep = null;
+  }
   let sink;
   try {
     sink = await open(total || undefined);
   } catch (e) {
     resp.body.cancel().catch(() => {});
-    await keep?.abort();
+    if (keep) await orStall(Promise.resolve(keep.abort()).catch(() => {}));
     throw e;
   }
   let loaded = 0;
-  const chunks = chunksOf(resp.body);
+  // A cache that keeps the pieces it is given (not `copies`) needs a fresh buffer each.
+  const chunks = chunksOf(resp.body, !keep || keep.copies === true);
   try {
     for (;;) {
       let next;
@@ -318,8 +362,12 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
       const value = next.value;
       if (total && loaded + value.length > total) fail('DOWNLOAD', `downloading ${url}: more than the ${total} bytes announced`);
       await sink.push(value);
-      // Written before the next read reuses the buffer.
-      await keep?.write(value);
+      // Kept before the next read (the cache takes each piece in turn).
+      if (keep && (await orStall(keep.write(value))) === STALLED) {
+        warn(`the cache took nothing for ${cacheStallMs() / 1000} s; ${key} is not kept`);
+        Promise.resolve(keep.abort()).catch(() => {});
+        keep = null;
+      }
       loaded += value.length;
       onProgress({ phase: 'download', loaded, total });
     }
@@ -327,10 +375,12 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
   } catch (e) {
     chunks.return().catch(() => {});
     resp.body.cancel().catch(() => {});
-    await keep?.abort();
+    if (keep) await orStall(Promise.resolve(keep.abort()).catch(() => {}));
     throw e;
   }
-  await keep?.commit();
+  if (keep && (await orStall(keep.commit())) === STALLED) {
+    warn(`the cache took nothing for ${cacheStallMs() / 1000} s; ${key} is not kept`);
+  }
   return true;
 }
 
@@ -382,6 +432,9 @@ export async function load(options) {
         // The device is opened first; the weights then stream into it as they arrive (on
         // WebGPU the conv and linear weights go to the device piece by piece).
         const open = async (total) => {
+          // A second call starts over (a cached copy that broke off is downloaded instead).
+          try { loader?.free(); } catch { /* already consumed */ }
+          loader = null;
           loader = await race(wasmModule.Engine.begin(model ?? '', device, precision, tuning,
             cache ?? undefined, config ?? undefined, total));
           return {
