@@ -247,14 +247,14 @@ impl CpuModel {
         let slots = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
         let mut direct = Vec::with_capacity(program.steps.len());
         for (i, (step, l)) in program.steps.iter().zip(&layouts).enumerate() {
-            let d = match (&step.kernel, isa, l.shape) {
-                (Kernel::Conv { cfg, node, .. }, Some(isa), Some(shape)) if i >= from => {
+            let d = match (&step.kernel, isa, l.tile) {
+                (Kernel::Conv { cfg, node, .. }, Some(isa), Some(tile)) if i >= from => {
                     let xs = program.shape(step.inputs[0]);
                     let os = program.shape(step.output);
-                    let panels = weights.packed(&format!("{node}.weight"), cfg, shape)?;
+                    let panels = weights.packed(&format!("{node}.weight"), cfg, tile.shape)?;
                     let (xs, os) = (kernels::dims4(xs), kernels::dims4(os));
                     let io = (l.input, l.output);
-                    Some(DirectConv::new(isa, shape, panels, cfg, xs, os, io))
+                    Some(DirectConv::new(isa, tile, panels, cfg, xs, os, io))
                 }
                 _ => None,
             };
@@ -749,7 +749,7 @@ mod tests {
         let mut padded_somewhere = false;
         for isa in Isa::available() {
             let l = layouts(&program, Some(isa));
-            let stores = DirectConv::stores_padded(isa, l[0].shape.unwrap());
+            let stores = DirectConv::stores_padded(isa, l[0].tile.unwrap().shape);
             let expect = if stores {
                 [
                     Layout::Padded([1, 2]),

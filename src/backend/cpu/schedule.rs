@@ -1,7 +1,7 @@
 //! The executor's own plan over a lowered program: how each value is laid out between
 //! steps (planes, blocked, padded) and where a batch runs as cache-sized sub-batches.
 
-use super::direct::{DirectConv, Isa, Shape};
+use super::direct::{DirectConv, Isa, Tile};
 use super::layout::Layout;
 use crate::graph::Value;
 use crate::lower::{Kernel, Program, Step};
@@ -103,7 +103,7 @@ pub(super) fn tail_cut(program: &Program, isa: Option<Isa>) -> Option<(usize, Va
 /// How a step reads its first input and stores its output, and a convolution's tile.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct StepLayout {
-    pub(super) shape: Option<Shape>,
+    pub(super) tile: Option<Tile>,
     pub(super) input: Layout,
     pub(super) output: Layout,
 }
@@ -121,7 +121,7 @@ pub(super) struct StepLayout {
 pub(super) fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
     let steps = &program.steps;
     let planes = StepLayout {
-        shape: None,
+        tile: None,
         input: Layout::Planes,
         output: Layout::Planes,
     };
@@ -137,8 +137,8 @@ pub(super) fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
         .iter()
         .map(|s| match &s.kernel {
             Kernel::Conv { cfg, .. } => {
-                let shape = DirectConv::choose(isa, cfg, conv_out(s), false);
-                DirectConv::blocks(isa, shape, cfg)
+                let tile = DirectConv::choose(isa, cfg, conv_out(s), false);
+                DirectConv::blocks(isa, tile.shape, cfg)
             }
             Kernel::AdaptiveAvgPool { output: [1, 1] } => (true, false),
             // Blocked out only from a blocked input (checked below).
@@ -195,7 +195,7 @@ pub(super) fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
         if out[i] != Layout::Planes || s.residual.is_some() || output || !first_planes {
             continue;
         }
-        let shape = DirectConv::choose(isa, cfg, conv_out(s), true);
+        let shape = DirectConv::choose(isa, cfg, conv_out(s), true).shape;
         let mut readers = steps
             .iter()
             .enumerate()
@@ -206,7 +206,7 @@ pub(super) fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
         let Kernel::Conv { cfg: rcfg, .. } = &r.kernel else {
             continue;
         };
-        let rshape = DirectConv::choose(isa, rcfg, conv_out(r), true);
+        let rshape = DirectConv::choose(isa, rcfg, conv_out(r), true).shape;
         if j > i
             && r.inputs.as_slice() == [v]
             && r.residual != Some(v)
@@ -224,7 +224,7 @@ pub(super) fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
                 Some(&i) if out[i] != Layout::Planes => out[i],
                 _ => Layout::Planes,
             };
-            let shape = match &s.kernel {
+            let tile = match &s.kernel {
                 Kernel::Conv { cfg, .. } => {
                     let all_planes = input != Layout::Blocked && output != Layout::Blocked;
                     Some(DirectConv::choose(isa, cfg, conv_out(s), all_planes))
@@ -232,7 +232,7 @@ pub(super) fn layouts(program: &Program, isa: Option<Isa>) -> Vec<StepLayout> {
                 _ => None,
             };
             StepLayout {
-                shape,
+                tile,
                 input,
                 output,
             }

@@ -1,7 +1,32 @@
 //! The direct convolution's AVX2 with FMA microkernels.
 
-use super::{Epilogue, Sums};
+use super::{Epilogue, Kernel, Shape, Sums, Tile};
 use std::arch::x86_64::*;
+
+/// The channel tile: 16 channels by 6 pixels. 16 vector registers: 12 accumulators, two
+/// weight vectors and a broadcast (BLIS's 6x16 for Haswell). Its input is read
+/// interleaved by 8 channels where the planner makes it so (`lanes`).
+pub(super) static TILES: [Tile; 1] = [Tile {
+    shape: Shape {
+        block: 16,
+        nr: 6,
+        pixels: false,
+        lanes: 1,
+    },
+    kernel: Kernel::Gather(tile),
+}];
+
+/// The pixel-vector tile: 6 channels by 16 pixels (12 accumulators, 2 input vectors
+/// and a broadcast weight in 16 registers).
+pub(super) static POINTWISE: Tile = Tile {
+    shape: Shape {
+        block: 6,
+        nr: 16,
+        pixels: true,
+        lanes: 1,
+    },
+    kernel: Kernel::Pointwise(pointwise),
+};
 
 /// `-1` in the first eight lanes: `LANES[8 - n..]` masks the first `n` of eight.
 static LANES: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];

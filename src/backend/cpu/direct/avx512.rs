@@ -1,7 +1,34 @@
 //! The direct convolution's AVX-512 microkernels.
 
-use super::{Epilogue, Sums};
+use super::{Epilogue, Kernel, Shape, Sums, Tile};
 use std::arch::x86_64::*;
+
+/// The channel tiles (`MV` vectors of 16 channels by `NR` pixels), best first for wide
+/// rows: 28 or 26 accumulators, or 21 with three weight vectors.
+pub(super) static TILES: [Tile; 3] = [channels::<2, 14>(), channels::<3, 7>(), channels::<2, 13>()];
+
+const fn channels<const MV: usize, const NR: usize>() -> Tile {
+    Tile {
+        shape: Shape {
+            block: MV * 16,
+            nr: NR,
+            pixels: false,
+            lanes: 1,
+        },
+        kernel: Kernel::Run(tile::<MV, NR>),
+    }
+}
+
+/// The pixel-vector tile: 8 channels by 48 pixels (24 accumulators).
+pub(super) static POINTWISE: Tile = Tile {
+    shape: Shape {
+        block: 8,
+        nr: 48,
+        pixels: true,
+        lanes: 1,
+    },
+    kernel: Kernel::Pointwise(pointwise),
+};
 
 /// Floats ahead (4 KiB) that both tiles prefetch their weights. A model's weights do
 /// not stay in cache between runs (ResNet-50's are 100 MB), so each block's first

@@ -78,25 +78,6 @@ const STEM_CHANNELS: usize = 4;
 #[cfg(target_arch = "x86_64")]
 const MAX_GROUP: usize = 128;
 
-/// The AVX2 pixel-vector tile: 6 channels by 16 pixels (12 accumulators, 2 input
-/// vectors and a broadcast weight in 16 registers).
-#[cfg(target_arch = "x86_64")]
-const POINTWISE_AVX2: Shape = Shape {
-    block: 6,
-    nr: 16,
-    pixels: true,
-    lanes: 1,
-};
-
-/// The pixel-vector tile: 8 channels by 48 pixels (24 accumulators).
-#[cfg(target_arch = "x86_64")]
-const POINTWISE: Shape = Shape {
-    block: 8,
-    nr: 48,
-    pixels: true,
-    lanes: 1,
-};
-
 /// What the microkernel needs to know about one tile shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
@@ -115,6 +96,69 @@ pub struct Shape {
     /// few cache lines per 8 channels, and consecutive tiles the same lines. The taps
     /// and the packed weights follow the same order.
     pub lanes: usize,
+}
+
+/// A channel tile's microkernel: `valid` pixels from the base `x` (taps at `kofs`) by
+/// `live` channels of `panel`, stored `ldo` apart at `out` through the epilogue (or into
+/// `sums` where the reduction runs in passes).
+type RunFn = unsafe fn(
+    x: *const f32,
+    kofs: &[usize],
+    panel: &[f32],
+    out: *mut f32,
+    ldo: usize,
+    valid: usize,
+    live: usize,
+    res: Option<*const f32>,
+    ep: &Epilogue,
+    sums: Sums,
+);
+
+/// A pixel-vector microkernel: `live` channels by `len` consecutive pixels.
+#[cfg(target_arch = "x86_64")]
+type PointwiseFn = unsafe fn(
+    x: *const f32,
+    kofs: &[usize],
+    panel: &[f32],
+    out: *mut f32,
+    ldo: usize,
+    len: usize,
+    live: usize,
+    res: Option<*const f32>,
+    ep: &Epilogue,
+);
+
+/// AVX2's channel tile: a base per pixel (`xs`), stored as [`avx2::Store`] says.
+#[cfg(target_arch = "x86_64")]
+type GatherFn =
+    unsafe fn(xs: &[*const f32; 8], kofs: &[usize], panel: &[f32], s: &avx2::Store, sums: Sums);
+
+/// How a tile's microkernel is called; the run loop follows it.
+#[derive(Clone, Copy)]
+enum Kernel {
+    /// Channel vectors from one base per tile (AVX-512, SIMD128).
+    Run(RunFn),
+    /// Channel vectors from a base per pixel (AVX2).
+    #[cfg(target_arch = "x86_64")]
+    Gather(GatherFn),
+    /// Pixel vectors (1x1 convolutions, image layers).
+    #[cfg(target_arch = "x86_64")]
+    Pointwise(PointwiseFn),
+}
+
+/// A tile shape bound to the microkernel compiled for it. Each instruction set's file
+/// lists its tiles (`TILES`, and `POINTWISE` where it has one), and only they are chosen
+/// from: a shape cannot be planned without its kernel.
+#[derive(Clone, Copy)]
+pub struct Tile {
+    pub shape: Shape,
+    kernel: Kernel,
+}
+
+impl std::fmt::Debug for Tile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shape.fmt(f)
+    }
 }
 
 /// A convolution's weights in the microkernel's layout: per group and block of output
@@ -177,8 +221,11 @@ pub fn unpack(panels: &[f32], cfg: &Conv2d, block: usize, lanes: usize) -> Vec<f
 /// One convolution planned for the direct kernel: geometry fixed at prepare (the plan's
 /// shapes never change), packed weights shared between plans of the same model.
 pub struct DirectConv {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     isa: Isa,
     shape: Shape,
+    /// The shape's microkernel: which run loop, and what it calls per tile.
+    kernel: Kernel,
     panels: Arc<[f32]>,
     n: usize,
     c: usize,
@@ -264,63 +311,22 @@ impl Isa {
 
     /// The pixel-vector tile, where this ISA has one.
     #[cfg(target_arch = "x86_64")]
-    fn pointwise(self) -> Option<Shape> {
+    fn pointwise(self) -> Option<Tile> {
         match self {
-            Isa::Avx512 => Some(POINTWISE),
-            Isa::Avx2 => Some(POINTWISE_AVX2),
+            Isa::Avx512 => Some(avx512::POINTWISE),
+            Isa::Avx2 => Some(avx2::POINTWISE),
         }
     }
 
-    /// Tile shapes with a compiled microkernel, best first for wide rows.
-    fn shapes(self) -> &'static [Shape] {
+    /// The channel tiles, best first for wide rows.
+    fn tiles(self) -> &'static [Tile] {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => &[
-                Shape {
-                    block: 32,
-                    nr: 14,
-                    pixels: false,
-                    lanes: 1,
-                },
-                Shape {
-                    block: 48,
-                    nr: 7,
-                    pixels: false,
-                    lanes: 1,
-                },
-                Shape {
-                    block: 32,
-                    nr: 13,
-                    pixels: false,
-                    lanes: 1,
-                },
-            ],
-            // 16 vector registers: 12 accumulators, two weight vectors and a broadcast
-            // (BLIS's 6x16 for Haswell).
+            Isa::Avx512 => &avx512::TILES,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => &[Shape {
-                block: 16,
-                nr: 6,
-                pixels: false,
-                lanes: 1,
-            }],
-            // V8 has 16 vector registers: 8 accumulators, the weights and the broadcasts
-            // fit (8 wide by 5 pixels spilled and ran at half the speed).
+            Isa::Avx2 => &avx2::TILES,
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Isa::Simd128 => &[
-                Shape {
-                    block: 8,
-                    nr: 4,
-                    pixels: false,
-                    lanes: 1,
-                },
-                Shape {
-                    block: 12,
-                    nr: 3,
-                    pixels: false,
-                    lanes: 1,
-                },
-            ],
+            Isa::Simd128 => &simd128::TILES,
         }
     }
 }
@@ -333,7 +339,7 @@ impl DirectConv {
     /// reads and stores planes whatever its tile (else AVX2 prefers the channel tile
     /// wherever it can read blocked, to keep its neighbours blocked).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    pub fn choose(isa: Isa, cfg: &Conv2d, [oh, ow]: [usize; 2], planes: bool) -> Shape {
+    pub fn choose(isa: Isa, cfg: &Conv2d, [oh, ow]: [usize; 2], planes: bool) -> Tile {
         #[cfg(target_arch = "x86_64")]
         if let Some(pointwise) = isa.pointwise() {
             // AVX2's tile reads 64 bytes of every input channel: past 512 channels they
@@ -358,10 +364,10 @@ impl DirectConv {
             let cols = ow as f64 / (ow.div_ceil(s.nr) * s.nr) as f64;
             cols * ocg as f64 / (ocg.div_ceil(s.block) * s.block) as f64
         };
-        let mut best = isa.shapes()[0];
-        for s in isa.shapes() {
-            if eff(s) > eff(&best) + 1e-9 {
-                best = *s;
+        let mut best = isa.tiles()[0];
+        for t in isa.tiles() {
+            if eff(&t.shape) > eff(&best.shape) + 1e-9 {
+                best = *t;
             }
         }
         // An image layer's reduction (3 channels: 27 taps for VGG's, 147 for ResNet's
@@ -372,10 +378,10 @@ impl DirectConv {
         if isa == Isa::Avx512 && cfg.in_channels / cfg.groups <= STEM_CHANNELS {
             // Each row's tiles end in a vector of 16 pixels, partly masked.
             let cols = ow as f64 / (ow.div_ceil(16) * 16) as f64;
-            let block = POINTWISE.block;
+            let block = avx512::POINTWISE.shape.block;
             let rows_eff = cols * ocg as f64 / (ocg.div_ceil(block) * block) as f64;
-            if rows_eff >= eff(&best) - 1e-9 {
-                return POINTWISE;
+            if rows_eff >= eff(&best.shape) - 1e-9 {
+                return avx512::POINTWISE;
             }
         }
         // The AVX2 channel tile reads its input interleaved by 8 channels, copied so even
@@ -385,7 +391,7 @@ impl DirectConv {
         // 512-channel layers ran at 60% of the rate with their input in L1).
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx2 && (cfg.in_channels / cfg.groups).is_multiple_of(BLOCKED_LANES) {
-            best.lanes = BLOCKED_LANES;
+            best.shape.lanes = BLOCKED_LANES;
         }
         best
     }
@@ -429,13 +435,14 @@ impl DirectConv {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         isa: Isa,
-        shape: Shape,
+        tile: Tile,
         panels: Arc<[f32]>,
         cfg: &Conv2d,
         [n, c, h, w]: [usize; 4],
         [_, oc, oh, ow]: [usize; 4],
         (input, output): (Layout, Layout),
     ) -> DirectConv {
+        let shape = tile.shape;
         let (can_in, can_out) = Self::blocks(isa, shape, cfg);
         assert!(
             input != Layout::Blocked || can_in,
@@ -501,6 +508,7 @@ impl DirectConv {
         let mut d = DirectConv {
             isa,
             shape,
+            kernel: tile.kernel,
             panels,
             n,
             c,

@@ -99,14 +99,21 @@ impl DirectConv {
             self.fill(x, &mut scratch[..len]);
             &scratch[..len]
         };
-        #[cfg(target_arch = "x86_64")]
-        if self.shape.pixels {
-            return self.run_pixels(src, p, residual, relu, out);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 {
-            return self.run_flat(src, p, residual, relu, out);
-        }
+        // The tile's kind picks the run loop; the loop calls its microkernel (wasm has
+        // one kind).
+        #[cfg_attr(
+            not(target_arch = "x86_64"),
+            allow(clippy::infallible_destructuring_match)
+        )]
+        let kernel = match self.kernel {
+            Kernel::Run(kernel) => kernel,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Pointwise(kernel) => {
+                return self.run_pixels(kernel, src, p, residual, relu, out)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Gather(kernel) => return self.run_flat(kernel, src, p, residual, relu, out),
+        };
         // Only AVX2 interleaves its input, and it runs flat tiles.
         debug_assert_eq!(self.shape.lanes, 1);
         let Geometry {
@@ -157,7 +164,7 @@ impl DirectConv {
                             // pixels at..at+valid, all inside `out`; the partial sums are this
                             // tile's own `slot` floats of the thread's scratch.
                             unsafe {
-                                self.tile(
+                                kernel(
                                     src.as_ptr().add(xoff),
                                     &self.kofs[taps.clone()],
                                     panel,
@@ -183,6 +190,7 @@ impl DirectConv {
     #[cfg(target_arch = "x86_64")]
     pub(super) fn run_flat(
         &self,
+        kernel: GatherFn,
         src: &[f32],
         p: &StepParams,
         residual: Option<&[f32]>,
@@ -275,7 +283,7 @@ impl DirectConv {
                             // SAFETY: as above; this task alone writes channels o0..o0+live
                             // of image b at pixels q..q+valid, all inside `out`, and tile
                             // t's partial sums, inside this thread's scratch.
-                            unsafe { avx2::tile(xs, kofs, panel, &store, sums) }
+                            unsafe { kernel(xs, kofs, panel, &store, sums) }
                         }
                     }
                 }
@@ -354,6 +362,7 @@ impl DirectConv {
     #[cfg(target_arch = "x86_64")]
     pub(super) fn run_pixels(
         &self,
+        kernel: PointwiseFn,
         src: &[f32],
         p: &StepParams,
         residual: Option<&[f32]>,
@@ -384,10 +393,6 @@ impl DirectConv {
                     // `src`, masked past `len`) and writes rows o0..o0+live of image b at pixels
                     // q..q+len, which only this task writes.
                     unsafe {
-                        let kernel = match self.isa {
-                            Isa::Avx512 => avx512::pointwise,
-                            Isa::Avx2 => avx2::pointwise,
-                        };
                         kernel(
                             src.as_ptr().add(xoff),
                             &self.kofs,
@@ -434,49 +439,5 @@ impl DirectConv {
                 }
             }
         });
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    pub(super) unsafe fn tile(
-        &self,
-        x: *const f32,
-        k: &[usize],
-        panel: &[f32],
-        out: *mut f32,
-        ldo: usize,
-        valid: usize,
-        live: usize,
-        res: Option<*const f32>,
-        ep: &Epilogue,
-        sums: Sums,
-    ) {
-        let s = self.shape;
-        // Only x86 splits a reduction into passes.
-        #[cfg(not(target_arch = "x86_64"))]
-        debug_assert!(sums.from.is_none() && sums.to.is_none());
-        match (self.isa, s.block, s.nr) {
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, 32, 14) => {
-                avx512::tile::<2, 14>(x, k, panel, out, ldo, valid, live, res, ep, sums)
-            }
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, 32, 13) => {
-                avx512::tile::<2, 13>(x, k, panel, out, ldo, valid, live, res, ep, sums)
-            }
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, 48, 7) => {
-                avx512::tile::<3, 7>(x, k, panel, out, ldo, valid, live, res, ep, sums)
-            }
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            (Isa::Simd128, 8, 4) => {
-                simd128::tile::<2, 4>(x, k, panel, out, ldo, valid, live, res, ep)
-            }
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            (Isa::Simd128, 12, 3) => {
-                simd128::tile::<3, 3>(x, k, panel, out, ldo, valid, live, res, ep)
-            }
-            _ => unreachable!("no microkernel for {s:?}"),
-        }
     }
 }

@@ -176,11 +176,12 @@ fn direct_conv_matches_a_naive_convolution_on_awkward_shapes() {
             res[0] = f32::NAN;
             let res = epi.then_some(&res[..]);
             let want = reference(&x, [n, c, h, w], &cfg, &wt, &p, res, epi, [oh, ow]);
-            let shape = DirectConv::choose(isa, &cfg, [oh, ow], true);
+            let tile = DirectConv::choose(isa, &cfg, [oh, ow], true);
+            let shape = tile.shape;
             let panels: Arc<[f32]> = pack(&wt, &cfg, shape.block, shape.lanes).into();
             let planes = (Layout::Planes, Layout::Planes);
             let (xs, os) = ([n, c, h, w], [n, oc, oh, ow]);
-            let dc = DirectConv::new(isa, shape, panels.clone(), &cfg, xs, os, planes);
+            let dc = DirectConv::new(isa, tile, panels.clone(), &cfg, xs, os, planes);
             tiles_run.push((isa, shape.block, shape.nr));
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 {
@@ -228,7 +229,7 @@ fn direct_conv_matches_a_naive_convolution_on_awkward_shapes() {
                 let x86 = cfg!(target_arch = "x86_64");
                 (x86 && !dc.shape.pixels && dc.pass < dc.k).then_some(dc)
             };
-            if let Some(dc) = in_passes(DirectConv::new(isa, shape, panels, &cfg, xs, os, planes)) {
+            if let Some(dc) = in_passes(DirectConv::new(isa, tile, panels, &cfg, xs, os, planes)) {
                 let mut out = vec![f32::INFINITY; want.len()];
                 dc.run(&x, &mut vec![], &p, res, epi, &mut out);
                 check(&out, ", in passes");
@@ -239,7 +240,8 @@ fn direct_conv_matches_a_naive_convolution_on_awkward_shapes() {
             }
             // Every other pair of layouts the plan may read and store in, on the tile
             // it takes where its neighbours are blocked.
-            let shape = DirectConv::choose(isa, &cfg, [oh, ow], false);
+            let tile = DirectConv::choose(isa, &cfg, [oh, ow], false);
+            let shape = tile.shape;
             let panels: Arc<[f32]> = pack(&wt, &cfg, shape.block, shape.lanes).into();
             let (can_in, can_out) = DirectConv::blocks(isa, shape, &cfg);
             let blocked = |b: bool| if b { Layout::Blocked } else { Layout::Planes };
@@ -248,11 +250,11 @@ fn direct_conv_matches_a_naive_convolution_on_awkward_shapes() {
                     continue;
                 }
                 let layouts = (blocked(bi), blocked(bo));
-                let dc = DirectConv::new(isa, shape, panels.clone(), &cfg, xs, os, layouts);
+                let dc = DirectConv::new(isa, tile, panels.clone(), &cfg, xs, os, layouts);
                 let dc = if bo {
                     in_passes(DirectConv::new(
                         isa,
-                        shape,
+                        tile,
                         panels.clone(),
                         &cfg,
                         xs,
@@ -287,7 +289,7 @@ fn direct_conv_matches_a_naive_convolution_on_awkward_shapes() {
         }
     }
     for &isa in &isas {
-        for s in isa.shapes() {
+        for s in isa.tiles().iter().map(|t| t.shape) {
             assert!(
                 tiles_run.contains(&(isa, s.block, s.nr)),
                 "no case takes {s:?} on {isa:?}"
