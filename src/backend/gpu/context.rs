@@ -1,6 +1,5 @@
 //! Adapter, device and the pipeline cache.
 
-use super::kernels::conv::Variant;
 use super::kernels::{Family, Precision};
 use super::tuning::{self, Tuner, Tuning};
 use crate::error::{Error, Result};
@@ -47,7 +46,7 @@ impl GpuOptions {
 /// `shaders/linear.wgsl`). Forced ([`GpuOptions::kernels`]), a set runs every layer;
 /// the static table gives GPUs the tiled set, with the register-blocked set's Winograd on
 /// 3x3 stride-1 layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kernels {
     /// Convolutions in 64x64 output tiles staged through workgroup memory (4x4 per
     /// invocation), linear layers reduced by a workgroup per output (whole vectors along k
@@ -90,6 +89,11 @@ impl Kernels {
         Kernels::TiledWinograd,
         Kernels::RegisterBlocked,
     ];
+
+    /// The set named so (as [`Self::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Kernels> {
+        Kernels::ALL.into_iter().find(|v| v.name() == name)
+    }
 
     /// The set's name (as `--gpu-kernels` and the tuning cache spell it).
     pub fn name(self) -> &'static str {
@@ -332,7 +336,7 @@ impl GpuContext {
         key: &str,
         cfg: &crate::graph::Conv2d,
         work: [usize; 3],
-    ) -> Option<Variant> {
+    ) -> Option<Kernels> {
         let s = &self.shared;
         let cached = || s.tuner.get(key);
         match tuning::decide(
@@ -343,8 +347,8 @@ impl GpuContext {
             true,
         ) {
             tuning::Decision::Use(v) => Some(v),
-            tuning::Decision::Set(k) => Some(Variant::choose(k, &s.limits)),
-            tuning::Decision::Table(k) => Some(Variant::for_layer(k, &s.limits, cfg, work)),
+            tuning::Decision::Set(k) => Some(Kernels::choose(k, &s.limits)),
+            tuning::Decision::Table(k) => Some(Kernels::for_layer(k, &s.limits, cfg, work)),
             tuning::Decision::Measure => None,
         }
     }
@@ -352,23 +356,13 @@ impl GpuContext {
     /// The convolution kernel chosen for each layer shape measured or read from the
     /// cache on this device (`n c h w oc k s p d g` keys).
     pub fn conv_kernels(&self) -> Vec<(String, Kernels)> {
-        self.shared
-            .tuner
-            .choices()
-            .into_iter()
-            .map(|(k, v)| (k, v.kernels()))
-            .collect()
+        self.shared.tuner.choices()
     }
 
     /// The seconds per pass of each convolution kernel on each layer shape timed by this
     /// process, in the order timed.
     pub fn conv_timings(&self) -> Vec<(String, Vec<(Kernels, f64)>)> {
-        self.shared
-            .tuner
-            .timings()
-            .into_iter()
-            .map(|(k, t)| (k, t.into_iter().map(|(v, s)| (v.kernels(), s)).collect()))
-            .collect()
+        self.shared.tuner.timings()
     }
 
     /// Take this adapter's kernel choices from a tuning cache's JSON (what

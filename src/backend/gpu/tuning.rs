@@ -8,7 +8,6 @@
 //! browsers the package keeps [`Tuner::export`]'s JSON in IndexedDB and hands it back
 //! ([`Tuner::import`]) on the next load.
 
-use super::kernels::conv::Variant;
 use super::kernels::Precision;
 use super::Kernels;
 use crate::graph::Conv2d;
@@ -77,7 +76,7 @@ pub(crate) fn table(software: bool, known_vendor: bool) -> Option<Kernels> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
     /// A measured (or cached) choice.
-    Use(Variant),
+    Use(Kernels),
     /// A forced kernel set.
     Set(Kernels),
     /// The static table's kernel set (its tile size chosen per layer).
@@ -93,7 +92,7 @@ pub(crate) enum Decision {
 pub(crate) fn decide(
     forced: Option<Kernels>,
     tuning: Tuning,
-    cached: impl FnOnce() -> Option<Variant>,
+    cached: impl FnOnce() -> Option<Kernels>,
     known: Option<Kernels>,
     can_measure: bool,
 ) -> Decision {
@@ -146,10 +145,10 @@ pub(crate) struct Tuner {
 struct State {
     /// Read from the cache file (once, on first use).
     loaded: bool,
-    choices: HashMap<String, Variant>,
+    choices: HashMap<String, Kernels>,
     /// Each shape timed on this device, its seconds per kernel, in the order timed (for
     /// tests and reports).
-    timings: Vec<(String, Vec<(Variant, f64)>)>,
+    timings: Vec<(String, Vec<(Kernels, f64)>)>,
 }
 
 impl Tuner {
@@ -171,7 +170,7 @@ impl Tuner {
     }
 
     /// The remembered choice for `key`.
-    pub fn get(&self, key: &str) -> Option<Variant> {
+    pub fn get(&self, key: &str) -> Option<Kernels> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !s.loaded {
             s.loaded = true;
@@ -185,14 +184,14 @@ impl Tuner {
 
     /// Remember a measured choice (written to the cache file by [`Self::save`]) and the
     /// times it was chosen by.
-    pub fn remember(&self, key: String, v: Variant, times: Vec<(Variant, f64)>) {
+    pub fn remember(&self, key: String, v: Kernels, times: Vec<(Kernels, f64)>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.choices.insert(key.clone(), v);
         s.timings.push((key, times));
     }
 
     /// The seconds per kernel of every shape timed on this device so far.
-    pub fn timings(&self) -> Vec<(String, Vec<(Variant, f64)>)> {
+    pub fn timings(&self) -> Vec<(String, Vec<(Kernels, f64)>)> {
         self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -201,7 +200,7 @@ impl Tuner {
     }
 
     /// Every choice known on this device, sorted by shape.
-    pub fn choices(&self) -> Vec<(String, Variant)> {
+    pub fn choices(&self) -> Vec<(String, Kernels)> {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<_> = s.choices.iter().map(|(k, v)| (k.clone(), *v)).collect();
         v.sort();
@@ -220,7 +219,7 @@ impl Tuner {
     /// This adapter's choices from the cache file; nothing when there is none, or it is
     /// unreadable (a cache, not a source of truth: it is rewritten on the next save).
     #[cfg(not(target_arch = "wasm32"))]
-    fn load(&self) -> HashMap<String, Variant> {
+    fn load(&self) -> HashMap<String, Kernels> {
         let Some(file) = &self.file else {
             return HashMap::new();
         };
@@ -237,20 +236,20 @@ impl Tuner {
     }
 
     #[cfg(target_arch = "wasm32")]
-    fn load(&self) -> HashMap<String, Variant> {
+    fn load(&self) -> HashMap<String, Kernels> {
         HashMap::new()
     }
 
     /// This adapter's choices in a cache's JSON (`{adapter: {shape: kernel}}`); `None` if
     /// it is not JSON. Entries it does not understand are skipped.
-    fn parse(&self, text: &str) -> Option<HashMap<String, Variant>> {
+    fn parse(&self, text: &str) -> Option<HashMap<String, Kernels>> {
         let all = serde_json::from_str::<serde_json::Value>(text).ok()?;
         Some(
             all.get(&self.adapter)
                 .and_then(|a| a.as_object())
                 .map(|a| {
                     a.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), Variant::from_name(v.as_str()?)?)))
+                        .filter_map(|(k, v)| Some((k.clone(), Kernels::from_name(v.as_str()?)?)))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -332,7 +331,7 @@ mod tests {
         use Decision::*;
         let (rb, tiled) = (Kernels::RegisterBlocked, Kernels::Tiled);
         let none = || None;
-        let cached = || Some(Variant::Tiled);
+        let cached = || Some(Kernels::Tiled);
         // Forced kernels win over everything.
         assert_eq!(
             decide(Some(rb), Tuning::Measure, cached, None, true),
@@ -341,7 +340,7 @@ mod tests {
         // A measurement is used unless only the table is wanted.
         assert_eq!(
             decide(None, Tuning::Auto, cached, Some(rb), true),
-            Use(Variant::Tiled)
+            Use(Kernels::Tiled)
         );
         assert_eq!(
             decide(None, Tuning::Table, cached, Some(rb), true),

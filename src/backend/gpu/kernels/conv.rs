@@ -74,7 +74,7 @@ const _: () = assert!(
 const SMALL_TILES_BELOW: usize = 256;
 /// The static table runs 3x3 stride-1 layers of at least this many input channels per
 /// group and multiply-adds per dispatch by Winograd on GPUs, on the tiled set's products
-/// for maps of TILED_WINOGRAD_FROM pixels or more (see [`Variant::for_layer`]).
+/// for maps of TILED_WINOGRAD_FROM pixels or more (see [`Kernels::for_layer`]).
 const WINOGRAD_FROM_C: usize = 16;
 const WINOGRAD_FROM_MACS: usize = 256 << 20;
 const TILED_WINOGRAD_FROM: usize = 112 * 112;
@@ -150,19 +150,6 @@ impl Params {
             ..Default::default()
         }
     }
-}
-
-/// The convolution kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Variant {
-    Tiled,
-    /// 128x128 tiles, 8x8 per invocation (large layers on large GPUs).
-    TiledLarge,
-    TiledSmall,
-    /// 3x3 stride-1 layers by Winograd F(2x2, 3x3), the products on the tiled kernel
-    /// (others as `Tiled`, its tile size by the table's rule).
-    TiledWinograd,
-    RegisterBlocked,
 }
 
 /// How a layer runs on the register-blocked set: an ungrouped 3x3 stride-1 convolution by
@@ -360,23 +347,16 @@ pub(crate) fn gemm_grid(pixels: usize, rows: usize, planes: usize, max: usize) -
     rb_grid(pixels, rows.div_ceil(GEMM_M) * RB_M, planes, max)
 }
 
-impl Variant {
-    /// The variant for a forced kernel set, or the next one in [`Self::ALL`] the device can
+impl Kernels {
+    /// The set for a forced kernel set, or the next one in [`Self::ALL`] the device can
     /// run (64x64 tiles, 128x128, 32x32, register-blocked).
-    pub fn choose(kernels: Kernels, limits: &wgpu::Limits) -> Variant {
-        let want = match kernels {
-            Kernels::Tiled => Variant::Tiled,
-            Kernels::TiledLarge => Variant::TiledLarge,
-            Kernels::TiledSmall => Variant::TiledSmall,
-            Kernels::TiledWinograd => Variant::TiledWinograd,
-            Kernels::RegisterBlocked => Variant::RegisterBlocked,
-        };
-        let from = Variant::ALL.iter().position(|&v| v == want).unwrap_or(0);
-        Variant::ALL[from..]
+    pub fn choose(kernels: Kernels, limits: &wgpu::Limits) -> Kernels {
+        let from = Kernels::ALL.iter().position(|&v| v == kernels).unwrap_or(0);
+        Kernels::ALL[from..]
             .iter()
             .copied()
             .find(|v| v.supports(limits))
-            .unwrap_or(Variant::RegisterBlocked)
+            .unwrap_or(Kernels::RegisterBlocked)
     }
 
     /// The static table's variant for a layer making `work` (pixels by channels per each
@@ -396,9 +376,9 @@ impl Variant {
         limits: &wgpu::Limits,
         cfg: &crate::graph::Conv2d,
         [pixels, rows, planes]: [usize; 3],
-    ) -> Variant {
-        let v = Variant::choose(kernels, limits);
-        if v != Variant::Tiled {
+    ) -> Kernels {
+        let v = Kernels::choose(kernels, limits);
+        if v != Kernels::Tiled {
             return v;
         }
         let c = cfg.in_channels / cfg.groups.max(1);
@@ -406,16 +386,16 @@ impl Variant {
             let macs = pixels * rows * planes * c * 9;
             if macs >= WINOGRAD_FROM_MACS {
                 if pixels >= TILED_WINOGRAD_FROM {
-                    return Variant::TiledWinograd;
+                    return Kernels::TiledWinograd;
                 }
-                if Variant::RegisterBlocked.supports(limits) {
-                    return Variant::RegisterBlocked;
+                if Kernels::RegisterBlocked.supports(limits) {
+                    return Kernels::RegisterBlocked;
                 }
             }
             return v;
         }
-        if c <= 4 && Variant::TiledSmall.supports(limits) {
-            return Variant::TiledSmall;
+        if c <= 4 && Kernels::TiledSmall.supports(limits) {
+            return Kernels::TiledSmall;
         }
         v
     }
@@ -423,12 +403,12 @@ impl Variant {
     /// The tile size for the Winograd products on the tiled kernel, a grouped 1x1
     /// convolution of `pixels` (tiles) by `rows` per each of `planes`: 32x32 tiles where
     /// 64x64 ones would make too few workgroups to fill a GPU.
-    pub fn product_tiles(limits: &wgpu::Limits, [pixels, rows, planes]: [usize; 3]) -> Variant {
-        let v = Variant::choose(Kernels::Tiled, limits);
+    pub fn product_tiles(limits: &wgpu::Limits, [pixels, rows, planes]: [usize; 3]) -> Kernels {
+        let v = Kernels::choose(Kernels::Tiled, limits);
         let tiles = pixels.div_ceil(TN) * rows.div_ceil(TM) * planes;
-        if v == Variant::Tiled && tiles < SMALL_TILES_BELOW && Variant::TiledSmall.supports(limits)
+        if v == Kernels::Tiled && tiles < SMALL_TILES_BELOW && Kernels::TiledSmall.supports(limits)
         {
-            Variant::TiledSmall
+            Kernels::TiledSmall
         } else {
             v
         }
@@ -447,71 +427,40 @@ impl Variant {
                 && limits.max_compute_workgroup_storage_size as usize >= TILE_BYTES
         };
         match self {
-            Variant::Tiled => tiled(TM, TN, 4),
-            Variant::TiledLarge => tiled(TM_L, TN_L, 8),
-            Variant::TiledSmall | Variant::TiledWinograd => tiled(TM_S, TN_S, 4),
-            Variant::RegisterBlocked => {
+            Kernels::Tiled => tiled(TM, TN, 4),
+            Kernels::TiledLarge => tiled(TM_L, TN_L, 8),
+            Kernels::TiledSmall | Kernels::TiledWinograd => tiled(TM_S, TN_S, 4),
+            Kernels::RegisterBlocked => {
                 limits.max_compute_invocations_per_workgroup as usize >= RB_WG
                     && limits.max_compute_workgroup_size_x as usize >= RB_WG
             }
         }
     }
 
-    // Measuring and its cache are native-only.
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub const ALL: [Variant; 5] = [
-        Variant::Tiled,
-        Variant::TiledLarge,
-        Variant::TiledSmall,
-        Variant::TiledWinograd,
-        Variant::RegisterBlocked,
-    ];
-
     /// Whether the variant is a kernel of its own on a convolution (Winograd only on 3x3
     /// stride-1 ungrouped ones; elsewhere it is the tiled kernel, not worth timing twice).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn applies(self, cfg: &crate::graph::Conv2d) -> bool {
-        self != Variant::TiledWinograd || winograd_shape(cfg)
-    }
-
-    /// The kernel's name (as `--gpu-kernels` spells it).
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub fn name(self) -> &'static str {
-        self.kernels().name()
-    }
-
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub fn from_name(name: &str) -> Option<Variant> {
-        Variant::ALL.into_iter().find(|v| v.name() == name)
-    }
-
-    pub fn kernels(self) -> Kernels {
-        match self {
-            Variant::Tiled => Kernels::Tiled,
-            Variant::TiledLarge => Kernels::TiledLarge,
-            Variant::TiledSmall => Kernels::TiledSmall,
-            Variant::TiledWinograd => Kernels::TiledWinograd,
-            Variant::RegisterBlocked => Kernels::RegisterBlocked,
-        }
+        self != Kernels::TiledWinograd || winograd_shape(cfg)
     }
 
     pub fn entry(self) -> &'static str {
         match self {
-            Variant::Tiled => "conv2d",
-            Variant::TiledLarge => "conv2d_large",
+            Kernels::Tiled => "conv2d",
+            Kernels::TiledLarge => "conv2d_large",
             // Where it does not apply, the chooser hands such layers a tiled variant.
-            Variant::TiledSmall | Variant::TiledWinograd => "conv2d_small",
-            Variant::RegisterBlocked => "conv2d_rb",
+            Kernels::TiledSmall | Kernels::TiledWinograd => "conv2d_small",
+            Kernels::RegisterBlocked => "conv2d_rb",
         }
     }
 
     /// The tile's output channels, pixels and reduction slice (tiled variants).
     fn tile(self) -> Option<[usize; 3]> {
         match self {
-            Variant::Tiled => Some([TM, TN, TK]),
-            Variant::TiledLarge => Some([TM_L, TN_L, TK_L]),
-            Variant::TiledSmall => Some([TM_S, TN_S, TK_S]),
-            Variant::TiledWinograd | Variant::RegisterBlocked => None,
+            Kernels::Tiled => Some([TM, TN, TK]),
+            Kernels::TiledLarge => Some([TM_L, TN_L, TK_L]),
+            Kernels::TiledSmall => Some([TM_S, TN_S, TK_S]),
+            Kernels::TiledWinograd | Kernels::RegisterBlocked => None,
         }
     }
 
@@ -541,12 +490,12 @@ impl Variant {
     /// group) pairs, with at most `max` per dimension.
     pub fn grid(self, pixels: usize, rows: usize, planes: usize, max: usize) -> [usize; 3] {
         match self {
-            Variant::Tiled | Variant::TiledLarge | Variant::TiledSmall => {
+            Kernels::Tiled | Kernels::TiledLarge | Kernels::TiledSmall => {
                 let [tm, tn, _] = self.tile().expect("a tiled variant");
                 [pixels.div_ceil(tn), rows.div_ceil(tm), planes]
             }
-            Variant::TiledWinograd => [pixels.div_ceil(TN_S), rows.div_ceil(TM_S), planes],
-            Variant::RegisterBlocked => rb_grid(pixels, rows, planes, max),
+            Kernels::TiledWinograd => [pixels.div_ceil(TN_S), rows.div_ceil(TM_S), planes],
+            Kernels::RegisterBlocked => rb_grid(pixels, rows, planes, max),
         }
     }
 }
@@ -561,92 +510,92 @@ mod tests {
         let limits = wgpu::Limits::default();
         let gpu = |cfg: &Conv2d, hw: usize, n: usize| {
             let work = [hw * hw, cfg.out_channels / cfg.groups, n * cfg.groups];
-            Variant::for_layer(Kernels::Tiled, &limits, cfg, work)
+            Kernels::for_layer(Kernels::Tiled, &limits, cfg, work)
         };
         let three = |c: usize, oc: usize| Conv2d::new(c, oc, 3).padding(1);
         // ResNet's 3x3 layers at batch 1 (116M multiply-adds): tiled, split along k; at
         // batch 8 by Winograd.
-        assert_eq!(gpu(&three(512, 512), 7, 1), Variant::Tiled);
-        assert_eq!(gpu(&three(64, 64), 56, 1), Variant::Tiled);
-        assert_eq!(gpu(&three(512, 512), 7, 8), Variant::RegisterBlocked);
+        assert_eq!(gpu(&three(512, 512), 7, 1), Kernels::Tiled);
+        assert_eq!(gpu(&three(64, 64), 56, 1), Kernels::Tiled);
+        assert_eq!(gpu(&three(512, 512), 7, 8), Kernels::RegisterBlocked);
         // VGG's: Winograd, its products on the tiled set from 112x112.
-        assert_eq!(gpu(&three(512, 512), 14, 1), Variant::RegisterBlocked);
-        assert_eq!(gpu(&three(256, 512), 28, 1), Variant::RegisterBlocked);
-        assert_eq!(gpu(&three(64, 128), 112, 1), Variant::TiledWinograd);
+        assert_eq!(gpu(&three(512, 512), 14, 1), Kernels::RegisterBlocked);
+        assert_eq!(gpu(&three(256, 512), 28, 1), Kernels::RegisterBlocked);
+        assert_eq!(gpu(&three(64, 128), 112, 1), Kernels::TiledWinograd);
         // RGB stems on 32x32 tiles (VGG's 3x3 one too); strided and 1x1 layers tiled.
-        assert_eq!(gpu(&three(3, 64), 224, 1), Variant::TiledSmall);
+        assert_eq!(gpu(&three(3, 64), 224, 1), Kernels::TiledSmall);
         assert_eq!(
             gpu(&Conv2d::new(3, 64, 11).stride(4).padding(2), 55, 1),
-            Variant::TiledSmall
+            Kernels::TiledSmall
         );
         assert_eq!(
             gpu(&Conv2d::new(256, 256, 3).stride(2).padding(1), 7, 1),
-            Variant::Tiled
+            Kernels::Tiled
         );
-        assert_eq!(gpu(&Conv2d::new(1024, 256, 1), 14, 1), Variant::Tiled);
+        assert_eq!(gpu(&Conv2d::new(1024, 256, 1), 14, 1), Kernels::Tiled);
         // ResNet-50's last 1x1 layers at batch 1: 7x7 by 512 makes 8 tiles of k 2048,
         // split into 16 slices of 128.
-        assert_eq!(Variant::Tiled.split_k([49, 512, 1], 2048), (16, 128));
+        assert_eq!(Kernels::Tiled.split_k([49, 512, 1], 2048), (16, 128));
         // 14x14 by 256, k = 2304: 16 tiles, 18 slices of 128.
-        assert_eq!(Variant::Tiled.split_k([196, 256, 1], 2304), (18, 128));
+        assert_eq!(Kernels::Tiled.split_k([196, 256, 1], 2304), (18, 128));
         // Odd k: whole 16-deep slices, the last one shorter.
-        assert_eq!(Variant::Tiled.split_k([9, 40, 2], 1170), (9, 144));
+        assert_eq!(Kernels::Tiled.split_k([9, 40, 2], 1170), (9, 144));
         // 128x128 tiles: fewer of them, whole 8-deep slices.
-        assert_eq!(Variant::TiledLarge.split_k([49, 512, 1], 2048), (16, 128));
-        assert_eq!(Variant::TiledLarge.split_k([9, 40, 2], 1170), (9, 136));
-        assert_eq!(Variant::TiledLarge.grid(300, 200, 2, 65535), [3, 2, 2]);
+        assert_eq!(Kernels::TiledLarge.split_k([49, 512, 1], 2048), (16, 128));
+        assert_eq!(Kernels::TiledLarge.split_k([9, 40, 2], 1170), (9, 136));
+        assert_eq!(Kernels::TiledLarge.grid(300, 200, 2, 65535), [3, 2, 2]);
         // Enough tiles, or too short a k: whole.
-        assert_eq!(Variant::Tiled.split_k([224 * 224, 64, 8], 576), (1, 576));
-        assert_eq!(Variant::Tiled.split_k([49, 64, 1], 200), (1, 200));
+        assert_eq!(Kernels::Tiled.split_k([224 * 224, 64, 8], 576), (1, 576));
+        assert_eq!(Kernels::Tiled.split_k([49, 64, 1], 200), (1, 200));
         assert_eq!(
-            Variant::RegisterBlocked.split_k([49, 512, 1], 2048),
+            Kernels::RegisterBlocked.split_k([49, 512, 1], 2048),
             (1, 2048)
         );
         // The Winograd products on the tiled kernel take small tiles where large ones
         // would be few.
         assert_eq!(
-            Variant::product_tiles(&limits, [16, 512, 16]),
-            Variant::TiledSmall
+            Kernels::product_tiles(&limits, [16, 512, 16]),
+            Kernels::TiledSmall
         );
         assert_eq!(
-            Variant::product_tiles(&limits, [3136, 64, 128]),
-            Variant::Tiled
+            Kernels::product_tiles(&limits, [3136, 64, 128]),
+            Kernels::Tiled
         );
         // Forced sets and the register-blocked one are taken as they are.
-        let forced = |k| Variant::choose(k, &limits);
-        assert_eq!(forced(Kernels::Tiled), Variant::Tiled);
-        assert_eq!(forced(Kernels::TiledSmall), Variant::TiledSmall);
-        assert_eq!(forced(Kernels::TiledLarge), Variant::TiledLarge);
-        let rb = Variant::for_layer(
+        let forced = |k| Kernels::choose(k, &limits);
+        assert_eq!(forced(Kernels::Tiled), Kernels::Tiled);
+        assert_eq!(forced(Kernels::TiledSmall), Kernels::TiledSmall);
+        assert_eq!(forced(Kernels::TiledLarge), Kernels::TiledLarge);
+        let rb = Kernels::for_layer(
             Kernels::RegisterBlocked,
             &limits,
             &three(64, 64),
             [49, 64, 1],
         );
-        assert_eq!(rb, Variant::RegisterBlocked);
+        assert_eq!(rb, Kernels::RegisterBlocked);
         // Limits below 256 invocations per workgroup keep the small tiles.
         let low = wgpu::Limits {
             max_compute_invocations_per_workgroup: 128,
             ..limits.clone()
         };
-        assert_eq!(Variant::choose(Kernels::Tiled, &low), Variant::TiledSmall);
+        assert_eq!(Kernels::choose(Kernels::Tiled, &low), Kernels::TiledSmall);
         assert_eq!(
-            Variant::choose(Kernels::TiledLarge, &low),
-            Variant::TiledSmall
+            Kernels::choose(Kernels::TiledLarge, &low),
+            Kernels::TiledSmall
         );
         let no_workgroup_memory = wgpu::Limits {
             max_compute_workgroup_storage_size: 0,
             ..limits.clone()
         };
-        let v = Variant::for_layer(
+        let v = Kernels::for_layer(
             Kernels::Tiled,
             &no_workgroup_memory,
             &Conv2d::new(64, 64, 1),
             [49, 64, 1],
         );
-        assert_eq!(v, Variant::RegisterBlocked);
-        for v in Variant::ALL {
-            assert_eq!(Variant::from_name(v.name()), Some(v));
+        assert_eq!(v, Kernels::RegisterBlocked);
+        for v in Kernels::ALL {
+            assert_eq!(Kernels::from_name(v.name()), Some(v));
             let g = v.grid(49, 2048, 1, 65535);
             assert!(g.iter().all(|&d| d >= 1), "{v:?}: {g:?}");
         }

@@ -1,7 +1,8 @@
 //! `shaders/linear.wgsl`: fully connected layers (+ bias, ReLU), a workgroup reduction per
 //! output, or one (four) outputs per invocation.
 
-use super::{buffers, conv::Variant, params, Family, Uniform};
+use super::{buffers, params, Family, Uniform};
+use crate::backend::gpu::Kernels;
 
 params! {
     /// One dispatch: the weight chunk of rows `n_base..n_base + rows`.
@@ -35,19 +36,19 @@ pub(crate) static FAMILY: Family = Family {
 /// the linear kernels follow the convolution's choice (tiled: a 256-invocation reduction
 /// per row; register-blocked: four rows per invocation), reading whole vectors along k
 /// where k is a multiple of 4.
-pub(crate) fn plan(variant: Variant, rows: usize, k: usize) -> (&'static str, usize) {
+pub(crate) fn plan(variant: Kernels, rows: usize, k: usize) -> (&'static str, usize) {
     match variant {
-        Variant::Tiled | Variant::TiledLarge | Variant::TiledSmall | Variant::TiledWinograd
+        Kernels::Tiled | Kernels::TiledLarge | Kernels::TiledSmall | Kernels::TiledWinograd
             if k.is_multiple_of(4) =>
         {
             ("linear_v4", rows)
         }
-        Variant::Tiled | Variant::TiledLarge | Variant::TiledSmall | Variant::TiledWinograd => {
+        Kernels::Tiled | Kernels::TiledLarge | Kernels::TiledSmall | Kernels::TiledWinograd => {
             ("linear", rows)
         }
-        Variant::RegisterBlocked if k.is_multiple_of(4) => {
+        Kernels::RegisterBlocked if k.is_multiple_of(4) => {
             ("linear_rb4", rows.div_ceil(4 * LINEAR_RB_ROWS))
         }
-        Variant::RegisterBlocked => ("linear_rb", rows.div_ceil(LINEAR_RB_ROWS)),
+        Kernels::RegisterBlocked => ("linear_rb", rows.div_ceil(LINEAR_RB_ROWS)),
     }
 }

@@ -7,6 +7,7 @@ use super::{Builder, PendingCmd, Uploaded};
 use crate::backend::gpu::kernels::{self, conv, Bind};
 use crate::backend::gpu::tuning;
 use crate::backend::gpu::weights::Chunk;
+use crate::backend::gpu::Kernels;
 use crate::error::Result;
 use crate::graph::Conv2d;
 use crate::lower::{Kernel, Program, Step};
@@ -104,7 +105,7 @@ impl Builder<'_> {
         program: &Program,
         step: &Step,
         nb: usize,
-    ) -> (conv::Variant, Option<conv::Special>) {
+    ) -> (Kernels, Option<conv::Special>) {
         let Kernel::Conv { cfg, .. } = &step.kernel else {
             unreachable!("a convolution step")
         };
@@ -117,13 +118,11 @@ impl Builder<'_> {
             .unwrap_or(self.variant);
         let shape = |s: &[usize]| [s[1], s[2], s[3]];
         let special = match v {
-            conv::Variant::Tiled | conv::Variant::TiledLarge | conv::Variant::TiledSmall => {
-                return (v, None)
-            }
-            conv::Variant::TiledWinograd => {
+            Kernels::Tiled | Kernels::TiledLarge | Kernels::TiledSmall => return (v, None),
+            Kernels::TiledWinograd => {
                 conv::tiled_winograd(cfg, xs[1], [os[2], os[3]]).map(conv::Special::Winograd)
             }
-            conv::Variant::RegisterBlocked => conv::special(cfg, shape(xs), [os[2], os[3]]),
+            Kernels::RegisterBlocked => conv::special(cfg, shape(xs), [os[2], os[3]]),
         };
         let special = special.filter(|sp| {
             // Its buffers within one binding, and the weights in one chunk.
@@ -131,13 +130,10 @@ impl Builder<'_> {
             let (a, b) = sp.scratch_len(nb);
             self.whole_weights(step) && fits(a) && fits(b) && fits(sp.weight_len())
         });
-        if v == conv::Variant::TiledWinograd && special.is_none() {
+        if v == Kernels::TiledWinograd && special.is_none() {
             // Not a Winograd layer (or too large for it): tiled.
             let limits = &self.ctx.shared.limits;
-            return (
-                conv::Variant::choose(crate::backend::gpu::Kernels::Tiled, limits),
-                None,
-            );
+            return (Kernels::choose(Kernels::Tiled, limits), None);
         }
         (v, special)
     }
@@ -220,7 +216,7 @@ impl Builder<'_> {
         &self,
         program: &Program,
         step: &Step,
-        v: conv::Variant,
+        v: Kernels,
         nb: usize,
     ) -> (usize, usize) {
         let Kernel::Conv { cfg, .. } = &step.kernel else {
@@ -331,7 +327,7 @@ impl Builder<'_> {
                         ..Default::default()
                     };
                     let limits = &self.ctx.shared.limits;
-                    let v = conv::Variant::product_tiles(limits, [wd.t4, oc, nb * 16]);
+                    let v = Kernels::product_tiles(limits, [wd.t4, oc, nb * 16]);
                     let bs = conv::Buffers {
                         wt: weights.clone(),
                         ..bufs(a, dummy.clone(), dummy.clone(), b.clone(), false)

@@ -5,6 +5,7 @@ use super::context::GpuContext;
 use super::kernels::{self, conv, Bind, Buffers, Family, Uniform};
 use super::tuning;
 use super::weights::{from_device, to_device, upload, Chunk, GpuWeights};
+use super::Kernels;
 use super::OneShot;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Value};
@@ -177,7 +178,7 @@ impl GpuModel {
     async fn build_with(
         program: Program,
         weights: &Arc<GpuWeights>,
-        force: Option<conv::Variant>,
+        force: Option<Kernels>,
     ) -> Result<Self> {
         let ctx = weights.context();
         let params = program.params(weights.as_ref())?;
@@ -508,9 +509,9 @@ struct Builder<'a> {
     max_groups: u32,
     /// The linear kernels (per adapter, or as the context's options force, where the
     /// device can run them); convolutions choose per layer shape.
-    variant: conv::Variant,
+    variant: Kernels,
     /// Every convolution on this kernel (when timing them).
-    force: Option<conv::Variant>,
+    force: Option<Kernels>,
     pending: Vec<PendingCmd>,
     /// Dispatches run once, when the plan is made: weights into a kernel's form.
     prologue: Vec<PendingCmd>,
@@ -522,7 +523,7 @@ struct Builder<'a> {
     /// Per program step, a convolution's kernel, decided once at the batch chunk's size
     /// for every chunk (a smaller last chunk must not pick a kernel whose scratch the
     /// plan did not make).
-    conv_kernels: Vec<Option<(conv::Variant, Option<conv::Special>)>>,
+    conv_kernels: Vec<Option<(Kernels, Option<conv::Special>)>>,
     /// Per program step, a tiled convolution's split along k: (slices, products each).
     conv_splits: Vec<(usize, usize)>,
     /// The split convolutions' partial sums, shared by all of them.
@@ -546,7 +547,7 @@ impl<'a> Builder<'a> {
             weights,
             limit: ctx.binding_limit(),
             max_groups: ctx.shared.limits.max_compute_workgroups_per_dimension,
-            variant: conv::Variant::choose(ctx.kernels(), &ctx.shared.limits),
+            variant: Kernels::choose(ctx.kernels(), &ctx.shared.limits),
             force: None,
             pending: vec![],
             prologue: vec![],
@@ -966,7 +967,7 @@ async fn fastest_conv(
     ctx: &GpuContext,
     cfg: &crate::graph::Conv2d,
     shape: [usize; 4],
-) -> Option<(conv::Variant, Vec<(conv::Variant, f64)>)> {
+) -> Option<(Kernels, Vec<(Kernels, f64)>)> {
     let graph = {
         let mut b = crate::graph::GraphBuilder::new();
         let x = b.input("x", &shape).ok()?;
@@ -976,7 +977,7 @@ async fn fastest_conv(
     let w = crate::prng::synth_params(&graph, 1).ok()?;
     let weights = Arc::new(GpuWeights::upload(ctx, &graph, &w).await.ok()?);
     let mut times = vec![];
-    for v in conv::Variant::ALL {
+    for v in Kernels::ALL {
         if !v.supports(&ctx.shared.limits) || !v.applies(cfg) {
             continue;
         }
