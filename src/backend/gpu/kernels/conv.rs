@@ -1,7 +1,7 @@
 //! `shaders/conv.wgsl`: convolution with the epilogue (per-channel scale and shift,
 //! residual, ReLU), as a tiled implicit GEMM or a register-blocked direct kernel.
 
-use super::{buffers, params, Family, Uniform};
+use super::{buffers, params, Shader};
 use crate::backend::gpu::Kernels;
 
 params! {
@@ -100,13 +100,10 @@ const GEMM_M: usize = 8;
 /// too few invocations are left (a 7x7 map's 16 Winograd tiles ran 50% slower).
 const GEMM_WIDE_FROM: usize = 64;
 
-pub(crate) static FAMILY: Family = Family {
-    name: "conv",
-    body: include_str!("../../../../shaders/conv.wgsl"),
-    params: Params::WGSL,
-    params_size: std::mem::size_of::<Params>() as u64,
-    buffers: <Buffers as super::Buffers>::DECL,
-    consts: &[
+pub(crate) static FAMILY: Shader<Params, Buffers> = Shader::new(
+    "conv",
+    include_str!("../../../../shaders/conv.wgsl"),
+    &[
         ("TM", TM),
         ("TN", TN),
         ("TK", TK),
@@ -123,7 +120,7 @@ pub(crate) static FAMILY: Family = Family {
         ("RB_WG", RB_WG),
         ("GEMM_M", GEMM_M),
     ],
-};
+);
 
 impl Params {
     /// A layer's shapes (`xs` in, `os` out, NCHW) at `nb` images; the chunk, epilogue and

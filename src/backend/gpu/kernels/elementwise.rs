@@ -1,7 +1,7 @@
 //! `shaders/elementwise.wgsl`: residual add (+ ReLU), ReLU and softmax that did not fuse
 //! into a producer.
 
-use super::{buffers, params, Family, Uniform};
+use super::{buffers, params, Shader};
 
 params! {
     /// `total` elements (softmax: rows) ; softmax runs along `dim_len` with `inner`
@@ -16,11 +16,8 @@ buffers! {
     struct Buffers { a: Read, b: Read, y: ReadWrite }
 }
 
-pub(crate) static FAMILY: Family = Family {
-    name: "elementwise",
-    body: include_str!("../../../../shaders/elementwise.wgsl"),
-    params: Params::WGSL,
-    params_size: std::mem::size_of::<Params>() as u64,
-    buffers: <Buffers as super::Buffers>::DECL,
-    consts: &[],
-};
+pub(crate) static FAMILY: Shader<Params, Buffers> = Shader::new(
+    "elementwise",
+    include_str!("../../../../shaders/elementwise.wgsl"),
+    &[],
+);

@@ -1,7 +1,7 @@
 //! `shaders/linear.wgsl`: fully connected layers (+ bias, ReLU), a workgroup reduction per
 //! output, or one (four) outputs per invocation.
 
-use super::{buffers, params, Family, Uniform};
+use super::{buffers, params, Shader};
 use crate::backend::gpu::Kernels;
 
 params! {
@@ -23,14 +23,11 @@ buffers! {
 /// Invocations per workgroup of `linear_rb` (one output row each) and `linear_rb4` (four).
 const LINEAR_RB_ROWS: usize = 64;
 
-pub(crate) static FAMILY: Family = Family {
-    name: "linear",
-    body: include_str!("../../../../shaders/linear.wgsl"),
-    params: Params::WGSL,
-    params_size: std::mem::size_of::<Params>() as u64,
-    buffers: <Buffers as super::Buffers>::DECL,
-    consts: &[("LINEAR_RB_ROWS", LINEAR_RB_ROWS)],
-};
+pub(crate) static FAMILY: Shader<Params, Buffers> = Shader::new(
+    "linear",
+    include_str!("../../../../shaders/linear.wgsl"),
+    &[("LINEAR_RB_ROWS", LINEAR_RB_ROWS)],
+);
 
 /// The entry point and the workgroups (before folding) for `rows` outputs of `k` inputs:
 /// the linear kernels follow the convolution's choice (tiled: a 256-invocation reduction

@@ -162,6 +162,34 @@ pub(crate) struct Family {
     pub consts: &'static [(&'static str, usize)],
 }
 
+/// A family typed by its params and buffers: a dispatch is queued with the family's own
+/// [`Uniform`] and [`Buffers`] or does not compile. The header's declarations come from
+/// the same two types.
+pub(crate) struct Shader<P, B> {
+    pub family: Family,
+    types: std::marker::PhantomData<fn(&P, B)>,
+}
+
+impl<P: Uniform, B: Buffers> Shader<P, B> {
+    pub const fn new(
+        name: &'static str,
+        body: &'static str,
+        consts: &'static [(&'static str, usize)],
+    ) -> Self {
+        Shader {
+            family: Family {
+                name,
+                body,
+                params: P::WGSL,
+                params_size: std::mem::size_of::<P>() as u64,
+                buffers: B::DECL,
+                consts,
+            },
+            types: std::marker::PhantomData,
+        }
+    }
+}
+
 impl Family {
     /// The module's WGSL: generated header, the shared helpers, then the file. Storage
     /// holds `S` (f32, or f16 at half precision); the code computes in f32, converting
@@ -259,11 +287,11 @@ mod tests {
     use super::*;
 
     const FAMILIES: [&Family; 5] = [
-        &conv::FAMILY,
-        &linear::FAMILY,
-        &pool::FAMILY,
-        &norm::FAMILY,
-        &elementwise::FAMILY,
+        &conv::FAMILY.family,
+        &linear::FAMILY.family,
+        &pool::FAMILY.family,
+        &norm::FAMILY.family,
+        &elementwise::FAMILY.family,
     ];
 
     #[test]

@@ -1,7 +1,7 @@
 //! `shaders/norm.wgsl`: local response norm, inference batch norm and group norm (the last
 //! two with the residual and ReLU epilogue).
 
-use super::{buffers, params, Family, Uniform};
+use super::{buffers, params, Shader};
 
 params! {
     /// `total` elements of `c` channels of `hw` pixels. LRN reads `size`, `alpha`, `beta`
@@ -18,11 +18,5 @@ buffers! {
     struct Buffers { x: Read, scale: Read, shift: Read, res: Read, y: ReadWrite }
 }
 
-pub(crate) static FAMILY: Family = Family {
-    name: "norm",
-    body: include_str!("../../../../shaders/norm.wgsl"),
-    params: Params::WGSL,
-    params_size: std::mem::size_of::<Params>() as u64,
-    buffers: <Buffers as super::Buffers>::DECL,
-    consts: &[],
-};
+pub(crate) static FAMILY: Shader<Params, Buffers> =
+    Shader::new("norm", include_str!("../../../../shaders/norm.wgsl"), &[]);

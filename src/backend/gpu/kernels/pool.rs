@@ -1,7 +1,7 @@
 //! `shaders/pool.wgsl`: max, average and adaptive average pooling, one invocation per
 //! output element.
 
-use super::{buffers, params, Family, Uniform};
+use super::{buffers, params, Shader};
 
 params! {
     /// `total` outputs of `oh x ow` per plane, from planes of `h x w`. Adaptive pooling
@@ -17,11 +17,5 @@ buffers! {
     struct Buffers { x: Read, y: ReadWrite }
 }
 
-pub(crate) static FAMILY: Family = Family {
-    name: "pool",
-    body: include_str!("../../../../shaders/pool.wgsl"),
-    params: Params::WGSL,
-    params_size: std::mem::size_of::<Params>() as u64,
-    buffers: <Buffers as super::Buffers>::DECL,
-    consts: &[],
-};
+pub(crate) static FAMILY: Shader<Params, Buffers> =
+    Shader::new("pool", include_str!("../../../../shaders/pool.wgsl"), &[]);

@@ -2,7 +2,7 @@
 //! so a run is one upload, one command encoder, one submit and one read-back.
 
 use super::context::GpuContext;
-use super::kernels::{self, conv, Bind, Buffers, Family, Uniform};
+use super::kernels::{self, conv, Bind, Buffers, Family, Shader, Uniform};
 use super::tuning;
 use super::weights::{from_device, to_device, upload, Chunk, GpuWeights};
 use super::Kernels;
@@ -773,17 +773,18 @@ impl<'a> Builder<'a> {
         Ok(up)
     }
 
-    /// Queue `entry` of `family` over `grid` workgroups.
+    /// Queue `entry` of `shader` over `grid` workgroups, with the family's own params and
+    /// buffers.
     fn push<P: Uniform, B: Buffers>(
         &mut self,
-        family: &'static Family,
+        shader: &'static Shader<P, B>,
         entry: &'static str,
         params: &P,
         buffers: B,
         grid: [usize; 3],
         what: &str,
     ) -> Result<()> {
-        let d = self.pending_dispatch(family, entry, params, buffers, grid, what)?;
+        let d = self.pending_dispatch(shader, entry, params, buffers, grid, what)?;
         self.report.dispatches += 1;
         self.pending.push(PendingCmd::Dispatch(d));
         Ok(())
@@ -791,7 +792,7 @@ impl<'a> Builder<'a> {
 
     fn pending_dispatch<P: Uniform, B: Buffers>(
         &self,
-        family: &'static Family,
+        shader: &'static Shader<P, B>,
         entry: &'static str,
         params: &P,
         buffers: B,
@@ -806,7 +807,7 @@ impl<'a> Builder<'a> {
             )));
         }
         Ok(Pending {
-            family,
+            family: &shader.family,
             entry,
             params: kernels::words(params),
             binds: buffers.into_binds(),
