@@ -14,7 +14,8 @@ pub mod preprocess;
 pub mod prng;
 pub mod tasks;
 pub mod tensor;
-#[cfg(target_arch = "wasm32")]
+// The JS API drives the GPU backend (WebGPU) as well as the CPU one.
+#[cfg(all(target_arch = "wasm32", feature = "gpu"))]
 pub mod wasm;
 pub mod weights;
 

@@ -3,7 +3,7 @@
 //! fails at once), and on the GPU each weight's values are written to the device as they
 //! come, so that the host never holds the model. The front ends feed it chunks.
 
-use crate::backend::gpu::{GpuStream, Precision};
+use crate::backend::gpu::{ErrorScopes, GpuContext, GpuStream, GpuWeights, Precision};
 use crate::engine::{Session, Target};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -20,7 +20,7 @@ pub struct StreamLoad {
     config: Option<HubConfig>,
     /// Device errors (out of memory, validation) while buffers are made and written: the
     /// scope pushed last first, so that dropping pops them in order too.
-    scopes: Option<(wgpu::ErrorScopeGuard, wgpu::ErrorScopeGuard)>,
+    scopes: Option<ErrorScopes>,
 }
 
 /// What a loaded model comes with.
@@ -39,7 +39,7 @@ pub struct Streamed {
 struct Fit {
     model: Model,
     /// The GPU to write to (f32 storage), if any.
-    gpu: Option<crate::backend::gpu::GpuContext>,
+    gpu: Option<GpuContext>,
     ready: Option<Ready>,
     /// An error of the device (the reader carries only weights errors).
     failed: Option<Error>,
@@ -71,7 +71,7 @@ impl Sink for Fit {
         let graph = model.default_graph(1);
         weights::check_shapes(&graph, &shapes)?;
         let stream = match &self.gpu {
-            Some(ctx) => match crate::backend::gpu::GpuWeights::stream(ctx, &graph) {
+            Some(ctx) => match GpuWeights::stream(ctx, &graph) {
                 Ok(s) => Some(s),
                 Err(e) => return Err(self.device_error(e)),
             },
@@ -126,11 +126,7 @@ impl StreamLoad {
             .gpu_context()
             .filter(|c| c.precision() == Precision::F32)
             .cloned();
-        let scopes = gpu.as_ref().map(|c| {
-            let dev = &c.shared.device;
-            let val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-            (dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory), val)
-        });
+        let scopes = gpu.as_ref().map(GpuContext::error_scopes);
         let fit = Fit {
             model,
             gpu,
@@ -161,7 +157,7 @@ impl StreamLoad {
     }
 
     /// The device to wait for after a push that asked (see [`StreamLoad::settled`]).
-    pub fn device(&self) -> Option<crate::backend::gpu::GpuContext> {
+    pub fn device(&self) -> Option<GpuContext> {
         self.target.gpu_context().cloned()
     }
 
@@ -256,9 +252,8 @@ impl StreamLoad {
             })
         }
         .await;
-        if let Some((oom, val)) = scopes {
-            let (o, v) = (oom.pop().await, val.pop().await);
-            if let (Ok(_), Some(e)) = (&r, o.or(v)) {
+        if let Some(scopes) = scopes {
+            if let (Ok(_), Some(e)) = (&r, scopes.finish().await) {
                 return Err(Error::Gpu(format!("uploading the weights: {e}")));
             }
         }

@@ -135,7 +135,33 @@ pub struct GpuContext {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// The device's error scopes opened by [`GpuContext::error_scopes`].
+pub struct ErrorScopes {
+    oom: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
+}
+
+impl ErrorScopes {
+    /// Close the scopes: the first error the device reported in them, if any.
+    pub async fn finish(self) -> Option<String> {
+        let (o, v) = (self.oom.pop().await, self.validation.pop().await);
+        o.or(v).map(|e| e.to_string())
+    }
+}
+
 impl GpuContext {
+    /// Catch the device's errors (out of memory, validation) from here until
+    /// [`ErrorScopes::finish`]: buffers made and written while weights stream in.
+    pub fn error_scopes(&self) -> ErrorScopes {
+        let dev = &self.shared.device;
+        let validation = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        // Pushed last, popped first.
+        ErrorScopes {
+            oom: dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            validation,
+        }
+    }
+
     /// Open the preferred adapter with its full limits (not WebGPU's defaults).
     // In wasm wgpu's handles are single-threaded; the Arc is shared with callbacks only.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]

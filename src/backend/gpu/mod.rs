@@ -12,7 +12,7 @@ mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use context::list_adapters;
-pub use context::{GpuContext, GpuOptions, Kernels};
+pub use context::{ErrorScopes, GpuContext, GpuOptions, Kernels};
 pub use kernels::Precision;
 pub use model::{GpuModel, MemoryReport, StepClock};
 pub use tuning::Tuning;

@@ -126,25 +126,8 @@ pub(crate) const fn elem_type(given: &[&'static str]) -> &'static str {
     }
 }
 
-/// What activations and weights are stored as on the device; kernels compute in f32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Precision {
-    #[default]
-    F32,
-    /// Half floats (the adapter's `shader-f16`): half the memory and bandwidth, about
-    /// 1e-3 relative error per value.
-    F16,
-}
+pub use crate::backend::Precision;
 
-impl Precision {
-    /// Bytes per stored value.
-    pub fn bytes(self) -> usize {
-        match self {
-            Precision::F32 => 4,
-            Precision::F16 => 2,
-        }
-    }
-}
 pub(crate) use {buffers, params};
 
 /// One WGSL file and what its generated header declares.
