@@ -45,36 +45,87 @@ pub enum Error {
 impl Error {
     /// A stable code for programs (the JS API's `WebcnnError.code`).
     pub fn code(&self) -> &'static str {
+        self.error_code().name()
+    }
+
+    /// [`Self::code`] as its enum.
+    pub fn error_code(&self) -> ErrorCode {
         use crate::graph::GraphError as G;
         use crate::weights::WeightsError as W;
         match self {
-            Error::Graph(G::Shape { .. }) | Error::InputShape { .. } => "BAD_INPUT_SHAPE",
-            Error::Graph(_) | Error::BadArgument(_) => "BAD_ARGUMENT",
-            Error::MissingWeight(_) => "WEIGHTS_MISSING_KEY",
-            Error::WeightShape { .. } => "WEIGHTS_SHAPE",
-            Error::NoAdapter(_) => "NO_WEBGPU",
-            Error::Gpu(_) => "GPU",
-            Error::DeviceLost(_) => "DEVICE_LOST",
-            Error::DeviceLimit(_) => "DEVICE_LIMIT",
-            Error::Model(_) => "UNKNOWN_MODEL",
-            Error::Image(_) => "BAD_IMAGE",
-            Error::NoClassifier(_) => "NO_CLASSIFIER",
-            Error::Labels(crate::models::LabelsError::NoClassifier) => "NO_CLASSIFIER",
-            Error::Labels(_) => "BAD_LABELS",
+            Error::Graph(G::Shape { .. }) | Error::InputShape { .. } => ErrorCode::BadInputShape,
+            Error::Graph(_) | Error::BadArgument(_) => ErrorCode::BadArgument,
+            Error::MissingWeight(_) => ErrorCode::WeightsMissingKey,
+            Error::WeightShape { .. } => ErrorCode::WeightsShape,
+            Error::NoAdapter(_) => ErrorCode::NoWebgpu,
+            Error::Gpu(_) => ErrorCode::Gpu,
+            Error::DeviceLost(_) => ErrorCode::DeviceLost,
+            Error::DeviceLimit(_) => ErrorCode::DeviceLimit,
+            Error::Model(_) => ErrorCode::UnknownModel,
+            Error::Image(_) => ErrorCode::BadImage,
+            Error::NoClassifier(_) => ErrorCode::NoClassifier,
+            Error::Labels(crate::models::LabelsError::NoClassifier) => ErrorCode::NoClassifier,
+            Error::Labels(_) => ErrorCode::BadLabels,
             Error::Weights(w) => match w {
                 W::NotSafetensors(_)
                 | W::Truncated(_)
                 | W::Checkpoint(_)
-                | W::UnsupportedDtype { .. } => "WEIGHTS_FORMAT",
-                W::Missing { .. } => "WEIGHTS_MISSING_KEY",
-                W::Unexpected(_) => "WEIGHTS_UNEXPECTED_KEY",
-                W::Shape { .. } => "WEIGHTS_SHAPE",
-                W::BadSource(_) => "BAD_ARGUMENT",
-                W::Io(_) => "IO",
-                W::Download(_) => "DOWNLOAD",
+                | W::UnsupportedDtype { .. } => ErrorCode::WeightsFormat,
+                W::Missing { .. } => ErrorCode::WeightsMissingKey,
+                W::Unexpected(_) => ErrorCode::WeightsUnexpectedKey,
+                W::Shape { .. } => ErrorCode::WeightsShape,
+                W::BadSource(_) => ErrorCode::BadArgument,
+                W::Io(_) => ErrorCode::Io,
+                W::Download(_) => ErrorCode::Download,
             },
         }
     }
+}
+
+/// Declares [`ErrorCode`], its [`ErrorCode::ALL`] and names from one list.
+macro_rules! error_codes {
+    ($($(#[$m:meta])* $v:ident => $name:literal,)*) => {
+        /// Every code the JS API's errors carry: the one list (the package's `codes.js` and
+        /// its `ErrorCode` type are generated from it).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$m])* $v,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$v,)*];
+
+            /// The code as programs match it (`err.code === 'WEIGHTS_SHAPE'`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$v => $name,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    UnknownModel => "UNKNOWN_MODEL",
+    WeightsMissingKey => "WEIGHTS_MISSING_KEY",
+    WeightsUnexpectedKey => "WEIGHTS_UNEXPECTED_KEY",
+    WeightsShape => "WEIGHTS_SHAPE",
+    WeightsFormat => "WEIGHTS_FORMAT",
+    Download => "DOWNLOAD",
+    BadImage => "BAD_IMAGE",
+    BadInputShape => "BAD_INPUT_SHAPE",
+    NoWebgpu => "NO_WEBGPU",
+    DeviceLost => "DEVICE_LOST",
+    DeviceLimit => "DEVICE_LIMIT",
+    Gpu => "GPU",
+    BadArgument => "BAD_ARGUMENT",
+    Io => "IO",
+    NoClassifier => "NO_CLASSIFIER",
+    BadLabels => "BAD_LABELS",
+    /// A call on a model after `dispose()` (raised by the JS layer).
+    Disposed => "DISPOSED",
+    /// A failure of the package itself, such as a wasm trap (raised by the JS layer).
+    Internal => "INTERNAL",
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -19,7 +19,7 @@ pub mod tensor;
 pub mod wasm;
 pub mod weights;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorCode, Result};
 pub use graph::{Graph, GraphBuilder, GraphError, Value};
 pub use lower::Weights;
 pub use tensor::Tensor;

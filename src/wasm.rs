@@ -139,6 +139,15 @@ fn preprocess_js(p: &crate::preprocess::Preprocess) -> JsValue {
     ])
 }
 
+/// Every code a `WebcnnError` can carry (the package's generated `codes.js`).
+#[wasm_bindgen(js_name = errorCodes)]
+pub fn error_codes() -> Array {
+    crate::error::ErrorCode::ALL
+        .iter()
+        .map(|c| JsValue::from_str(c.name()))
+        .collect()
+}
+
 /// Every model of the zoo with its facts.
 #[wasm_bindgen(js_name = modelList)]
 pub fn model_list() -> Array {

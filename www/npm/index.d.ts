@@ -1,25 +1,8 @@
 // Types of the `webcnn` package (hand-written; the binding underneath is internal).
 
-/** Stable error codes: match on `err.code`, never on the message. */
-export type ErrorCode =
-  | 'UNKNOWN_MODEL'
-  | 'WEIGHTS_MISSING_KEY'
-  | 'WEIGHTS_UNEXPECTED_KEY'
-  | 'WEIGHTS_SHAPE'
-  | 'WEIGHTS_FORMAT'
-  | 'DOWNLOAD'
-  | 'BAD_IMAGE'
-  | 'BAD_INPUT_SHAPE'
-  | 'NO_WEBGPU'
-  | 'DEVICE_LOST'
-  | 'DEVICE_LIMIT'
-  | 'GPU'
-  | 'DISPOSED'
-  | 'BAD_ARGUMENT'
-  | 'IO'
-  | 'INTERNAL'
-  | 'NO_CLASSIFIER'
-  | 'BAD_LABELS';
+/** Stable error codes: match on `err.code`, never on the message (generated: codes.d.ts). */
+import type { ErrorCode } from './codes.js';
+export type { ErrorCode };
 
 export class WebcnnError extends Error {
   readonly name: 'WebcnnError';

@@ -4,6 +4,7 @@
 // (`./wasm-mt/`) computes on a pool of web workers. Environment specifics (finding the wasm,
 // the weights cache) live in env-browser.js / env-node.js; `node.js` selects the latter.
 import MODELS from './models.js';
+import ERROR_CODES from './codes.js';
 import * as browserEnv from './env-browser.js';
 
 let env = browserEnv;
@@ -12,12 +13,8 @@ export function _setEnv(e) {
   env = e;
 }
 
-const CODES = new Set([
-  'UNKNOWN_MODEL', 'WEIGHTS_MISSING_KEY', 'WEIGHTS_UNEXPECTED_KEY', 'WEIGHTS_SHAPE',
-  'WEIGHTS_FORMAT', 'DOWNLOAD', 'BAD_IMAGE', 'BAD_INPUT_SHAPE', 'NO_WEBGPU', 'DEVICE_LOST',
-  'DEVICE_LIMIT', 'GPU', 'DISPOSED', 'BAD_ARGUMENT', 'IO', 'INTERNAL', 'NO_CLASSIFIER',
-  'BAD_LABELS',
-]);
+// The crate's error codes (generated from src/error.rs).
+const CODES = new Set(ERROR_CODES);
 
 /** Every error this package throws or rejects with. */
 export class WebcnnError extends Error {
