@@ -18,8 +18,7 @@ pub struct StreamLoad {
     reader: Reader<Fit>,
     target: Target,
     config: Option<HubConfig>,
-    /// Device errors (out of memory, validation) while buffers are made and written: the
-    /// scope pushed last first, so that dropping pops them in order too.
+    /// Device errors (out of memory, validation) while buffers are made and written.
     scopes: Option<ErrorScopes>,
 }
 

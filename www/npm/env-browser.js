@@ -46,7 +46,6 @@ async function open() {
   }
 }
 
-
 /** A cached download as its size (where stored) and body stream, or null. */
 async function cacheApiOpen(key) {
   let hit;

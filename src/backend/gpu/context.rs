@@ -135,7 +135,8 @@ pub struct GpuContext {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// The device's error scopes opened by [`GpuContext::error_scopes`].
+/// The device's error scopes opened by [`GpuContext::error_scopes`]. The scope pushed
+/// last comes first, so that dropping them (in field order) pops them in order too.
 pub struct ErrorScopes {
     oom: wgpu::ErrorScopeGuard,
     validation: wgpu::ErrorScopeGuard,
@@ -155,7 +156,6 @@ impl GpuContext {
     pub fn error_scopes(&self) -> ErrorScopes {
         let dev = &self.shared.device;
         let validation = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-        // Pushed last, popped first.
         ErrorScopes {
             oom: dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
             validation,
