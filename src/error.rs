@@ -19,6 +19,9 @@ pub enum Error {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
+    /// An input whose shape no model takes (a tensor that is not `[n, 3, h, w]`).
+    #[error("{0}")]
+    BadInput(String),
     #[error("no GPU adapter found: {0}")]
     NoAdapter(String),
     #[error("GPU error: {0}")]
@@ -53,7 +56,9 @@ impl Error {
         use crate::graph::GraphError as G;
         use crate::weights::WeightsError as W;
         match self {
-            Error::Graph(G::Shape { .. }) | Error::InputShape { .. } => ErrorCode::BadInputShape,
+            Error::Graph(G::Shape { .. }) | Error::InputShape { .. } | Error::BadInput(_) => {
+                ErrorCode::BadInputShape
+            }
             Error::Graph(_) | Error::BadArgument(_) => ErrorCode::BadArgument,
             Error::MissingWeight(_) => ErrorCode::WeightsMissingKey,
             Error::WeightShape { .. } => ErrorCode::WeightsShape,

@@ -104,7 +104,9 @@ fn round_half_even(v: f64) -> i64 {
 
 /// How pixels are interpolated when the image is scaled: PIL's filters, antialiased when
 /// shrinking (the path torchvision and timm take on PIL images).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(all(target_arch = "wasm32", feature = "gpu"), derive(tsify::Tsify))]
+#[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     Bilinear,
     Bicubic,
@@ -136,7 +138,9 @@ impl Interpolation {
 }
 
 /// How the scaled image becomes the input's size (timm's `crop_mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(all(target_arch = "wasm32", feature = "gpu"), derive(tsify::Tsify))]
+#[serde(rename_all = "lowercase")]
 pub enum CropMode {
     /// Shorter side to `size / crop_pct`, then the central `size` (torchvision's
     /// `Resize` + `CenterCrop`).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use crate::preprocess::{CropMode, Interpolation, Preprocess};
 
 /// torchvision's ImageNet eval transform: `Resize(256)` + `CenterCrop(224)`, bilinear.
-fn imagenet() -> Preprocess {
+pub fn imagenet() -> Preprocess {
     Preprocess::resize_crop(256, 224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 }
 

@@ -1,49 +1,28 @@
-// Types of the `webcnn` package (hand-written; the binding underneath is internal).
+// Types of the `webcnn` package. The values that cross into the engine (options, results,
+// model facts) are declared by the binding, generated from the crate's Rust types
+// (src/wasm/types.rs); the model ids and error codes from the crate's lists. What is
+// written here is the JS API around them.
 
-/** Stable error codes: match on `err.code`, never on the message (generated: codes.d.ts). */
 import type { ErrorCode } from './codes.js';
-export type { ErrorCode };
+import type { ModelId } from './models.js';
+import type {
+  CamMap, CropMode, Device, Interpolation, ModelInfo, ModelSpec, Precision, Prediction,
+  Preprocess, PreprocessOptions, Tensor, Tuning,
+} from './types.js';
+export type {
+  ErrorCode, CamMap, CropMode, Device, Interpolation, ModelId, ModelInfo, ModelSpec, Precision,
+  Prediction, Preprocess, PreprocessOptions, Tensor, Tuning,
+};
 
+/** Every error this package throws or rejects with; match on `code` (ErrorCode), never on the message. */
 export class WebcnnError extends Error {
   readonly name: 'WebcnnError';
   readonly code: ErrorCode;
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown });
 }
 
-export type ModelId =
-  | 'alexnet' | 'alexnet_lrn'
-  | 'vgg11' | 'vgg11_bn' | 'vgg13' | 'vgg13_bn' | 'vgg16' | 'vgg16_bn' | 'vgg19' | 'vgg19_bn'
-  | 'vgg11_cifar' | 'vgg11_bn_cifar' | 'vgg13_cifar' | 'vgg13_bn_cifar'
-  | 'vgg16_cifar' | 'vgg16_bn_cifar' | 'vgg19_cifar' | 'vgg19_bn_cifar'
-  | 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152'
-  | 'resnet18_caffe' | 'resnet34_caffe' | 'resnet50_caffe' | 'resnet101_caffe' | 'resnet152_caffe'
-  | 'resnet50_gn' | 'resnet101_gn'
-  | 'resnext50_32x4d' | 'resnext101_32x8d' | 'resnext101_64x4d'
-  | 'wide_resnet50_2' | 'wide_resnet101_2';
-
-export interface ModelSpec {
-  id: ModelId;
-  /** Parameter count. */
-  params: number;
-  /** Multiply-accumulates of one image at the default input size. */
-  macs: number;
-  /** Default input: [channels, height, width]. */
-  input: [number, number, number];
-  /** The id's own head; a fine-tuned checkpoint brings its own (see ModelInfo). */
-  labels: 'imagenet1k' | 'cifar10';
-  numClasses: number;
-  /** Stage outputs for `features()` (any torchvision node name works). */
-  featureNodes: string[];
-  /** Whether `cam()` works (ResNets). */
-  cam: boolean;
-  /** The eval transform the package applies to images (timm's settings). */
-  preprocess: Preprocess;
-}
-
 /** The 35 models of the zoo. */
 export function models(): ModelSpec[];
-
-export type Device = 'auto' | 'webgpu' | 'cpu';
 
 /**
  * A URL, `'hf:OWNER/NAME'` (that Hub repository's model.safetensors), `'synthetic:SEED'`
@@ -58,24 +37,6 @@ export interface Progress {
   total: number;
   /** The weights came from the cache. */
   cached?: boolean;
-}
-
-/**
- * How images become the input tensor: timm's eval transform (`resolve_data_config` +
- * `create_transform`), resized pixels equal to PIL's. torchvision's `Resize(256)` +
- * `CenterCrop(224)` is `{ size: [224, 224], cropPct: 0.875, interpolation: 'bilinear', cropMode: 'center' }`.
- */
-export interface Preprocess {
-  /** The input's [height, width] (a number: square). */
-  size: [number, number];
-  /** The image is scaled to floor(size / cropPct) before the crop. */
-  cropPct: number;
-  /** PIL's filters, antialiased when shrinking. */
-  interpolation: 'bilinear' | 'bicubic' | 'nearest';
-  /** 'center': shorter side scaled, then cropped; 'squash': both sides; 'border': longer side, padded with the mean colour. */
-  cropMode: 'center' | 'squash' | 'border';
-  mean: [number, number, number];
-  std: [number, number, number];
 }
 
 export interface LoadOptions {
@@ -95,7 +56,7 @@ export interface LoadOptions {
    */
   labels?: string[] | string | URL | Blob;
   /** The eval transform your model was trained with; each setting given overrides the id's default (BAD_ARGUMENT if out of range). */
-  preprocess?: Partial<Omit<Preprocess, 'size'>> & { size?: [number, number] | number };
+  preprocess?: PreprocessOptions;
   /** 'auto' (default): WebGPU on a hardware adapter, else the CPU (wasm); 'webgpu' forces WebGPU. */
   device?: Device;
   /**
@@ -103,7 +64,7 @@ export interface LoadOptions {
    * memory; within 1e-2 of f32, computed in f32; needs the adapter's shader-f16, else
    * loading on 'webgpu' fails with DEVICE_LIMIT). The CPU backend always uses f32.
    */
-  precision?: 'f32' | 'f16';
+  precision?: Precision;
   /**
    * How WebGPU picks each convolution's kernel: 'auto' (default) takes the static table
    * for adapter kinds it knows (software renderers, the main GPU vendors) and times the
@@ -111,7 +72,7 @@ export interface LoadOptions {
    * yet remembered for this adapter. Timed choices are kept in IndexedDB (browsers), so
    * each shape is timed once per adapter.
    */
-  tuning?: 'auto' | 'table' | 'measure';
+  tuning?: Tuning;
   onProgress?: (p: Progress) => void;
   /** Keep downloads in the origin private file system, else the Cache API (browsers), or $WEBCNN_CACHE / ~/.cache/webcnn (Node). Default true. */
   cache?: boolean;
@@ -127,45 +88,6 @@ export interface LoadOptions {
 }
 
 export type WasmSource = string | URL | Response | BufferSource | WebAssembly.Module;
-
-export interface ModelInfo {
-  id: ModelId;
-  backend: 'webgpu' | 'cpu';
-  /** The WebGPU adapter's name, or null on the CPU. */
-  adapter: string | null;
-  /** What the device stores values as ('f32' on the CPU). */
-  precision: 'f32' | 'f16';
-  /** Threads the CPU backend computes on (1 on WebGPU and without cross-origin isolation). */
-  threads: number;
-  /** Layer shapes whose kernels this model timed on its adapter so far (its first run of an input size prepares a plan); 0 on the CPU, and where the table or kept choices decided. */
-  tunedShapes: number;
-  /** Why the CPU runs although 'auto' was asked for, else null. */
-  notice: string | null;
-  inputSize: [number, number, number];
-  /** The transform applied to images. */
-  preprocess: Preprocess;
-  /** Where the class names come from: the id's own sets, numbers, or the `labels` option. */
-  labels: 'imagenet1k' | 'cifar10' | 'numbered' | 'custom';
-  /** Classes of the head the weights hold; 0 for a feature extractor. */
-  numClasses: number;
-  /** One name per class. */
-  classNames: readonly string[];
-  /** What reading the weights unwrapped (a checkpoint's 'state_dict' entry, a 'module.' prefix). */
-  notices: string[];
-  /** Weights holding NaN or Inf. */
-  warnings: string[];
-}
-
-export interface Prediction {
-  index: number;
-  label: string;
-  probability: number;
-}
-
-export interface Tensor {
-  data: Float32Array;
-  shape: number[];
-}
 
 /** Raw 8-bit pixels, row-major, RGB or RGBA. */
 export interface RawImage {
@@ -186,14 +108,6 @@ export type ImageInput =
   | HTMLImageElement
   | HTMLCanvasElement
   | OffscreenCanvas;
-
-export interface CamMap {
-  /** h * w values in [0, 1], row-major. */
-  data: Float32Array;
-  shape: [number, number];
-  /** The class mapped (the top class unless one was asked for). */
-  class: number;
-}
 
 export class Model {
   private constructor();

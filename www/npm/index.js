@@ -1,6 +1,6 @@
 // webcnn: AlexNet, VGG and ResNet on WebGPU or the CPU (wasm), in browsers and Node.
 // This module is the public API; the wasm binding (`./wasm/webcnn.js`, made from the
-// crate's src/wasm.rs) does the work; on cross-origin isolated pages its threaded build
+// crate's src/wasm/) does the work; on cross-origin isolated pages its threaded build
 // (`./wasm-mt/`) computes on a pool of web workers. Environment specifics (finding the wasm,
 // the weights cache) live in env-browser.js / env-node.js; `node.js` selects the latter.
 import MODELS from './models.js';
@@ -145,10 +145,6 @@ export function init({ wasm, threads } = {}) {
 export function models() {
   return MODELS.map((m) => structuredClone(m));
 }
-
-const DEVICES = new Set(['auto', 'webgpu', 'cpu']);
-const PRECISIONS = new Set(['f32', 'f16']);
-const TUNINGS = new Set(['auto', 'table', 'measure']);
 
 /** Where the weights come from; `read` gives the bytes (again, after a device loss). */
 // Weights reach the wasm in pieces of this size: a piece is copied into wasm memory and
@@ -388,28 +384,28 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
 export async function load(options) {
   if (!options || typeof options !== 'object') fail('BAD_ARGUMENT', 'load() takes an options object: { model, weights, device }');
   const { model, weights, device = 'auto', precision = 'f32', tuning = 'auto', onProgress } = options;
-  // A Hub repository with timm's config.json names its own architecture.
-  const fromHub = typeof weights === 'string' && weights.startsWith('hf:');
-  if (!(model === undefined && fromHub) && (typeof model !== 'string' || !MODELS.some((m) => m.id === model))) {
-    fail('UNKNOWN_MODEL', `unknown model '${model}'; known: ${MODELS.map((m) => m.id).join(', ')}`);
-  }
   if (weights === undefined || weights === null) {
     fail('BAD_ARGUMENT', "weights are required: a URL, 'hf:OWNER/NAME', bytes, a Blob, or 'synthetic:SEED' for untrained weights");
   }
-  if (!DEVICES.has(device)) fail('BAD_ARGUMENT', `unknown device '${device}': use auto, webgpu or cpu`);
-  if (!PRECISIONS.has(precision)) fail('BAD_ARGUMENT', `unknown precision '${precision}': use f32 or f16`);
-  if (!TUNINGS.has(tuning)) fail('BAD_ARGUMENT', `unknown tuning '${tuning}': use auto, table or measure`);
   checkThreads(options.threads);
   if (onProgress !== undefined && typeof onProgress !== 'function') fail('BAD_ARGUMENT', 'onProgress must be a function');
   const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
   const source = weightsSource(weights, options);
-  const labels = await labelsText(options.labels);
-  const preprocess = preprocessJson(options.preprocess);
   try {
     await init({ wasm: options.wasm, threads: options.threads });
   } catch (e) {
     if (e instanceof WebcnnError) throw e;
     throw new WebcnnError('INTERNAL', `loading the wasm module failed: ${(e && e.message) || e}`, { cause: e });
+  }
+  // The engine's options; the binding checks them (a Hub repository's config.json may
+  // name the architecture later) before any byte is fetched.
+  const spec = { model, device, precision, tuning, preprocess: options.preprocess ?? undefined };
+  try {
+    wasmModule.checkOptions(spec, Boolean(source.hub));
+    spec.labels = await labelsText(options.labels);
+    if (spec.labels !== undefined) wasmModule.checkOptions(spec, Boolean(source.hub));
+  } catch (e) {
+    throw wrap(e);
   }
   // Also what a model calls to prepare itself again (a lost device, a new instance).
   const create = async () => {
@@ -423,8 +419,7 @@ export async function load(options) {
       let engine;
       if (source.seed !== undefined) {
         progress({ phase: 'prepare', loaded: 0, total: 1 });
-        engine = await race(wasmModule.Engine.synthetic(model, source.seed, device, precision, tuning,
-          cache ?? undefined, labels, preprocess));
+        engine = await race(wasmModule.Engine.synthetic({ ...spec, seed: source.seed, tuningCache: cache ?? undefined }));
       } else {
         // The device is opened first; the weights then stream into it as they arrive (on
         // WebGPU the conv and linear weights go to the device piece by piece).
@@ -432,8 +427,7 @@ export async function load(options) {
           // A second call starts over (a cached copy that broke off is downloaded instead).
           try { loader?.free(); } catch { /* already consumed */ }
           loader = null;
-          loader = await race(wasmModule.Engine.begin(model ?? '', device, precision, tuning,
-            cache ?? undefined, config ?? undefined, total));
+          loader = await race(wasmModule.Engine.begin({ ...spec, tuningCache: cache ?? undefined, config: config ?? undefined }, total));
           return {
             push: async (chunk) => {
               if (loader.push(chunk)) await race(loader.settle());
@@ -442,18 +436,18 @@ export async function load(options) {
         };
         await source.feed(open, progress);
         progress({ phase: 'prepare', loaded: 0, total: 1 });
-        engine = await race(loader.finish(labels, preprocess));
+        engine = await race(loader.finish());
       }
       progress({ phase: 'prepare', loaded: 1, total: 1 });
-      return { engine, gen };
+      return { engine, gen, mod: wasmModule };
     } catch (e) {
       try { loader?.free(); } catch { /* a retired instance */ }
       retire(e, gen);
       throw wrap(e);
     }
   };
-  const { engine, gen } = await create();
-  return new Model(engine, gen, describe(engine), create);
+  const { engine, gen, mod } = await create();
+  return new Model(engine, gen, mod, create);
 }
 
 /**
@@ -462,10 +456,7 @@ export async function load(options) {
  */
 async function labelsText(labels) {
   if (labels === undefined || labels === null) return undefined;
-  if (Array.isArray(labels)) {
-    if (!labels.every((l) => typeof l === 'string')) fail('BAD_LABELS', 'labels must be strings');
-    return JSON.stringify(labels);
-  }
+  if (Array.isArray(labels)) return JSON.stringify(labels);
   if (typeof Blob !== 'undefined' && labels instanceof Blob) return labels.text();
   if (typeof labels !== 'string' && !(typeof URL !== 'undefined' && labels instanceof URL)) {
     fail('BAD_ARGUMENT', 'labels must be an array of names, a label file (Blob / File), or its URL');
@@ -484,41 +475,10 @@ async function labelsText(labels) {
   }
 }
 
-/**
- * The `preprocess` option ({ size, cropPct, interpolation, cropMode, mean, std }, each
- * optional) in timm's names, as the engine reads them; the engine checks the values.
- */
-function preprocessJson(p) {
-  if (p === undefined || p === null) return undefined;
-  if (typeof p !== 'object') fail('BAD_ARGUMENT', 'preprocess must be an object { size, cropPct, interpolation, cropMode, mean, std }');
-  const known = { size: 'input_size', cropPct: 'crop_pct', interpolation: 'interpolation', cropMode: 'crop_mode', mean: 'mean', std: 'std' };
-  const cfg = {};
-  for (const [k, v] of Object.entries(p)) {
-    if (!(k in known)) fail('BAD_ARGUMENT', `preprocess: unknown setting '${k}' (${Object.keys(known).join(', ')})`);
-    if (v !== undefined) cfg[known[k]] = v;
-  }
-  return JSON.stringify(cfg);
-}
-
-/** The public `info` of an engine. */
+/** The public `info` of an engine (the binding's `ModelInfo`), frozen. */
 function describe(engine) {
-  const raw = engine.info;
-  return Object.freeze({
-    id: raw.id,
-    backend: raw.backend,
-    adapter: raw.adapter,
-    precision: raw.precision,
-    threads: raw.threads,
-    tunedShapes: raw.tunedShapes,
-    notice: raw.notice,
-    inputSize: raw.inputSize,
-    preprocess: raw.preprocess,
-    labels: raw.labels,
-    numClasses: raw.numClasses,
-    classNames: Object.freeze([...raw.classNames]),
-    notices: raw.notices,
-    warnings: raw.warnings,
-  });
+  const info = engine.info;
+  return Object.freeze({ ...info, classNames: Object.freeze(info.classNames) });
 }
 
 const IMAGE_HELP = 'an image is a Blob/File, encoded bytes (Uint8Array/ArrayBuffer), ImageData, ImageBitmap, an <img> or <canvas>, or { data, width, height, channels: 3 | 4 }';
@@ -543,8 +503,11 @@ async function drawnPixels(src) {
 const isDrawable = (x) => ['ImageBitmap', 'HTMLImageElement', 'HTMLCanvasElement', 'OffscreenCanvas', 'VideoFrame']
   .some((t) => typeof globalThis[t] !== 'undefined' && x instanceof globalThis[t]);
 
-/** An image (or, with `tensors`, a `{ data: Float32Array, shape }`) as the binding takes it. */
-async function toInput(x, { tensors = false } = {}) {
+/**
+ * An image (or, with `tensors`, a `{ data: Float32Array, shape }`) as plain data: encoded
+ * bytes, pixels, or a tensor. The binding checks it when the call makes its `Input`.
+ */
+async function readInput(x, { tensors = false } = {}) {
   if (x instanceof Uint8Array) return { kind: 'encoded', bytes: x };
   if (x instanceof ArrayBuffer) return { kind: 'encoded', bytes: new Uint8Array(x) };
   if (typeof Blob !== 'undefined' && x instanceof Blob) {
@@ -552,59 +515,40 @@ async function toInput(x, { tensors = false } = {}) {
   }
   if (isDrawable(x)) return drawnPixels(x);
   if (x && typeof x === 'object') {
-    if (tensors && x.data instanceof Float32Array) {
-      checkShape(x.data, x.shape);
-      return { kind: 'tensor', data: x.data, shape: x.shape };
-    }
+    if (tensors && x.data instanceof Float32Array) return { kind: 'tensor', data: x.data, shape: x.shape };
     if ((x.data instanceof Uint8Array || x.data instanceof Uint8ClampedArray) && x.width && x.height) {
       const channels = x.channels ?? (typeof ImageData !== 'undefined' && x instanceof ImageData ? 4 : x.data.length / (x.width * x.height));
-      if (channels !== 3 && channels !== 4) fail('BAD_IMAGE', `pixels must have 3 or 4 channels, not ${channels}`);
-      return {
-        kind: 'pixels',
-        data: new Uint8Array(x.data.buffer, x.data.byteOffset, x.data.byteLength),
-        width: x.width, height: x.height, channels,
-      };
+      return { kind: 'pixels', data: x.data, width: x.width, height: x.height, channels };
     }
   }
   return fail('BAD_ARGUMENT', tensors ? `${IMAGE_HELP}, or a tensor { data: Float32Array, shape }` : IMAGE_HELP);
 }
 
-/** NaN / Inf in a tensor run through (the outputs they reach are NaN too), with a warning. */
-function warnNonFinite(data) {
-  let bad = 0;
-  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) bad++;
-  if (bad) console.warn(`webcnn: ${bad} of ${data.length} input values are NaN or Inf; the outputs they reach will be too`);
-}
-
-function checkShape(data, shape) {
-  if (!(data instanceof Float32Array)) fail('BAD_ARGUMENT', 'tensor data must be a Float32Array');
-  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((d) => Number.isInteger(d) && d > 0)) {
-    fail('BAD_INPUT_SHAPE', `a tensor shape is [n, 3, h, w] with positive integers, not ${JSON.stringify(shape)}`);
-  }
-  if (shape[1] !== 3) fail('BAD_INPUT_SHAPE', `the models take 3 channels, not ${shape[1]} (shape ${JSON.stringify(shape)})`);
-  const n = shape.reduce((a, b) => a * b, 1);
-  if (n !== data.length) fail('BAD_INPUT_SHAPE', `shape ${JSON.stringify(shape)} needs ${n} values, data has ${data.length}`);
-  warnNonFinite(data);
-}
-
-/** One call on an engine: synchronous on the CPU backend (see `#call`). */
-function invoke(engine, sync, method, a, b) {
-  return sync ? engine.callSync(method, a, b) : engine.call(method, a, b);
+/** The binding's `Input` (of instance `mod`) for what `readInput` gave. */
+function makeInput(mod, d) {
+  if (d.kind === 'encoded') return mod.Input.encoded(d.bytes);
+  if (d.kind === 'pixels') return mod.Input.pixels(d.data, d.width, d.height, d.channels);
+  const input = mod.Input.tensor(d.data, d.shape);
+  // NaN / Inf run through (the outputs they reach are NaN too, as in PyTorch), with a warning.
+  if (input.nonFinite) console.warn(`webcnn: ${input.nonFinite} of ${d.data.length} input values are NaN or Inf; the outputs they reach will be too`);
+  return input;
 }
 
 /** A model loaded on one device. Calls may overlap: they run one after another. */
 export class Model {
   #engine;
   #gen; // the wasm instance generation the engine lives in
+  #mod; // that instance's binding
   #info;
   #create;
   #queue = Promise.resolve();
   #disposed = false;
 
-  constructor(engine, gen, info, create) {
+  constructor(engine, gen, mod, create) {
     this.#engine = engine;
     this.#gen = gen;
-    this.#info = info;
+    this.#mod = mod;
+    this.#info = describe(engine);
     this.#create = create;
   }
 
@@ -643,7 +587,7 @@ export class Model {
     try {
       // The CPU backend answers synchronously, so a trap is an exception here; a WebGPU
       // call may trap in a microtask, and then the instance's panic hook settles it.
-      return await Promise.race([f(this.#engine, this.#info.backend === 'cpu'), panicOf(gen).promise]);
+      return await Promise.race([f(this.#engine, this.#info.backend === 'cpu', this.#mod), panicOf(gen).promise]);
     } catch (e) {
       if (retire(e, gen)) {
         this.#engine = null;
@@ -661,7 +605,7 @@ export class Model {
         throw new WebcnnError(err.code, `${err.message}; preparing the model on a new device failed: ${e2.message}`, { cause: e2 });
       }
       try {
-        return await f(this.#engine, this.#info.backend === 'cpu');
+        return await f(this.#engine, this.#info.backend === 'cpu', this.#mod);
       } catch (e3) {
         throw wrap(e3);
       }
@@ -669,44 +613,48 @@ export class Model {
   }
 
   async #recreate() {
-    const { engine, gen } = await this.#create();
+    const { engine, gen, mod } = await this.#create();
     if (this.#disposed) {
       engine.free();
       fail('DISPOSED', 'this model was disposed');
     }
     this.#engine = engine;
     this.#gen = gen;
+    this.#mod = mod;
     // 'auto' may land on the CPU if no GPU comes back.
     this.#info = describe(engine);
   }
 
   /** Top-`topK` classes of one image: `[{ index, label, probability }]`, best first. */
   classify(image, { topK = 5 } = {}) {
-    if (!Number.isInteger(topK) || topK <= 0) return Promise.reject(new WebcnnError('BAD_ARGUMENT', `topK must be a positive integer, not ${topK}`));
-    return this.#run(async (e, sync) => (await invoke(e, sync, 'classify', await toInput(image), topK))[0]);
+    return this.#run(async (e, sync, mod) => {
+      const x = makeInput(mod, await readInput(image));
+      return (await (sync ? e.classifySync(x, topK) : e.classify(x, topK)))[0];
+    });
   }
 
   /** The model on a `[n, 3, h, w]` float32 tensor (already normalised): the logits. */
   forward(data, shape) {
-    try { checkShape(data, shape); } catch (e) { return Promise.reject(e); }
-    return this.#run((e, sync) => invoke(e, sync, 'forward', { kind: 'tensor', data, shape }));
+    return this.#run((e, sync, mod) => {
+      const x = makeInput(mod, { kind: 'tensor', data, shape });
+      return sync ? e.forwardSync(x) : e.forward(x);
+    });
   }
 
   /** Outputs of torchvision nodes (`layer2`, `features.29`, ...) for an image or tensor. */
   features(input, nodes) {
-    if (!Array.isArray(nodes) || nodes.length === 0 || !nodes.every((n) => typeof n === 'string')) {
-      return Promise.reject(new WebcnnError('BAD_ARGUMENT', 'features() takes a non-empty array of node names'));
-    }
-    return this.#run(async (e, sync) => invoke(e, sync, 'features', await toInput(input, { tensors: true }), nodes));
+    return this.#run(async (e, sync, mod) => {
+      const x = makeInput(mod, await readInput(input, { tensors: true }));
+      return sync ? e.featuresSync(x, nodes) : e.features(x, nodes);
+    });
   }
 
   /** Class activation map of a ResNet: `{ data, shape: [h, w], class }`, values in [0, 1]. */
   cam(image, options = {}) {
-    const cls = options.class;
-    if (cls !== undefined && (!Number.isInteger(cls) || cls < 0)) {
-      return Promise.reject(new WebcnnError('BAD_ARGUMENT', `class must be a non-negative integer, not ${cls}`));
-    }
-    return this.#run(async (e, sync) => invoke(e, sync, 'cam', await toInput(image), cls));
+    return this.#run(async (e, sync, mod) => {
+      const x = makeInput(mod, await readInput(image));
+      return sync ? e.camSync(x, options.class) : e.cam(x, options.class);
+    });
   }
 
   /** Free the weights and buffers; later calls reject with code 'DISPOSED'. */
@@ -726,7 +674,7 @@ export class Model {
 
   /** @internal Panic inside a call, as a bug would (tests of recovery from a trap). */
   [Symbol.for('webcnn.panic')]() {
-    return this.#run((e, sync) => invoke(e, sync, '_panic'));
+    return this.#run((e, sync) => e._panic(sync));
   }
 
   /** @internal Destroy the GPU device, as a driver reset would (tests of recovery). */
