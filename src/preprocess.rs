@@ -178,7 +178,9 @@ impl CropMode {
 /// How images are prepared for a model: timm's eval transform (`resolve_data_config` +
 /// `create_transform`), of which torchvision's `Resize(256)` + `CenterCrop(224)` is the
 /// case `size` 224, `crop_pct` 0.875, bilinear, center.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[cfg_attr(all(target_arch = "wasm32", feature = "gpu"), derive(tsify::Tsify))]
+#[serde(rename_all = "camelCase")]
 pub struct Preprocess {
     /// The input tensor's height and width.
     pub size: [usize; 2],

@@ -618,7 +618,7 @@ impl Engine {
                 model.input[1] as u32,
                 model.input[2] as u32,
             ],
-            preprocess: (&model.preprocess).into(),
+            preprocess: model.preprocess.clone(),
             labels: model.labels.id(),
             num_classes: model.num_classes() as u32,
             class_names: model.labels.names(),

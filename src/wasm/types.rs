@@ -5,7 +5,7 @@
 
 use crate::error::Error;
 use crate::models::Model;
-use crate::preprocess::{CropMode, Interpolation};
+use crate::preprocess::{CropMode, Interpolation, Preprocess};
 use crate::Tensor as RustTensor;
 use js_sys::Float32Array;
 use serde::{Deserialize, Serialize};
@@ -190,39 +190,6 @@ impl PreprocessOptions {
     }
 }
 
-/// How images become the input tensor: timm's eval transform (`resolve_data_config` +
-/// `create_transform`), resized pixels equal to PIL's. torchvision's `Resize(256)` +
-/// `CenterCrop(224)` is `{ size: [224, 224], cropPct: 0.875, interpolation: 'bilinear',
-/// cropMode: 'center' }`.
-#[derive(Tsify, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Preprocess {
-    /// The input's [height, width].
-    pub size: [u32; 2],
-    /// The image is scaled to floor(size / cropPct) before the crop.
-    pub crop_pct: f64,
-    /// PIL's filters, antialiased when shrinking.
-    pub interpolation: Interpolation,
-    /// 'center': shorter side scaled, then cropped; 'squash': both sides; 'border': longer
-    /// side, padded with the mean colour.
-    pub crop_mode: CropMode,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl From<&crate::preprocess::Preprocess> for Preprocess {
-    fn from(p: &crate::preprocess::Preprocess) -> Self {
-        Preprocess {
-            size: [p.size[0] as u32, p.size[1] as u32],
-            crop_pct: p.crop_pct,
-            interpolation: p.interpolation,
-            crop_mode: p.crop_mode,
-            mean: p.mean,
-            std: p.std,
-        }
-    }
-}
-
 /// A model of the zoo with its facts.
 #[derive(Tsify, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -262,7 +229,7 @@ impl From<&Model> for ModelSpec {
             num_classes: m.num_classes() as u32,
             feature_nodes: m.feature_nodes(),
             cam: m.classifier() == "fc",
-            preprocess: (&m.preprocess).into(),
+            preprocess: m.preprocess.clone(),
         }
     }
 }
