@@ -34,16 +34,10 @@ pub type StepTimes = Vec<(String, f64)>;
 /// conv and linear weights are read from the shared [`CpuWeights`].
 pub struct CpuModel {
     program: Program,
-    params: Vec<StepParams>,
+    /// How each of the program's steps runs here (one per step, in order).
+    steps: Vec<CpuStep>,
     weights: Arc<CpuWeights>,
     plan: MemoryPlan,
-    /// Per step: the direct convolution planned for it, where the CPU has a microkernel.
-    direct: Vec<Option<DirectConv>>,
-    /// Per step: a convolution's weight in PyTorch's layout where it runs without a direct
-    /// kernel but its weight is held packed (plans on the portable kernels).
-    plain: Vec<Option<Arc<[f32]>>>,
-    /// Per step: the layouts of its first input and its output (see [`layouts`]).
-    io_layout: Vec<(Layout, Layout)>,
     /// Floats of the values stored [`Layout::Padded`] (the rest take their shape's).
     padded: HashMap<Value, usize>,
     /// Activation slots and the direct convolutions' input buffer, made at prepare and
@@ -56,6 +50,28 @@ pub struct CpuModel {
     /// Where the batch runs in sub-batches: the plans that run them (then this one's own
     /// steps are empty).
     split: Option<Split>,
+}
+
+/// A program step as this backend runs it.
+struct CpuStep {
+    /// Its folded small parameters (bias, scale and shift) and its weight's key.
+    params: StepParams,
+    exec: Exec,
+    /// The layouts of its first input and its output (see [`layouts`]).
+    input: Layout,
+    output: Layout,
+}
+
+/// What computes a step. (One per layer: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Exec {
+    /// A direct convolution, its weights packed for its tile.
+    Direct(DirectConv),
+    /// A portable kernel on a convolution's weight in PyTorch's layout, held here because
+    /// the shared store holds it packed (plans on the portable kernels beside direct ones).
+    Plain(Arc<[f32]>),
+    /// A portable kernel on the shared store's weight (if the step has one).
+    Shared,
 }
 
 /// A batch run as consecutive sub-batches of `size` images (the last of `rest`'s size),
@@ -204,11 +220,8 @@ impl CpuModel {
                         slot_len: vec![],
                     },
                     program,
-                    params: vec![],
+                    steps: vec![],
                     weights: weights.clone(),
-                    direct: vec![],
-                    plain: vec![],
-                    io_layout: vec![],
                     padded: HashMap::new(),
                     arenas: Mutex::new(vec![]),
                     scratch_len: 0,
@@ -245,38 +258,40 @@ impl CpuModel {
         let len = |v: Value| padded.get(&v).copied().unwrap_or(numel(program.shape(v)));
         let plan = MemoryPlan::sized(&program, from, seed, len);
         let slots = plan.slot_len.iter().map(|&n| vec![0f32; n]).collect();
-        let mut direct = Vec::with_capacity(program.steps.len());
-        for (i, (step, l)) in program.steps.iter().zip(&layouts).enumerate() {
-            let d = match (&step.kernel, isa, l.tile) {
-                (Kernel::Conv { cfg, node, .. }, Some(isa), Some(tile)) if i >= from => {
+        let mut steps = Vec::with_capacity(program.steps.len());
+        for (i, ((step, l), params)) in program.steps.iter().zip(&layouts).zip(params).enumerate() {
+            let exec = match (&step.kernel, isa, l.tile) {
+                // Steps before `from` are another plan's: nothing is prepared for them.
+                _ if i < from => Exec::Shared,
+                (Kernel::Conv { cfg, node, .. }, Some(isa), Some(tile)) => {
                     let xs = program.shape(step.inputs[0]);
                     let os = program.shape(step.output);
                     let panels = weights.packed(&format!("{node}.weight"), cfg, tile.shape)?;
                     let (xs, os) = (kernels::dims4(xs), kernels::dims4(os));
                     let io = (l.input, l.output);
-                    Some(DirectConv::new(isa, tile, panels, cfg, xs, os, io))
+                    Exec::Direct(DirectConv::new(isa, tile, panels, cfg, xs, os, io))
                 }
-                _ => None,
+                (Kernel::Conv { cfg, node, .. }, ..) => {
+                    match weights.plain(&format!("{node}.weight"), cfg) {
+                        Some(w) => Exec::Plain(w),
+                        None => Exec::Shared,
+                    }
+                }
+                _ => Exec::Shared,
             };
-            direct.push(d);
+            steps.push(CpuStep {
+                params,
+                exec,
+                input: l.input,
+                output: l.output,
+            });
         }
-        let plain = program
-            .steps
+        let scratch_len = steps
             .iter()
-            .zip(&direct)
-            .enumerate()
-            .map(|(i, (step, d))| match &step.kernel {
-                Kernel::Conv { cfg, node, .. } if d.is_none() && i >= from => {
-                    weights.plain(&format!("{node}.weight"), cfg)
-                }
+            .filter_map(|s| match &s.exec {
+                Exec::Direct(d) => Some(d.scratch_len()),
                 _ => None,
             })
-            .collect();
-        let io_layout = layouts.iter().map(|l| (l.input, l.output)).collect();
-        let scratch_len = direct
-            .iter()
-            .flatten()
-            .map(|d| d.scratch_len())
             .max()
             .unwrap_or(0);
         let arena = Arena {
@@ -285,12 +300,9 @@ impl CpuModel {
         };
         Ok(CpuModel {
             program,
-            params,
+            steps,
             weights: weights.clone(),
             plan,
-            direct,
-            plain,
-            io_layout,
             padded,
             arenas: Mutex::new(vec![arena]),
             scratch_len,
@@ -453,20 +465,16 @@ impl CpuModel {
             }
         };
         copy_out(results, slots, seed);
-        let params = self.params[steps.clone()].iter();
-        let direct = self.direct[steps.clone()].iter();
-        let plain = self.plain[steps.clone()].iter();
-        let numbered = steps.clone().zip(&p.steps[steps]);
-        for ((i, step), ((params, direct), plain)) in numbered.zip(params.zip(direct).zip(plain)) {
+        for (step, cs) in p.steps[steps.clone()].iter().zip(&self.steps[steps]) {
             // The direct convolutions hold their weights packed: no lookup for them.
-            let weight = match (params.weight.as_ref().filter(|_| direct.is_none()), plain) {
-                (Some(_), Some(w)) => &w[..],
-                (Some(k), None) => self
+            let weight = match (&cs.exec, &cs.params.weight) {
+                (Exec::Direct(_), _) | (_, None) => &[][..],
+                (Exec::Plain(w), Some(_)) => &w[..],
+                (Exec::Shared, Some(k)) => self
                     .weights
                     .get(k)
                     .map(|t| t.data())
                     .ok_or_else(|| Error::MissingWeight(k.clone()))?,
-                (None, _) => &[][..],
             };
             // The plan never puts a step's output in the slot of one of its inputs: take
             // the output slot out while the inputs are borrowed.
@@ -486,30 +494,30 @@ impl CpuModel {
             #[cfg(not(target_arch = "wasm32"))]
             let t0 = std::time::Instant::now();
             let n = len(step.output);
-            let (input, output) = self.io_layout[i];
-            match (direct, &step.kernel) {
+            let (input, output) = (cs.input, cs.output);
+            match (&cs.exec, &step.kernel) {
                 // Of the other steps `layouts` lets only these read a blocked input.
-                (None, Kernel::AdaptiveAvgPool { .. }) if input == Layout::Blocked => {
+                (Exec::Direct(d), _) => d.run(
+                    ins[0].0,
+                    scratch,
+                    &cs.params,
+                    residual,
+                    step.relu,
+                    &mut out[..n],
+                ),
+                (_, Kernel::AdaptiveAvgPool { .. }) if input == Layout::Blocked => {
                     let [b, c, h, w] = kernels::dims4(ins[0].1);
                     pool::global_avg_pool_blocked(ins[0].0, [b, c, h * w], &mut out[..n]);
                 }
-                (None, Kernel::MaxPool(pool)) if input == Layout::Blocked => {
+                (_, Kernel::MaxPool(pool)) if input == Layout::Blocked => {
                     let planes = output == Layout::Planes;
                     let (x, xs) = (ins[0].0, kernels::dims4(ins[0].1));
                     let os = kernels::dims4(p.shape(step.output));
                     pool::max_pool_blocked(x, xs, pool, os, &mut out[..n], planes);
                 }
-                (Some(d), _) => d.run(
-                    ins[0].0,
-                    scratch,
-                    params,
-                    residual,
-                    step.relu,
-                    &mut out[..n],
-                ),
-                (None, _) => kernels::run_step(
+                _ => kernels::run_step(
                     step,
-                    params,
+                    &cs.params,
                     weight,
                     ins,
                     residual,
