@@ -9,6 +9,7 @@ pub mod lower;
 pub mod models;
 #[cfg(all(not(target_arch = "wasm32"), feature = "npy"))]
 pub mod npy;
+pub mod onnx;
 pub mod plan;
 pub mod preprocess;
 pub mod prng;

@@ -40,13 +40,14 @@ static ALLOC: Watch = Watch;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("safetensors", common::safetensors),
     ("npy", common::npy),
     ("image", common::image),
     ("graph", common::graph),
     ("source", common::source),
     ("checkpoint", common::checkpoint),
+    ("onnx", common::onnx),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {

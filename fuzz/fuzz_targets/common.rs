@@ -313,3 +313,22 @@ pub fn graph(data: &[u8]) {
         assert_eq!(y[0].shape(), want.as_slice());
     }
 }
+
+/// An ONNX model's bytes through the importer: the protobuf reader, every node's checks,
+/// and graphs at two batches; an accepted model's weights are the ones its graph asks for.
+pub fn onnx(data: &[u8]) {
+    let Ok(m) = webcnn::onnx::OnnxModel::parse(data) else {
+        return;
+    };
+    for n in [1, 2] {
+        if let Ok(g) = m.graph(&m.input_shape(n)) {
+            for p in g.params() {
+                let w = m
+                    .weights
+                    .get(&p.name)
+                    .unwrap_or_else(|| panic!("{} missing", p.name));
+                assert_eq!(w.shape(), p.shape.as_slice(), "{}", p.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! ONNX models read by the importer match ONNX Runtime's outputs on both backends (the GPU
+//! on lavapipe in CI). The models are small, hand-built in the layouts exporters write, with
+//! ONNX Runtime's outputs beside them (scripts/make-onnx-fixtures.py made both).
+mod common;
+
+use std::path::{Path, PathBuf};
+use webcnn::backend::cpu::CpuModel;
+use webcnn::backend::gpu::GpuModel;
+use webcnn::onnx::{OnnxError, OnnxModel};
+use webcnn::tensor::rel_l2;
+use webcnn::Tensor;
+
+const CASES: [&str; 3] = ["resnet_block", "zoo_lrn_preact", "grouped_matmul"];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx")
+}
+
+struct Case {
+    model: OnnxModel,
+    input: Tensor,
+    expected: Expected,
+}
+
+/// ONNX Runtime's output (computed in f32, compared in f64).
+struct Expected {
+    shape: Vec<usize>,
+    data: Vec<f64>,
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn shape(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
+}
+
+fn read(name: &str) -> Case {
+    let bytes = std::fs::read(dir().join(format!("{name}.onnx"))).unwrap();
+    let external = |location: &str, offset: u64, len: Option<u64>| {
+        let all = std::fs::read(dir().join(location))?;
+        let end = len.map_or(all.len(), |l| (offset + l) as usize);
+        Ok(all[offset as usize..end].to_vec())
+    };
+    let model = OnnxModel::parse_with(&bytes, Some(&external)).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir().join(format!("{name}.json"))).unwrap())
+            .unwrap();
+    Case {
+        model,
+        input: Tensor::new(shape(&j["input_shape"]), floats(&j["input"])).unwrap(),
+        expected: Expected {
+            shape: shape(&j["output_shape"]),
+            data: floats(&j["output"]).iter().map(|&v| v as f64).collect(),
+        },
+    }
+}
+
+fn check(name: &str, out: &Tensor, want: &Expected) {
+    assert_eq!(out.shape(), want.shape.as_slice(), "{name}");
+    let e = rel_l2(out.data(), &want.data);
+    assert!(
+        e <= common::TOL,
+        "{name}: relative L2 {e:e} against ONNX Runtime"
+    );
+}
+
+#[test]
+fn cpu_backend_matches_onnx_runtime() {
+    for name in CASES {
+        let c = read(name);
+        let g = c.model.graph(c.input.shape()).unwrap();
+        let out = CpuModel::prepare(&g, &c.model.weights)
+            .unwrap()
+            .run(&c.input)
+            .unwrap()
+            .remove(0);
+        check(name, &out, &c.expected);
+    }
+}
+
+#[test]
+fn gpu_backend_matches_onnx_runtime() {
+    let ctx = common::gpu();
+    for name in CASES {
+        let c = read(name);
+        let g = c.model.graph(c.input.shape()).unwrap();
+        let mut m = GpuModel::prepare_blocking(&ctx, &g, &c.model.weights).unwrap();
+        let out = m.run_blocking(&c.input).unwrap().remove(0);
+        check(name, &out, &c.expected);
+    }
+}
+
+#[test]
+fn a_symbolic_batch_takes_any_batch_and_a_fixed_one_only_its_own() {
+    let c = read("resnet_block");
+    assert_eq!(c.model.input_shape(7), [7, 3, 32, 32]);
+    // Each image of the batch of 2 alone gives its row of the batch's output.
+    let per = c.input.len() / 2;
+    let one = Tensor::new(vec![1, 3, 32, 32], c.input.data()[per..].to_vec()).unwrap();
+    let g = c.model.graph(one.shape()).unwrap();
+    let y = CpuModel::prepare(&g, &c.model.weights)
+        .unwrap()
+        .run(&one)
+        .unwrap()
+        .remove(0);
+    let want = Expected {
+        shape: vec![1, 5],
+        data: c.expected.data[5..].to_vec(),
+    };
+    check("resnet_block, second image alone", &y, &want);
+
+    let fixed = read("grouped_matmul");
+    assert_eq!(fixed.model.input_shape(7), [2, 4, 12, 12]);
+    let e = fixed.model.graph(&[3, 4, 12, 12]).unwrap_err();
+    assert!(e.to_string().contains("[2, 4, 12, 12]"), "{e}");
+}
+
+#[test]
+fn intermediate_values_are_nodes_by_their_onnx_names() {
+    let c = read("resnet_block");
+    let g = c.model.graph(c.input.shape()).unwrap();
+    let g = g.with_outputs(&["layer1", "gap"]).unwrap();
+    let outs = CpuModel::prepare(&g, &c.model.weights)
+        .unwrap()
+        .run(&c.input)
+        .unwrap();
+    assert_eq!(outs[0].shape(), [2, 8, 8, 8]);
+    assert_eq!(outs[1].shape(), [2, 8, 1, 1]);
+}
+
+/// `base` with its node list edited by `f`, re-encoded.
+fn edited(base: &str, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut bytes = std::fs::read(dir().join(format!("{base}.onnx"))).unwrap();
+    f(&mut bytes);
+    bytes
+}
+
+#[test]
+fn what_is_not_supported_is_named_before_any_weight_is_used() {
+    // An operator we do not run: its name, the node's, and the list of those we do.
+    let bytes = edited("resnet_block", |b| {
+        let at = b.windows(4).position(|w| w == b"Relu").unwrap();
+        b[at..at + 4].copy_from_slice(b"Selu");
+    });
+    let e = OnnxModel::parse(&bytes).unwrap_err();
+    assert!(matches!(e, OnnxError::Unsupported { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("'Selu'") && msg.contains("node 'r1'") && msg.contains("GlobalAveragePool"),
+        "{msg}"
+    );
+    // Not protobuf at all, a truncated file, an empty one.
+    for bad in [&b"\x0a\x0b\x0c garbage"[..], &bytes[..bytes.len() / 2], &[]] {
+        assert!(matches!(OnnxModel::parse(bad), Err(OnnxError::Format(_))));
+    }
+    // External data with no way to read it says where it is.
+    let ext = std::fs::read(dir().join("grouped_matmul.onnx")).unwrap();
+    let e = OnnxModel::parse(&ext).unwrap_err().to_string();
+    assert!(e.contains("grouped_matmul.data"), "{e}");
+}
