@@ -168,3 +168,41 @@ fn what_is_not_supported_is_named_before_any_weight_is_used() {
     let e = OnnxModel::parse(&ext).unwrap_err().to_string();
     assert!(e.contains("grouped_matmul.data"), "{e}");
 }
+
+#[test]
+fn imported_blocks_lower_to_the_zoos_fused_steps() {
+    use webcnn::lower::{Kernel, Program};
+    // Conv + BN (+ Add) + Relu fuse into one step each, as the zoo's ResNets do.
+    let c = read("resnet_block");
+    let g = c.model.graph(c.input.shape()).unwrap();
+    let p = Program::new(&g, true);
+    let kinds: Vec<String> = p
+        .steps
+        .iter()
+        .map(|s| match &s.kernel {
+            Kernel::Conv { bn, .. } => format!(
+                "conv{}{}{}",
+                if bn.is_some() { "+bn" } else { "" },
+                if s.residual.is_some() { "+add" } else { "" },
+                if s.relu { "+relu" } else { "" }
+            ),
+            k => format!("{k:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap()
+                .to_lowercase(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "conv+bn+relu",
+            "maxpool",
+            "conv+bn+relu",
+            "conv+bn+add+relu",
+            "adaptiveavgpool",
+            "linear"
+        ],
+        "{kinds:?}"
+    );
+}
