@@ -43,6 +43,8 @@ pub enum Error {
     NoClassifier(String),
     #[error(transparent)]
     Labels(#[from] crate::models::LabelsError),
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
 }
 
 impl Error {
@@ -67,6 +69,12 @@ impl Error {
             Error::DeviceLost(_) => ErrorCode::DeviceLost,
             Error::DeviceLimit(_) => ErrorCode::DeviceLimit,
             Error::Model(_) => ErrorCode::UnknownModel,
+            Error::Onnx(crate::onnx::OnnxError::Format(_)) => ErrorCode::WeightsFormat,
+            Error::Onnx(crate::onnx::OnnxError::Graph {
+                source: G::Shape { .. },
+                ..
+            }) => ErrorCode::BadInputShape,
+            Error::Onnx(_) => ErrorCode::BadArgument,
             Error::Image(_) => ErrorCode::BadImage,
             Error::NoClassifier(_) => ErrorCode::NoClassifier,
             Error::Labels(crate::models::LabelsError::NoClassifier) => ErrorCode::NoClassifier,

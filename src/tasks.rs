@@ -45,7 +45,12 @@ pub fn classify(model: &Model, logits: &Tensor, k: usize) -> Result<Vec<Vec<Pred
         .data()
         .chunks(classes)
         .map(|row| {
-            top_k(row, k)
+            // A model that ends in a softmax gives probabilities already.
+            let ranked = match model.softmax_output {
+                true => rank(row, k),
+                false => top_k(row, k),
+            };
+            ranked
                 .into_iter()
                 .map(|(index, probability)| Prediction {
                     index,
@@ -55,6 +60,13 @@ pub fn classify(model: &Model, logits: &Tensor, k: usize) -> Result<Vec<Vec<Pred
                 .collect()
         })
         .collect())
+}
+
+/// The `k` largest of `p` (probabilities) with their indices, largest first.
+fn rank(p: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, p[i])).collect()
 }
 
 /// A class activation map: `h x w` values in [0, 1] over `layer4`'s grid, for `class`.

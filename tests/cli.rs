@@ -1075,3 +1075,146 @@ fn cam_writes_the_map_over_the_image_and_agrees_with_the_features_and_fc_weights
         "need a ResNet",
     );
 }
+
+/// An ONNX fixture's input and ONNX Runtime's output (tests/fixtures/onnx).
+fn onnx_case(name: &str) -> (PathBuf, Vec<usize>, Vec<f32>, Vec<usize>, Vec<f64>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    let dims = |k: &str| -> Vec<usize> {
+        j[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let vals = |k: &str| -> Vec<f64> {
+        j[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let x = vals("input").iter().map(|&v| v as f32).collect();
+    (
+        dir.join(format!("{name}.onnx")),
+        dims("input_shape"),
+        x,
+        dims("output_shape"),
+        vals("output"),
+    )
+}
+
+#[test]
+fn an_onnx_file_runs_as_the_model_or_as_the_weights_on_both_devices() {
+    for (name, flag) in [("resnet_block", "--model"), ("grouped_matmul", "--weights")] {
+        let (file, xs, x, ys, want) = onnx_case(name);
+        let input = tmp(&format!("{name}-x.npy"));
+        write_npy(&input, &xs, &x);
+        for device in ["cpu", "gpu"] {
+            let out = tmp(&format!("{name}-{device}.npy"));
+            let o = bin()
+                .args(["run", "--device", device, flag])
+                .arg(&file)
+                .arg("--input")
+                .arg(&input)
+                .arg("--output")
+                .arg(&out)
+                .output()
+                .unwrap();
+            ok(o);
+            let (s, y) = read_npy(&out);
+            assert_eq!(s, ys, "{name} on {device}");
+            let e = rel_l2(&y, &want);
+            assert!(
+                e <= 1e-4,
+                "{name} on {device}: rel L2 {e:e} against ONNX Runtime"
+            );
+        }
+    }
+    // Intermediate values by their ONNX names; an embedding from its last flatten.
+    let (file, ..) = onnx_case("resnet_block");
+    let dir = tmp("onnx-features");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("www/demo.png");
+    ok(bin()
+        .args([
+            "features",
+            "--device",
+            "cpu",
+            "--layers",
+            "layer1,gap",
+            "--model",
+        ])
+        .arg(&file)
+        .arg("--input")
+        .arg(&demo)
+        .arg("--out-dir")
+        .arg(&dir)
+        .output()
+        .unwrap());
+    assert_eq!(read_npy(&dir.join("layer1.npy")).0, [1, 8, 8, 8]);
+    let emb = tmp("onnx-embed.npy");
+    ok(bin()
+        .args(["embed", "--device", "cpu", "--weights"])
+        .arg(&file)
+        .arg("--out")
+        .arg(&emb)
+        .arg(&demo)
+        .output()
+        .unwrap());
+    assert_eq!(read_npy(&emb).0, [1, 8]);
+    // The file brings its architecture: a model id beside it is refused.
+    let (file, ..) = onnx_case("resnet_block");
+    fails(
+        bin()
+            .args([
+                "classify",
+                "--device",
+                "cpu",
+                "--model",
+                "resnet18",
+                "--weights",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap(),
+        "brings its own architecture",
+    );
+    // An operator webcnn does not run is named, with the node.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"Relu").unwrap();
+    bytes[at..at + 4].copy_from_slice(b"Selu");
+    let bad = tmp("selu.onnx");
+    std::fs::write(&bad, bytes).unwrap();
+    fails(
+        bin()
+            .args(["classify", "--device", "cpu", "--model"])
+            .arg(&bad)
+            .output()
+            .unwrap(),
+        "ONNX operator 'Selu' (node 'r1') is not supported",
+    );
+}
+
+#[test]
+fn an_onnx_model_ending_in_softmax_is_classified_by_its_own_probabilities() {
+    let (file, ..) = onnx_case("zoo_lrn_preact");
+    let out = ok(bin()
+        .args([
+            "classify", "--device", "cpu", "--json", "--top", "4", "--model",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap());
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p: Vec<f64> = j["results"][0]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .collect();
+    // Probabilities as the file computes them (not a softmax of a softmax): they sum to 1
+    // and spread as far as the file's do.
+    assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{p:?}");
+    assert!(p[0] > 0.4, "{p:?}");
+}

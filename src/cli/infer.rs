@@ -14,14 +14,15 @@ const DEMO_IMAGE: &[u8] = include_bytes!("../../www/demo.png");
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Model id (see `webcnn models`); may be left out where the weights come with a timm
-    /// config.json (a Hub repository or a folder) naming it.
+    /// Model id (see `webcnn models`), or an .onnx file (which holds its weights); may be
+    /// left out where the weights come with a timm config.json (a Hub repository or a
+    /// folder) naming it, or are an .onnx file.
     #[arg(long)]
     model: Option<String>,
-    /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
-    /// hf:REPO (the head's size comes from them).
-    #[arg(long)]
-    weights: String,
+    /// Weights: a .safetensors, PyTorch .pth / .pt / .bin or .onnx path, synthetic:SEED or
+    /// hf:REPO (the head's size comes from them); required unless --model is an .onnx file.
+    #[arg(long, required_unless_present = "model")]
+    weights: Option<String>,
     /// Input: a float32 NCHW .npy file.
     #[arg(long)]
     input: PathBuf,
@@ -40,11 +41,12 @@ pub struct RunArgs {
 pub struct ClassifyArgs {
     /// Image files (JPEG, PNG, WebP, GIF, BMP); none: the built-in demo photo (a cat).
     images: Vec<PathBuf>,
-    /// Model id (see `webcnn models`); may be left out where the weights come with a timm
-    /// config.json (a Hub repository or a folder) naming it.
+    /// Model id (see `webcnn models`), or an .onnx file (which holds its weights); may be
+    /// left out where the weights come with a timm config.json (a Hub repository or a
+    /// folder) naming it, or are an .onnx file.
     #[arg(long)]
     model: Option<String>,
-    /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
+    /// Weights: a .safetensors, PyTorch .pth / .pt / .bin or .onnx path, synthetic:SEED or
     /// hf:REPO (default: untrained synthetic:1). A fine-tuned head of any size is read from them.
     #[arg(long)]
     weights: Option<String>,
@@ -156,10 +158,11 @@ impl TransformArgs {
 
 #[derive(clap::Args)]
 pub struct FeaturesArgs {
-    /// Model id; may be left out where the weights come with a timm config.json.
+    /// Model id, or an .onnx file (then `--layers` takes its value names); may be left out
+    /// where the weights come with a timm config.json or are an .onnx file.
     #[arg(long)]
     model: Option<String>,
-    /// Weights: a .safetensors or PyTorch .pth / .pt / .bin path, synthetic:SEED or
+    /// Weights: a .safetensors, PyTorch .pth / .pt / .bin or .onnx path, synthetic:SEED or
     /// hf:REPO (default: untrained synthetic:1).
     #[arg(long)]
     weights: Option<String>,
@@ -212,6 +215,23 @@ pub(super) fn load_weights(
     Ok((model, l.tensors))
 }
 
+/// Where the weights come from: `weights`, else an ONNX `model` (the file holds them), else
+/// untrained synthetic ones, with a warning ending in `meaningless`.
+fn weights_or(weights: &Option<String>, model: Option<&str>, meaningless: &str) -> String {
+    if let Some(w) = weights {
+        return w.clone();
+    }
+    match model.filter(|m| weights::is_onnx(m)) {
+        Some(m) => m.to_string(),
+        None => {
+            eprintln!(
+                "warning: no --weights given: using untrained synthetic:1 weights{meaningless}"
+            );
+            "synthetic:1".to_string()
+        }
+    }
+}
+
 /// A `.npy` input tensor; NaN / Inf values run (they give NaN / Inf outputs) with a warning.
 pub(super) fn read_npy(path: &Path) -> R<Tensor> {
     let t = webcnn::npy::read_file(path)?;
@@ -240,7 +260,13 @@ fn session(graph: &Graph, w: weights::TensorMap, device: Device) -> R<Session> {
 
 pub fn run(a: RunArgs) -> R<()> {
     let x = read_npy(&a.input)?;
-    let (model, w) = load_weights(&a.weights, a.model.as_deref(), None)?;
+    let onnx = a.model.clone().filter(|m| weights::is_onnx(m));
+    let src = a
+        .weights
+        .clone()
+        .or(onnx)
+        .ok_or("--weights is required (or --model FILE.onnx)")?;
+    let (model, w) = load_weights(&src, a.model.as_deref(), None)?;
     let graph = model.graph(x.shape())?;
     let t0 = Instant::now();
     let mut s = session(&graph, w, a.device)?;
@@ -285,7 +311,7 @@ pub fn run(a: RunArgs) -> R<()> {
 }
 
 pub fn classify(a: ClassifyArgs) -> R<()> {
-    if let Some(id) = &a.model {
+    if let Some(id) = a.model.as_deref().filter(|m| !weights::is_onnx(m)) {
         Model::get(id)?;
     }
     if a.top == 0 {
@@ -305,10 +331,11 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
             })
             .collect::<Result<Vec<_>, _>>()?
     };
-    let src = a.weights.clone().unwrap_or_else(|| {
-        eprintln!("warning: no --weights given: using untrained synthetic:1 weights, the labels are meaningless");
-        "synthetic:1".to_string()
-    });
+    let src = weights_or(
+        &a.weights,
+        a.model.as_deref(),
+        ", the labels are meaningless",
+    );
     let (mut model, w) = load_weights(&src, a.model.as_deref(), a.labels.as_deref())?;
     model.preprocess = a.transform.apply(model.preprocess)?;
     if !model.has_classifier() {
@@ -359,10 +386,7 @@ pub fn classify(a: ClassifyArgs) -> R<()> {
 
 /// `webcnn features`: the outputs of named nodes as `.npy` files.
 pub fn features(a: FeaturesArgs) -> R<()> {
-    let src = a.weights.clone().unwrap_or_else(|| {
-        eprintln!("warning: no --weights given: using untrained synthetic:1 weights");
-        "synthetic:1".to_string()
-    });
+    let src = weights_or(&a.weights, a.model.as_deref(), "");
     let (mut model, w) = load_weights(&src, a.model.as_deref(), None)?;
     model.preprocess = a.transform.apply(model.preprocess)?;
     let is_npy = a
@@ -417,10 +441,7 @@ pub fn cam(a: CamArgs) -> R<()> {
         }
     };
     let img = webcnn::preprocess::decode(&bytes).map_err(|e| format!("{name}: {e}"))?;
-    let src = a.weights.clone().unwrap_or_else(|| {
-        eprintln!("warning: no --weights given: using untrained synthetic:1 weights, the map is meaningless");
-        "synthetic:1".to_string()
-    });
+    let src = weights_or(&a.weights, a.model.as_deref(), ", the map is meaningless");
     let (mut model, w) = load_weights(&src, a.model.as_deref(), a.labels.as_deref())?;
     model.preprocess = a.transform.apply(model.preprocess)?;
     let x = webcnn::preprocess::batch(&[img], &model.preprocess);

@@ -194,6 +194,24 @@ enum Family {
         variant: ResNetVariant,
         width: ResNetWidth,
     },
+    /// An ONNX file's graph ([`Model::imported`]).
+    Onnx,
+}
+
+/// An imported ONNX model behind a [`Model`]; two are equal when they are the same import.
+#[derive(Clone)]
+pub struct Imported(pub Arc<crate::onnx::OnnxModel>);
+
+impl PartialEq for Imported {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for Imported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// One feature level: a node, its channels and its reduction (input size / map size).
@@ -217,6 +235,10 @@ pub struct Model {
     /// One per class of the head (none when headless).
     pub labels: Labels,
     pub preprocess: Preprocess,
+    /// The ONNX model whose graph this is, for a model read from an `.onnx` file.
+    pub imported: Option<Imported>,
+    /// The graph ends in a softmax (some ONNX files do): its outputs are probabilities.
+    pub softmax_output: bool,
 }
 
 /// Every model id, in the golden README's order.
@@ -352,6 +374,40 @@ impl Model {
             head: Head::Classes(labels.len()),
             labels,
             preprocess,
+            imported: None,
+            softmax_output: false,
+        })
+    }
+
+    /// The model of an ONNX file, named `id`: its graph and input size are the file's, its
+    /// head the classes of a `[N, classes]` output (ImageNet's names for 1000 of them,
+    /// numbers else; another output is a feature extractor's), the transform ImageNet's
+    /// at the input's size.
+    pub fn from_onnx(id: &str, m: Arc<crate::onnx::OnnxModel>) -> Result<Model, crate::Error> {
+        let shape = m.input_shape(1);
+        let g = m.graph(&shape)?;
+        let out = g.outputs()[0];
+        let softmax_output = matches!(g.node(out).op, Op::Softmax { .. });
+        let head = match g.shape(out) {
+            [_, k] => Head::Classes(*k),
+            _ => Head::Pooled,
+        };
+        let labels = match head {
+            Head::Classes(1000) => Labels::ImageNet1k,
+            Head::Classes(n) => Labels::Numbered(n),
+            _ => Labels::Numbered(0),
+        };
+        let mut preprocess = imagenet();
+        preprocess.size = [shape[2], shape[3]];
+        Ok(Model {
+            id: id.to_string(),
+            family: Family::Onnx,
+            input: [shape[1], shape[2], shape[3]],
+            head,
+            labels,
+            preprocess,
+            imported: Some(Imported(m)),
+            softmax_output,
         })
     }
 
@@ -441,6 +497,17 @@ impl Model {
     /// The graph for an NCHW input shape; the model's constraints on it (e.g. the seed's
     /// AlexNet needs 227x227, the CIFAR VGG 32x32) surface as a `GraphError` naming the layer.
     pub fn graph(&self, input_shape: &[usize]) -> Result<Graph, GraphError> {
+        if let Some(Imported(m)) = &self.imported {
+            // Every node was checked when the file was read: what fails now is the shape.
+            return m.graph(input_shape).map_err(|e| match e {
+                crate::onnx::OnnxError::Graph { source, .. } => source,
+                e => GraphError::Shape {
+                    node: self.id.clone(),
+                    op: "ONNX",
+                    msg: e.to_string(),
+                },
+            });
+        }
         let mut b = GraphBuilder::new();
         let x = b.input("x", input_shape)?;
         // A headless model is the full graph cut before its classifier.
@@ -463,6 +530,7 @@ impl Model {
                 variant,
                 width,
             } => resnet::resnet(&mut b, x, depth, variant, width, k)?,
+            Family::Onnx => unreachable!("an imported model's graph is built above"),
         };
         let g = b.build(&[y])?;
         match self.head {
@@ -480,6 +548,17 @@ impl Model {
 
     /// `flatten`, or `view` in the seed's CIFAR and LRN models.
     fn pooled_node_of(&self, g: &Graph) -> String {
+        // An imported graph's names are the file's: its last flatten.
+        if self.family == Family::Onnx {
+            let flat = g
+                .nodes()
+                .iter()
+                .rev()
+                .find(|n| matches!(n.op, Op::Flatten { .. }));
+            if let Some(n) = flat {
+                return n.name.clone();
+            }
+        }
         ["flatten", "view"]
             .into_iter()
             .find(|n| g.find(n).is_some())
@@ -565,9 +644,13 @@ impl Model {
                         &["avgpool", "classifier.4", "classifier.6"]
                     }
                     Family::AlexNet => &["avgpool", "classifier.5", "classifier.6"],
+                    Family::Onnx => &[],
                     _ => &["classifier.5", "classifier.6"],
                 };
                 v.extend(head.iter().map(|s| s.to_string()));
+                if self.family == Family::Onnx {
+                    v.extend(g.outputs().iter().map(|&o| g.node(o).name.clone()));
+                }
                 v
             }
         };

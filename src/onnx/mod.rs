@@ -63,6 +63,16 @@ pub enum OnnxError {
 
 type Result<T, E = OnnxError> = std::result::Result<T, E>;
 
+impl OnnxError {
+    /// The same error, its message naming the file it came from.
+    pub fn in_file(self, path: &std::path::Path) -> OnnxError {
+        match self {
+            OnnxError::Format(m) => OnnxError::Format(format!("{}: {m}", path.display())),
+            e => e,
+        }
+    }
+}
+
 /// A value while the graph is built: a graph node's output, or a constant (an initializer
 /// that is not a weight, a `Constant`, an integer subgraph's result).
 #[derive(Clone, Debug)]

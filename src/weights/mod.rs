@@ -520,6 +520,20 @@ pub fn load_for(
     progress: hub::OnProgress,
 ) -> Result<Loaded, crate::Error> {
     use crate::models::HubConfig;
+    // An ONNX file is its own architecture (given as the weights or as the model).
+    let onnx = match (source, model_id) {
+        (_, Some(m)) if is_onnx(m) => Some(m),
+        (Source::File(p), _) if is_onnx(p) => Some(p.as_str()),
+        _ => None,
+    };
+    if let Some(path) = onnx {
+        if let Some(m) = model_id.filter(|m| !is_onnx(m)) {
+            return Err(crate::Error::BadArgument(format!(
+                "{path} is an ONNX model, which brings its own architecture: leave out --model {m}"
+            )));
+        }
+        return load_onnx(std::path::Path::new(path));
+    }
     let files = locate(source, progress)?;
     let config = match files.as_ref().and_then(|f| f.config.as_ref()) {
         Some(path) => {
@@ -544,6 +558,64 @@ pub fn load_for(
         loaded.model = c.apply(loaded.model)?;
     }
     Ok(loaded)
+}
+
+/// Whether `path` names an ONNX model (by its extension).
+pub fn is_onnx(path: &str) -> bool {
+    path.to_ascii_lowercase().ends_with(".onnx")
+}
+
+/// An ONNX model file as a [`Model`] named by the file's stem, with its weights; initializers
+/// kept in external files are read from beside it (only there: a location may not leave
+/// the model's folder).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_onnx(path: &std::path::Path) -> Result<Loaded, crate::Error> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bytes =
+        std::fs::read(path).map_err(|e| WeightsError::Io(format!("{}: {e}", path.display())))?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let external = |location: &str, offset: u64, len: Option<u64>| -> std::io::Result<Vec<u8>> {
+        let rel = std::path::Path::new(location);
+        let inside = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(std::io::Error::other(
+                "the location leaves the model's folder",
+            ));
+        }
+        let mut f = std::fs::File::open(dir.join(rel))?;
+        let size = f.metadata()?.len();
+        let len = len.unwrap_or(size.saturating_sub(offset));
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(std::io::Error::other(format!(
+                "{len} bytes at {offset} are past the file's {size}"
+            )));
+        }
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    };
+    let mut m = crate::onnx::OnnxModel::parse_with(&bytes, Some(&external))
+        .map_err(|e| crate::Error::Onnx(e.in_file(path)))?;
+    let tensors = std::mem::take(&mut m.weights);
+    let id = path
+        .file_stem()
+        .map_or("onnx".into(), |s| s.to_string_lossy().into_owned());
+    let model = Model::from_onnx(&id, std::sync::Arc::new(m))?;
+    let mut non_finite: Vec<String> = tensors
+        .iter()
+        .filter(|(_, t)| t.data().iter().any(|v| !v.is_finite()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    non_finite.sort();
+    Ok(Loaded {
+        model,
+        tensors,
+        non_finite,
+        notices: vec![],
+    })
 }
 
 /// Memory the system can still give this process (Linux's MemAvailable), if known.
