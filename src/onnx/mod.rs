@@ -142,7 +142,7 @@ fn dims(t: &proto::TensorProto) -> Result<Vec<usize>> {
         .map(|&d| {
             usize::try_from(d)
                 .ok()
-                .filter(|&d| d <= 1 << 32)
+                .filter(|&d| d <= u32::MAX as usize)
                 .ok_or_else(|| format(format!("tensor '{}' has dimension {d}", t.name())))
         })
         .collect()
@@ -155,7 +155,7 @@ fn tensor_data(t: &proto::TensorProto, external: Option<External>) -> Result<Ini
     let n = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= 1 << 32)
+        .filter(|&n| n <= u32::MAX as usize)
         .ok_or_else(|| format(format!("tensor '{name}' of shape {shape:?} is too large")))?;
     let raw: Option<Vec<u8>> = if t.data_location == Some(1) {
         let get = |k: &str| {
