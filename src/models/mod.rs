@@ -566,10 +566,15 @@ impl Model {
             .to_string()
     }
 
-    /// The graph at the default input size with batch `n`.
+    /// The graph at the default input size with batch `n` (an ONNX file's own batch where it
+    /// fixes one).
     pub fn default_graph(&self, n: usize) -> Graph {
         let [c, h, w] = self.input;
-        self.graph(&[n, c, h, w])
+        let shape = match &self.imported {
+            Some(Imported(m)) => m.input_shape(n),
+            None => vec![n, c, h, w],
+        };
+        self.graph(&shape)
             .expect("every model builds at its default size")
     }
 
