@@ -10,9 +10,10 @@ import { root, installPackage, serve, webcnn, ISOLATED } from './helpers.mjs';
 
 const COMMON = ['--no-sandbox', '--no-first-run', '--disable-background-networking',
   '--disable-component-update', '--disable-sync',
-  // gc(): performance.measureUserAgentSpecificMemory() answers at the next full GC,
-  // which an idle page may not have for a minute.
-  '--js-flags=--expose-gc'];
+  // performance.measureUserAgentSpecificMemory() answers at the next full GC, which an
+  // idle page may not have for a minute: measure at once (the flag web platform tests
+  // use), after a gc().
+  '--js-flags=--expose-gc', '--enable-blink-features=ForceEagerMeasureMemory'];
 const WEBGPU = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader',
   '--use-webgpu-adapter=swiftshader'];
 

@@ -6,11 +6,12 @@ import assert from 'node:assert/strict';
 import { soakDemo, table } from './soak.mjs';
 
 test('a worker classifies again and again with the same answers and flat memory', { timeout: 900_000 }, async () => {
-  // One thread: with a pool, measuring memory waits a minute (see soak.mjs); the full
-  // soak (scripts/soak-web) runs the pool.
+  // One thread on both devices: with a pool (the threaded build, which an isolated page
+  // loads even for WebGPU), measuring memory waits a minute (see soak.mjs); the full soak
+  // (scripts/soak-web) runs the pool.
   const rows = [
-    ...await soakDemo({ devices: ['cpu'], runs: 30, warm: 10, threads: 1 }),
-    ...await soakDemo({ devices: ['webgpu'], runs: 6, warm: 2 }),
+    ...await soakDemo({ devices: ['cpu'], runs: 50, warm: 10, threads: 1 }),
+    ...await soakDemo({ devices: ['webgpu'], runs: 10, warm: 2, threads: 1 }),
   ];
   console.log(table(rows, '10 (cpu) / 2 (webgpu)'));
   for (const r of rows) {
