@@ -7,6 +7,7 @@ use crate::graph::shape::adaptive_range;
 use crate::graph::{Conv2d, Lrn};
 use crate::lower::{Kernel, Step, StepParams};
 use crate::tensor::numel;
+use gemm_common::Parallelism;
 
 use super::par::{par_chunks, par_chunks_work, par_tasks, parallelism, threads, OutPtr};
 
@@ -40,7 +41,7 @@ pub fn run_step(
                 // out[b, n] = x[b, k] * W^T: W^T is W read with swapped strides.
                 // SAFETY: x is b x k, W is n x k and out is b x n, all row-major and whole.
                 unsafe {
-                    gemm::gemm(
+                    sgemm(
                         b,
                         n,
                         k,
@@ -56,9 +57,6 @@ pub fn run_step(
                         1,
                         0.0f32,
                         1.0f32,
-                        false,
-                        false,
-                        false,
                         parallelism(),
                     )
                 }
@@ -225,7 +223,7 @@ fn conv2d(
         // SAFETY: a is rows x kdim (row-major), b is kdim x len with row stride ldb, and c is
         // rows x len with row stride pix inside this tile's part of `out`.
         unsafe {
-            gemm::gemm(
+            sgemm(
                 rows,
                 len,
                 kdim,
@@ -241,10 +239,7 @@ fn conv2d(
                 ldb as isize,
                 0.0f32,
                 1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                Parallelism::None,
             )
         }
         for r in 0..rows {
@@ -375,7 +370,7 @@ fn conv2d_shifted(
                 // slack covers the overrun of discarded columns); c is the rows x len
                 // scratch tile.
                 unsafe {
-                    gemm::gemm(
+                    sgemm(
                         rows,
                         len,
                         icg,
@@ -391,10 +386,7 @@ fn conv2d_shifted(
                         plane as isize,
                         if first { 0.0 } else { 1.0 },
                         1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        Parallelism::None,
                     )
                 }
             }
@@ -504,4 +496,66 @@ fn lrn(x: &[f32], [_, c, h, w]: [usize; 4], l: &Lrn, out: &mut [f32]) {
             }
         }
     });
+}
+
+/// `dst = alpha * dst + beta * lhs · rhs` in f32, strides in elements (`read_dst` false:
+/// `dst` is only written): the `gemm` crate's f32 kernel with its front's orientation rule
+/// (the kernel wants a column-major destination, so a row-major product is computed
+/// transposed), without the f64 and complex kernels that front also compiles.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_cs: isize,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: *const f32,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    alpha: f32,
+    beta: f32,
+    parallelism: Parallelism,
+) {
+    // Every caller walks its matrices forwards (the front would also flip negative strides).
+    debug_assert!(
+        dst_cs > 0 && dst_rs > 0 && lhs_cs >= 0 && lhs_rs >= 0 && rhs_cs >= 0 && rhs_rs >= 0
+    );
+    let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = if dst_cs < dst_rs {
+        (
+            n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs,
+        )
+    } else {
+        (
+            m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
+        )
+    };
+    // SAFETY: the caller's contract (each matrix whole at its strides) is the kernel's.
+    unsafe {
+        gemm_f32::gemm::f32::get_gemm_fn()(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            read_dst,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }

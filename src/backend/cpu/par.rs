@@ -97,14 +97,14 @@ pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
     })
 }
 
-pub(super) fn parallelism() -> gemm::Parallelism {
+pub(super) fn parallelism() -> gemm_common::Parallelism {
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
+        gemm_common::Parallelism::Rayon(rayon::current_num_threads())
     }
     #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
-        gemm::Parallelism::None
+        gemm_common::Parallelism::None
     }
 }
 
