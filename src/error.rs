@@ -70,6 +70,7 @@ impl Error {
             Error::DeviceLimit(_) => ErrorCode::DeviceLimit,
             Error::Model(_) => ErrorCode::UnknownModel,
             Error::Onnx(crate::onnx::OnnxError::Format(_)) => ErrorCode::WeightsFormat,
+            Error::Onnx(crate::onnx::OnnxError::Unsupported { .. }) => ErrorCode::UnsupportedOp,
             Error::Onnx(crate::onnx::OnnxError::Graph {
                 source: G::Shape { .. },
                 ..
@@ -135,6 +136,9 @@ error_codes! {
     Io => "IO",
     NoClassifier => "NO_CLASSIFIER",
     BadLabels => "BAD_LABELS",
+    /// An ONNX model with an operator webcnn does not run (the message names it, its node
+    /// and what is supported).
+    UnsupportedOp => "UNSUPPORTED_OP",
     /// A call on a model after `dispose()` (raised by the JS layer).
     Disposed => "DISPOSED",
     /// A failure of the package itself, such as a wasm trap (raised by the JS layer).

@@ -266,3 +266,54 @@ fn non_finite_keys(map: &TensorMap) -> Vec<String> {
         .map(|(k, _)| k.clone())
         .collect()
 }
+
+/// An ONNX model arriving in pieces: its graph and weights are one protobuf message, read
+/// whole once the last byte is in ([`OnnxLoad::finish`]); the file's bytes are dropped
+/// before the weights go to the device.
+pub struct OnnxLoad {
+    id: String,
+    bytes: Vec<u8>,
+    target: Target,
+}
+
+/// Protobuf's own limit on a message: larger models keep their weights in external files.
+const ONNX_MAX_BYTES: usize = (2u64 << 30) as usize - 1;
+
+impl OnnxLoad {
+    /// Load the ONNX model named `id` (the file's stem; the model's id in its info) from
+    /// a file of `total` bytes where known, onto `target`.
+    pub fn new(id: &str, target: &Target, total: Option<u64>) -> OnnxLoad {
+        let reserve = total.map_or(0, |t| t.min(ONNX_MAX_BYTES as u64) as usize);
+        OnnxLoad {
+            id: id.to_string(),
+            bytes: Vec::with_capacity(reserve),
+            target: target.clone(),
+        }
+    }
+
+    /// The file's next bytes.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.bytes.len().saturating_add(chunk.len()) > ONNX_MAX_BYTES {
+            return Err(crate::onnx::OnnxError::Format(format!(
+                "over {ONNX_MAX_BYTES} bytes, protobuf's limit for one message (a larger model keeps its weights in external data files)"
+            ))
+            .into());
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The model with its session, once every byte has been pushed.
+    pub async fn finish(self) -> Result<Streamed> {
+        let OnnxLoad { id, bytes, target } = self;
+        let l = weights::onnx_loaded(&id, &bytes, None)?;
+        drop(bytes);
+        let session = Session::load(&l.model.default_graph(1), l.tensors, &target).await?;
+        Ok(Streamed {
+            model: l.model,
+            session,
+            non_finite: l.non_finite,
+            notices: l.notices,
+        })
+    }
+}

@@ -206,3 +206,41 @@ fn imported_blocks_lower_to_the_zoos_fused_steps() {
         "{kinds:?}"
     );
 }
+
+#[test]
+fn an_onnx_file_arriving_in_pieces_loads_on_both_backends() {
+    use webcnn::engine::Target;
+    use webcnn::load::OnnxLoad;
+    let bytes = std::fs::read(dir().join("resnet_block.onnx")).unwrap();
+    let c = read("resnet_block");
+    for target in [Target::cpu(), Target::gpu(common::gpu())] {
+        // As a download or a file read arrives: the length known, or not.
+        let mut load = OnnxLoad::new("resnet_block", &target, Some(bytes.len() as u64));
+        for piece in bytes.chunks(1000) {
+            load.push(piece).unwrap();
+        }
+        let mut s = pollster::block_on(load.finish()).unwrap();
+        assert_eq!(s.model.id, "resnet_block");
+        assert_eq!(s.model.num_classes(), 5);
+        let g = s.model.graph(c.input.shape()).unwrap();
+        let out = s
+            .session
+            .run_graph_blocking(&g, &c.input)
+            .unwrap()
+            .remove(0);
+        check(
+            &format!("resnet_block on {}", s.session.backend_name()),
+            &out,
+            &c.expected,
+        );
+    }
+    // An operator we do not run: its own code for programs, before any weight is used.
+    let mut selu = bytes.clone();
+    let at = selu.windows(4).position(|w| w == b"Relu").unwrap();
+    selu[at..at + 4].copy_from_slice(b"Selu");
+    let mut load = OnnxLoad::new("selu", &Target::cpu(), None);
+    load.push(&selu).unwrap();
+    let e = pollster::block_on(load.finish()).err().unwrap();
+    assert_eq!(e.code(), "UNSUPPORTED_OP", "{e}");
+    assert!(e.to_string().contains("'Selu'"), "{e}");
+}

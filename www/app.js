@@ -45,7 +45,8 @@ function renderTiming() {
     `first run: ${fmtMs(t.first)} · steady run: ${fmtMs(t.steady)}`;
 }
 
-const WEIGHTS_EXT = /\.(safetensors|pth|pt|bin)$/i;
+const WEIGHTS_EXT = /\.(safetensors|pth|pt|bin|onnx)$/i;
+const ONNX_EXT = /\.onnx$/i;
 const LABELS_EXT = /\.(txt|json)$/i;
 
 function weightsChoice() {
@@ -55,7 +56,7 @@ function weightsChoice() {
     // The weights, and beside them (optionally) a label file naming the head's classes.
     const all = [...$('weights-file').files];
     const f = all.find((x) => WEIGHTS_EXT.test(x.name));
-    if (!f) throw new Error('pick a weights file (.safetensors, or a PyTorch .pth / .pt / .bin)');
+    if (!f) throw new Error('pick a weights file (.safetensors, a PyTorch .pth / .pt / .bin, or an .onnx model)');
     return { kind: 'file', file: f, labels: all.find((x) => LABELS_EXT.test(x.name)) };
   }
   if (src === 'url') {
@@ -80,7 +81,9 @@ async function loadModel() {
   const args = { model, seed: 1, device: query.get('device') || 'auto', threads };
   if (choice.kind === 'file') {
     // The File itself: posting it copies no bytes, and the package streams it in pieces.
-    args.weightsFile = choice.file;
+    // An .onnx file is the model itself (graph and weights); the model list does not apply.
+    if (ONNX_EXT.test(choice.file.name)) args.onnxFile = choice.file;
+    else args.weightsFile = choice.file;
     args.labels = choice.labels;
   }
   if (choice.kind === 'url') args.weightsUrl = choice.url;
@@ -100,6 +103,7 @@ async function loadModel() {
     state.runs = 0;
     state.timing = { weights: r.weightsMs, prepare: r.prepareMs };
     $('backend').textContent = r.backend + (r.notice ? ` (${r.notice})` : '');
+    $('model-name').textContent = r.onnx ? `ONNX model: ${r.info.id}` : '';
     $('stage').replaceChildren(...r.info.featureNodes.map((n) => new Option(n, n)));
     $('cam-toggle').hidden = !r.info.cam;
     renderTiming();

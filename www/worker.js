@@ -14,10 +14,12 @@ const handlers = {
     const t0 = performance.now();
     let t1 = t0;
     if (model) { model.dispose(); model = null; }
-    const weights = args.weightsFile ?? args.weightsUrl ?? `synthetic:${args.seed ?? 1}`;
+    // An .onnx file is the model (graph and weights); else a zoo id with its weights.
+    const onnx = args.onnxFile ?? (/\.onnx(?:[?#].*)?$/i.test(args.weightsUrl ?? '') ? args.weightsUrl : null);
+    const source = onnx ? { model: onnx }
+      : { model: args.model, weights: args.weightsFile ?? args.weightsUrl ?? `synthetic:${args.seed ?? 1}` };
     model = await load({
-      model: args.model,
-      weights,
+      ...source,
       labels: args.labels ?? undefined,
       device: args.device ?? 'auto',
       threads: args.threads,
@@ -33,8 +35,10 @@ const handlers = {
       notice: info.notice,
       weightsMs: t1 - t0,
       prepareMs: performance.now() - t1,
-      // The zoo's facts, with what the weights decided: the head's size and class names.
-      info: { ...models().find((m) => m.id === info.id), numClasses: info.numClasses, classNames: info.classNames },
+      onnx: Boolean(onnx),
+      // The zoo's facts (none for an ONNX model), with what the weights decided.
+      info: { ...models().find((m) => m.id === info.id), id: info.id, numClasses: info.numClasses,
+        classNames: info.classNames, featureNodes: info.featureNodes, cam: info.cam },
     };
   },
   classify: async ({ image, top }) => {

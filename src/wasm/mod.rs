@@ -366,6 +366,17 @@ impl EngineOptions {
         (device, gpu)
     }
 
+    /// The ONNX model's name, where the file is one; it brings its own graph, so `model`
+    /// and `config` are refused beside it.
+    fn onnx(&self) -> Result<Option<&str>, JsValue> {
+        match (&self.onnx, &self.model, &self.config) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(bad(
+                "an ONNX model brings its own graph: give it as `model`, without a model id or config",
+            )),
+            (o, ..) => Ok(o.as_deref()),
+        }
+    }
+
     /// The model these options name: by id, else by the config.json.
     fn model(&self) -> Result<(Model, Option<crate::models::HubConfig>), JsValue> {
         let config = self
@@ -433,7 +444,11 @@ pub fn check_options(
     named_later: bool,
 ) -> Result<(), JsValue> {
     let o = EngineOptions::parse(options)?;
+    o.onnx()?;
     let base = match (&o.model, named_later) {
+        // An ONNX model's own transform is known once its file is read; a setting given
+        // is checked against the ImageNet one, which has every field.
+        (None, _) if o.onnx.is_some() => crate::models::imagenet(),
         (None, true) => crate::models::imagenet(),
         _ => o.model()?.0.preprocess,
     };
@@ -447,13 +462,25 @@ pub fn check_options(
 /// The target for `device`, its GPU starting from the kernel choices in `tuning_cache`
 /// (JSON from an earlier [`Engine::tuning_cache`]; not JSON: measured again).
 async fn open_target(p: &Prepared) -> Result<Target, JsValue> {
-    let target = Target::open_with(p.device, p.gpu.clone())
-        .await
-        .map_err(js_err)?;
-    if let (Some(ctx), Some(cache)) = (target.gpu_context(), p.tuning_cache.as_deref()) {
+    open_device(p.device, p.gpu.clone(), p.tuning_cache.as_deref()).await
+}
+
+async fn open_device(
+    device: crate::engine::Device,
+    gpu: crate::backend::gpu::GpuOptions,
+    tuning_cache: Option<&str>,
+) -> Result<Target, JsValue> {
+    let target = Target::open_with(device, gpu).await.map_err(js_err)?;
+    if let (Some(ctx), Some(cache)) = (target.gpu_context(), tuning_cache) {
         ctx.import_tuning(cache);
     }
     Ok(target)
+}
+
+/// A weights file read piece by piece, or an ONNX model gathered whole.
+enum Load {
+    Weights(Box<crate::load::StreamLoad>),
+    Onnx(crate::load::OnnxLoad),
 }
 
 /// A model whose weights stream in: [`Engine::begin`] makes it, `push` takes the file's
@@ -461,7 +488,7 @@ async fn open_target(p: &Prepared) -> Result<Target, JsValue> {
 /// arrive, so the page never holds them), `finish` makes the [`Engine`].
 #[wasm_bindgen]
 pub struct Loader {
-    load: Rc<RefCell<Option<crate::load::StreamLoad>>>,
+    load: Rc<RefCell<Option<Load>>>,
     target: Target,
     options: Rc<EngineOptions>,
     tuning_cache: Option<String>,
@@ -476,10 +503,11 @@ impl Loader {
             .load
             .try_borrow_mut()
             .map_err(|_| bad("push while the loader settles: await settle() first"))?;
-        let load = cell
-            .as_mut()
-            .ok_or_else(|| bad("the loader has finished"))?;
-        load.push(chunk).map_err(js_err)
+        match cell.as_mut() {
+            Some(Load::Weights(load)) => load.push(chunk).map_err(js_err),
+            Some(Load::Onnx(load)) => load.push(chunk).map(|_| false).map_err(js_err),
+            None => Err(bad("the loader has finished")),
+        }
     }
 
     /// Waits until WebGPU has taken the weights written so far.
@@ -491,7 +519,7 @@ impl Loader {
             if let Some(ctx) = ctx {
                 ctx.settle().await.map_err(js_err)?;
             }
-            if let Some(l) = load.borrow_mut().as_mut() {
+            if let Some(Load::Weights(l)) = load.borrow_mut().as_mut() {
                 l.settled();
             }
             Ok(JsValue::UNDEFINED)
@@ -507,8 +535,11 @@ impl Loader {
         let options = self.options.clone();
         let tuning_cache = self.tuning_cache.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let load = load.ok_or_else(|| bad("the loader has finished"))?;
-            let s = load.finish().await.map_err(js_err)?;
+            let s = match load.ok_or_else(|| bad("the loader has finished"))? {
+                Load::Weights(load) => load.finish().await,
+                Load::Onnx(load) => load.finish().await,
+            };
+            let s = s.map_err(js_err)?;
             let model = options.head(s.model)?;
             Ok(Engine::made(
                 model,
@@ -546,16 +577,30 @@ impl Engine {
         let options = EngineOptions::parse(options);
         wasm_bindgen_futures::future_to_promise(async move {
             let options = Rc::new(options?);
+            let total = total
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(|t| t as u64);
+            if let Some(id) = options.onnx()? {
+                let (device, gpu) = options.device();
+                options.transform(&crate::models::imagenet())?;
+                let target = open_device(device, gpu, options.tuning_cache.as_deref()).await?;
+                return Ok(Loader {
+                    load: Rc::new(RefCell::new(Some(Load::Onnx(crate::load::OnnxLoad::new(
+                        id, &target, total,
+                    ))))),
+                    target,
+                    tuning_cache: options.tuning_cache.clone(),
+                    options,
+                }
+                .into());
+            }
             let p = options.prepare()?;
             // The transform is checked before any byte arrives.
             options.transform(&p.model.preprocess)?;
             let target = open_target(&p).await?;
-            let total = total
-                .filter(|t| t.is_finite() && *t >= 0.0)
-                .map(|t| t as u64);
             let load = crate::load::StreamLoad::new(p.model, p.config, &target, total);
             Ok(Loader {
-                load: Rc::new(RefCell::new(Some(load))),
+                load: Rc::new(RefCell::new(Some(Load::Weights(Box::new(load))))),
                 target,
                 options,
                 tuning_cache: p.tuning_cache,
@@ -622,6 +667,8 @@ impl Engine {
             labels: model.labels.id(),
             num_classes: model.num_classes() as u32,
             class_names: model.labels.names(),
+            feature_nodes: model.feature_nodes(),
+            cam: model.classifier() == "fc" && model.has_classifier(),
             notices,
             warnings: warnings
                 .iter()

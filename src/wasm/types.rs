@@ -123,9 +123,13 @@ pub enum Tuning {
 #[derive(Tsify, Deserialize, Default, Debug, Clone)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineOptions {
-    /// The architecture; may be left out where `config` names it.
+    /// The architecture; may be left out where `config` names it, or for `onnx`.
     #[tsify(optional, type = "ModelId")]
     pub model: Option<String>,
+    /// The name (file stem) of an ONNX model: the file `Engine.begin` then takes is the
+    /// model, its graph and weights, and `model` is left out.
+    #[tsify(optional)]
+    pub onnx: Option<String>,
     /// Synthetic weights from the golden PRNG with this seed (`Engine.synthetic`).
     #[tsify(optional)]
     pub seed: Option<u32>,
@@ -238,7 +242,8 @@ impl From<&Model> for ModelSpec {
 #[derive(Tsify, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelInfo {
-    #[tsify(type = "ModelId")]
+    /// The zoo's id, or an ONNX model's name (its file's stem).
+    #[tsify(type = "ModelId | string")]
     pub id: String,
     pub backend: Backend,
     /// The WebGPU adapter's name, or null on the CPU.
@@ -266,6 +271,11 @@ pub struct ModelInfo {
     /// One name per class.
     #[tsify(type = "readonly string[]")]
     pub class_names: Vec<String>,
+    /// Stage outputs for `features()` (an ONNX model's: the values before its pools, and
+    /// its outputs; any value name works).
+    pub feature_nodes: Vec<String>,
+    /// Whether `cam()` works (a ResNet of the zoo with its classifier).
+    pub cam: bool,
     /// What reading the weights unwrapped (a checkpoint's 'state_dict' entry, a 'module.'
     /// prefix).
     pub notices: Vec<String>,

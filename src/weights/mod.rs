@@ -597,13 +597,25 @@ pub fn load_onnx(path: &std::path::Path) -> Result<Loaded, crate::Error> {
         f.read_exact(&mut buf)?;
         Ok(buf)
     };
-    let mut m = crate::onnx::OnnxModel::parse_with(&bytes, Some(&external))
-        .map_err(|e| crate::Error::Onnx(e.in_file(path)))?;
-    let tensors = std::mem::take(&mut m.weights);
     let id = path
         .file_stem()
         .map_or("onnx".into(), |s| s.to_string_lossy().into_owned());
-    let model = Model::from_onnx(&id, std::sync::Arc::new(m))?;
+    onnx_loaded(&id, &bytes, Some(&external)).map_err(|e| match e {
+        crate::Error::Onnx(e) => crate::Error::Onnx(e.in_file(path)),
+        e => e,
+    })
+}
+
+/// An ONNX model's bytes as the [`Model`] `id` with its weights; initializers kept in
+/// external files come from `external` (none: such a model is an error naming the file).
+pub fn onnx_loaded(
+    id: &str,
+    bytes: &[u8],
+    external: Option<crate::onnx::External<'_>>,
+) -> Result<Loaded, crate::Error> {
+    let mut m = crate::onnx::OnnxModel::parse_with(bytes, external)?;
+    let tensors = std::mem::take(&mut m.weights);
+    let model = Model::from_onnx(id, std::sync::Arc::new(m))?;
     // The importer made the weights for the graph: the check it shares with every other
     // source confirms that, and lists the weights holding NaN or Inf.
     let non_finite = check(&model.default_graph(1), &tensors)?;

@@ -21,7 +21,7 @@ const WEBGPU = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vul
   '--use-webgpu-adapter=swiftshader'];
 const LONG = 600_000;
 
-let server, base, expected, expectedPets, csp;
+let server, base, expected, expectedPets, expectedOnnx, csp;
 const violations = [];
 const hits = new Map();
 
@@ -34,6 +34,12 @@ before(() => {
   execFileSync(cli, ['export-synthetic', 'resnet18', '--seed', '4', '--classes', '3', '-o', path.join(tmp, 'pets3.safetensors')]);
   fs.writeFileSync(path.join(tmp, 'pets3.pth'), torchSaveFromSafetensors(path.join(tmp, 'pets3.safetensors')));
   fs.writeFileSync(path.join(tmp, 'pets3.txt'), 'cat\ndog\nbird\n');
+  // An ONNX model (a small residual network, 32x32 inputs, 5 classes) with its names.
+  fs.copyFileSync(path.join(root, 'tests/fixtures/onnx/resnet_block.onnx'), path.join(tmp, 'resnet_block.onnx'));
+  fs.writeFileSync(path.join(tmp, 'block5.txt'), 'ant\nbee\ncow\ndeer\nelk\n');
+  expectedOnnx = JSON.parse(execFileSync(cli, ['classify', demo, '--model', path.join(tmp, 'resnet_block.onnx'),
+    '--labels', path.join(tmp, 'block5.txt'), '--json', '--device', 'cpu'],
+  { stdio: ['ignore', 'pipe', 'ignore'] })).results[0].predictions;
   expectedPets = JSON.parse(execFileSync(cli, ['classify', demo, '--model', 'resnet18', '--weights',
     path.join(tmp, 'pets3.pth'), '--labels', path.join(tmp, 'pets3.txt'), '--json', '--device', 'cpu'],
   { stdio: ['ignore', 'pipe', 'ignore'] })).results[0].predictions;
@@ -221,7 +227,7 @@ test('a non-image and a mismatched weights file show errors, and the page recove
   }
 });
 
-test("your own fine-tuned .pth with its label file: the CLI's answer, in the page (CPU)", { timeout: LONG }, async () => {
+test("your own fine-tuned .pth, then an .onnx model, each with its label file: the CLI's answers, in the page (CPU)", { timeout: LONG }, async () => {
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...COMMON, '--disable-gpu'] });
   try {
     const page = await browser.newPage();
@@ -239,6 +245,17 @@ test("your own fine-tuned .pth with its label file: the CLI's answer, in the pag
       assert.ok(Math.abs(p.probability - expectedPets[i].probability) < 1e-4, `${p.probability} vs ${expectedPets[i].probability}`);
     });
     assert.deepEqual(preds.map((p) => p.label).sort(), ['bird', 'cat', 'dog']);
+    // An .onnx file is the model: picked with its label file, it replaces the zoo's.
+    await act(page, () => page.setInputFiles('[data-testid=weights-input]',
+      [path.join(tmp, 'resnet_block.onnx'), path.join(tmp, 'block5.txt')]));
+    assert.equal(await status(page, ['done', 'error']), 'done', await page.textContent('[data-testid=error]'));
+    assert.equal(await page.textContent('[data-testid=model-name]'), 'ONNX model: resnet_block');
+    const onnx = await predictions(page);
+    assert.equal(onnx.length, 5);
+    onnx.forEach((p, i) => {
+      assert.equal(p.label, expectedOnnx[i].label, `rank ${i + 1}`);
+      assert.ok(Math.abs(p.probability - expectedOnnx[i].probability) < 1e-4, `${p.probability} vs ${expectedOnnx[i].probability}`);
+    });
   } finally {
     await browser.close();
   }

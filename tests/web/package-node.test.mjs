@@ -388,6 +388,58 @@ test('dispose frees the model; every later call rejects with DISPOSED', async ()
   await rejects(m.cam(new Uint8Array(fs.readFileSync(files.png))), 'DISPOSED');
 });
 
+test('ONNX models (a path, bytes, a URL, as weights) equal ONNX Runtime; features by value name; UNSUPPORTED_OP', async () => {
+  const dir = path.join(root, 'tests/fixtures/onnx');
+  const fixture = (name) => JSON.parse(fs.readFileSync(path.join(dir, `${name}.json`), 'utf8'));
+  const block = fixture('resnet_block');
+  const x = new Float32Array(block.input);
+  const bytes = new Uint8Array(fs.readFileSync(path.join(dir, 'resnet_block.onnx')));
+  fs.copyFileSync(path.join(dir, 'zoo_lrn_preact.onnx'), path.join(app, 'zoo_lrn_preact.onnx'));
+  for (const [how, options] of [
+    ['path', { model: path.join(dir, 'resnet_block.onnx') }],
+    ['bytes', { model: bytes }],
+    ['ArrayBuffer', { model: bytes.slice().buffer }],
+    ['weights', { weights: path.join(dir, 'resnet_block.onnx') }],
+  ]) {
+    const m = await pkg.load({ ...options, device: 'cpu' });
+    assert.equal(m.info.id, how === 'path' || how === 'weights' ? 'resnet_block' : 'onnx', how);
+    assert.equal(m.info.numClasses, 5);
+    assert.deepEqual(m.info.inputSize, [3, 32, 32]);
+    const y = await m.forward(x, block.input_shape);
+    assert.deepEqual(y.shape, block.output_shape);
+    const e = relL2(y.data, block.output);
+    assert.ok(e <= TOL, `resnet_block from ${how}: relative L2 ${e}`);
+    m.dispose();
+  }
+  // Served over HTTP (and kept in the cache), the model zoo's older layout.
+  const zoo = fixture('zoo_lrn_preact');
+  const m = await pkg.load({ model: new URL(`${srv.base}/zoo_lrn_preact.onnx`), device: 'cpu' });
+  assert.equal(m.info.id, 'zoo_lrn_preact');
+  const y = await m.forward(new Float32Array(zoo.input), zoo.input_shape);
+  const e = relL2(y.data, zoo.output);
+  assert.ok(e <= TOL, `zoo_lrn_preact: relative L2 ${e}`);
+  m.dispose();
+  // Intermediate values by their ONNX names; labels and classify on the imported head.
+  const labelled = await pkg.load({ model: bytes, device: 'cpu', labels: ['a', 'b', 'c', 'd', 'e'] });
+  const f = await labelled.features({ data: x.subarray(0, 3 * 32 * 32), shape: [1, 3, 32, 32] }, ['layer1', 'gap']);
+  assert.deepEqual(f.layer1.shape, [1, 8, 8, 8]);
+  assert.deepEqual(f.gap.shape, [1, 8, 1, 1]);
+  const top = await labelled.classify(new Uint8Array(fs.readFileSync(files.png)), { topK: 2 });
+  assert.equal(top.length, 2);
+  assert.ok(['a', 'b', 'c', 'd', 'e'].includes(top[0].label));
+  labelled.dispose();
+  // An operator webcnn does not run: named with its node, before any weight is used.
+  const selu = bytes.slice();
+  const at = Buffer.from(selu).indexOf('Relu');
+  selu.set(new TextEncoder().encode('Selu'), at);
+  await rejects(pkg.load({ model: selu, device: 'cpu' }), 'UNSUPPORTED_OP', /'Selu' \(node 'r1'\).*GlobalAveragePool/);
+  await rejects(pkg.load({ model: bytes, weights: files.r18 }), 'BAD_ARGUMENT', /holds its weights/);
+  await rejects(pkg.load({ model: new Uint8Array(100).fill(0xff), device: 'cpu' }), 'WEIGHTS_FORMAT', /ONNX/);
+  await rejects(pkg.load({ model: new Uint8Array(fs.readFileSync(path.join(dir, 'grouped_matmul.onnx'))), device: 'cpu' }),
+    'WEIGHTS_FORMAT', /grouped_matmul\.data/);
+  await rejects(pkg.load({ model: path.join(app, 'missing.onnx'), device: 'cpu' }), 'IO');
+});
+
 test('every error code, with the model usable afterwards', async () => {
   const png = new Uint8Array(fs.readFileSync(files.png));
   await rejects(pkg.load({ model: 'resnet19', weights: 'synthetic:1' }), 'UNKNOWN_MODEL', /resnet18/);

@@ -30,6 +30,12 @@ export function models(): ModelSpec[];
  */
 export type WeightsSource = string | ArrayBuffer | Uint8Array | Blob;
 
+/**
+ * An ONNX model (graph and weights in one file, as `torch.onnx.export` writes it): its
+ * bytes, a Blob or File, a URL, or a path or URL ending in .onnx.
+ */
+export type OnnxSource = `${string}.onnx` | URL | ArrayBuffer | Uint8Array | Blob;
+
 export interface Progress {
   phase: 'download' | 'prepare';
   loaded: number;
@@ -40,10 +46,13 @@ export interface Progress {
 }
 
 export interface LoadOptions {
-  /** The architecture; may be left out for an `hf:` repository whose timm config.json names it. */
+  /**
+   * The architecture; may be left out for an `hf:` repository whose timm config.json names
+   * it, or where `weights` is an .onnx file (for ONNX bytes, see OnnxLoadOptions).
+   */
   model?: ModelId;
   /**
-   * safetensors or a PyTorch checkpoint (`torch.save`: .pth / .pt / .bin). The head's size
+   * safetensors, a PyTorch checkpoint (`torch.save`: .pth / .pt / .bin) or an ONNX model (.onnx, with `model` left out). The head's size
    * comes from the weights: a fine-tuned classifier of any class count, or none (a
    * feature extractor, whose classify() and cam() reject with NO_CLASSIFIER).
    */
@@ -121,7 +130,16 @@ export class Model {
   dispose(): void;
 }
 
-export function load(options: LoadOptions): Promise<Model>;
+/**
+ * Options for an ONNX model: the file is the graph and its weights (`info.id` is its
+ * name); an operator webcnn does not run rejects with UNSUPPORTED_OP.
+ */
+export interface OnnxLoadOptions extends Omit<LoadOptions, 'model' | 'weights'> {
+  model: OnnxSource;
+  weights?: never;
+}
+
+export function load(options: LoadOptions | OnnxLoadOptions): Promise<Model>;
 
 /** Load the wasm module ahead of time (load() does it on first use). */
 export function init(options?: { wasm?: WasmSource; threads?: number | 'auto' }): Promise<void>;

@@ -383,7 +383,15 @@ async function download(url, key, open, onProgress, useCache, optional = false) 
  */
 export async function load(options) {
   if (!options || typeof options !== 'object') fail('BAD_ARGUMENT', 'load() takes an options object: { model, weights, device }');
-  const { model, weights, device = 'auto', precision = 'f32', tuning = 'auto', onProgress } = options;
+  const { device = 'auto', precision = 'f32', tuning = 'auto', onProgress } = options;
+  let { model, weights } = options;
+  // An ONNX model is its graph and weights in one file: given as `model` (or as
+  // `weights` ending in .onnx), it is read like a weights file.
+  const onnx = onnxModel(model, weights);
+  if (onnx) {
+    model = undefined;
+    weights = onnx.source;
+  }
   if (weights === undefined || weights === null) {
     fail('BAD_ARGUMENT', "weights are required: a URL, 'hf:OWNER/NAME', bytes, a Blob, or 'synthetic:SEED' for untrained weights");
   }
@@ -399,7 +407,7 @@ export async function load(options) {
   }
   // The engine's options; the binding checks them (a Hub repository's config.json may
   // name the architecture later) before any byte is fetched.
-  const spec = { model, device, precision, tuning, preprocess: options.preprocess ?? undefined };
+  const spec = { model, onnx: onnx?.name, device, precision, tuning, preprocess: options.preprocess ?? undefined };
   try {
     wasmModule.checkOptions(spec, Boolean(source.hub));
     spec.labels = await labelsText(options.labels);
@@ -448,6 +456,35 @@ export async function load(options) {
   };
   const { engine, gen, mod } = await create();
   return new Model(engine, gen, mod, create);
+}
+
+const ONNX_NAME = /\.onnx(?:[?#].*)?$/i;
+
+/**
+ * `{ source, name }` where `model` is an ONNX model (bytes, a Blob or File, a URL, a path
+ * or URL ending in .onnx) or `weights` is a path or URL ending in .onnx and `model` is
+ * left out; else null. `name` (the file's stem) becomes the model's id.
+ */
+function onnxModel(model, weights) {
+  const isUrl = typeof URL !== 'undefined' && model instanceof URL;
+  const bytes = model instanceof ArrayBuffer || ArrayBuffer.isView(model);
+  const blob = typeof Blob !== 'undefined' && model instanceof Blob;
+  let source;
+  if (isUrl || bytes || blob || (typeof model === 'string' && ONNX_NAME.test(model))) {
+    if (weights !== undefined && weights !== null) {
+      fail('BAD_ARGUMENT', 'an ONNX model holds its weights: leave `weights` out');
+    }
+    source = isUrl ? model.href : model;
+  } else if ((model === undefined || model === null) && typeof weights === 'string' && ONNX_NAME.test(weights)) {
+    source = weights;
+  } else {
+    return null;
+  }
+  let where = typeof source === 'string' ? source : blob ? model.name ?? '' : '';
+  where = where.replace(/[?#].*$/s, '').split(/[\\/]/).pop();
+  const name = where.replace(/\.onnx$/i, '') || 'onnx';
+  if (bytes && ArrayBuffer.isView(model)) source = new Uint8Array(model.buffer, model.byteOffset, model.byteLength);
+  return { source, name };
 }
 
 /**
@@ -552,7 +589,7 @@ export class Model {
     this.#create = create;
   }
 
-  /** `{ id, backend, adapter, precision, threads, tunedShapes, notice, inputSize, preprocess, labels, numClasses, classNames, notices, warnings }`. */
+  /** `{ id, backend, adapter, precision, threads, tunedShapes, notice, inputSize, preprocess, labels, numClasses, classNames, featureNodes, cam, notices, warnings }`. */
   get info() {
     return this.#info;
   }
