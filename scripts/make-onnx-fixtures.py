@@ -165,3 +165,33 @@ g = helper.make_graph(
     nodes, "newer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 12, 12])],
     [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])], inits)
 save("grouped_matmul", g, 17, [2, 4, 12, 12], external=("dconv.weight",))
+
+# 4. What the first three do not hold (opset 13, a symbolic batch): one convolution weight
+# used by two nodes (tied weights), and MatMul + Add heads wider than a small constant, the
+# second with a float16 bias read through a Cast.
+inits = []
+inits += [numpy_helper.from_array(w(6, 3, 3, 3), "stem.weight")]
+inits += [numpy_helper.from_array(w(6, 6, 3, 3), "tied.weight"), numpy_helper.from_array(w(6), "tied.bias")]
+inits += [numpy_helper.from_array(w(6, 100), "fc1.weight"), numpy_helper.from_array(w(100), "fc1.bias")]
+inits += [numpy_helper.from_array(w(100, 80), "fc2.weight"),
+          numpy_helper.from_array(w(80).astype(np.float16), "fc2.bias")]
+nodes = [
+    node("Conv", ["x", "stem.weight"], ["stem"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    node("Relu", ["stem"], ["r0"]),
+    node("Conv", ["r0", "tied.weight", "tied.bias"], ["t1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    node("Relu", ["t1"], ["r1"]),
+    node("Conv", ["r1", "tied.weight", "tied.bias"], ["t2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    node("Relu", ["t2"], ["r2"]),
+    node("GlobalAveragePool", ["r2"], ["gap"]),
+    node("Flatten", ["gap"], ["flat"]),
+    node("MatMul", ["flat", "fc1.weight"], ["mm1"]),
+    node("Add", ["mm1", "fc1.bias"], ["h1"]),
+    node("Relu", ["h1"], ["hr"]),
+    node("Cast", ["fc2.bias"], ["fc2.bias_f32"], to=TensorProto.FLOAT),
+    node("MatMul", ["hr", "fc2.weight"], ["mm2"]),
+    node("Add", ["fc2.bias_f32", "mm2"], ["out"]),
+]
+g = helper.make_graph(
+    nodes, "tied_wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 10, 10])],
+    [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 80])], inits)
+save("tied_wide_heads", g, 13, [2, 3, 10, 10])

@@ -10,7 +10,12 @@ use webcnn::onnx::{OnnxError, OnnxModel};
 use webcnn::tensor::rel_l2;
 use webcnn::Tensor;
 
-const CASES: [&str; 3] = ["resnet_block", "zoo_lrn_preact", "grouped_matmul"];
+const CASES: [&str; 4] = [
+    "resnet_block",
+    "zoo_lrn_preact",
+    "grouped_matmul",
+    "tied_wide_heads",
+];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx")

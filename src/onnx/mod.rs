@@ -10,13 +10,15 @@
 //! any weight reaches a device: an operator or attribute we do not run is an error naming
 //! the operator, the node and what is supported.
 
+/// ONNX's protobuf messages, generated from its `onnx.proto` (scripts/gen-onnx-proto): for
+/// programs that build or inspect a model before handing its bytes to [`OnnxModel`].
 #[allow(clippy::all, clippy::pedantic, dead_code, missing_docs, rustdoc::all)]
-mod proto;
+pub mod proto;
 
 use crate::graph::{Conv2d, Graph, GraphBuilder, GraphError, Lrn, Pool2d, Value};
 use crate::tensor::Tensor;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The operators this importer turns into graph nodes (others are an error).
 pub const SUPPORTED: &[&str] = &[
@@ -148,8 +150,13 @@ fn dims(t: &proto::TensorProto) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// An initializer's values, from its typed fields, raw bytes or an external file.
-fn tensor_data(t: &proto::TensorProto, external: Option<External>) -> Result<InitData> {
+/// An initializer's values, from its typed fields, its raw bytes (`inline`: `t.raw_data`,
+/// taken out of it by a caller that owns it) or an external file.
+fn tensor_data(
+    t: &proto::TensorProto,
+    inline: Option<Vec<u8>>,
+    external: Option<External>,
+) -> Result<InitData> {
     let name = t.name();
     let shape = dims(t)?;
     let n = shape
@@ -183,7 +190,7 @@ fn tensor_data(t: &proto::TensorProto, external: Option<External>) -> Result<Ini
             .map_err(|e| format(format!("tensor '{name}': external data '{location}': {e}")))?;
         Some(bytes)
     } else {
-        t.raw_data.clone()
+        inline
     };
     let width = match t.data_type() {
         FLOAT | INT32 => 4,
@@ -283,9 +290,11 @@ impl OnnxModel {
         }
         let mut inits = HashMap::new();
         let mut data = HashMap::new();
-        for t in std::mem::take(&mut graph.initializer) {
+        // Each initializer's bytes are converted and dropped in turn.
+        for mut t in std::mem::take(&mut graph.initializer) {
             let shape = dims(&t)?;
-            data.insert(t.name().to_string(), tensor_data(&t, external)?);
+            let inline = t.raw_data.take();
+            data.insert(t.name().to_string(), tensor_data(&t, inline, external)?);
             inits.insert(t.name().to_string(), Init { shape, data: None });
         }
         let input = graph
@@ -329,8 +338,10 @@ impl OnnxModel {
         let mut taken = Taken {
             data,
             weights: HashMap::new(),
+            pending: vec![],
         };
         m.build(&m.input_shape(1), Some(&mut taken))?;
+        taken.finish()?;
         m.weights = taken.weights;
         // What the builds still need: small constants.
         for (name, init) in m.inits.iter_mut() {
@@ -431,6 +442,53 @@ impl OnnxModel {
 struct Taken {
     data: HashMap<String, InitData>,
     weights: HashMap<String, Tensor>,
+    /// The weights the build asked for, made once it is done ([`Taken::finish`]).
+    pending: Vec<Pending>,
+}
+
+/// Initializer `from`, changed by `f`, becomes weight `key` of `shape`.
+struct Pending {
+    from: String,
+    key: String,
+    shape: Vec<usize>,
+    f: Box<dyn FnOnce(Vec<f32>) -> Vec<f32>>,
+}
+
+impl Taken {
+    /// Makes the weights asked for. Each initializer's values move into the last weight
+    /// made from it (a weight shared by two nodes is copied for the others), so the model's
+    /// values are never held twice; small ones stay, as later builds read them as constants.
+    fn finish(&mut self) -> Result<()> {
+        let last: HashMap<&str, usize> = self
+            .pending
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.from.as_str(), i))
+            .collect();
+        let last: HashSet<usize> = last.into_values().collect();
+        for (i, p) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+            let small = match self.data.get(&p.from) {
+                Some(InitData::F32(v)) => v.len() <= SMALL,
+                _ => unreachable!("checked when it was asked for"),
+            };
+            let values = match (last.contains(&i) && !small, self.data.remove(&p.from)) {
+                (true, Some(InitData::F32(v))) => v,
+                (_, Some(d)) => {
+                    let v = match &d {
+                        InitData::F32(v) => v.clone(),
+                        InitData::I64(_) => unreachable!("checked when it was asked for"),
+                    };
+                    self.data.insert(p.from.clone(), d);
+                    v
+                }
+                (_, None) => unreachable!("checked when it was asked for"),
+            };
+            let t = Tensor::new(p.shape, (p.f)(values))
+                .map_err(|e| format(format!("{}: {e}", p.from)))?;
+            self.weights.insert(p.key, t);
+        }
+        Ok(())
+    }
 }
 
 /// One build's state.
@@ -552,28 +610,29 @@ impl Cx<'_> {
         Ok((name.clone(), init.shape.clone()))
     }
 
-    /// Moves initializer `from` (changed by `f`) into the weights as `key`, on the build
-    /// that takes weights; the others only name it.
+    /// Initializer `from` (changed by `f`) becomes the weight `key`, on the build that takes
+    /// weights (made when it is done: [`Taken::finish`]); the others only name it.
     fn take(
         &mut self,
         from: &str,
         key: String,
         shape: Vec<usize>,
-        f: impl FnOnce(Vec<f32>) -> Vec<f32>,
+        f: impl FnOnce(Vec<f32>) -> Vec<f32> + 'static,
     ) -> Result<()> {
         let Some(t) = self.taken.as_deref_mut() else {
             return Ok(());
         };
-        let data = match t.data.get(from) {
-            Some(InitData::F32(v)) => v.clone(),
-            _ => {
-                return Err(format(format!(
-                    "initializer '{from}' is not a float tensor"
-                )))
-            }
-        };
-        let tensor = Tensor::new(shape, f(data)).map_err(|e| format(format!("{from}: {e}")))?;
-        t.weights.insert(key, tensor);
+        if !matches!(t.data.get(from), Some(InitData::F32(_))) {
+            return Err(format(format!(
+                "initializer '{from}' is not a float tensor"
+            )));
+        }
+        t.pending.push(Pending {
+            from: from.to_string(),
+            key,
+            shape,
+            f: Box::new(f),
+        });
         Ok(())
     }
 
@@ -604,7 +663,7 @@ impl Cx<'_> {
                 let t = attr(n, "value")
                     .and_then(|a| a.t.as_ref())
                     .ok_or_else(|| Self::fail(n, "only a tensor 'value' is supported"))?;
-                let v = match tensor_data(t, None)? {
+                let v = match tensor_data(t, t.raw_data.clone(), None)? {
                     InitData::F32(v) => Val::Floats(v),
                     InitData::I64(v) => Val::Ints(v),
                 };
@@ -978,7 +1037,7 @@ impl Cx<'_> {
             ));
         };
         let (out, inp) = if trans_b { (r, c) } else { (c, r) };
-        self.take(&w, format!("{name}.weight"), vec![out, inp], |v| {
+        self.take(&w, format!("{name}.weight"), vec![out, inp], move |v| {
             let mut t = if trans_b { v } else { transpose(&v, r, c) };
             t.iter_mut().for_each(|x| *x *= alpha);
             t
@@ -993,7 +1052,7 @@ impl Cx<'_> {
                     format!("C '{bn}' of shape {bs:?} is no bias of {out} outputs"),
                 ));
             }
-            self.take(&bn, format!("{name}.bias"), vec![out], |v| {
+            self.take(&bn, format!("{name}.bias"), vec![out], move |v| {
                 (0..out)
                     .map(|i| beta * v[if v.len() == 1 { 0 } else { i }])
                     .collect()
@@ -1017,7 +1076,7 @@ impl Cx<'_> {
                 format!("weight '{w}' has shape {ws:?}, not 2-D"),
             ));
         };
-        self.take(&w, format!("{name}.weight"), vec![out, k], |v| {
+        self.take(&w, format!("{name}.weight"), vec![out, k], move |v| {
             transpose(&v, k, out)
         })?;
         // A bias of zeros until an Add gives one (the layer always has a bias here).
@@ -1034,26 +1093,35 @@ impl Cx<'_> {
     }
 
     fn add(&mut self, n: &proto::NodeProto, name: &str) -> Result<()> {
-        let (a, b) = (self.get(n, 0)?.clone(), self.get(n, 1)?.clone());
+        // A weight-sized initializer is no value in `env` (only small constants are): it is
+        // the constant side, read through a Cast where there is one.
+        let side = |cx: &Self, i: usize| -> Result<Option<Value>> {
+            let input = n.input.get(i).filter(|s| !s.is_empty());
+            let init = input.map(|s| cx.cast.get(s).unwrap_or(s));
+            match input.and_then(|s| cx.env.get(s)) {
+                Some(Val::Node(v)) => Ok(Some(*v)),
+                Some(_) => Ok(None),
+                None if init.is_some_and(|s| cx.inits.contains_key(s)) => Ok(None),
+                None => cx.get(n, i).map(|_| None),
+            }
+        };
+        let (a, b) = (side(self, 0)?, side(self, 1)?);
         match (a, b) {
-            (Val::Node(a), Val::Node(b)) => {
+            (Some(a), Some(b)) => {
                 let v = self.b.add(name, a, b).map_err(Self::graph_err(n))?;
                 self.set(n, Val::Node(v))
             }
             // A bias after a MatMul: folded into that linear layer.
-            (Val::Node(x), _) | (_, Val::Node(x)) => {
+            (Some(x), None) | (None, Some(x)) => {
                 let Some(producer) = self.bias_free.remove(&x) else {
                     return Err(Self::fail(
                         n,
                         "an Add of a constant is supported only as the bias of a MatMul",
                     ));
                 };
-                let bias = n
-                    .input
-                    .iter()
-                    .find(|i| !matches!(self.env.get(*i), Some(Val::Node(_))))
-                    .expect("one constant input")
-                    .clone();
+                let i = usize::from(a.is_some());
+                let bias = &n.input[i];
+                let bias = self.cast.get(bias).unwrap_or(bias).clone();
                 let out = self.b.shape(x).last().copied().unwrap_or(0);
                 let numel: usize = self
                     .inits
@@ -1068,7 +1136,7 @@ impl Cx<'_> {
                 self.take(&bias, format!("{producer}.bias"), vec![out], |v| v)?;
                 self.set(n, Val::Node(x))
             }
-            _ => Err(Self::fail(n, "adding two constants is not supported")),
+            (None, None) => Err(Self::fail(n, "adding two constants is not supported")),
         }
     }
 }
