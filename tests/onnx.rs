@@ -174,14 +174,11 @@ fn what_is_not_supported_is_named_before_any_weight_is_used() {
     assert!(e.contains("grouped_matmul.data"), "{e}");
 }
 
-#[test]
-fn imported_blocks_lower_to_the_zoos_fused_steps() {
+/// The kinds of the steps `g` lowers to: `conv+bn+add+relu` for a fused convolution, else
+/// the kernel's name.
+fn step_kinds(g: &webcnn::graph::Graph) -> Vec<String> {
     use webcnn::lower::{Kernel, Program};
-    // Conv + BN (+ Add) + Relu fuse into one step each, as the zoo's ResNets do.
-    let c = read("resnet_block");
-    let g = c.model.graph(c.input.shape()).unwrap();
-    let p = Program::new(&g, true);
-    let kinds: Vec<String> = p
+    Program::new(g, true)
         .steps
         .iter()
         .map(|s| match &s.kernel {
@@ -197,7 +194,14 @@ fn imported_blocks_lower_to_the_zoos_fused_steps() {
                 .unwrap()
                 .to_lowercase(),
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn imported_blocks_lower_to_the_zoos_fused_steps() {
+    // Conv + BN (+ Add) + Relu fuse into one step each, as the zoo's ResNets do.
+    let c = read("resnet_block");
+    let kinds = step_kinds(&c.model.graph(c.input.shape()).unwrap());
     assert_eq!(
         kinds,
         [
@@ -210,6 +214,103 @@ fn imported_blocks_lower_to_the_zoos_fused_steps() {
         ],
         "{kinds:?}"
     );
+}
+
+/// torch.onnx.export's files of torchvision models in `dir` (scripts/make-onnx-torchvision.py).
+fn torchvision_cases(dir: &Path) -> Vec<(String, OnnxModel, Tensor, Expected)> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".onnx").map(String::from)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "{names:?}");
+    names
+        .into_iter()
+        .map(|name| {
+            let model = OnnxModel::parse(&std::fs::read(dir.join(format!("{name}.onnx"))).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let j: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap())
+                    .unwrap();
+            // The script's input: element i is ((i * 7919) % 1000) / 500 - 1.
+            let s = shape(&j["input_shape"]);
+            let n: usize = s.iter().product();
+            let x = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let expected = Expected {
+                shape: shape(&j["output_shape"]),
+                data: floats(&j["output"]).iter().map(|&v| v as f64).collect(),
+            };
+            (name, model, Tensor::new(s, x).unwrap(), expected)
+        })
+        .collect()
+}
+
+#[test]
+fn torchvision_exports_match_onnx_runtime_on_both_backends() {
+    matches_on_both_backends(&dir().join("tv"));
+}
+
+/// The same at full width: `scripts/onnx-full-check` exports the models to a folder and
+/// runs this with WEBCNN_ONNX_FULL naming it.
+#[test]
+#[ignore = "needs full-size exports: scripts/onnx-full-check"]
+fn full_size_torchvision_exports_match_onnx_runtime() {
+    let dir =
+        std::env::var("WEBCNN_ONNX_FULL").expect("WEBCNN_ONNX_FULL names the exports' folder");
+    matches_on_both_backends(Path::new(&dir));
+}
+
+fn matches_on_both_backends(dir: &Path) {
+    let ctx = common::gpu();
+    for (name, model, x, want) in torchvision_cases(dir) {
+        let g = model.graph(x.shape()).unwrap();
+        let cpu = CpuModel::prepare(&g, &model.weights)
+            .unwrap()
+            .run(&x)
+            .unwrap()
+            .remove(0);
+        check(&format!("{name} on the CPU"), &cpu, &want);
+        let mut m = GpuModel::prepare_blocking(&ctx, &g, &model.weights).unwrap();
+        let gpu = m.run_blocking(&x).unwrap().remove(0);
+        check(&format!("{name} on the GPU"), &gpu, &want);
+        eprintln!(
+            "{name}: relative L2 against ONNX Runtime {:.1e} (CPU), {:.1e} (GPU)",
+            rel_l2(cpu.data(), &want.data),
+            rel_l2(gpu.data(), &want.data)
+        );
+    }
+}
+
+#[test]
+fn torchvision_resnets_lower_to_the_same_steps_as_the_zoo_ids() {
+    // With or without constant folding (BN folded into the conv by the exporter, or by us),
+    // an exported ResNet is the zoo's chain of fused steps, step for step.
+    let plain =
+        |k: Vec<String>| -> Vec<String> { k.iter().map(|s| s.replace("+bn", "")).collect() };
+    let mut seen = 0;
+    for (name, model, x, _) in torchvision_cases(&dir().join("tv")) {
+        let id = name.split('-').next().unwrap();
+        if !["resnet18", "resnet50"].contains(&id) {
+            continue;
+        }
+        let zoo = webcnn::models::Model::get(id)
+            .unwrap()
+            .graph(x.shape())
+            .unwrap();
+        let imported = model.graph(x.shape()).unwrap();
+        assert_eq!(
+            plain(step_kinds(&imported)),
+            plain(step_kinds(&zoo)),
+            "{name}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 4);
 }
 
 #[test]

@@ -414,7 +414,7 @@ impl OnnxModel {
             taken,
             opset: self.opset,
             bias_free: HashMap::new(),
-            cast: HashMap::new(),
+            alias: HashMap::new(),
         };
         for n in &self.graph.node {
             cx.node(n)?;
@@ -500,8 +500,9 @@ struct Cx<'a> {
     opset: i64,
     /// Linear layers made by a MatMul whose bias no Add has given yet: value -> node.
     bias_free: HashMap<Value, String>,
-    /// Values that are an initializer cast to float (a half-precision weight's `Cast`).
-    cast: HashMap<String, String>,
+    /// Values that name an initializer: its `Cast` to float (a half-precision weight), an
+    /// `Identity` of it (exporters write one where two initializers were equal).
+    alias: HashMap<String, String>,
 }
 
 fn attr<'n>(n: &'n proto::NodeProto, name: &str) -> Option<&'n proto::AttributeProto> {
@@ -600,7 +601,7 @@ impl Cx<'_> {
             .get(i)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| Self::fail(n, format!("input {i} (a weight) is missing")))?;
-        let name = self.cast.get(name).unwrap_or(name);
+        let name = self.alias.get(name).unwrap_or(name);
         let init = self.inits.get(name).ok_or_else(|| {
             Self::fail(
                 n,
@@ -656,6 +657,15 @@ impl Cx<'_> {
         let name = n.output.first().cloned().unwrap_or_default();
         match n.op_type() {
             "Identity" | "Dropout" => {
+                let from = n.input.first().cloned().unwrap_or_default();
+                let init = self.alias.get(&from).cloned();
+                let init = init.or_else(|| self.inits.contains_key(&from).then(|| from.clone()));
+                if let Some(init) = init {
+                    self.alias.insert(name.clone(), init);
+                    if !self.env.contains_key(&from) {
+                        return Ok(());
+                    }
+                }
                 let v = self.get(n, 0)?.clone();
                 self.set(n, v)
             }
@@ -674,11 +684,11 @@ impl Cx<'_> {
                     return Err(Self::fail(n, "only a cast to float is supported"));
                 }
                 let from = n.input.first().cloned().unwrap_or_default();
-                let init = self.cast.get(&from).cloned();
+                let init = self.alias.get(&from).cloned();
                 let init = init.or_else(|| self.inits.contains_key(&from).then(|| from.clone()));
                 if let Some(init) = init {
                     // A weight read as float already: the cast's output names it.
-                    self.cast.insert(name.clone(), init);
+                    self.alias.insert(name.clone(), init);
                     if !self.env.contains_key(&from) {
                         return Ok(());
                     }
@@ -1097,7 +1107,7 @@ impl Cx<'_> {
         // the constant side, read through a Cast where there is one.
         let side = |cx: &Self, i: usize| -> Result<Option<Value>> {
             let input = n.input.get(i).filter(|s| !s.is_empty());
-            let init = input.map(|s| cx.cast.get(s).unwrap_or(s));
+            let init = input.map(|s| cx.alias.get(s).unwrap_or(s));
             match input.and_then(|s| cx.env.get(s)) {
                 Some(Val::Node(v)) => Ok(Some(*v)),
                 Some(_) => Ok(None),
@@ -1121,7 +1131,7 @@ impl Cx<'_> {
                 };
                 let i = usize::from(a.is_some());
                 let bias = &n.input[i];
-                let bias = self.cast.get(bias).unwrap_or(bias).clone();
+                let bias = self.alias.get(bias).unwrap_or(bias).clone();
                 let out = self.b.shape(x).last().copied().unwrap_or(0);
                 let numel: usize = self
                     .inits
