@@ -3,7 +3,7 @@
 torch.onnx.export, with ONNX Runtime's outputs beside them (run offline, once).
 
     python3 scripts/make-onnx-torchvision.py tests/fixtures/onnx/tv          # the test files
-    python3 scripts/make-onnx-torchvision.py --full DIR                      # full size
+    python3 scripts/make-onnx-torchvision.py --full DIR [--only=resnet50,...] # full size
 
 Test files keep torchvision's modules and forward code unchanged but build them at a
 fraction of their width (every Conv2d, BatchNorm2d and Linear made with its channels divided;
@@ -15,7 +15,8 @@ full-size check, `scripts/onnx-full-check`).
 
 Each case is NAME.onnx and NAME.json: {"input_shape", "output_shape", "output", "opset",
 "folding", "dynamic"}. The input is not stored: element i of the flattened input is
-((i * 7919) % 1000) / 500 - 1 (exact in float32), which the tests compute the same way.
+((i * 7919) % 1000) / 500 - 1, computed in float64 and rounded to float32, as the tests
+compute it.
 Needs: pip install torch torchvision onnx onnxruntime numpy (made with torch 2.5.1,
 torchvision 0.20.1, onnxruntime 1.23).
 """
@@ -31,7 +32,8 @@ import torchvision
 from torch import nn
 
 full = "--full" in sys.argv
-args = [a for a in sys.argv[1:] if a != "--full"]
+only = next((a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--only=")), None)
+args = [a for a in sys.argv[1:] if a != "--full" and not a.startswith("--only=")]
 out_dir = args[0] if args else "tests/fixtures/onnx/tv"
 os.makedirs(out_dir, exist_ok=True)
 NEWEST = torch.onnx._constants.ONNX_MAX_OPSET
@@ -98,6 +100,8 @@ CASES = [
 ]
 if full:
     CASES = [(m, NEWEST, True, True, 1) for m in MODELS]
+if only:
+    CASES = [c for c in CASES if c[0] in only]
 
 
 def synth_input(shape):
@@ -107,6 +111,7 @@ def synth_input(shape):
 
 for name, opset, folding, dynamic, batch in CASES:
     make, k, size = MODELS[name]
+    size = 224 if full else size
     torch.manual_seed(sum(map(ord, name)))
     with narrow(1 if full else k):
         model = make()

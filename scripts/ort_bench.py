@@ -3,6 +3,9 @@
 The ONNX models are torchvision's ResNet-18/50, ResNeXt-50 32x4d, Wide ResNet-50-2, VGG-16
 and AlexNet at 224x224 (eval mode,
 random weights), built layer by layer with onnx.helper so that no PyTorch install is needed.
+A `--models` entry ending in .onnx is a file both engines read (webcnn through its importer:
+`webcnn bench --models FILE.onnx`), e.g. torch.onnx.export's ResNet-50 from
+scripts/make-onnx-torchvision.py --full, next to the zoo id `resnet50`.
 Run through scripts/bench-ort, which makes the virtual environment and builds webcnn.
 
     python scripts/ort_bench.py --webcnn target/release/webcnn [--threads 2] [--iters 20] [--batch 1] [--rounds 3]
@@ -144,15 +147,19 @@ def time_ort(model, batch, threads, iters):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    # An .onnx file as it is (its input's name and fixed sizes), else a built model.
+    src = model if isinstance(model, str) else model.SerializeToString()
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else batch for d in inp.shape]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     t = time.perf_counter()
-    sess.run(None, {"input": x})
+    sess.run(None, {inp.name: x})
     first = time.perf_counter() - t
     times = []
     for _ in range(iters):
         t = time.perf_counter()
-        sess.run(None, {"input": x})
+        sess.run(None, {inp.name: x})
         times.append(time.perf_counter() - t)
     return first, statistics.median(times), min(times)
 
@@ -181,7 +188,8 @@ def main():
     for name in a.models.split(","):
         # Engines take turns, round after round, and each keeps its best median: a noisy
         # neighbour on a shared machine then slows both sides of a ratio, not one.
-        model = MODELS[name](a.batch)
+        # An .onnx file: ONNX Runtime and webcnn both read that file.
+        model = name if name.endswith(".onnx") else MODELS[name](a.batch)
         ort_ms, torch_ms = [], []
         ours_ms = [[] for _ in kernel_sets]
         for _ in range(a.rounds):
@@ -195,14 +203,14 @@ def main():
                     env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)},
                 ).stdout
                 ms.append(json.loads(out.strip().splitlines()[-1])["median_ms"])
-            if a.torch:
+            if a.torch and not name.endswith(".onnx"):
                 out = subprocess.run(
                     [a.torch, os.path.join(os.path.dirname(__file__), "torch_bench.py"), "--models", name,
                      "--threads", str(a.threads), "--iters", str(a.iters), "--batch", str(a.batch)],
                     check=True, capture_output=True, text=True,
                 ).stdout
                 torch_ms.append(json.loads(out.strip().splitlines()[-1])["median_ms"])
-        rows.append((name, min(ort_ms), [min(ms) for ms in ours_ms], min(torch_ms) if torch_ms else None))
+        rows.append((os.path.basename(name), min(ort_ms), [min(ms) for ms in ours_ms], min(torch_ms) if torch_ms else None))
     cpu = ""
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -226,6 +234,8 @@ def main():
             line += f" {other:.1f} | {other / om:.2f}x |"
         if tm is not None:
             line += f" {tm:.1f} | {wm / tm:.2f}x |"
+        elif a.torch:
+            line += " - | - |"
         print(line)
 
 

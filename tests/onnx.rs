@@ -235,11 +235,11 @@ fn torchvision_cases(dir: &Path) -> Vec<(String, OnnxModel, Tensor, Expected)> {
             let j: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap())
                     .unwrap();
-            // The script's input: element i is ((i * 7919) % 1000) / 500 - 1.
+            // The script's input: element i is ((i * 7919) % 1000) / 500 - 1, in f64, rounded.
             let s = shape(&j["input_shape"]);
             let n: usize = s.iter().product();
             let x = (0..n)
-                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .map(|i| (((i * 7919) % 1000) as f64 / 500.0 - 1.0) as f32)
                 .collect();
             let expected = Expected {
                 shape: shape(&j["output_shape"]),

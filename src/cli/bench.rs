@@ -18,7 +18,7 @@ use webcnn::Graph;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Models to time, comma-separated.
+    /// Models to time, comma-separated: zoo ids (synthetic weights) or .onnx files.
     #[arg(
         long,
         value_delimiter = ',',
@@ -268,9 +268,15 @@ struct Timing {
 }
 
 fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>) -> R<Timing> {
-    let model = Model::get(id)?;
-    let full = model.default_graph(a.batch.max(1));
-    let w = synth_params(&full, 1)?;
+    // A zoo id with synthetic weights, or an .onnx file with its own.
+    let (full, w) = if webcnn::weights::is_onnx(id) {
+        let l = webcnn::weights::load_onnx(std::path::Path::new(id))?;
+        (l.model.default_graph(a.batch.max(1)), l.tensors)
+    } else {
+        let full = Model::get(id)?.default_graph(a.batch.max(1));
+        let w = synth_params(&full, 1)?;
+        (full, w)
+    };
     let graph = match &a.layer {
         Some(node) => full.with_outputs(&[node])?,
         None => full.clone(),
@@ -351,7 +357,11 @@ fn time_model(id: &str, device: BenchDevice, a: &Args, ctx: Option<&GpuContext>)
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let median = median(&mut times);
     Ok(Timing {
-        model: id.to_string(),
+        // An .onnx file by its name, not its whole path.
+        model: std::path::Path::new(id)
+            .file_name()
+            .filter(|_| webcnn::weights::is_onnx(id))
+            .map_or(id.to_string(), |f| f.to_string_lossy().into_owned()),
         device: match device {
             BenchDevice::Cpu => "cpu",
             BenchDevice::Gpu => "gpu",

@@ -388,7 +388,7 @@ test('dispose frees the model; every later call rejects with DISPOSED', async ()
   await rejects(m.cam(new Uint8Array(fs.readFileSync(files.png))), 'DISPOSED');
 });
 
-test('ONNX models (a path, bytes, a URL, as weights) equal ONNX Runtime; features by value name; UNSUPPORTED_OP', async () => {
+test('ONNX models (a path, bytes, a URL, as weights; torchvision exports) equal ONNX Runtime; features by value name; UNSUPPORTED_OP', async () => {
   const dir = path.join(root, 'tests/fixtures/onnx');
   const fixture = (name) => JSON.parse(fs.readFileSync(path.join(dir, `${name}.json`), 'utf8'));
   const block = fixture('resnet_block');
@@ -409,6 +409,18 @@ test('ONNX models (a path, bytes, a URL, as weights) equal ONNX Runtime; feature
     assert.deepEqual(y.shape, block.output_shape);
     const e = relL2(y.data, block.output);
     assert.ok(e <= TOL, `resnet_block from ${how}: relative L2 ${e}`);
+    m.dispose();
+  }
+  // torch.onnx.export's files of torchvision models (reduced widths; the input is the
+  // script's formula).
+  for (const name of ['resnet18-op20-nofold-dyn', 'vgg16_bn-op20-nofold-static', 'resnext50_32x4d-op20-fold-dyn']) {
+    const want = JSON.parse(fs.readFileSync(path.join(dir, 'tv', `${name}.json`), 'utf8'));
+    const n = want.input_shape.reduce((a, b) => a * b);
+    const input = Float32Array.from({ length: n }, (_, i) => ((i * 7919) % 1000) / 500 - 1);
+    const m = await pkg.load({ model: path.join(dir, 'tv', `${name}.onnx`), device: 'cpu' });
+    const y = await m.forward(input, want.input_shape);
+    const e = relL2(y.data, want.output);
+    assert.ok(e <= TOL, `${name}: relative L2 ${e}`);
     m.dispose();
   }
   // Served over HTTP (and kept in the cache), the model zoo's older layout.
