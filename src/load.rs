@@ -268,11 +268,14 @@ fn non_finite_keys(map: &TensorMap) -> Vec<String> {
 }
 
 /// An ONNX model arriving in pieces: its graph and weights are one protobuf message, read
-/// whole once the last byte is in ([`OnnxLoad::finish`]); the file's bytes are dropped
-/// before the weights go to the device.
+/// whole once the last byte is in ([`OnnxLoad::finish`]). Initializers kept in external
+/// files ([`OnnxLoad::external_files`]) arrive the same way ([`OnnxLoad::push_external`]).
 pub struct OnnxLoad {
     id: String,
     bytes: Vec<u8>,
+    /// The message, once decoded to list its external files (the bytes are then dropped).
+    decoded: Option<crate::onnx::proto::ModelProto>,
+    external: HashMap<String, Vec<u8>>,
     target: Target,
 }
 
@@ -287,12 +290,19 @@ impl OnnxLoad {
         OnnxLoad {
             id: id.to_string(),
             bytes: Vec::with_capacity(reserve),
+            decoded: None,
+            external: HashMap::new(),
             target: target.clone(),
         }
     }
 
     /// The file's next bytes.
     pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.decoded.is_some() {
+            return Err(Error::BadArgument(
+                "the model's bytes came after its external files were asked for".into(),
+            ));
+        }
         if self.bytes.len().saturating_add(chunk.len()) > ONNX_MAX_BYTES {
             return Err(crate::onnx::OnnxError::Format(format!(
                 "over {ONNX_MAX_BYTES} bytes, protobuf's limit for one message (a larger model keeps its weights in external data files)"
@@ -303,11 +313,72 @@ impl OnnxLoad {
         Ok(())
     }
 
+    /// Once every byte of the model is in: the external files its initializers are kept
+    /// in (names relative to the model's folder), which [`OnnxLoad::push_external`] takes.
+    pub fn external_files(&mut self) -> Result<Vec<String>> {
+        if self.decoded.is_none() {
+            let m = crate::onnx::OnnxModel::decode(&self.bytes)?;
+            self.bytes = Vec::new();
+            self.decoded = Some(m);
+        }
+        Ok(crate::onnx::OnnxModel::external_files(
+            self.decoded.as_ref().expect("decoded"),
+        ))
+    }
+
+    /// The next bytes of external file `location` (`start`: from its beginning, dropping
+    /// what came before, as when a download starts over).
+    pub fn push_external(&mut self, location: &str, chunk: &[u8], start: bool) -> Result<()> {
+        let file = self.external.entry(location.to_string()).or_default();
+        if start {
+            *file = Vec::new();
+        }
+        if file.len().saturating_add(chunk.len()) > u32::MAX as usize {
+            return Err(crate::onnx::OnnxError::Format(format!(
+                "external data '{location}' is over 4 GiB"
+            ))
+            .into());
+        }
+        file.extend_from_slice(chunk);
+        Ok(())
+    }
+
     /// The model with its session, once every byte has been pushed.
     pub async fn finish(self) -> Result<Streamed> {
-        let OnnxLoad { id, bytes, target } = self;
-        let l = weights::onnx_loaded(&id, &bytes, None)?;
-        drop(bytes);
+        let OnnxLoad {
+            id,
+            bytes,
+            decoded,
+            external,
+            target,
+        } = self;
+        let read = |location: &str, offset: u64, len: Option<u64>| -> std::io::Result<Vec<u8>> {
+            let file = external.get(location).ok_or_else(|| {
+                std::io::Error::other(
+                    "not given (where the model is a URL or path, it is read from beside it)",
+                )
+            })?;
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(file.len());
+            let end = match len {
+                Some(l) => start.saturating_add(usize::try_from(l).unwrap_or(usize::MAX)),
+                None => file.len(),
+            };
+            file.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{} bytes at {offset} are past the file's {}",
+                    end - start,
+                    file.len()
+                ))
+            })
+        };
+        let m = match decoded {
+            Some(m) => crate::onnx::OnnxModel::from_proto(m, Some(&read)),
+            None => crate::onnx::OnnxModel::parse_with(&bytes, Some(&read)),
+        }?;
+        drop((bytes, external));
+        let l = weights::onnx_model_loaded(&id, m)?;
         let session = Session::load(&l.model.default_graph(1), l.tensors, &target).await?;
         Ok(Streamed {
             model: l.model,

@@ -340,6 +340,29 @@ fn an_onnx_file_arriving_in_pieces_loads_on_both_backends() {
             &c.expected,
         );
     }
+    // External data arrives after the model, file by file, as the model names them.
+    let c = read("grouped_matmul");
+    let mut load = OnnxLoad::new("grouped_matmul", &Target::cpu(), None);
+    load.push(&std::fs::read(dir().join("grouped_matmul.onnx")).unwrap())
+        .unwrap();
+    assert_eq!(load.external_files().unwrap(), ["grouped_matmul.data"]);
+    let data = std::fs::read(dir().join("grouped_matmul.data")).unwrap();
+    load.push_external("grouped_matmul.data", &[1, 2, 3], true)
+        .unwrap();
+    // A download that starts over drops what came before.
+    for (i, piece) in data.chunks(500).enumerate() {
+        load.push_external("grouped_matmul.data", piece, i == 0)
+            .unwrap();
+    }
+    let mut s = pollster::block_on(load.finish()).unwrap();
+    let out = s.session.run_blocking(&c.input).unwrap().remove(0);
+    check("grouped_matmul in pieces", &out, &c.expected);
+    let mut load = OnnxLoad::new("grouped_matmul", &Target::cpu(), None);
+    load.push(&std::fs::read(dir().join("grouped_matmul.onnx")).unwrap())
+        .unwrap();
+    let e = pollster::block_on(load.finish()).err().unwrap().to_string();
+    assert!(e.contains("'grouped_matmul.data': not given"), "{e}");
+
     // An operator we do not run: its own code for programs, before any weight is used.
     let mut selu = bytes.clone();
     let at = selu.windows(4).position(|w| w == b"Relu").unwrap();

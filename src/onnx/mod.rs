@@ -274,7 +274,32 @@ impl OnnxModel {
 
     /// Reads a model whose initializers may sit in external files, read by `external`.
     pub fn parse_with(bytes: &[u8], external: Option<External>) -> Result<OnnxModel> {
-        let model = proto::ModelProto::decode(bytes).map_err(|e| format(e.to_string()))?;
+        OnnxModel::from_proto(OnnxModel::decode(bytes)?, external)
+    }
+
+    /// The protobuf message of a model file's bytes, not yet checked.
+    pub fn decode(bytes: &[u8]) -> Result<proto::ModelProto> {
+        proto::ModelProto::decode(bytes).map_err(|e| format(e.to_string()))
+    }
+
+    /// The external files a decoded model's initializers are kept in, by the names the
+    /// model gives them (relative to its folder), each once, in order of first use.
+    pub fn external_files(model: &proto::ModelProto) -> Vec<String> {
+        let mut files: Vec<String> = vec![];
+        let inits = model.graph.iter().flat_map(|g| &g.initializer);
+        for t in inits.filter(|t| t.data_location == Some(1)) {
+            let location = t.external_data.iter().find(|e| e.key() == "location");
+            if let Some(l) = location.map(|e| e.value().to_string()) {
+                if !files.contains(&l) {
+                    files.push(l);
+                }
+            }
+        }
+        files
+    }
+
+    /// Reads a decoded model (see [`OnnxModel::parse_with`]).
+    pub fn from_proto(model: proto::ModelProto, external: Option<External>) -> Result<OnnxModel> {
         let mut graph = model
             .graph
             .ok_or_else(|| format("the model holds no graph"))?;

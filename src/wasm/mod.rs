@@ -139,7 +139,8 @@ impl Input {
         })
     }
 
-    /// A `[n, 3, h, w]` tensor, already normalised.
+    /// A `[n, c, h, w]` tensor, already normalised (`c`: the model's channels, checked
+    /// when it runs).
     pub fn tensor(
         #[wasm_bindgen(unchecked_param_type = "Float32Array")] data: JsValue,
         #[wasm_bindgen(unchecked_param_type = "number[]")] shape: JsValue,
@@ -161,15 +162,9 @@ impl Input {
         };
         let shape = dims.filter(|s| s.len() == 4).ok_or_else(|| {
             js_err(Error::BadInput(format!(
-                "a tensor shape is [n, 3, h, w] with positive integers, not {shown}"
+                "a tensor shape is [n, c, h, w] with positive integers, not {shown}"
             )))
         })?;
-        if shape[1] != 3 {
-            return Err(js_err(Error::BadInput(format!(
-                "the models take 3 channels, not {} (shape {shown})",
-                shape[1]
-            ))));
-        }
         let n: usize = shape.iter().product();
         if n != data.len() {
             return Err(js_err(Error::BadInput(format!(
@@ -251,6 +246,15 @@ impl Inner {
     fn input(&self, input: Input) -> Result<Tensor, JsValue> {
         match input.kind {
             InputKind::Image(image) => Ok(preprocess::batch(&[image], &self.model.preprocess)),
+            InputKind::Tensor(t) if t.shape()[1] != self.model.input[0] => {
+                Err(js_err(Error::BadInput(format!(
+                    "{} takes {} channels, not {} (shape {:?})",
+                    self.model.id,
+                    self.model.input[0],
+                    t.shape()[1],
+                    t.shape()
+                ))))
+            }
             InputKind::Tensor(t) => Ok(t),
         }
     }
@@ -480,7 +484,7 @@ async fn open_device(
 /// A weights file read piece by piece, or an ONNX model gathered whole.
 enum Load {
     Weights(Box<crate::load::StreamLoad>),
-    Onnx(crate::load::OnnxLoad),
+    Onnx(Box<crate::load::OnnxLoad>),
 }
 
 /// A model whose weights stream in: [`Engine::begin`] makes it, `push` takes the file's
@@ -507,6 +511,36 @@ impl Loader {
             Some(Load::Weights(load)) => load.push(chunk).map_err(js_err),
             Some(Load::Onnx(load)) => load.push(chunk).map(|_| false).map_err(js_err),
             None => Err(bad("the loader has finished")),
+        }
+    }
+
+    /// For an ONNX model, once its bytes are in: the external files its initializers are
+    /// kept in (names relative to the model's folder); none for a weights file.
+    #[wasm_bindgen(js_name = externalFiles, unchecked_return_type = "string[]")]
+    pub fn external_files(&self) -> Result<JsValue, JsValue> {
+        let mut cell = self
+            .load
+            .try_borrow_mut()
+            .map_err(|_| bad("the loader is busy"))?;
+        let files = match cell.as_mut() {
+            Some(Load::Onnx(load)) => load.external_files().map_err(js_err)?,
+            Some(Load::Weights(_)) => vec![],
+            None => return Err(bad("the loader has finished")),
+        };
+        Ok(to_js(&files))
+    }
+
+    /// The next bytes of the ONNX model's external file `location` (`start`: from the
+    /// file's beginning again).
+    #[wasm_bindgen(js_name = pushExternal)]
+    pub fn push_external(&self, location: &str, chunk: &[u8], start: bool) -> Result<(), JsValue> {
+        let mut cell = self
+            .load
+            .try_borrow_mut()
+            .map_err(|_| bad("the loader is busy"))?;
+        match cell.as_mut() {
+            Some(Load::Onnx(load)) => load.push_external(location, chunk, start).map_err(js_err),
+            _ => Err(bad("external files belong to an ONNX model")),
         }
     }
 
@@ -585,8 +619,8 @@ impl Engine {
                 options.transform(&crate::models::imagenet())?;
                 let target = open_device(device, gpu, options.tuning_cache.as_deref()).await?;
                 return Ok(Loader {
-                    load: Rc::new(RefCell::new(Some(Load::Onnx(crate::load::OnnxLoad::new(
-                        id, &target, total,
+                    load: Rc::new(RefCell::new(Some(Load::Onnx(Box::new(
+                        crate::load::OnnxLoad::new(id, &target, total),
                     ))))),
                     target,
                     tuning_cache: options.tuning_cache.clone(),

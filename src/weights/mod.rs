@@ -613,7 +613,11 @@ pub fn onnx_loaded(
     bytes: &[u8],
     external: Option<crate::onnx::External<'_>>,
 ) -> Result<Loaded, crate::Error> {
-    let mut m = crate::onnx::OnnxModel::parse_with(bytes, external)?;
+    onnx_model_loaded(id, crate::onnx::OnnxModel::parse_with(bytes, external)?)
+}
+
+/// A read ONNX model as the [`Model`] `id` with its weights.
+pub fn onnx_model_loaded(id: &str, mut m: crate::onnx::OnnxModel) -> Result<Loaded, crate::Error> {
     let tensors = std::mem::take(&mut m.weights);
     let model = Model::from_onnx(id, std::sync::Arc::new(m))?;
     // The importer made the weights for the graph: the check it shares with every other

@@ -29,7 +29,7 @@ before(async () => {
     path.join(app, 'r18-s3.safetensors'), '--json', '--top', '5', '--device', 'cpu')).results[0].predictions;
   goldenCase = JSON.parse(fs.readFileSync(path.join(golden, 'models', `${CASE}.json`), 'utf8'));
   webcnn('export-synthetic', 'resnet18_caffe', '--seed', '1', '-o', path.join(app, 'caffe.safetensors'));
-  for (const f of ['resnet_block.onnx', 'zoo_lrn_preact.onnx', 'tv/resnet50-op13-fold-dyn.onnx']) {
+  for (const f of ['resnet_block.onnx', 'zoo_lrn_preact.onnx', 'grouped_matmul.onnx', 'grouped_matmul.data', 'tv/resnet50-op13-fold-dyn.onnx']) {
     fs.copyFileSync(path.join(root, 'tests/fixtures/onnx', f), path.join(app, path.basename(f)));
   }
   let gone = false;
@@ -199,7 +199,8 @@ test('WebGPU (SwiftShader): the example page equals the CLI; a golden case; devi
       }
     });
     // ONNX models by URL on WebGPU: ONNX Runtime's outputs (tests/fixtures/onnx).
-    for (const name of ['resnet_block', 'zoo_lrn_preact', 'tv/resnet50-op13-fold-dyn']) {
+    // grouped_matmul keeps a weight in grouped_matmul.data, fetched from beside it.
+    for (const name of ['resnet_block', 'zoo_lrn_preact', 'grouped_matmul', 'tv/resnet50-op13-fold-dyn']) {
       const want = JSON.parse(fs.readFileSync(path.join(root, 'tests/fixtures/onnx', `${name}.json`), 'utf8'));
       // torchvision's exports hold no input: it is make-onnx-torchvision.py's formula.
       want.input ??= Array.from({ length: want.input_shape.reduce((a, b) => a * b) }, (_, i) => ((i * 7919) % 1000) / 500 - 1);

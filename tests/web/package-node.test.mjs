@@ -423,6 +423,22 @@ test('ONNX models (a path, bytes, a URL, as weights; torchvision exports) equal 
     assert.ok(e <= TOL, `${name}: relative L2 ${e}`);
     m.dispose();
   }
+  // Initializers in an external data file: read from beside a model given as a path or a
+  // URL, or given as externalData.
+  const ext = fixture('grouped_matmul');
+  const extBytes = new Uint8Array(fs.readFileSync(path.join(dir, 'grouped_matmul.onnx')));
+  for (const f of ['grouped_matmul.onnx', 'grouped_matmul.data']) fs.copyFileSync(path.join(dir, f), path.join(app, f));
+  for (const [how, options] of [
+    ['path', { model: path.join(dir, 'grouped_matmul.onnx') }],
+    ['URL', { model: `${srv.base}/grouped_matmul.onnx` }],
+    ['externalData', { model: extBytes, externalData: { 'grouped_matmul.data': new Blob([fs.readFileSync(path.join(dir, 'grouped_matmul.data'))]) } }],
+  ]) {
+    const m = await pkg.load({ ...options, device: 'cpu' });
+    const y = await m.forward(new Float32Array(ext.input), ext.input_shape);
+    const e = relL2(y.data, ext.output);
+    assert.ok(e <= TOL, `grouped_matmul (external data, ${how}): relative L2 ${e}`);
+    m.dispose();
+  }
   // Served over HTTP (and kept in the cache), the model zoo's older layout.
   const zoo = fixture('zoo_lrn_preact');
   const m = await pkg.load({ model: new URL(`${srv.base}/zoo_lrn_preact.onnx`), device: 'cpu' });
@@ -447,7 +463,8 @@ test('ONNX models (a path, bytes, a URL, as weights; torchvision exports) equal 
   await rejects(pkg.load({ model: selu, device: 'cpu' }), 'UNSUPPORTED_OP', /'Selu' \(node 'r1'\).*GlobalAveragePool/);
   await rejects(pkg.load({ model: bytes, weights: files.r18 }), 'BAD_ARGUMENT', /holds its weights/);
   await rejects(pkg.load({ model: new Uint8Array(100).fill(0xff), device: 'cpu' }), 'WEIGHTS_FORMAT', /ONNX/);
-  await rejects(pkg.load({ model: new Uint8Array(fs.readFileSync(path.join(dir, 'grouped_matmul.onnx'))), device: 'cpu' }),
+  await rejects(pkg.load({ model: extBytes, device: 'cpu' }), 'WEIGHTS_FORMAT', /'grouped_matmul\.data': pass it as externalData/);
+  await rejects(pkg.load({ model: extBytes, device: 'cpu', externalData: { 'grouped_matmul.data': new Uint8Array(10) } }),
     'WEIGHTS_FORMAT', /grouped_matmul\.data/);
   await rejects(pkg.load({ model: path.join(app, 'missing.onnx'), device: 'cpu' }), 'IO');
 });

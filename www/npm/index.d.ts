@@ -137,6 +137,11 @@ export class Model {
 export interface OnnxLoadOptions extends Omit<LoadOptions, 'model' | 'weights'> {
   model: OnnxSource;
   weights?: never;
+  /**
+   * Initializers kept in external data files, by the location the model names: bytes, a
+   * Blob, a URL or a path. Default: read from beside the model where it is a URL or path.
+   */
+  externalData?: Record<string, WeightsSource>;
 }
 
 export function load(options: LoadOptions | OnnxLoadOptions): Promise<Model>;

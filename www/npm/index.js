@@ -443,6 +443,7 @@ export async function load(options) {
           };
         };
         await source.feed(open, progress);
+        if (onnx) await feedExternal(loader, onnx.base, options.externalData, options, progress);
         progress({ phase: 'prepare', loaded: 0, total: 1 });
         engine = await race(loader.finish());
       }
@@ -480,11 +481,45 @@ function onnxModel(model, weights) {
   } else {
     return null;
   }
+  // Where external data files are read from (beside the model), where it has a place.
+  const base = typeof source === 'string' ? source : null;
   let where = typeof source === 'string' ? source : blob ? model.name ?? '' : '';
   where = where.replace(/[?#].*$/s, '').split(/[\\/]/).pop();
   const name = where.replace(/\.onnx$/i, '') || 'onnx';
   if (bytes && ArrayBuffer.isView(model)) source = new Uint8Array(model.buffer, model.byteOffset, model.byteLength);
-  return { source, name };
+  return { source, name, base };
+}
+
+/**
+ * An ONNX model's external data files into `loader`: each from `given[location]` (bytes, a
+ * Blob, a URL or path), else from beside the model (`base`, its URL or path). A location
+ * may name only a file in the model's folder or below it.
+ */
+async function feedExternal(loader, base, given, options, onProgress) {
+  for (const location of loader.externalFiles()) {
+    let src = given?.[location];
+    if (src === undefined || src === null) {
+      const inside = !/^([a-z][a-z0-9+.-]*:|[\\/])/i.test(location) && !location.split(/[\\/]/).includes('..');
+      if (!inside) fail('WEIGHTS_FORMAT', `external data '${location}' is not in the model's folder`);
+      if (base === null) {
+        fail('WEIGHTS_FORMAT', `the model keeps weights in '${location}': pass it as externalData: { '${location}': bytes | Blob | URL }`);
+      }
+      if (env.localFile(base)) {
+        src = base.replace(/[^\\/]*$/, '') + location;
+      } else {
+        const page = globalThis.location?.href;
+        const from = page ? new URL(base, page) : new URL(base);
+        src = new URL(location, from).href;
+      }
+    }
+    const s = weightsSource(src instanceof URL ? src.href : src, options);
+    if (s.seed !== undefined || s.hub) fail('BAD_ARGUMENT', `externalData '${location}' must be bytes, a Blob, a URL or a path`);
+    let start = true;
+    await s.feed(async () => {
+      start = true;
+      return { push: async (chunk) => { loader.pushExternal(location, chunk, start); start = false; } };
+    }, onProgress);
+  }
 }
 
 /**
