@@ -466,6 +466,11 @@ test('ONNX models (a path, bytes, a URL, as weights; torchvision exports) equal 
   await rejects(pkg.load({ model: extBytes, device: 'cpu' }), 'WEIGHTS_FORMAT', /'grouped_matmul\.data': pass it as externalData/);
   await rejects(pkg.load({ model: extBytes, device: 'cpu', externalData: { 'grouped_matmul.data': new Uint8Array(10) } }),
     'WEIGHTS_FORMAT', /grouped_matmul\.data/);
+  // A location outside the model's folder is never fetched.
+  const outside = Buffer.from(extBytes);
+  outside.write('../gggggggggggggggg', outside.indexOf('grouped_matmul.data'));
+  fs.writeFileSync(path.join(app, 'outside.onnx'), outside);
+  await rejects(pkg.load({ model: path.join(app, 'outside.onnx'), device: 'cpu' }), 'WEIGHTS_FORMAT', /'\.\.\/g+' is not in the model's folder/);
   await rejects(pkg.load({ model: path.join(app, 'missing.onnx'), device: 'cpu' }), 'IO');
 });
 
