@@ -195,3 +195,18 @@ g = helper.make_graph(
     nodes, "tied_wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 10, 10])],
     [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 80])], inits)
 save("tied_wide_heads", g, 13, [2, 3, 10, 10])
+
+# 5. A mean over H and W in place of the global pool (opset 13: axes an attribute), without
+# the kept dimensions, straight into a Gemm.
+inits = [numpy_helper.from_array(w(4, 3, 3, 3), "c.weight"), numpy_helper.from_array(w(6, 4), "fc.weight"),
+         numpy_helper.from_array(w(6), "fc.bias")]
+nodes = [
+    node("Conv", ["x", "c.weight"], ["c"], kernel_shape=[3, 3]),
+    node("Relu", ["c"], ["r"]),
+    node("ReduceMean", ["r"], ["mean"], axes=[-1, -2], keepdims=0),
+    node("Gemm", ["mean", "fc.weight", "fc.bias"], ["out"], transB=1),
+]
+g = helper.make_graph(
+    nodes, "reduce_mean", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 9, 9])],
+    [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 6])], inits)
+save("reduce_mean_head", g, 13, [2, 3, 9, 9])

@@ -3,6 +3,7 @@
 torch.onnx.export, with ONNX Runtime's outputs beside them (run offline, once).
 
     python3 scripts/make-onnx-torchvision.py tests/fixtures/onnx/tv          # the test files
+    python3 scripts/make-onnx-torchvision.py --dynamo tests/fixtures/onnx/tv # torch >= 2.9's exporter
     python3 scripts/make-onnx-torchvision.py --full DIR [--only=resnet50,...] # full size
 
 Test files keep torchvision's modules and forward code unchanged but build them at a
@@ -10,7 +11,8 @@ fraction of their width (every Conv2d, BatchNorm2d and Linear made with its chan
 the graphs torch.onnx.export writes are torchvision's, node for node) with weights from a
 fixed seed. Each model is exported at opset 13 and at the newest opset the exporter writes,
 with and without constant folding, with a dynamic and a static batch (not every combination
-for every model: see CASES). `--full` writes the same models at full width (the documented
+for every model: see CASES); `--dynamo` adds torch's dynamo exporter's files (the default
+exporter from torch 2.9; its opset 18 and its default; see DYNAMO). `--full` writes the same models at full width (the documented
 full-size check, `scripts/onnx-full-check`).
 
 Each case is NAME.onnx and NAME.json: {"input_shape", "output_shape", "output", "opset",
@@ -33,7 +35,8 @@ from torch import nn
 
 full = "--full" in sys.argv
 only = next((a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--only=")), None)
-args = [a for a in sys.argv[1:] if a != "--full" and not a.startswith("--only=")]
+dynamo = "--dynamo" in sys.argv
+args = [a for a in sys.argv[1:] if a not in ("--full", "--dynamo") and not a.startswith("--only=")]
 out_dir = args[0] if args else "tests/fixtures/onnx/tv"
 os.makedirs(out_dir, exist_ok=True)
 NEWEST = torch.onnx._constants.ONNX_MAX_OPSET
@@ -98,6 +101,17 @@ CASES = [
     ("vgg16", NEWEST, True, True, 1),
     ("vgg16_bn", NEWEST, False, False, 1),
 ]
+# torch's dynamo exporter (the default from torch 2.9; `--dynamo`, made with torch 2.15):
+# (model, opset, dynamic batch, batch); it folds and optimises the graph itself.
+DYNAMO = [
+    ("resnet18", 18, True, 2),
+    ("resnet50", None, True, 1),
+    ("alexnet", None, False, 1),
+    ("vgg16", 18, False, 1),
+    ("vgg16_bn", None, True, 1),
+]
+if dynamo:
+    CASES = [(m, opset, None, dyn, batch) for m, opset, dyn, batch in DYNAMO]
 if full:
     CASES = [(m, NEWEST, True, True, 1) for m in MODELS]
 if only:
@@ -125,13 +139,28 @@ for name, opset, folding, dynamic, batch in CASES:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     x = torch.from_numpy(synth_input([batch, 3, size, size]))
-    case = f"{name}-op{opset}-{'fold' if folding else 'nofold'}-{'dyn' if dynamic else 'static'}"
-    path = os.path.join(out_dir, f"{case}.onnx")
-    torch.onnx.export(
-        model, (x,), path, opset_version=opset, do_constant_folding=folding,
-        input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None,
-        dynamo=False)
+    if folding is None:
+        # The dynamo exporter: its own opset unless one is asked for.
+        case = f"{name}-dynamo-op{opset or 'default'}-{'dyn' if dynamic else 'static'}"
+        path = os.path.join(out_dir, f"{case}.onnx")
+        torch.onnx.export(
+            model, (x,), path, opset_version=opset, input_names=["input"], output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None, dynamo=True,
+            external_data=False)
+        if opset is None:
+            import onnx
+            opset = next(o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx"))
+            named = os.path.join(out_dir, f"{name}-dynamo-op{opset}-{'dyn' if dynamic else 'static'}.onnx")
+            os.replace(path, named)
+            path, case = named, os.path.basename(named)[:-5]
+    else:
+        case = f"{name}-op{opset}-{'fold' if folding else 'nofold'}-{'dyn' if dynamic else 'static'}"
+        path = os.path.join(out_dir, f"{case}.onnx")
+        torch.onnx.export(
+            model, (x,), path, opset_version=opset, do_constant_folding=folding,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None,
+            dynamo=False)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     y = sess.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
@@ -139,7 +168,8 @@ for name, opset, folding, dynamic, batch in CASES:
     err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
     meta = {"input_shape": list(x.shape), "output_shape": list(y.shape),
             "output": [float(v) for v in y.ravel()], "opset": opset, "folding": folding,
-            "dynamic": dynamic}
+            "dynamic": dynamic, "exporter": "dynamo" if folding is None else "torchscript",
+            "torch": torch.__version__.split("+")[0]}
     with open(os.path.join(out_dir, f"{case}.json"), "w") as f:
         json.dump(meta, f)
     print(f"{case}: {os.path.getsize(path)} bytes, {tuple(x.shape)} -> {y.shape}, ORT vs torch {err:.1e}")

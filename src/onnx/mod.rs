@@ -29,6 +29,7 @@ pub const SUPPORTED: &[&str] = &[
     "MaxPool",
     "AveragePool",
     "GlobalAveragePool",
+    "ReduceMean",
     "LRN",
     "Gemm",
     "MatMul",
@@ -832,6 +833,42 @@ impl Cx<'_> {
                     .map_err(Self::graph_err(n))?;
                 self.set(n, Val::Node(v))
             }
+            // torch's dynamo exporter writes adaptive average pooling to 1x1 as a mean
+            // over H and W (axes an input from opset 18, an attribute before).
+            "ReduceMean" => {
+                let x = self.node_in(n, 0)?;
+                let rank = self.b.shape(x).len() as i64;
+                let axes = match self.opset >= 18 {
+                    true if n.input.get(1).is_some_and(|s| !s.is_empty()) => self.consts(n, 1)?,
+                    true => vec![],
+                    false => ints(n, "axes").unwrap_or_default(),
+                };
+                let mut axes: Vec<i64> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + rank } else { a })
+                    .collect();
+                axes.sort_unstable();
+                if rank != 4 || axes != [2, 3] {
+                    return Err(Self::fail(
+                        n,
+                        format!("only a mean over H and W of [N, C, H, W] (axes [2, 3]), not axes {axes:?}"),
+                    ));
+                }
+                if int(n, "keepdims", 1) != 0 {
+                    let v = self
+                        .b
+                        .adaptive_avg_pool2d(&name, x, [1, 1])
+                        .map_err(Self::graph_err(n))?;
+                    return self.set(n, Val::Node(v));
+                }
+                let pool = format!("{name}/pool");
+                let v = self
+                    .b
+                    .adaptive_avg_pool2d(&pool, x, [1, 1])
+                    .map_err(Self::graph_err(n))?;
+                let v = self.b.flatten(&name, v, 1).map_err(Self::graph_err(n))?;
+                self.set(n, Val::Node(v))
+            }
             "LRN" => {
                 let x = self.node_in(n, 0)?;
                 let size = int(n, "size", 0);
@@ -876,9 +913,11 @@ impl Cx<'_> {
                 let batch = s[0] as i64;
                 let rest: usize = s[1..].iter().product();
                 // [N, -1], [N, rest], [0, -1], [-1, rest]: flatten, keeping the batch.
+                // With `allowzero` a 0 is a zero-sized dimension, not "copy the input's".
+                let copy = int(n, "allowzero", 0) == 0;
                 let flat = match target.as_slice() {
                     [a, b] => {
-                        (*a == batch || *a == 0 || (*a == -1 && *b == rest as i64))
+                        (*a == batch || (*a == 0 && copy) || (*a == -1 && *b == rest as i64))
                             && (*b == -1 || *b == rest as i64)
                     }
                     _ => false,

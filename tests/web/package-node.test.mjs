@@ -413,7 +413,8 @@ test('ONNX models (a path, bytes, a URL, as weights; torchvision exports) equal 
   }
   // torch.onnx.export's files of torchvision models (reduced widths; the input is the
   // script's formula).
-  for (const name of ['resnet18-op20-nofold-dyn', 'vgg16_bn-op20-nofold-static', 'resnext50_32x4d-op20-fold-dyn']) {
+  for (const name of ['resnet18-op20-nofold-dyn', 'vgg16_bn-op20-nofold-static', 'resnext50_32x4d-op20-fold-dyn',
+    'resnet50-dynamo-op20-dyn']) {
     const want = JSON.parse(fs.readFileSync(path.join(dir, 'tv', `${name}.json`), 'utf8'));
     const n = want.input_shape.reduce((a, b) => a * b);
     const input = Float32Array.from({ length: n }, (_, i) => ((i * 7919) % 1000) / 500 - 1);
