@@ -373,11 +373,13 @@ impl OnnxLoad {
                 ))
             })
         };
-        let m = match decoded {
-            Some(m) => crate::onnx::OnnxModel::from_proto(m, Some(&read)),
-            None => crate::onnx::OnnxModel::parse_with(&bytes, Some(&read)),
-        }?;
-        drop((bytes, external));
+        let decoded = match decoded {
+            Some(m) => m,
+            None => crate::onnx::OnnxModel::decode(&bytes)?,
+        };
+        drop(bytes);
+        let m = crate::onnx::OnnxModel::from_proto(decoded, Some(&read))?;
+        drop(external);
         let l = weights::onnx_model_loaded(&id, m)?;
         let session = Session::load(&l.model.default_graph(1), l.tensors, &target).await?;
         Ok(Streamed {

@@ -493,21 +493,16 @@ impl Taken {
             .collect();
         let last: HashSet<usize> = last.into_values().collect();
         for (i, p) in std::mem::take(&mut self.pending).into_iter().enumerate() {
-            let small = match self.data.get(&p.from) {
-                Some(InitData::F32(v)) => v.len() <= SMALL,
-                _ => unreachable!("checked when it was asked for"),
+            let Some(InitData::F32(v)) = self.data.get(&p.from) else {
+                unreachable!("checked when it was asked for")
             };
-            let values = match (last.contains(&i) && !small, self.data.remove(&p.from)) {
-                (true, Some(InitData::F32(v))) => v,
-                (_, Some(d)) => {
-                    let v = match &d {
-                        InitData::F32(v) => v.clone(),
-                        InitData::I64(_) => unreachable!("checked when it was asked for"),
-                    };
-                    self.data.insert(p.from.clone(), d);
-                    v
+            let values = if last.contains(&i) && v.len() > SMALL {
+                match self.data.remove(&p.from) {
+                    Some(InitData::F32(v)) => v,
+                    _ => unreachable!("just read"),
                 }
-                (_, None) => unreachable!("checked when it was asked for"),
+            } else {
+                v.clone()
             };
             let t = Tensor::new(p.shape, (p.f)(values))
                 .map_err(|e| format(format!("{}: {e}", p.from)))?;
@@ -663,6 +658,19 @@ impl Cx<'_> {
         Ok(())
     }
 
+    /// Where `n`'s input is an initializer (or names one), its output `name` names it too.
+    /// True when that is all: a weight-sized initializer is no value in `env`.
+    fn alias_initializer(&mut self, n: &proto::NodeProto, name: &str) -> bool {
+        let from = n.input.first().cloned().unwrap_or_default();
+        let init = self.alias.get(&from).cloned();
+        let Some(init) = init.or_else(|| self.inits.contains_key(&from).then(|| from.clone()))
+        else {
+            return false;
+        };
+        self.alias.insert(name.to_string(), init);
+        !self.env.contains_key(&from)
+    }
+
     fn set(&mut self, n: &proto::NodeProto, v: Val) -> Result<()> {
         let out = n
             .output
@@ -683,14 +691,8 @@ impl Cx<'_> {
         let name = n.output.first().cloned().unwrap_or_default();
         match n.op_type() {
             "Identity" | "Dropout" => {
-                let from = n.input.first().cloned().unwrap_or_default();
-                let init = self.alias.get(&from).cloned();
-                let init = init.or_else(|| self.inits.contains_key(&from).then(|| from.clone()));
-                if let Some(init) = init {
-                    self.alias.insert(name.clone(), init);
-                    if !self.env.contains_key(&from) {
-                        return Ok(());
-                    }
+                if self.alias_initializer(n, &name) {
+                    return Ok(());
                 }
                 let v = self.get(n, 0)?.clone();
                 self.set(n, v)
@@ -709,15 +711,9 @@ impl Cx<'_> {
                 if int(n, "to", 0) as i32 != FLOAT {
                     return Err(Self::fail(n, "only a cast to float is supported"));
                 }
-                let from = n.input.first().cloned().unwrap_or_default();
-                let init = self.alias.get(&from).cloned();
-                let init = init.or_else(|| self.inits.contains_key(&from).then(|| from.clone()));
-                if let Some(init) = init {
-                    // A weight read as float already: the cast's output names it.
-                    self.alias.insert(name.clone(), init);
-                    if !self.env.contains_key(&from) {
-                        return Ok(());
-                    }
+                // A weight read as float already: the cast's output names it.
+                if self.alias_initializer(n, &name) {
+                    return Ok(());
                 }
                 let v = match self.get(n, 0)?.clone() {
                     Val::Ints(v) => Val::Floats(v.iter().map(|&i| i as f32).collect()),
@@ -854,19 +850,20 @@ impl Cx<'_> {
                         format!("only a mean over H and W of [N, C, H, W] (axes [2, 3]), not axes {axes:?}"),
                     ));
                 }
-                if int(n, "keepdims", 1) != 0 {
-                    let v = self
-                        .b
-                        .adaptive_avg_pool2d(&name, x, [1, 1])
-                        .map_err(Self::graph_err(n))?;
-                    return self.set(n, Val::Node(v));
-                }
-                let pool = format!("{name}/pool");
-                let v = self
+                // Without the kept dimensions: the pool, then a flatten named as the output.
+                let keep = int(n, "keepdims", 1) != 0;
+                let pool = if keep {
+                    name.clone()
+                } else {
+                    format!("{name}/pool")
+                };
+                let mut v = self
                     .b
                     .adaptive_avg_pool2d(&pool, x, [1, 1])
                     .map_err(Self::graph_err(n))?;
-                let v = self.b.flatten(&name, v, 1).map_err(Self::graph_err(n))?;
+                if !keep {
+                    v = self.b.flatten(&name, v, 1).map_err(Self::graph_err(n))?;
+                }
                 self.set(n, Val::Node(v))
             }
             "LRN" => {

@@ -449,11 +449,11 @@ pub fn check_options(
 ) -> Result<(), JsValue> {
     let o = EngineOptions::parse(options)?;
     o.onnx()?;
-    let base = match (&o.model, named_later) {
-        // An ONNX model's own transform is known once its file is read; a setting given
-        // is checked against the ImageNet one, which has every field.
-        (None, _) if o.onnx.is_some() => crate::models::imagenet(),
-        (None, true) => crate::models::imagenet(),
+    let base = match &o.model {
+        // Where the file names the model (a Hub config, an ONNX model) its transform is
+        // known once it is read; a setting given is checked against ImageNet's, which
+        // has every field.
+        None if named_later || o.onnx.is_some() => crate::models::imagenet(),
         _ => o.model()?.0.preprocess,
     };
     if let Some(text) = &o.labels {
