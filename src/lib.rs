@@ -15,9 +15,15 @@ pub mod preprocess;
 pub mod prng;
 pub mod tasks;
 pub mod tensor;
+// What the two JS bindings (wasm, the Node addon) share.
+#[cfg(any(all(target_arch = "wasm32", feature = "gpu"), feature = "node"))]
+pub mod binding;
 // The JS API drives the GPU backend (WebGPU) as well as the CPU one.
 #[cfg(all(target_arch = "wasm32", feature = "gpu"))]
 pub mod wasm;
+// The native Node addon over the same calls (napi-rs).
+#[cfg(all(not(target_arch = "wasm32"), feature = "node"))]
+pub mod node;
 pub mod weights;
 
 pub use error::{Error, ErrorCode, Result};

@@ -6,16 +6,15 @@
 
 mod types;
 
-use crate::engine::{Session, Target};
+use crate::binding::{self, Answer, Binding, Call, EngineOptions, Load, Loaded, Runner};
+use crate::engine::Target;
 use crate::error::Error;
-use crate::models::{ids, Model};
 use crate::preprocess;
-use crate::Tensor;
 use js_sys::{Array, Float32Array, Uint8Array};
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
-use types::{bad, from_js, js_err, to_js, whole, EngineOptions};
+use types::{from_js, js_bad, js_err, to_js, whole};
 use wasm_bindgen::prelude::*;
 /// The threaded build's pool of web workers (`initThreadPool(n)` in JS), made once before
 /// any model loads; the package does it when the page is cross-origin isolated.
@@ -71,25 +70,15 @@ pub fn error_codes() -> Array {
 /// Every model of the zoo with its facts.
 #[wasm_bindgen(js_name = modelList, unchecked_return_type = "ModelSpec[]")]
 pub fn model_list() -> JsValue {
-    let specs: Vec<types::ModelSpec> = ids()
-        .iter()
-        .filter_map(|id| Model::get(id).ok())
-        .map(|m| (&m).into())
-        .collect();
-    to_js(&specs)
+    to_js(&binding::model_list())
 }
 
 /// An input to a call, checked as it is made: encoded image bytes, raw pixels, or a
 /// normalised tensor. A call takes it over (its JS object is then spent).
 #[wasm_bindgen]
 pub struct Input {
-    kind: InputKind,
+    kind: binding::Input,
     non_finite: u32,
-}
-
-enum InputKind {
-    Image(image::DynamicImage),
-    Tensor(Tensor),
 }
 
 /// `v`'s bytes where it is a `Uint8Array` (or, with `clamped`, a `Uint8ClampedArray`).
@@ -109,10 +98,10 @@ impl Input {
         #[wasm_bindgen(unchecked_param_type = "Uint8Array")] bytes: JsValue,
     ) -> Result<Input, JsValue> {
         let bytes = bytes_of(&bytes, false)
-            .ok_or_else(|| bad("encoded image bytes must be a Uint8Array"))?;
-        let image = preprocess::decode(&bytes).map_err(|e| js_err(e.into()))?;
+            .ok_or_else(|| js_bad("encoded image bytes must be a Uint8Array"))?;
+        let image = preprocess::decode(&bytes).map_err(|e| js_err(Error::from(e).into()))?;
         Ok(Input {
-            kind: InputKind::Image(image),
+            kind: binding::Input::Image(image),
             non_finite: 0,
         })
     }
@@ -125,16 +114,16 @@ impl Input {
         #[wasm_bindgen(unchecked_param_type = "number")] channels: JsValue,
     ) -> Result<Input, JsValue> {
         let data = bytes_of(&data, true)
-            .ok_or_else(|| bad("pixel data must be a Uint8Array or Uint8ClampedArray"))?;
-        let image = preprocess::from_pixels(
+            .ok_or_else(|| js_bad("pixel data must be a Uint8Array or Uint8ClampedArray"))?;
+        let kind = binding::Input::pixels(
             data,
             whole(&width, "width", 1)?,
             whole(&height, "height", 1)?,
             whole(&channels, "channels", 1)?,
         )
-        .map_err(|e| js_err(e.into()))?;
+        .map_err(js_err)?;
         Ok(Input {
-            kind: InputKind::Image(image),
+            kind,
             non_finite: 0,
         })
     }
@@ -147,7 +136,7 @@ impl Input {
     ) -> Result<Input, JsValue> {
         let data = data
             .dyn_ref::<Float32Array>()
-            .ok_or_else(|| bad("tensor data must be a Float32Array"))?
+            .ok_or_else(|| js_bad("tensor data must be a Float32Array"))?
             .to_vec();
         let shown = js_sys::JSON::stringify(&shape)
             .ok()
@@ -160,24 +149,8 @@ impl Input {
                 .collect(),
             false => None,
         };
-        let shape = dims.filter(|s| s.len() == 4).ok_or_else(|| {
-            js_err(Error::BadInput(format!(
-                "a tensor shape is [n, c, h, w] with positive integers, not {shown}"
-            )))
-        })?;
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(js_err(Error::BadInput(format!(
-                "shape {shown} needs {n} values, data has {}",
-                data.len()
-            ))));
-        }
-        let non_finite = data.iter().filter(|v| !v.is_finite()).count() as u32;
-        let t = Tensor::new(shape, data).map_err(|e| bad(format!("tensor: {e}")))?;
-        Ok(Input {
-            kind: InputKind::Tensor(t),
-            non_finite,
-        })
+        let (kind, non_finite) = binding::Input::tensor(data, dims, &shown).map_err(js_err)?;
+        Ok(Input { kind, non_finite })
     }
 
     /// Values of a tensor that are NaN or Inf (the outputs they reach will be too).
@@ -187,255 +160,52 @@ impl Input {
     }
 }
 
-struct Inner {
-    model: Model,
-    session: Session,
+/// The call `c` with the JS arguments checked.
+fn classify_call(input: Input, top_k: JsValue) -> Result<Call, JsValue> {
+    Ok(Call::Classify(input.kind, whole(&top_k, "topK", 1)?))
 }
 
-/// One call on a model, with its arguments checked.
-enum Call {
-    Forward(Input),
-    Classify(Input, u32),
-    Features(Input, Vec<String>),
-    Cam(Input, Option<u32>),
-    /// The tests' way to panic inside a call, as a bug would.
-    Panic,
+fn features_call(input: Input, nodes: JsValue) -> Result<Call, JsValue> {
+    let nodes: Option<Vec<String>> = match Array::is_array(&nodes) {
+        true => Array::from(&nodes).iter().map(|v| v.as_string()).collect(),
+        false => None,
+    };
+    Call::features(input.kind, nodes).map_err(js_err)
 }
 
-impl Call {
-    fn classify(input: Input, top_k: JsValue) -> Result<Call, JsValue> {
-        Ok(Call::Classify(input, whole(&top_k, "topK", 1)?))
-    }
+fn cam_call(input: Input, class: JsValue) -> Result<Call, JsValue> {
+    let class = match class.is_undefined() || class.is_null() {
+        true => None,
+        false => Some(whole(&class, "class", 0)?),
+    };
+    Ok(Call::Cam(input.kind, class))
+}
 
-    fn features(input: Input, nodes: JsValue) -> Result<Call, JsValue> {
-        let nodes: Option<Vec<String>> = match Array::is_array(&nodes) {
-            true => Array::from(&nodes).iter().map(|v| v.as_string()).collect(),
-            false => None,
-        };
-        let nodes = nodes
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| bad("features() takes a non-empty array of node names"))?;
-        Ok(Call::Features(input, nodes))
-    }
-
-    fn cam(input: Input, class: JsValue) -> Result<Call, JsValue> {
-        let class = match class.is_undefined() || class.is_null() {
-            true => None,
-            false => Some(whole(&class, "class", 0)?),
-        };
-        Ok(Call::Cam(input, class))
+/// An answer as a JS value.
+fn answer_js(a: Answer) -> JsValue {
+    match a {
+        Answer::Tensor(t) => to_js(&types::Tensor::from(t)),
+        Answer::Predictions(rows) => to_js(&rows),
+        Answer::Outputs(outs) => to_js(&types::Outputs(
+            outs.into_iter().map(|(k, t)| (k, t.into())).collect(),
+        )),
+        Answer::Cam(c) => to_js(&types::CamMap::from(c)),
     }
 }
 
-impl Inner {
-    async fn call(&mut self, c: Call) -> Result<JsValue, JsValue> {
-        match c {
-            Call::Forward(input) => {
-                let x = self.input(input)?;
-                let y: types::Tensor = self.run(&x, &[]).await?.remove(0).into();
-                Ok(to_js(&y))
-            }
-            Call::Classify(input, k) => self.classify(input, k).await,
-            Call::Features(input, nodes) => self.features(input, nodes).await,
-            Call::Cam(input, class) => self.cam(input, class).await,
-            Call::Panic => panic!("the test hook panicked inside a call"),
-        }
-    }
-
-    /// The model's input tensor: an image through the model's transform, a tensor as it is.
-    fn input(&self, input: Input) -> Result<Tensor, JsValue> {
-        match input.kind {
-            InputKind::Image(image) => Ok(preprocess::batch(&[image], &self.model.preprocess)),
-            InputKind::Tensor(t) if t.shape()[1] != self.model.input[0] => {
-                Err(js_err(Error::BadInput(format!(
-                    "{} takes {} channels, not {} (shape {:?})",
-                    self.model.id,
-                    self.model.input[0],
-                    t.shape()[1],
-                    t.shape()
-                ))))
-            }
-            InputKind::Tensor(t) => Ok(t),
-        }
-    }
-
-    async fn run(&mut self, x: &Tensor, outputs: &[&str]) -> Result<Vec<Tensor>, JsValue> {
-        let g = self.model.graph(x.shape()).map_err(|e| js_err(e.into()))?;
-        let g = match outputs {
-            [] => g,
-            _ => g.with_outputs(outputs).map_err(|e| {
-                bad(format!(
-                    "{e}; feature nodes of {} include {}",
-                    self.model.id,
-                    self.model.feature_nodes().join(", ")
-                ))
-            })?,
-        };
-        self.session.run_graph(&g, x).await.map_err(js_err)
-    }
-
-    async fn classify(&mut self, input: Input, k: u32) -> Result<JsValue, JsValue> {
-        crate::tasks::check_classifier(&self.model).map_err(js_err)?;
-        let x = self.input(input)?;
-        let logits = self.run(&x, &[]).await?.remove(0);
-        let rows = crate::tasks::classify(&self.model, &logits, k as usize).map_err(js_err)?;
-        let rows: Vec<Vec<types::Prediction>> = rows
-            .into_iter()
-            .map(|row| row.into_iter().map(Into::into).collect())
-            .collect();
-        Ok(to_js(&rows))
-    }
-
-    async fn features(&mut self, input: Input, nodes: Vec<String>) -> Result<JsValue, JsValue> {
-        let x = self.input(input)?;
-        let names: Vec<&str> = nodes.iter().map(|s| s.as_str()).collect();
-        let outs = self.run(&x, &names).await?;
-        let outs = types::Outputs(
-            nodes
-                .into_iter()
-                .zip(outs.into_iter().map(Into::into))
-                .collect(),
-        );
-        Ok(to_js(&outs))
-    }
-
-    /// Class activation map of a ResNet ([`crate::tasks::cam`]).
-    async fn cam(&mut self, input: Input, class: Option<u32>) -> Result<JsValue, JsValue> {
-        // A ResNet without its classifier; other architectures are told CAM is for ResNets.
-        if self.model.classifier() == "fc" {
-            crate::tasks::check_classifier(&self.model).map_err(js_err)?;
-        }
-        let x = self.input(input)?;
-        let class = class.map(|c| c as usize);
-        let cam = crate::tasks::cam(&mut self.session, &self.model, &x, class)
-            .await
-            .map_err(js_err)?;
-        Ok(to_js(&types::CamMap::from(cam)))
-    }
-}
-
-/// Run `f` on the model's state as a Promise. The state is moved into the future and
+/// Run `c` on the model's state as a Promise. The state is moved into the future and
 /// back; the wrapper queues calls, so an overlap here is a bug, reported, not a panic.
-fn with_inner<F, Fut>(cell: &Rc<RefCell<Option<Inner>>>, f: F) -> js_sys::Promise
-where
-    F: FnOnce(Inner) -> Fut + 'static,
-    Fut: std::future::Future<Output = (Inner, Result<JsValue, JsValue>)> + 'static,
-{
+fn with_runner(cell: &Rc<RefCell<Option<Runner>>>, c: Call) -> js_sys::Promise {
     let cell = cell.clone();
     wasm_bindgen_futures::future_to_promise(async move {
-        let inner = cell
+        let mut runner = cell
             .borrow_mut()
             .take()
-            .ok_or_else(|| bad("the model is busy with another call or was disposed"))?;
-        let (inner, r) = f(inner).await;
-        *cell.borrow_mut() = Some(inner);
-        r
+            .ok_or_else(|| js_bad("the model is busy with another call or was disposed"))?;
+        let r = runner.call(c).await;
+        *cell.borrow_mut() = Some(runner);
+        r.map(answer_js).map_err(js_err)
     })
-}
-
-/// The options as they are applied: the model resolved (from `config` where it names the
-/// architecture), its labels and transform set, the device's settings.
-struct Prepared {
-    model: Model,
-    config: Option<crate::models::HubConfig>,
-    device: crate::engine::Device,
-    gpu: crate::backend::gpu::GpuOptions,
-    tuning_cache: Option<String>,
-}
-
-impl EngineOptions {
-    fn parse(v: JsValue) -> Result<EngineOptions, JsValue> {
-        from_js(v)
-    }
-
-    fn device(&self) -> (crate::engine::Device, crate::backend::gpu::GpuOptions) {
-        use crate::backend::gpu::{Precision, Tuning};
-        let device = match self.device {
-            types::Device::Auto => crate::engine::Device::Auto,
-            types::Device::Webgpu => crate::engine::Device::Gpu,
-            types::Device::Cpu => crate::engine::Device::Cpu,
-        };
-        let gpu = crate::backend::gpu::GpuOptions {
-            precision: match self.precision {
-                types::Precision::F32 => Precision::F32,
-                types::Precision::F16 => Precision::F16,
-            },
-            tuning: match self.tuning {
-                types::Tuning::Auto => Tuning::Auto,
-                types::Tuning::Table => Tuning::Table,
-                types::Tuning::Measure => Tuning::Measure,
-            },
-            ..Default::default()
-        };
-        (device, gpu)
-    }
-
-    /// The ONNX model's name, where the file is one; it brings its own graph, so `model`
-    /// and `config` are refused beside it.
-    fn onnx(&self) -> Result<Option<&str>, JsValue> {
-        match (&self.onnx, &self.model, &self.config) {
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(bad(
-                "an ONNX model brings its own graph: give it as `model`, without a model id or config",
-            )),
-            (o, ..) => Ok(o.as_deref()),
-        }
-    }
-
-    /// The model these options name: by id, else by the config.json.
-    fn model(&self) -> Result<(Model, Option<crate::models::HubConfig>), JsValue> {
-        let config = self
-            .config
-            .as_deref()
-            .map(crate::models::HubConfig::parse)
-            .transpose()
-            .map_err(|e| bad(format!("config.json: {e}")))?;
-        let id = self.model.as_deref().filter(|m| !m.is_empty());
-        let model = crate::weights::resolve_model(id, config.as_ref()).map_err(|e| match e {
-            // The CLI's message points at `webcnn models`; here the ids are listed.
-            Error::Model(m) => types::coded(
-                Error::Model(m).code(),
-                &format!(
-                    "unknown model '{}'; known: {}",
-                    id.unwrap_or_default(),
-                    ids().join(", ")
-                ),
-            ),
-            e => js_err(e),
-        })?;
-        Ok((model, config))
-    }
-
-    /// `model` with the `labels` and `preprocess` options applied.
-    fn head(&self, mut model: Model) -> Result<Model, JsValue> {
-        if let Some(text) = &self.labels {
-            let names = crate::models::Labels::parse(text).map_err(|e| js_err(e.into()))?;
-            model = model.with_labels(names).map_err(|e| js_err(e.into()))?;
-        }
-        model.preprocess = self.transform(&model.preprocess)?;
-        Ok(model)
-    }
-
-    fn transform(&self, base: &preprocess::Preprocess) -> Result<preprocess::Preprocess, JsValue> {
-        match &self.preprocess {
-            None => Ok(base.clone()),
-            Some(p) => base
-                .clone()
-                .with_timm_cfg(&p.timm_cfg())
-                .map_err(|e| bad(format!("preprocess: {e}"))),
-        }
-    }
-
-    fn prepare(&self) -> Result<Prepared, JsValue> {
-        let (model, config) = self.model()?;
-        let (device, gpu) = self.device();
-        Ok(Prepared {
-            model,
-            config,
-            device,
-            gpu,
-            tuning_cache: self.tuning_cache.clone(),
-        })
-    }
 }
 
 /// Checks load options before anything is fetched: their types and values, the model id
@@ -447,44 +217,8 @@ pub fn check_options(
     #[wasm_bindgen(unchecked_param_type = "EngineOptions")] options: JsValue,
     named_later: bool,
 ) -> Result<(), JsValue> {
-    let o = EngineOptions::parse(options)?;
-    o.onnx()?;
-    let base = match &o.model {
-        // Where the file names the model (a Hub config, an ONNX model) its transform is
-        // known once it is read; a setting given is checked against ImageNet's, which
-        // has every field.
-        None if named_later || o.onnx.is_some() => crate::models::imagenet(),
-        _ => o.model()?.0.preprocess,
-    };
-    if let Some(text) = &o.labels {
-        crate::models::Labels::parse(text).map_err(|e| js_err(e.into()))?;
-    }
-    o.transform(&base)?;
-    Ok(())
-}
-
-/// The target for `device`, its GPU starting from the kernel choices in `tuning_cache`
-/// (JSON from an earlier [`Engine::tuning_cache`]; not JSON: measured again).
-async fn open_target(p: &Prepared) -> Result<Target, JsValue> {
-    open_device(p.device, p.gpu.clone(), p.tuning_cache.as_deref()).await
-}
-
-async fn open_device(
-    device: crate::engine::Device,
-    gpu: crate::backend::gpu::GpuOptions,
-    tuning_cache: Option<&str>,
-) -> Result<Target, JsValue> {
-    let target = Target::open_with(device, gpu).await.map_err(js_err)?;
-    if let (Some(ctx), Some(cache)) = (target.gpu_context(), tuning_cache) {
-        ctx.import_tuning(cache);
-    }
-    Ok(target)
-}
-
-/// A weights file read piece by piece, or an ONNX model gathered whole.
-enum Load {
-    Weights(Box<crate::load::StreamLoad>),
-    Onnx(Box<crate::load::OnnxLoad>),
+    let o: EngineOptions = from_js(options)?;
+    o.check(named_later).map_err(js_err)
 }
 
 /// A model whose weights stream in: [`Engine::begin`] makes it, `push` takes the file's
@@ -495,7 +229,6 @@ pub struct Loader {
     load: Rc<RefCell<Option<Load>>>,
     target: Target,
     options: Rc<EngineOptions>,
-    tuning_cache: Option<String>,
 }
 
 #[wasm_bindgen]
@@ -506,12 +239,11 @@ impl Loader {
         let mut cell = self
             .load
             .try_borrow_mut()
-            .map_err(|_| bad("push while the loader settles: await settle() first"))?;
-        match cell.as_mut() {
-            Some(Load::Weights(load)) => load.push(chunk).map_err(js_err),
-            Some(Load::Onnx(load)) => load.push(chunk).map(|_| false).map_err(js_err),
-            None => Err(bad("the loader has finished")),
-        }
+            .map_err(|_| js_bad("push while the loader settles: await settle() first"))?;
+        let load = cell
+            .as_mut()
+            .ok_or_else(|| js_bad("the loader has finished"))?;
+        load.push(chunk).map_err(js_err)
     }
 
     /// For an ONNX model, once its bytes are in: the external files its initializers are
@@ -521,13 +253,11 @@ impl Loader {
         let mut cell = self
             .load
             .try_borrow_mut()
-            .map_err(|_| bad("the loader is busy"))?;
-        let files = match cell.as_mut() {
-            Some(Load::Onnx(load)) => load.external_files().map_err(js_err)?,
-            Some(Load::Weights(_)) => vec![],
-            None => return Err(bad("the loader has finished")),
-        };
-        Ok(to_js(&files))
+            .map_err(|_| js_bad("the loader is busy"))?;
+        let load = cell
+            .as_mut()
+            .ok_or_else(|| js_bad("the loader has finished"))?;
+        Ok(to_js(&load.external_files().map_err(js_err)?))
     }
 
     /// The next bytes of the ONNX model's external file `location` (`start`: from the
@@ -537,11 +267,11 @@ impl Loader {
         let mut cell = self
             .load
             .try_borrow_mut()
-            .map_err(|_| bad("the loader is busy"))?;
-        match cell.as_mut() {
-            Some(Load::Onnx(load)) => load.push_external(location, chunk, start).map_err(js_err),
-            _ => Err(bad("external files belong to an ONNX model")),
-        }
+            .map_err(|_| js_bad("the loader is busy"))?;
+        let load = cell
+            .as_mut()
+            .ok_or_else(|| js_bad("the loader has finished"))?;
+        load.push_external(location, chunk, start).map_err(js_err)
     }
 
     /// Waits until WebGPU has taken the weights written so far.
@@ -551,9 +281,9 @@ impl Loader {
         let ctx = self.target.gpu_context().cloned();
         wasm_bindgen_futures::future_to_promise(async move {
             if let Some(ctx) = ctx {
-                ctx.settle().await.map_err(js_err)?;
+                ctx.settle().await.map_err(|e| js_err(e.into()))?;
             }
-            if let Some(Load::Weights(l)) = load.borrow_mut().as_mut() {
+            if let Some(l) = load.borrow_mut().as_mut() {
                 l.settled();
             }
             Ok(JsValue::UNDEFINED)
@@ -567,23 +297,10 @@ impl Loader {
         let load = self.load.borrow_mut().take();
         let target = self.target.clone();
         let options = self.options.clone();
-        let tuning_cache = self.tuning_cache.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let s = match load.ok_or_else(|| bad("the loader has finished"))? {
-                Load::Weights(load) => load.finish().await,
-                Load::Onnx(load) => load.finish().await,
-            };
-            let s = s.map_err(js_err)?;
-            let model = options.head(s.model)?;
-            Ok(Engine::made(
-                model,
-                s.session,
-                &target,
-                &s.non_finite,
-                s.notices,
-                tuning_cache,
-            )
-            .into())
+            let load = load.ok_or_else(|| js_bad("the loader has finished"))?;
+            let loaded = load.finish(&options).await.map_err(js_err)?;
+            Ok(Engine::made(loaded, &target, options.tuning_cache.clone()).into())
         })
     }
 }
@@ -591,7 +308,7 @@ impl Loader {
 /// One model with its weights loaded once on WebGPU or the CPU backend.
 #[wasm_bindgen]
 pub struct Engine {
-    inner: Rc<RefCell<Option<Inner>>>,
+    runner: Rc<RefCell<Option<Runner>>>,
     info: JsValue,
     gpu: Option<crate::backend::gpu::GpuContext>,
     /// The tuning cache it was loaded with (other adapters' entries are kept).
@@ -608,36 +325,17 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "EngineOptions")] options: JsValue,
         total: Option<f64>,
     ) -> js_sys::Promise {
-        let options = EngineOptions::parse(options);
+        let options = from_js::<EngineOptions>(options);
         wasm_bindgen_futures::future_to_promise(async move {
             let options = Rc::new(options?);
             let total = total
                 .filter(|t| t.is_finite() && *t >= 0.0)
                 .map(|t| t as u64);
-            if let Some(id) = options.onnx()? {
-                let (device, gpu) = options.device();
-                options.transform(&crate::models::imagenet())?;
-                let target = open_device(device, gpu, options.tuning_cache.as_deref()).await?;
-                return Ok(Loader {
-                    load: Rc::new(RefCell::new(Some(Load::Onnx(Box::new(
-                        crate::load::OnnxLoad::new(id, &target, total),
-                    ))))),
-                    target,
-                    tuning_cache: options.tuning_cache.clone(),
-                    options,
-                }
-                .into());
-            }
-            let p = options.prepare()?;
-            // The transform is checked before any byte arrives.
-            options.transform(&p.model.preprocess)?;
-            let target = open_target(&p).await?;
-            let load = crate::load::StreamLoad::new(p.model, p.config, &target, total);
+            let (load, target) = Load::begin(&options, total).await.map_err(js_err)?;
             Ok(Loader {
-                load: Rc::new(RefCell::new(Some(Load::Weights(Box::new(load))))),
+                load: Rc::new(RefCell::new(Some(load))),
                 target,
                 options,
-                tuning_cache: p.tuning_cache,
             }
             .into())
         })
@@ -649,69 +347,23 @@ impl Engine {
     pub fn synthetic(
         #[wasm_bindgen(unchecked_param_type = "EngineOptions")] options: JsValue,
     ) -> js_sys::Promise {
-        let options = EngineOptions::parse(options);
+        let options = from_js::<EngineOptions>(options);
         wasm_bindgen_futures::future_to_promise(async move {
             let options = options?;
-            let seed = options
-                .seed
-                .ok_or_else(|| bad("synthetic weights need a seed"))?;
-            let p = options.prepare()?;
-            let tensors = crate::weights::synthetic(&p.model.default_graph(1), seed as u64);
-            let model = options.head(p.model.clone())?;
-            let target = open_target(&p).await?;
-            // The tensors move in: on WebGPU they are dropped once uploaded.
-            let session = Session::load(&model.default_graph(1), tensors, &target)
-                .await
-                .map_err(js_err)?;
-            Ok(Engine::made(model, session, &target, &[], vec![], p.tuning_cache).into())
+            let (loaded, target) = Loaded::synthetic(&options).await.map_err(js_err)?;
+            Ok(Engine::made(loaded, &target, options.tuning_cache.clone()).into())
         })
     }
 
-    fn made(
-        model: Model,
-        session: Session,
-        target: &Target,
-        warnings: &[String],
-        notices: Vec<String>,
-        tuning_cache: Option<String>,
-    ) -> Engine {
-        let gpu = session.gpu_context().cloned();
-        let info = types::ModelInfo {
-            id: model.id.clone(),
-            backend: match gpu {
-                Some(_) => types::Backend::Webgpu,
-                None => types::Backend::Cpu,
-            },
-            adapter: gpu.as_ref().map(|c| c.adapter_name().to_string()),
-            precision: match &gpu {
-                Some(c) if c.precision() == crate::backend::gpu::Precision::F16 => {
-                    types::Precision::F16
-                }
-                _ => types::Precision::F32,
-            },
-            threads: if gpu.is_some() { 1 } else { cpu_threads() },
-            tuned_shapes: gpu.as_ref().map_or(0, |c| c.measured_shapes() as u32),
-            notice: target.notice.clone(),
-            input_size: [
-                model.input[0] as u32,
-                model.input[1] as u32,
-                model.input[2] as u32,
-            ],
-            preprocess: model.preprocess.clone(),
-            labels: model.labels.id(),
-            num_classes: model.num_classes() as u32,
-            class_names: model.labels.names(),
-            feature_nodes: model.feature_nodes(),
-            cam: model.classifier() == "fc" && model.has_classifier(),
-            notices,
-            warnings: warnings
-                .iter()
-                .map(|k| format!("weight '{k}' holds NaN or Inf"))
-                .collect(),
-        };
+    fn made(loaded: Loaded, target: &Target, tuning_cache: Option<String>) -> Engine {
+        let info = loaded.info(target, Binding::Wasm, cpu_threads());
+        let gpu = loaded.session.gpu_context().cloned();
         Engine {
             info: to_js(&info),
-            inner: Rc::new(RefCell::new(Some(Inner { model, session }))),
+            runner: Rc::new(RefCell::new(Some(Runner {
+                model: loaded.model,
+                session: loaded.session,
+            }))),
             gpu,
             tuning_base: tuning_cache,
         }
@@ -726,13 +378,13 @@ impl Engine {
     /// The logits of an input.
     #[wasm_bindgen(unchecked_return_type = "Promise<Tensor>")]
     pub fn forward(&self, input: Input) -> js_sys::Promise {
-        self.later(Ok(Call::Forward(input)))
+        self.later(Ok(Call::Forward(input.kind)))
     }
 
     /// [`Engine::forward`] answered before it returns (the CPU backend).
     #[wasm_bindgen(js_name = forwardSync, unchecked_return_type = "Tensor")]
     pub fn forward_sync(&self, input: Input) -> Result<JsValue, JsValue> {
-        self.now(Ok(Call::Forward(input)))
+        self.now(Ok(Call::Forward(input.kind)))
     }
 
     /// The top `topK` classes of each image, best first.
@@ -742,7 +394,7 @@ impl Engine {
         input: Input,
         #[wasm_bindgen(js_name = topK, unchecked_param_type = "number")] top_k: JsValue,
     ) -> js_sys::Promise {
-        self.later(Call::classify(input, top_k))
+        self.later(classify_call(input, top_k))
     }
 
     /// [`Engine::classify`] answered before it returns (the CPU backend).
@@ -752,7 +404,7 @@ impl Engine {
         input: Input,
         #[wasm_bindgen(js_name = topK, unchecked_param_type = "number")] top_k: JsValue,
     ) -> Result<JsValue, JsValue> {
-        self.now(Call::classify(input, top_k))
+        self.now(classify_call(input, top_k))
     }
 
     /// The outputs of the named nodes (torchvision's names: `layer2`, `features.29`, ...).
@@ -762,7 +414,7 @@ impl Engine {
         input: Input,
         #[wasm_bindgen(unchecked_param_type = "string[]")] nodes: JsValue,
     ) -> js_sys::Promise {
-        self.later(Call::features(input, nodes))
+        self.later(features_call(input, nodes))
     }
 
     /// [`Engine::features`] answered before it returns (the CPU backend).
@@ -772,7 +424,7 @@ impl Engine {
         input: Input,
         #[wasm_bindgen(unchecked_param_type = "string[]")] nodes: JsValue,
     ) -> Result<JsValue, JsValue> {
-        self.now(Call::features(input, nodes))
+        self.now(features_call(input, nodes))
     }
 
     /// A ResNet's class activation map for `class` (default: the top class).
@@ -782,7 +434,7 @@ impl Engine {
         input: Input,
         #[wasm_bindgen(unchecked_param_type = "number | undefined")] class: JsValue,
     ) -> js_sys::Promise {
-        self.later(Call::cam(input, class))
+        self.later(cam_call(input, class))
     }
 
     /// [`Engine::cam`] answered before it returns (the CPU backend).
@@ -792,7 +444,7 @@ impl Engine {
         input: Input,
         #[wasm_bindgen(unchecked_param_type = "number | undefined")] class: JsValue,
     ) -> Result<JsValue, JsValue> {
-        self.now(Call::cam(input, class))
+        self.now(cam_call(input, class))
     }
 
     /// Panics inside a call, as a bug would: the package's tests of recovery.
@@ -806,35 +458,31 @@ impl Engine {
 
     /// `c` run as a Promise.
     fn later(&self, c: Result<Call, JsValue>) -> js_sys::Promise {
-        let c = match c {
-            Ok(c) => c,
-            Err(e) => return js_sys::Promise::reject(&e),
-        };
-        with_inner(&self.inner, move |mut inner| async move {
-            let r = inner.call(c).await;
-            (inner, r)
-        })
+        match c {
+            Ok(c) => with_runner(&self.runner, c),
+            Err(e) => js_sys::Promise::reject(&e),
+        }
     }
 
     /// `c` finished before it returns, for the CPU backend (whose runs never wait): a trap
     /// then reaches the caller as an exception, never a lost Promise.
     fn now(&self, c: Result<Call, JsValue>) -> Result<JsValue, JsValue> {
         if self.gpu.is_some() {
-            return Err(bad("the synchronous calls are for the CPU backend"));
+            return Err(js_bad("the synchronous calls are for the CPU backend"));
         }
         let c = c?;
         let mut cell = self
-            .inner
+            .runner
             .try_borrow_mut()
-            .map_err(|_| bad("the model is busy with another call"))?;
-        let inner = cell
+            .map_err(|_| js_bad("the model is busy with another call"))?;
+        let runner = cell
             .as_mut()
-            .ok_or_else(|| bad("the model is busy with another call or was disposed"))?;
-        let fut = std::pin::pin!(inner.call(c));
+            .ok_or_else(|| js_bad("the model is busy with another call or was disposed"))?;
+        let fut = std::pin::pin!(runner.call(c));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match fut.poll(&mut cx) {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => Err(bad("a CPU call waited: a bug, please report it")),
+            std::task::Poll::Ready(r) => r.map(answer_js).map_err(js_err),
+            std::task::Poll::Pending => Err(js_bad("a CPU call waited: a bug, please report it")),
         }
     }
 

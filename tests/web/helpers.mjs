@@ -12,13 +12,20 @@ export const cli = process.env.WEBCNN_BIN || path.join(root, 'target/debug/webcn
 export const golden = path.join(root, 'tests/fixtures/golden');
 
 /** A fresh folder with the packed package installed from its tarball (scripts/build-npm). */
-export function installPackage(prefix) {
+export function installPackage(prefix, { native = false } = {}) {
   const dir = path.join(root, 'target/npm');
-  const tgz = fs.existsSync(dir) && fs.readdirSync(dir).find((f) => /^webcnn-.*\.tgz$/.test(f));
+  const tgz = fs.existsSync(dir) && fs.readdirSync(dir).find((f) => /^webcnn-\d.*\.tgz$/.test(f));
   if (!tgz) throw new Error('target/npm/webcnn-*.tgz is missing: run scripts/build-npm first');
+  const tarballs = [path.join(dir, tgz)];
+  if (native) {
+    // This machine's platform package, as npm picks it from the optional dependencies.
+    const plat = fs.readdirSync(dir).find((f) => /^webcnn-linux-x64-gnu-\d.*\.tgz$/.test(f));
+    if (!plat) throw new Error('target/npm/webcnn-linux-x64-gnu-*.tgz is missing: run scripts/build-npm first');
+    tarballs.push(path.join(dir, plat));
+  }
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   fs.writeFileSync(path.join(tmp, 'package.json'), JSON.stringify({ name: 'user-app', private: true, type: 'module' }));
-  execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', path.join(dir, tgz)], { cwd: tmp, stdio: 'pipe' });
+  execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', ...tarballs], { cwd: tmp, stdio: 'pipe' });
   return tmp;
 }
 

@@ -6,6 +6,8 @@ import { createHash } from 'node:crypto';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+import { adapt } from './native.js';
 
 export const name = 'node';
 
@@ -13,11 +15,53 @@ export async function wasmSource(build) {
   return fsReadFile(fileURLToPath(new URL(`./${build}/webcnn_bg.wasm`, import.meta.url)));
 }
 
+const require = createRequire(import.meta.url);
+
+/**
+ * This machine's platform package (`webcnn-linux-x64-gnu`, ...), as napi-rs names them:
+ * platform, architecture and, on Linux, the C library.
+ */
+export function nativePackage() {
+  const { platform, arch } = process;
+  if (platform === 'linux') {
+    const glibc = process.report?.getReport?.()?.header?.glibcVersionRuntime;
+    return `webcnn-linux-${arch}-${glibc ? 'gnu' : 'musl'}`;
+  }
+  if (platform === 'win32') return `webcnn-win32-${arch}-msvc`;
+  return `webcnn-${platform}-${arch}`;
+}
+
+/**
+ * The native addon fitted to the binding interface, from this machine's platform package
+ * where it is installed, of this package's version, and loads; else `{ why }` it is not
+ * used (then the wasm runs). WEBCNN_BINDING=wasm asks for the wasm.
+ */
+export function nativeBinding() {
+  if (process.env.WEBCNN_BINDING === 'wasm') return { why: 'WEBCNN_BINDING=wasm' };
+  const name = nativePackage();
+  let meta;
+  try {
+    meta = require(`${name}/package.json`);
+  } catch {
+    return { why: `${name} is not installed (no native build for this platform, or optional dependencies were left out)` };
+  }
+  const own = require('./package.json').version;
+  if (meta.version !== own) return { why: `${name} is version ${meta.version}, webcnn is ${own}` };
+  try {
+    return { binding: adapt(require(name)) };
+  } catch (e) {
+    return { why: `${name} did not load: ${e.message}` };
+  }
+}
+
 export function onMainThread() {
   return true;
 }
 
-/** The threaded build spawns web workers, which Node does not have: one thread. */
+/**
+ * The wasm binding's threaded build is not used in Node: its pool of worker_threads never
+ * starts there (each thread spins); Node's native binding computes on every core instead.
+ */
 export function threadsSupported() {
   return false;
 }

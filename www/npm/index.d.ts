@@ -1,6 +1,6 @@
 // Types of the `webcnn` package. The values that cross into the engine (options, results,
 // model facts) are declared by the binding, generated from the crate's Rust types
-// (src/wasm/types.rs); the model ids and error codes from the crate's lists. What is
+// (src/binding.rs); the model ids and error codes from the crate's lists. What is
 // written here is the JS API around them.
 
 import type { ErrorCode } from './codes.js';
@@ -66,7 +66,10 @@ export interface LoadOptions {
   labels?: string[] | string | URL | Blob;
   /** The eval transform your model was trained with; each setting given overrides the id's default (BAD_ARGUMENT if out of range). */
   preprocess?: PreprocessOptions;
-  /** 'auto' (default): WebGPU on a hardware adapter, else the CPU (wasm); 'webgpu' forces WebGPU. */
+  /**
+   * 'auto' (default): the GPU on a hardware adapter, else the CPU; 'gpu' (or 'webgpu') forces
+   * the GPU: WebGPU in a browser, wgpu (Vulkan, Metal, DX12) under Node's native binding.
+   */
   device?: Device;
   /**
    * What WebGPU stores weights and activations as: 'f32' (default) or 'f16' (half the
@@ -90,10 +93,18 @@ export interface LoadOptions {
   /** The wasm module, if not the file next to the package's module (single-threaded build). */
   wasm?: WasmSource;
   /**
-   * The CPU backend's threads: 'auto' (default) takes every core where the page is
-   * cross-origin isolated (COOP + COEP headers), else 1; fixed by the first load or init.
+   * The CPU backend's threads: 'auto' (default) takes every core under Node's native
+   * binding, and in a browser where the page is cross-origin isolated (COOP + COEP headers),
+   * else 1; fixed by the first load or init.
    */
   threads?: number | 'auto';
+  /**
+   * Which engine computes, fixed by the first load: 'auto' (default) takes Node's native
+   * addon where its platform package (webcnn-linux-x64-gnu, ...) is installed, else the
+   * wasm; 'native' fails where there is none; 'wasm' always the wasm. `info.binding` says
+   * which ran.
+   */
+  binding?: 'auto' | 'native' | 'wasm';
 }
 
 export type WasmSource = string | URL | Response | BufferSource | WebAssembly.Module;
@@ -146,5 +157,5 @@ export interface OnnxLoadOptions extends Omit<LoadOptions, 'model' | 'weights'> 
 
 export function load(options: LoadOptions | OnnxLoadOptions): Promise<Model>;
 
-/** Load the wasm module ahead of time (load() does it on first use). */
-export function init(options?: { wasm?: WasmSource; threads?: number | 'auto' }): Promise<void>;
+/** Load the engine (native addon or wasm) ahead of time (load() does it on first use). */
+export function init(options?: { wasm?: WasmSource; threads?: number | 'auto'; binding?: 'auto' | 'native' | 'wasm' }): Promise<void>;

@@ -123,9 +123,29 @@ function watch(mod, exports) {
 }
 
 let initOptions = {};
-export function init({ wasm, threads } = {}) {
+export function init({ wasm, threads, binding = 'auto' } = {}) {
   if (!ready) {
     ready = (async () => {
+      if (!['auto', 'native', 'wasm'].includes(binding)) {
+        fail('BAD_ARGUMENT', `binding must be 'auto', 'native' or 'wasm', not ${binding}`);
+      }
+      checkThreads(threads);
+      // Node's native addon where its platform package is installed and loads, unless the
+      // wasm is asked for (or given).
+      if (binding !== 'wasm' && wasm === undefined && env.nativeBinding) {
+        const found = await env.nativeBinding();
+        if (found.binding) {
+          const n = threads === undefined || threads === 'auto' ? null : Math.min(threads, 256);
+          if (n !== null) found.binding.initThreadPool(n);
+          wasmModule = found.binding;
+          wasmExports = null;
+          initOptions = { wasm, threads, binding };
+          return;
+        }
+        if (binding === 'native') fail('BAD_ARGUMENT', `no native binding: ${found.why}`);
+      } else if (binding === 'native') {
+        fail('BAD_ARGUMENT', env.nativeBinding ? 'the native binding cannot take a `wasm` module' : 'the native binding is for Node; here the wasm runs');
+      }
       const usable = threadsAvailable(threads);
       const n = wasm === undefined ? usable : 1;
       // `wasm` (given only for the single-threaded build, n = 1) replaces the bundled file.
@@ -134,7 +154,7 @@ export function init({ wasm, threads } = {}) {
       const exports = await mod.default({ module_or_path: wasm ?? await env.wasmSource(build) });
       if (n > 1) await mod.initThreadPool(n);
       watch(mod, exports);
-      initOptions = { wasm, threads };
+      initOptions = { wasm, threads, binding };
     })();
     ready.catch(() => { ready = null; });
   }
@@ -400,7 +420,7 @@ export async function load(options) {
   const progress = (p) => { try { onProgress?.(p); } catch { /* the caller's callback */ } };
   const source = weightsSource(weights, options);
   try {
-    await init({ wasm: options.wasm, threads: options.threads });
+    await init({ wasm: options.wasm, threads: options.threads, binding: options.binding });
   } catch (e) {
     if (e instanceof WebcnnError) throw e;
     throw new WebcnnError('INTERNAL', `loading the wasm module failed: ${(e && e.message) || e}`, { cause: e });
@@ -438,7 +458,7 @@ export async function load(options) {
           loader = await race(wasmModule.Engine.begin({ ...spec, tuningCache: cache ?? undefined, config: config ?? undefined }, total));
           return {
             push: async (chunk) => {
-              if (loader.push(chunk)) await race(loader.settle());
+              if (await race(Promise.resolve(loader.push(chunk)))) await race(loader.settle());
             },
           };
         };
@@ -496,7 +516,7 @@ function onnxModel(model, weights) {
  * may name only a file in the model's folder or below it.
  */
 async function feedExternal(loader, base, given, options, onProgress) {
-  for (const location of loader.externalFiles()) {
+  for (const location of await loader.externalFiles()) {
     let src = given?.[location];
     if (src === undefined || src === null) {
       const inside = !/^([a-z][a-z0-9+.-]*:|[\\/])/i.test(location) && !location.split(/[\\/]/).includes('..');
@@ -517,7 +537,7 @@ async function feedExternal(loader, base, given, options, onProgress) {
     let start = true;
     await s.feed(async () => {
       start = true;
-      return { push: async (chunk) => { loader.pushExternal(location, chunk, start); start = false; } };
+      return { push: async (chunk) => { await loader.pushExternal(location, chunk, start); start = false; } };
     }, onProgress);
   }
 }
@@ -649,6 +669,11 @@ export class Model {
     return r;
   }
 
+  /** The wasm's CPU backend answers before it returns (a call there never waits). */
+  #sync() {
+    return this.#info.backend === 'cpu' && this.#info.binding === 'wasm';
+  }
+
   async #callOnce(f) {
     if (this.#disposed) fail('DISPOSED', 'this model was disposed');
     // A recovery that failed earlier is tried again; an engine of a retired (trapped)
@@ -659,15 +684,20 @@ export class Model {
     try {
       // The CPU backend answers synchronously, so a trap is an exception here; a WebGPU
       // call may trap in a microtask, and then the instance's panic hook settles it.
-      return await Promise.race([f(this.#engine, this.#info.backend === 'cpu', this.#mod), panicOf(gen).promise]);
+      return await Promise.race([f(this.#engine, this.#sync(), this.#mod), panicOf(gen).promise]);
     } catch (e) {
       if (retire(e, gen)) {
         this.#engine = null;
         throw new WebcnnError('INTERNAL', `internal error (the wasm module trapped: ${trapMessage(e, gen)}); the model is prepared again on the next call`, { cause: e });
       }
+      // The native addon dropped the model a panic left half-updated; other models run on.
+      if (e && e.panicked) {
+        this.#engine = null;
+        throw new WebcnnError('INTERNAL', `internal error (the native binding panicked: ${e.message}); the model is prepared again on the next call`, { cause: e });
+      }
       const err = wrap(e);
       // A lost GPU device: prepare the model on a new device once, then run again.
-      if (this.#info.backend !== 'webgpu' || !['DEVICE_LOST', 'GPU'].includes(err.code)) throw err;
+      if (this.#info.backend === 'cpu' || !['DEVICE_LOST', 'GPU'].includes(err.code)) throw err;
       try { this.#engine.free(); } catch { /* already gone with the device */ }
       this.#engine = null;
       try {
@@ -677,7 +707,7 @@ export class Model {
         throw new WebcnnError(err.code, `${err.message}; preparing the model on a new device failed: ${e2.message}`, { cause: e2 });
       }
       try {
-        return await f(this.#engine, this.#info.backend === 'cpu', this.#mod);
+        return await f(this.#engine, this.#sync(), this.#mod);
       } catch (e3) {
         throw wrap(e3);
       }
