@@ -1,9 +1,9 @@
-// webcnn in Node (native addon; wasm on 1 thread; the threaded wasm) against
+// webcnn in Node (the native addon; the wasm, one thread) against
 // onnxruntime-node (its native CPU build) on the same architectures, batch 1 and 8: the
 // table scripts/bench-node prints. Each engine runs in a process of its own (a binding is
 // fixed per process), one after another, so they never share the cores.
 //   node scripts/bench-node.mjs --app DIR --onnx DIR [--models resnet18,...] [--batches 1,8]
-//                               [--threads N] [--iters N] [--rounds N]
+//                               [--threads N] [--iters N] [--rounds N] [--engines ort,native,wasm]
 // DIR (--app) has webcnn and onnxruntime-node installed; --onnx holds MODEL-bBATCH.onnx.
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
@@ -63,7 +63,7 @@ async function child(engine, opts) {
   }
   const webcnn = await import(pathToFileURL(req.resolve('webcnn')));
   const binding = engine === 'native' ? 'native' : 'wasm';
-  const threads = engine === 'wasm-1' ? 1 : opts.threads;
+  const threads = engine === 'wasm' ? 1 : opts.threads;
   for (const model of opts.models) {
     const m = await webcnn.load({ model, weights: 'synthetic:1', device: 'cpu', binding, threads });
     out.threads = m.info.threads;
@@ -79,8 +79,8 @@ async function child(engine, opts) {
 }
 
 const opts = {
-  app: arg('app'),
-  onnx: arg('onnx'),
+  app: path.resolve(arg('app')),
+  onnx: path.resolve(arg('onnx')),
   models: arg('models', 'resnet18,resnet50,vgg16,alexnet').split(','),
   batches: arg('batches', '1,8').split(',').map(Number),
   threads: Number(arg('threads', os.availableParallelism())),
@@ -91,7 +91,7 @@ const engine = arg('child');
 if (engine) {
   console.log(JSON.stringify(await child(engine, opts)));
 } else {
-  const engines = ['ort', 'native', 'wasm-1', 'wasm-mt'];
+  const engines = arg('engines', 'ort,native,wasm').split(',');
   const res = {};
   for (const e of engines) {
     const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), ...process.argv.slice(2), '--child', e],
@@ -101,15 +101,16 @@ if (engine) {
   }
   const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
   const f = (v) => (v === undefined ? '-' : v.toFixed(1));
-  console.log(`${cpu}, ${opts.threads} threads, ${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ` +
+  console.log(`${cpu} (${os.cpus().length} CPUs), ${opts.threads} threads, ${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ` +
     `onnxruntime-node ${res.ort.version}; median of ${opts.iters} runs after 2 warm-up, best of ${opts.rounds} round(s), ms\n`);
-  console.log(`| model | batch | onnxruntime-node | webcnn native | native / ORT | wasm, 1 thread | wasm, ${res['wasm-mt'].threads} threads |`);
+  console.log('| model | batch | onnxruntime-node | webcnn native | native / ORT | webcnn wasm (1 thread) | wasm / ORT |');
   console.log('|---|---|---|---|---|---|---|');
   for (const model of opts.models) {
     for (const batch of opts.batches) {
       const k = `${model}/${batch}`;
       const [o, n] = [res.ort[k], res.native[k]];
-      console.log(`| ${model} | ${batch} | ${f(o)} | ${f(n)} | ${(n / o).toFixed(2)}x | ${f(res['wasm-1'][k])} | ${f(res['wasm-mt'][k])} |`);
+      const w = res.wasm?.[k];
+      console.log(`| ${model} | ${batch} | ${f(o)} | ${f(n)} | ${(n / o).toFixed(2)}x | ${f(w)} | ${w === undefined ? '-' : `${(w / o).toFixed(1)}x`} |`);
     }
   }
 }
